@@ -1,0 +1,33 @@
+"""Tandem's agent package: the runtime, its front ends, and the public Python API.
+
+Imports are lazy so `import agent` stays cheap for the CLI and for embedding.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.deps import Deps, Identity
+    from agent.errors import TandemError
+    from agent.runtime import TurnResult, TurnUsage, run_turn
+
+__all__ = ['Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
+
+_EXPORTS = {
+    'Deps': 'agent.deps',
+    'Identity': 'agent.deps',
+    'TandemError': 'agent.errors',
+    'TurnResult': 'agent.runtime',
+    'TurnUsage': 'agent.runtime',
+    'run_turn': 'agent.runtime',
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,5 @@
+"""`python -m agent` runs the `tandem` command line."""
+
+from agent.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""A capability that times model requests and tool calls, logs them, and records tool calls on the turn."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.messages import ModelResponse, ToolCallPart
+from pydantic_ai.tools import RunContext, ToolDefinition
+
+from agent.deps import Deps, ToolCallRecord
+from agent.events import short
+from agent.log import get_logger
+
+if TYPE_CHECKING:
+    from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapModelRequestHandler, WrapToolExecuteHandler
+    from pydantic_ai.models import ModelRequestContext
+
+_log = get_logger('tandem.turn')
+
+
+class TurnTelemetry(AbstractCapability[Deps]):
+    """Logs each model request (latency, tokens) and tool call (duration, outcome); never message contents."""
+
+    async def wrap_model_request(
+        self,
+        ctx: RunContext[Deps],
+        *,
+        request_context: ModelRequestContext,
+        handler: WrapModelRequestHandler,
+    ) -> ModelResponse:
+        started = time.perf_counter()
+        response = await handler(request_context)
+        _log.info(
+            'model.request',
+            model=response.model_name,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+        )
+        return response
+
+    async def wrap_tool_execute(
+        self,
+        ctx: RunContext[Deps],
+        *,
+        call: ToolCallPart,
+        tool_def: ToolDefinition,
+        args: ValidatedToolArgs,
+        handler: WrapToolExecuteHandler,
+    ) -> Any:
+        record = ToolCallRecord(call_id=call.tool_call_id, name=call.tool_name, args=call.args_as_dict())
+        ctx.deps.turn.tool_calls.append(record)
+        started = time.perf_counter()
+        try:
+            result = await handler(args)
+        except Exception as error:
+            record.ok, record.result = False, short(f'{type(error).__name__}: {error}', 200)
+            raise
+        finally:
+            record.duration_s = time.perf_counter() - started
+            _log.info('tool.call', tool=call.tool_name, duration_ms=round(record.duration_s * 1000, 1), ok=record.ok)
+        record.result = short(result, 200)
+        return result

@@ -1,0 +1,377 @@
+"""The `tandem` command line. Each command builds `Deps` and calls the runtime; nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import Settings, load_settings
+from agent.errors import TandemError
+from agent.log import LogFormat, configure_logging
+
+app = typer.Typer(
+    name='tandem',
+    help='Tandem: a tool-using assistant on the backbone of your choice, with Redis memory.',
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+sessions_app = typer.Typer(help='List, show, export and delete stored sessions.', no_args_is_help=True)
+redis_app = typer.Typer(help='The embedded Redis server Tandem starts when TANDEM_REDIS_URL is unset.', no_args_is_help=True)
+config_app = typer.Typer(help='Inspect the effective configuration.', no_args_is_help=True)
+app.add_typer(sessions_app, name='sessions')
+app.add_typer(redis_app, name='redis')
+app.add_typer(config_app, name='config')
+
+_out = Console()
+_err = Console(stderr=True)
+
+T = TypeVar('T')
+
+BackboneOpt = Annotated[str | None, typer.Option('--backbone', '-b', help='A backbone name from the config.')]
+ModelOpt = Annotated[str | None, typer.Option('--model', '-m', help='A model string, e.g. openai-chat:qwen2.5.')]
+PromptOpt = Annotated[str | None, typer.Option('--prompt', '-p', help='NAME or NAME@VERSION.')]
+SessionOpt = Annotated[str | None, typer.Option('--session', '-s', help='Session id; a new one when omitted.')]
+UserOpt = Annotated[str | None, typer.Option('--user', '-u', help='User id.')]
+ToolsOpt = Annotated[str | None, typer.Option('--tools', help='Comma-separated toolsets, e.g. calc,clock,web.')]
+
+
+class _State:
+    """Global flags, set by the app callback."""
+
+    debug: bool = False
+    log_format: LogFormat | None = None
+
+
+def _tools(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(',') if part.strip()]
+
+
+def _fail(error: Exception) -> typer.Exit:
+    """Print `error` as one line (a traceback only with --debug) and return the exit to raise."""
+    if _State.debug:
+        raise error
+    _err.print(f'[bold red]error:[/] {error}', highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+        configure_logging(settings.home, 'DEBUG' if _State.debug else settings.log_level, _State.log_format)
+    except TandemError as error:
+        raise _fail(error) from None
+    except OSError as error:
+        raise _fail(TandemError(f'cannot write to TANDEM_HOME: {error}')) from None
+    return settings
+
+
+def _run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body, turning user-facing failures into one line and a non-zero exit."""
+
+    @functools.wraps(coroutine_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import redis.exceptions
+
+        try:
+            return asyncio.run(coroutine_fn(*args, **kwargs))
+        except TandemError as error:
+            raise _fail(error) from None
+        except redis.exceptions.RedisError as error:
+            message = f'Redis failed: {error}. Check TANDEM_REDIS_URL, or `tandem redis status`.'
+            raise _fail(TandemError(message)) from None
+        except KeyboardInterrupt:
+            _err.print('interrupted')
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option('--debug', help='Show tracebacks and debug logs.')] = False,
+    log_format: Annotated[
+        str | None, typer.Option('--log-format', help='Also log to stderr, as console or json.')
+    ] = None,
+) -> None:
+    _State.debug = debug
+    if log_format not in (None, 'console', 'json'):
+        _err.print(f'[bold red]error:[/] --log-format must be console or json, not {log_format!r}.')
+        raise typer.Exit(2)
+    _State.log_format = log_format  # type: ignore[assignment]
+
+
+@app.command()
+def chat(
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    backbone: BackboneOpt = None,
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    tools: ToolsOpt = None,
+) -> None:
+    """Talk with the assistant in an interactive REPL (Ctrl-C cancels a turn, Ctrl-D exits)."""
+    from agent.context import TurnOptions
+    from agent.repl import run_repl
+
+    options = TurnOptions(
+        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools), interactive=True
+    )
+    _run(run_repl)(_settings(), options)
+
+
+@app.command()
+def ask(
+    text: Annotated[str, typer.Argument(help='Your message.')],
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    backbone: BackboneOpt = None,
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    tools: ToolsOpt = None,
+    as_json: Annotated[bool, typer.Option('--json', help='Print answer, session, tool_calls and usage as JSON.')] = False,
+) -> None:
+    """Ask one question and print the answer. Without --session, each ask is a new session."""
+    from agent.context import TurnOptions, build_deps, open_redis
+    from agent.runtime import TextDelta, new_session_id, run_turn
+
+    settings = _settings()
+    options = TurnOptions(session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools))
+
+    async def body() -> None:
+        async with open_redis(settings) as redis:
+            deps = await build_deps(settings, redis, options, session=session or new_session_id())
+
+            def show(event: object) -> None:
+                if isinstance(event, TextDelta):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+
+            result = await run_turn(deps, text, on_event=None if as_json else show)
+        if as_json:
+            payload = {
+                'answer': result.answer,
+                'session': result.session,
+                'backbone': result.backbone,
+                'prompt': result.prompt,
+                'tool_calls': [asdict(call) for call in result.tool_calls],
+                'usage': {**asdict(result.usage), 'total_tokens': result.usage.total_tokens},
+            }
+            sys.stdout.write(json.dumps(payload, indent=2, default=str) + '\n')
+        else:
+            sys.stdout.write('\n')
+            _err.print(f'[dim]session {result.session} · {result.backbone} · {result.usage.total_tokens} tokens[/]')
+
+    _run(body)()
+
+
+@config_app.command('show')
+def config_show() -> None:
+    """Print the effective configuration, secrets masked, and where it came from."""
+    from agent.config import config_file_path
+
+    settings = _settings()
+    source = config_file_path()
+    _err.print(f'[dim]config file: {source or "none (defaults and environment only)"}[/]')
+    sys.stdout.write(json.dumps(settings.masked(), indent=2) + '\n')
+
+
+@app.command('backbones')
+def backbones_list(
+    timeout: Annotated[float, typer.Option(help='Seconds to wait for each backbone.')] = 5.0,
+) -> None:
+    """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
+    from agent import backbones
+
+    settings = _settings()
+
+    async def body() -> None:
+        if not settings.backbones:
+            _out.print('No backbones configured. Add a [backbones.NAME] table to tandem.toml; see the README.')
+            return
+        results = await asyncio.gather(
+            *(backbones.probe(name, config, timeout=timeout) for name, config in settings.backbones.items())
+        )
+        table = Table('name', 'model', 'kind', 'reachable', 'listed', 'tool calls', 'detail')
+        mark = {True: '[green]yes[/]', False: '[red]no[/]', None: '[dim]-[/]'}
+        for result in results:
+            table.add_row(
+                result.name,
+                result.model,
+                result.kind,
+                mark[result.reachable],
+                mark[result.listed],
+                mark[result.tool_calls],
+                result.detail,
+            )
+        _out.print(table)
+
+    _run(body)()
+
+
+@app.command('tools')
+def tools_list() -> None:
+    """List every installed tool with its status."""
+    from agent.tool_status import tool_statuses
+
+    settings = _settings()
+
+    async def body() -> None:
+        table = Table('toolset', 'tool', 'status', 'description')
+        for row in await tool_statuses(settings):
+            table.add_row(row.toolset, row.tool, row.status, row.description)
+        _out.print(table)
+
+    _run(body)()
+
+
+@app.command('prompts')
+def prompts_list() -> None:
+    """List the prompt templates and their versions."""
+    from agent.prompts import PromptLibrary
+
+    settings = _settings()
+
+    async def body() -> None:
+        library = PromptLibrary.default(settings.prompts_dir)
+        table = Table('name', 'versions', 'latest description')
+        for name in library.names():
+            latest = library.get(name)
+            table.add_row(name, ', '.join(library.versions(name)), latest.description)
+        _out.print(table)
+
+    _run(body)()
+
+
+@sessions_app.command('list')
+def sessions_list(
+    user: UserOpt = None,
+    limit: Annotated[int, typer.Option(help='At most this many, newest first.')] = 50,
+    as_json: Annotated[bool, typer.Option('--json')] = False,
+) -> None:
+    """List stored sessions, newest first."""
+    from agent.context import open_redis
+    from memory.conversations import RedisConversationStore
+    from memory.keys import validate_id
+
+    settings = _settings()
+
+    async def body() -> None:
+        tenant = validate_id('tenant', settings.tenant)
+        scope = validate_id('user', user) if user else None
+        async with open_redis(settings) as redis:
+            store = RedisConversationStore(redis, tenant=tenant)
+            infos = await store.list_sessions(user=scope, limit=limit)
+        if as_json:
+            sys.stdout.write(json.dumps([asdict(info) for info in infos], indent=2, default=str) + '\n')
+            return
+        table = Table('session', 'user', 'messages', 'updated')
+        for info in infos:
+            table.add_row(info.session, info.user or '', str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+        _out.print(table)
+
+    _run(body)()
+
+
+@sessions_app.command('show')
+def sessions_show(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Print a session's transcript."""
+    from agent.context import open_redis
+    from agent.transcript import render_transcript
+    from memory.conversations import RedisConversationStore
+    from memory.keys import validate_id
+
+    settings = _settings()
+
+    async def body() -> None:
+        tenant = validate_id('tenant', settings.tenant)
+        validate_id('session', session)
+        async with open_redis(settings) as redis:
+            messages = await RedisConversationStore(redis, tenant=tenant).export_messages(session)
+        for line in render_transcript(messages):
+            _out.print(line, highlight=False, markup=False)
+
+    _run(body)()
+
+
+@sessions_app.command('export')
+def sessions_export(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Print a session's messages as pydantic-ai message JSON, losslessly."""
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+    from agent.context import open_redis
+    from memory.conversations import RedisConversationStore
+    from memory.keys import validate_id
+
+    settings = _settings()
+
+    async def body() -> None:
+        tenant = validate_id('tenant', settings.tenant)
+        validate_id('session', session)
+        async with open_redis(settings) as redis:
+            messages = await RedisConversationStore(redis, tenant=tenant).export_messages(session)
+        sys.stdout.write(ModelMessagesTypeAdapter.dump_json(messages, indent=2).decode() + '\n')
+
+    _run(body)()
+
+
+@sessions_app.command('delete')
+def sessions_delete(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Delete a session and its messages."""
+    from agent.context import open_redis
+    from memory.conversations import RedisConversationStore
+    from memory.keys import validate_id
+
+    settings = _settings()
+
+    async def body() -> None:
+        tenant = validate_id('tenant', settings.tenant)
+        validate_id('session', session)
+        async with open_redis(settings) as redis:
+            store = RedisConversationStore(redis, tenant=tenant)
+            if await store.read_record(session) is None:
+                raise TandemError(f'no session {session!r}: `tandem sessions list` shows the stored ones.')
+            await store.delete(session)
+        _err.print(f'deleted session {session}')
+
+    _run(body)()
+
+
+@redis_app.command('status')
+def redis_status() -> None:
+    """Say which Redis Tandem uses, and whether the embedded server is running."""
+    from memory.redis_server import EmbeddedRedis
+
+    settings = _settings()
+    if settings.redis_url is not None:
+        _out.print(f'using TANDEM_REDIS_URL = {settings.masked()["redis_url"]}')
+        return
+    _out.print(EmbeddedRedis(settings.home).status())
+
+
+@redis_app.command('stop')
+def redis_stop() -> None:
+    """Stop the embedded Redis server cleanly (its data stays in TANDEM_HOME)."""
+    from memory.redis_server import EmbeddedRedis
+
+    settings = _settings()
+    server = EmbeddedRedis(settings.home)
+    if not server.is_running():
+        _out.print('the embedded Redis server is not running')
+        return
+    server.stop()
+    _out.print('stopped the embedded Redis server')
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,75 @@
+"""Building `Deps` from settings: what every front end does before calling the runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+from redis.asyncio import Redis
+
+from agent import backbones
+from agent.backbones import Backbone
+from agent.config import Settings
+from agent.deps import Deps, Identity
+from agent.prompts import PromptLibrary
+from memory.connection import connect
+from memory.conversations import RedisConversationStore
+from memory.keys import validate_id
+from tools.registry import ToolsetPlugin, discover_plugins, select
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """What a front end may choose per command: every field falls back to the settings."""
+
+    session: str | None = None
+    user: str | None = None
+    tenant: str | None = None
+    backbone: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    tools: Sequence[str] | None = None
+    interactive: bool = False
+
+
+def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[ToolsetPlugin]:
+    """The tool plugins a turn gets: `names`, else the config's `tools`, else every installed one."""
+    available = discover_plugins()
+    wanted = names if names is not None else settings.tools
+    return list(available.values()) if wanted is None else select(wanted, available)
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A Redis client for `settings`, closed on exit; starts the embedded server when no URL is set."""
+    url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+    client = await connect(url, home=settings.home)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def build_deps(settings: Settings, redis: Redis, options: TurnOptions, *, session: str) -> Deps:
+    """`Deps` for one session, with ids validated before anything touches Redis."""
+    tenant = validate_id('tenant', options.tenant or settings.tenant)
+    user = validate_id('user', options.user or settings.user)
+    session = validate_id('session', session)
+    prompt = PromptLibrary.default(settings.prompts_dir).get(options.prompt or settings.prompt)
+    backbone: Backbone = await backbones.resolve(settings, name=options.backbone, model=options.model)
+    return Deps(
+        settings=settings,
+        identity=Identity(tenant=tenant, user=user, session=session),
+        backbone=backbone,
+        prompt=prompt,
+        redis=redis,
+        conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
+        toolsets=selected_toolsets(settings, options.tools),
+        interactive=options.interactive,
+    )
+
+
+def switch_backbone(deps: Deps, backbone: Backbone) -> Deps:
+    """The same session and history on another backbone."""
+    return replace(deps, backbone=backbone)

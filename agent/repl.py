@@ -1,0 +1,287 @@
+"""`tandem chat`: the interactive REPL. It renders runtime events; the turn itself is `run_turn`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.formatted_text import HTML
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.output import Output
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.table import Table
+
+from agent import backbones
+from agent.config import Settings
+from agent.context import TurnOptions, build_deps, open_redis
+from agent.deps import Deps
+from agent.errors import TandemError
+from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from agent.prompts import PromptLibrary
+from agent.runtime import TurnUsage, new_session_id, run_turn, summarize_args, with_session
+from agent.tool_status import tool_statuses
+from agent.transcript import render_transcript
+
+HELP = """\
+/help              this help
+/new               start a new session
+/sessions          list your sessions
+/switch ID         continue session ID
+/backbone NAME     switch backbone, keeping the history
+/prompt NAME@V     switch prompt template
+/tools             tools and their status
+/usage             tokens and cost so far
+/history           this session's transcript
+/exit              leave (or Ctrl-D)
+Enter sends; Alt-Enter (Esc then Enter) adds a line. Ctrl-C cancels the running turn."""
+
+
+class _TurnView:
+    """Renders one turn's events: tool calls as lines, the answer as live markdown."""
+
+    def __init__(self, console: Console):
+        self._console = console
+        self._text = ''
+        self._live: Live | None = None
+
+    def __call__(self, event: TurnEvent) -> None:
+        if isinstance(event, TextDelta):
+            self._text += event.text
+            if self._live is None:
+                self._live = Live(console=self._console, refresh_per_second=12, vertical_overflow='visible')
+                self._live.start()
+            self._live.update(Markdown(self._text))
+        elif isinstance(event, ToolCallStarted):
+            self._stop_live()
+            self._console.print(f'[cyan]⚙ {event.name}[/]([dim]{summarize_args(event.args)}[/]) …', highlight=False)
+        elif isinstance(event, ToolCallFinished):
+            mark = '[green]✓[/]' if event.ok else '[red]✗[/]'
+            self._console.print(f'  {mark} {event.name} {event.duration_s * 1000:.0f} ms', highlight=False)
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._text = ''
+
+    def close(self) -> None:
+        """Stop the live display, leaving the answer on screen."""
+        self._stop_live()
+
+
+class Repl:
+    """One REPL: a prompt-toolkit session in front of `run_turn`."""
+
+    def __init__(
+        self,
+        deps: Deps,
+        settings: Settings,
+        *,
+        console: Console,
+        prompt_session: PromptSession[str],
+    ):
+        self.deps = deps
+        self.settings = settings
+        self.console = console
+        self.prompt_session = prompt_session
+        self.usage = TurnUsage()
+        self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
+            '/help': self._help,
+            '/new': self._new,
+            '/sessions': self._sessions,
+            '/switch': self._switch,
+            '/backbone': self._backbone,
+            '/prompt': self._prompt,
+            '/tools': self._tools,
+            '/usage': self._usage,
+            '/history': self._history,
+            '/exit': self._exit,
+            '/quit': self._exit,
+        }
+
+    def status_line(self) -> HTML:
+        """The bottom toolbar: backbone, prompt version and session."""
+        deps = self.deps
+        return HTML(
+            f' <b>{_escape(deps.backbone.name)}</b> · {_escape(deps.prompt.ref)} · session {_escape(deps.identity.session)}'
+            f' · {self.usage.total_tokens} tokens'
+        )
+
+    async def run(self) -> None:
+        """Read, run, print, until /exit or Ctrl-D."""
+        self.console.print(f'[bold]Tandem[/] · {self.deps.backbone.name} · {self.deps.prompt.ref} · /help for commands')
+        while True:
+            try:
+                line = await self.prompt_session.prompt_async('you › ', bottom_toolbar=self.status_line)
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                if text.startswith('/'):
+                    if not await self._command(text):
+                        return
+                else:
+                    await self._turn(text)
+            except TandemError as error:
+                self.console.print(f'[bold red]error:[/] {error}', highlight=False)
+
+    async def _command(self, text: str) -> bool:
+        name, _, argument = text.partition(' ')
+        handler = self._commands.get(name)
+        if handler is None:
+            self.console.print(f'unknown command {name}: /help lists them', highlight=False)
+            return True
+        return await handler(argument.strip())
+
+    async def _turn(self, text: str) -> None:
+        view = _TurnView(self.console)
+        task = asyncio.ensure_future(run_turn(self.deps, text, on_event=view))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            view.close()
+            if not task.cancelled():
+                raise
+            self.console.print('[yellow]turn cancelled; nothing from it was saved[/]')
+            return
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            view.close()
+        self.usage = self.usage + result.usage
+
+    async def _help(self, _: str) -> bool:
+        self.console.print(HELP, highlight=False, markup=False)
+        return True
+
+    async def _new(self, _: str) -> bool:
+        self.deps = with_session(self.deps, new_session_id())
+        self.console.print(f'new session {self.deps.identity.session}')
+        return True
+
+    async def _sessions(self, _: str) -> bool:
+        infos = await self.deps.conversations.list_sessions(user=self.deps.identity.user, limit=20)
+        table = Table('session', 'messages', 'updated')
+        for info in infos:
+            current = ' ←' if info.session == self.deps.identity.session else ''
+            table.add_row(info.session + current, str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+        self.console.print(table)
+        return True
+
+    async def _switch(self, argument: str) -> bool:
+        from memory.keys import validate_id
+
+        if not argument:
+            raise TandemError('usage: /switch SESSION_ID (see /sessions)')
+        self.deps = with_session(self.deps, validate_id('session', argument))
+        count = len(await self.deps.conversations.export_messages(argument))
+        self.console.print(f'switched to session {argument} ({count} messages)')
+        return True
+
+    async def _backbone(self, argument: str) -> bool:
+        if not argument:
+            names = ', '.join(sorted(self.settings.backbones)) or 'none configured'
+            self.console.print(f'current: {self.deps.backbone.name}; configured: {names}')
+            return True
+        backbone = backbones.configured(self.settings, argument)
+        self.deps = replace(self.deps, backbone=backbone)
+        self.console.print(f'backbone is now {backbone.name}; the history is kept')
+        return True
+
+    async def _prompt(self, argument: str) -> bool:
+        library = PromptLibrary.default(self.settings.prompts_dir)
+        if not argument:
+            self.console.print(f'current: {self.deps.prompt.ref}; available: {", ".join(library.names())}')
+            return True
+        self.deps = replace(self.deps, prompt=library.get(argument))
+        self.console.print(f'prompt is now {self.deps.prompt.ref}')
+        return True
+
+    async def _tools(self, _: str) -> bool:
+        table = Table('toolset', 'tool', 'status', 'description')
+        selected = {plugin.name for plugin in self.deps.toolsets}
+        for row in await tool_statuses(self.settings):
+            status = row.status if row.toolset in selected else 'off'
+            table.add_row(row.toolset, row.tool, status, row.description)
+        self.console.print(table)
+        return True
+
+    async def _usage(self, _: str) -> bool:
+        usage = self.usage
+        cost = f'${usage.cost_usd:.4f}' if usage.cost_usd is not None else 'unknown (no price for this backbone)'
+        self.console.print(
+            f'{usage.requests} requests · {usage.input_tokens} in + {usage.output_tokens} out = '
+            f'{usage.total_tokens} tokens · {usage.tool_calls} tool calls · cost {cost}',
+            highlight=False,
+        )
+        return True
+
+    async def _history(self, _: str) -> bool:
+        messages = await self.deps.conversations.export_messages(self.deps.identity.session)
+        if not messages:
+            self.console.print('(no messages yet)')
+        for line in render_transcript(messages):
+            self.console.print(line, highlight=False, markup=False)
+        return True
+
+    async def _exit(self, _: str) -> bool:
+        return False
+
+
+def _escape(text: str) -> str:
+    return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+
+
+def _key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add('escape', 'enter')
+    def _newline(event: KeyPressEvent) -> None:  # pyright: ignore[reportUnusedFunction]
+        event.current_buffer.insert_text('\n')
+
+    return bindings
+
+
+def make_prompt_session(
+    settings: Settings, *, input: Input | None = None, output: Output | None = None
+) -> PromptSession[str]:
+    """A prompt-toolkit session with a history file in `TANDEM_HOME` (in memory for piped input)."""
+    history: Any = InMemoryHistory() if input is not None else FileHistory(str(settings.home / 'repl_history'))
+    return PromptSession(history=history, key_bindings=_key_bindings(), input=input, output=output, multiline=False)
+
+
+async def run_repl(
+    settings: Settings,
+    options: TurnOptions,
+    *,
+    input: Input | None = None,
+    output: Output | None = None,
+    console: Console | None = None,
+) -> None:
+    """Open Redis, build `Deps`, and run the REPL until the user leaves."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    async with open_redis(settings) as redis:
+        deps = await build_deps(settings, redis, options, session=options.session or new_session_id())
+        repl = Repl(
+            deps,
+            settings,
+            console=console or Console(),
+            prompt_session=make_prompt_session(settings, input=input, output=output),
+        )
+        await repl.run()

@@ -1,0 +1,123 @@
+"""Connecting to Redis: a configured server, a Redis Cluster, or the embedded one.
+
+URL schemes:
+
+- `redis://[[user]:password@]host[:port][/db]`: TCP.
+- `rediss://...`: TCP with TLS.
+- `unix:///path/to/redis.sock[?db=0&password=...]`: a Unix socket.
+- `redis+cluster://host:port` (or `rediss+cluster://`): a Redis Cluster, through
+  `redis.asyncio.cluster.RedisCluster`, which discovers the other nodes from this one. Tandem's
+  stores keep every multi-key operation on one hash tag, so they work unchanged on a cluster.
+
+No URL starts (or attaches to) the embedded server of the Tandem home; see `memory.redis_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TypeAlias, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from agent.errors import ConfigError, RedisUnavailableError
+from memory.redis_server import EmbeddedRedis
+
+__all__ = ('RedisClient', 'connect', 'mask_url')
+
+RedisClient: TypeAlias = Redis | RedisCluster
+"""Either client: both offer the commands, scripts and non-transactional pipelines the stores use."""
+
+CONNECT_TIMEOUT = 2.0
+"""Seconds to wait for a connection: long enough for a remote server, short enough to fail fast."""
+
+COMMAND_TIMEOUT = 10.0
+"""Seconds to wait for a reply, so a hung server fails a command instead of hanging Tandem."""
+
+_SCHEMES = ('redis', 'rediss', 'unix')
+_CLUSTER_SCHEMES = {'redis+cluster': 'redis', 'rediss+cluster': 'rediss'}
+
+
+async def connect(url: str | None, *, home: Path, retries: int = 3) -> Redis:
+    """Connect to Redis at `url`, or to the embedded server of `home` when `url` is `None`, and PING it.
+
+    Commands that fail on a dropped connection or a timeout are retried `retries` times with
+    exponential backoff, so a server restart doesn't fail a turn.
+
+    The client is created with `decode_responses=False`: values are bytes. For a
+    `redis+cluster://` URL it is a `RedisCluster`, typed as `Redis` because it offers the same
+    commands Tandem uses; code that needs `Redis`-only features (pub/sub, transactions across
+    slots) must not assume them on a cluster.
+
+    Args:
+        url: A `redis://`, `rediss://`, `unix://` or `redis+cluster://` URL, or `None`.
+        home: The Tandem home, where the embedded server keeps its data.
+        retries: How many times to retry a command after a connection error or timeout.
+
+    Raises:
+        ConfigError: If `url` isn't a Redis URL Tandem understands.
+        RedisUnavailableError: If Redis doesn't answer, or the embedded server can't start.
+    """
+    embedded = url is None
+    if url is None:
+        # Starting the server polls and sleeps: keep that off the event loop.
+        url = await asyncio.to_thread(EmbeddedRedis(home).ensure_running)
+    client = _client(url, retries)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        hint = (
+            'Run `tandem` again to restart the embedded server, or set TANDEM_REDIS_URL.'
+            if embedded
+            else 'Start it, fix TANDEM_REDIS_URL, or unset it to use the embedded server.'
+        )
+        raise RedisUnavailableError(f'cannot reach Redis at {mask_url(url)}: {_reason(exc)}. {hint}') from exc
+    return cast(Redis, client)
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by `***`, fit for messages and logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostinfo = netloc.rpartition('@')
+        user = userinfo.partition(':')[0]
+        netloc = f'{user}:***@{hostinfo}'
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(key, '***' if key.lower() == 'password' else value) for key, value in pairs], safe='*')
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _client(url: str, retries: int) -> RedisClient:
+    scheme = urlsplit(url).scheme.lower()
+    options = {
+        'decode_responses': False,
+        'socket_connect_timeout': CONNECT_TIMEOUT,
+        'socket_timeout': COMMAND_TIMEOUT,
+        'retry': Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        'retry_on_error': [RedisConnectionError, RedisTimeoutError],
+    }
+    try:
+        if scheme in _CLUSTER_SCHEMES:
+            plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+            return RedisCluster.from_url(plain, **options)
+        if scheme in _SCHEMES:
+            return Redis.from_url(url, **options)
+    except (ValueError, RedisError) as exc:
+        raise ConfigError(f'invalid Redis URL {mask_url(url)}: {_reason(exc)}. Fix TANDEM_REDIS_URL.') from exc
+    raise ConfigError(
+        f'invalid Redis URL {mask_url(url)}: use redis://, rediss://, unix:// or redis+cluster://. Fix TANDEM_REDIS_URL.'
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().rstrip('.')
+    return text or type(exc).__name__

@@ -1,0 +1,142 @@
+"""The turn loop: FunctionModel at the model boundary, everything else real (Redis, store, tools)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from dirty_equals import IsFloat, IsStr
+from inline_snapshot import snapshot
+from pydantic_ai.messages import ModelRequest, SystemPromptPart
+from redis.asyncio import Redis
+
+from agent.errors import TandemError
+from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from agent.runtime import run_turn
+from agent.transcript import render_transcript
+from tests.support.deps import make_deps
+from tests.support.scripted import call, scripted_model
+
+
+async def test_a_tool_call_then_an_answer_is_run_and_saved(redis: Redis, tmp_path: Path) -> None:
+    model, script = scripted_model(call('calculate', expression='6*7'), 'It is 42.')
+    deps = make_deps(redis, model, home=tmp_path)
+
+    result = await run_turn(deps, 'What is 6 times 7?')
+
+    assert result.answer == 'It is 42.'
+    assert [(c.name, c.args, c.ok, c.result) for c in result.tool_calls] == [
+        ('calculate', {'expression': '6*7'}, True, '42')
+    ]
+    assert result.usage.requests == 2
+    assert result.usage.tool_calls == 1
+    assert result.prompt == 'assistant@1'
+    stored = await deps.conversations.export_messages('s1')
+    assert list(render_transcript(stored)) == snapshot(
+        [
+            'you: What is 6 times 7?',
+            "  → calculate({\"expression\":\"6*7\"})",
+            '  ← calculate: 42',
+            'assistant: It is 42.',
+        ]
+    )
+    # The model was given the rendered instructions and both built-in tools.
+    _, info = script.seen[0]
+    assert info.instructions is not None and 'calculate' in info.instructions
+    assert sorted(tool.name for tool in info.function_tools) == ['calculate', 'now']
+
+
+async def test_the_next_turn_sees_the_stored_history(redis: Redis, tmp_path: Path) -> None:
+    model, script = scripted_model('Noted: teal.', 'Your favourite colour is teal.')
+    deps = make_deps(redis, model, home=tmp_path)
+    await run_turn(deps, 'My favourite colour is teal.')
+
+    second = await run_turn(make_deps(redis, model, home=tmp_path), 'What is my favourite colour?')
+
+    messages, _ = script.seen[1]
+    assert list(render_transcript(messages)) == [
+        'you: My favourite colour is teal.',
+        'assistant: Noted: teal.',
+        'you: What is my favourite colour?',
+    ]
+    assert second.answer == 'Your favourite colour is teal.'
+    assert len(await deps.conversations.export_messages('s1')) == 4
+
+
+async def test_events_stream_tool_calls_then_text(redis: Redis, tmp_path: Path) -> None:
+    model, _ = scripted_model(call('calculate', expression='2**10'), 'The answer is 1024.')
+    deps = make_deps(redis, model, home=tmp_path)
+    events: list[TurnEvent] = []
+
+    result = await run_turn(deps, 'What is 2 to the 10th?', on_event=events.append)
+
+    tool_events = [e for e in events if not isinstance(e, TextDelta)]
+    assert tool_events == [
+        ToolCallStarted(call_id=IsStr(), name='calculate', args={'expression': '2**10'}),
+        ToolCallFinished(call_id=IsStr(), name='calculate', duration_s=IsFloat(ge=0), ok=True, result='1024'),
+    ]
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert len(deltas) > 1, 'the answer should arrive in several pieces'
+    assert ''.join(deltas) == result.answer == 'The answer is 1024.'
+
+
+async def test_a_failing_tool_reaches_the_model_and_the_turn_goes_on(redis: Redis, tmp_path: Path) -> None:
+    model, script = scripted_model(call('calculate', expression='__import__("os")'), 'I cannot do that.')
+    deps = make_deps(redis, model, home=tmp_path)
+
+    result = await run_turn(deps, 'import os please')
+
+    assert result.answer == 'I cannot do that.'
+    assert [c.ok for c in result.tool_calls] == [False]
+    retry_messages, _ = script.seen[1]
+    assert 'not allowed' in ' '.join(render_transcript(retry_messages)).lower() or 'error' in ' '.join(
+        render_transcript(retry_messages)
+    )
+
+
+async def test_a_cancelled_turn_saves_nothing(redis: Redis, tmp_path: Path) -> None:
+    model, _ = scripted_model('First answer.')
+    deps = make_deps(redis, model, home=tmp_path)
+    await run_turn(deps, 'first')
+    entered = asyncio.Event()
+
+    async def hang(messages: object, info: object) -> str:
+        entered.set()
+        await asyncio.sleep(3600)
+        return 'never'
+
+    hanging, _ = scripted_model(hang)  # type: ignore[arg-type]
+    deps = make_deps(redis, hanging, home=tmp_path)
+    task = asyncio.ensure_future(run_turn(deps, 'second'))
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stored = await deps.conversations.export_messages('s1')
+    assert list(render_transcript(stored)) == ['you: first', 'assistant: First answer.']
+
+
+async def test_hitting_the_usage_limit_stops_the_turn_clearly_and_saves_nothing(redis: Redis, tmp_path: Path) -> None:
+    model, _ = scripted_model(*[call('calculate', expression='1+1')] * 10)
+    deps = make_deps(redis, model, home=tmp_path, limits={'requests': 3})
+
+    with pytest.raises(TandemError) as caught:
+        await run_turn(deps, 'loop forever')
+
+    assert 'request_limit of 3' in str(caught.value)
+    assert 'tandem.toml' in str(caught.value)
+    assert await deps.conversations.export_messages('s1') == []
+
+
+async def test_instructions_are_not_stored_as_history(redis: Redis, tmp_path: Path) -> None:
+    model, _ = scripted_model('hi')
+    deps = make_deps(redis, model, home=tmp_path)
+    await run_turn(deps, 'hello')
+
+    stored = await deps.conversations.export_messages('s1')
+    first = stored[0]
+    assert isinstance(first, ModelRequest)
+    assert not any(isinstance(part, SystemPromptPart) for part in first.parts)
+    assert first.instructions is not None and 'Tandem' in first.instructions

@@ -1,0 +1,218 @@
+"""Tool plugins: the one extension point for adding tools to Tandem.
+
+Built-in toolsets and third-party ones register the same way, through the `tandem.tools`
+entry-point group (in the style of simonw/llm). Each entry point names a module attribute that
+holds a `ToolsetPlugin`:
+
+```toml
+[project.entry-points."tandem.tools"]
+calc = "tools.calculator:plugin"
+```
+
+Side effects are declared per tool, not per plugin: a tool that changes anything outside the
+conversation (writes files, sends mail, spends money, ...) carries
+`metadata={SIDE_EFFECT_KEY: True}` on its definition, and a pure tool carries `False`. The approval
+policy reads it from `ToolDefinition.metadata` through `has_side_effects`, which treats an
+undeclared tool as side-effecting so that a plugin that forgets to declare fails safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import importlib.metadata
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai.tools import ToolDefinition
+from pydantic_ai.toolsets import AbstractToolset
+
+from agent.errors import TandemError
+
+__all__ = [
+    'ENTRY_POINT_GROUP',
+    'SIDE_EFFECT_KEY',
+    'ToolsetPlugin',
+    'discover_plugins',
+    'has_side_effects',
+    'plugin_status',
+    'select',
+]
+
+ENTRY_POINT_GROUP = 'tandem.tools'
+"""The entry-point group that built-in and third-party tool plugins register in."""
+
+SIDE_EFFECT_KEY = 'side_effect'
+"""The `ToolDefinition.metadata` key that says whether a tool has side effects (a bool)."""
+
+_NAME_PATTERN = re.compile(r'[a-z][a-z0-9_-]{0,31}')
+
+_log = logging.getLogger('tandem.tools.registry')
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolsetPlugin:
+    """A named, selectable source of tools.
+
+    Attributes:
+        name: Short selector users type, e.g. `calc` in `--tools calc,clock`: lowercase letters,
+            digits, `-` and `_`, starting with a letter, at most 32 characters.
+        description: One line for `tandem tools`-style listings.
+        build: Returns a fresh pydantic-ai toolset (usually a `FunctionToolset`) each time it's called.
+            Declare side effects on each tool with `metadata={SIDE_EFFECT_KEY: ...}`.
+        status: Optional async health check returning a short line such as `"ok"` or
+            `"offline: no network"`; `None` means the plugin is always available.
+    """
+
+    name: str
+    description: str
+    build: Callable[[], AbstractToolset[Any]]
+    status: Callable[[], Awaitable[str]] | None = None
+
+    def __post_init__(self) -> None:
+        # Names end up in comma-separated CLI flags and config lists, so keep them boring.
+        if not _NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(
+                f'Invalid tool plugin name {self.name!r}: use 1-32 lowercase letters, digits, "-" or "_", '
+                'starting with a letter.'
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _BrokenPlugin(ToolsetPlugin):
+    """Stands in for a plugin whose entry point failed to load, so listings can show why."""
+
+    error: str
+
+
+def _broken(name: str, error: str) -> _BrokenPlugin:
+    def build() -> AbstractToolset[Any]:
+        raise TandemError(f'Tool plugin {name!r} failed to load: {error}')
+
+    async def status() -> str:
+        return f'error: {error}'
+
+    return _BrokenPlugin(name=name, description=f'(failed to load: {error})', build=build, status=status, error=error)
+
+
+def discover_plugins() -> dict[str, ToolsetPlugin]:
+    """Load every plugin registered in the `tandem.tools` entry-point group.
+
+    A plugin that fails to import, or whose entry point doesn't name a `ToolsetPlugin`, is logged
+    and kept as a placeholder: `plugin_status` reports it as `"error: ..."`, selecting it by name
+    raises a `TandemError` that says why, and `select(None, ...)` skips it.
+
+    Returns:
+        Plugins keyed by `ToolsetPlugin.name`, sorted by name. When two entry points provide the
+        same name, the first one found on `sys.path` wins and the other is logged and skipped.
+    """
+    found: dict[str, ToolsetPlugin] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        plugin = _load(entry_point)
+        existing = found.get(plugin.name)
+        if existing is not None and not isinstance(existing, _BrokenPlugin):
+            if not isinstance(plugin, _BrokenPlugin):
+                _log.warning(
+                    'Skipping tool plugin %r from %s: the name is already provided by another plugin.',
+                    plugin.name,
+                    entry_point.value,
+                )
+            continue
+        found[plugin.name] = plugin  # a working plugin replaces a broken one of the same name
+    return dict(sorted(found.items()))
+
+
+def _load(entry_point: importlib.metadata.EntryPoint) -> ToolsetPlugin:
+    try:
+        loaded: object = entry_point.load()
+    except Exception as exc:  # plugin code can raise anything at import time
+        return _report_broken(entry_point, f'{type(exc).__name__}: {exc}', exc)
+    if not isinstance(loaded, ToolsetPlugin):
+        return _report_broken(
+            entry_point, f'{entry_point.value} is a {type(loaded).__name__}, not a tools.registry.ToolsetPlugin', None
+        )
+    if loaded.name != entry_point.name:
+        _log.debug('Entry point %r provides tool plugin %r.', entry_point.name, loaded.name)
+    return loaded
+
+
+def _report_broken(entry_point: importlib.metadata.EntryPoint, error: str, exc: BaseException | None) -> ToolsetPlugin:
+    _log.warning('Skipping tool plugin %r (%s): %s', entry_point.name, entry_point.value, error)
+    if exc is not None:
+        _log.debug('Traceback for tool plugin %r', entry_point.name, exc_info=exc)
+    # The entry-point name may not be a valid plugin name; fall back to one that is, so the
+    # failure still shows up in listings instead of raising from here.
+    name = entry_point.name if _NAME_PATTERN.fullmatch(entry_point.name) else 'invalid-plugin-name'
+    return _broken(name, error)
+
+
+def select(names: Sequence[str] | None, available: Mapping[str, ToolsetPlugin]) -> list[ToolsetPlugin]:
+    """Pick the plugins to enable.
+
+    Args:
+        names: Plugin names in the order wanted, or `None` for every plugin that loaded
+            (plugins that failed to load are skipped). Duplicates and surrounding spaces are ignored.
+        available: What `discover_plugins` returned.
+
+    Returns:
+        The selected plugins: in `names` order, or by name when `names` is `None`.
+
+    Raises:
+        TandemError: A name is unknown (the message lists the known ones), or names a plugin that
+            failed to load (the message says why).
+    """
+    if names is None:
+        return [plugin for plugin in available.values() if not isinstance(plugin, _BrokenPlugin)]
+    wanted = list(dict.fromkeys(name.strip() for name in names if name.strip()))
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        known = ', '.join(sorted(available)) or 'none are installed'
+        hints = [
+            f'did you mean {match[0]!r} for {name!r}?'
+            for name in unknown
+            if (match := difflib.get_close_matches(name, list(available), n=1))
+        ]
+        quoted = ', '.join(repr(name) for name in unknown)
+        raise TandemError(
+            f'Unknown tool plugin{"s" if len(unknown) > 1 else ""} {quoted}. Known: {known}.'
+            + (f' ({"; ".join(hints)})' if hints else '')
+        )
+    selected = [available[name] for name in wanted]
+    for plugin in selected:
+        if isinstance(plugin, _BrokenPlugin):
+            raise TandemError(f'Tool plugin {plugin.name!r} failed to load: {plugin.error}')
+    return selected
+
+
+async def plugin_status(plugin: ToolsetPlugin, *, timeout: float = 5.0) -> str:
+    """Run a plugin's health check without letting it raise or hang.
+
+    Args:
+        plugin: The plugin to check.
+        timeout: Seconds to wait for the check.
+
+    Returns:
+        `"ok"` when the plugin has no check, otherwise what the check returned, or
+        `"error: ..."` if it raised or timed out.
+    """
+    if plugin.status is None:
+        return 'ok'
+    try:
+        async with asyncio.timeout(timeout):
+            return await plugin.status()
+    except TimeoutError:
+        return f'error: status check timed out after {timeout:g}s'
+    except Exception as exc:  # a broken health check must not break the listing
+        return f'error: {type(exc).__name__}: {exc}'
+
+
+def has_side_effects(tool_def: ToolDefinition) -> bool:
+    """Whether a tool may change anything outside the conversation, so approval policies can gate it.
+
+    Only an explicit `metadata={SIDE_EFFECT_KEY: False}` counts as side-effect free; a tool that
+    doesn't declare it is assumed to have side effects.
+    """
+    return (tool_def.metadata or {}).get(SIDE_EFFECT_KEY) is not False
