@@ -12,7 +12,9 @@ from agent.builder import tool_descriptions
 from agent.deps import Deps
 
 
-def prompt_variables(deps: Deps, toolsets: Sequence[AbstractToolset[Any]], *, today: date | None = None) -> dict[str, Any]:
+def prompt_variables(
+    deps: Deps, toolsets: Sequence[AbstractToolset[Any]], *, today: date | None = None
+) -> dict[str, Any]:
     """The variables every prompt template can use.
 
     `memory` and `retrieval` are slots that long-term memory and retrieval fill; they are empty

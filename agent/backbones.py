@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 from pydantic_ai.models import Model
@@ -40,8 +40,10 @@ NO_MODEL_HELP = """no model is configured. Pick one of:
 class BackboneResolver(Protocol):
     """Turns a backbone's config into a pydantic-ai model, for the model-string prefixes it claims."""
 
-    prefixes: tuple[str, ...]
-    """The model-string prefixes this resolver handles, such as `openai-chat`."""
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The model-string prefixes this resolver handles, such as `openai-chat`."""
+        ...
 
     def resolve(self, config: BackboneConfig) -> Model:
         """Build the model for `config`.
@@ -83,10 +85,11 @@ def _api_key(config: BackboneConfig) -> str | None:
 class OpenAIResolver:
     """`openai:` (the Responses API), `openai-responses:` and `openai-chat:` (any OpenAI-compatible server)."""
 
-    prefixes = ('openai', 'openai-chat', 'openai-responses')
+    prefixes: tuple[str, ...] = ('openai', 'openai-chat', 'openai-responses')
 
     def resolve(self, config: BackboneConfig) -> Model:
         """Build an OpenAI chat-completions or Responses model, honouring `OPENAI_BASE_URL` like the SDK."""
+        import openai
         from openai import AsyncOpenAI
         from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
         from pydantic_ai.providers.openai import OpenAIProvider
@@ -102,7 +105,7 @@ class OpenAIResolver:
                 )
             api_key = 'not-needed'  # local servers ignore it, but the SDK insists on one
         # One retry, not the SDK's default two, so an unreachable server fails in seconds.
-        client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=httpx.Timeout(120, connect=5))
+        client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=openai.Timeout(120, connect=5))
         provider = OpenAIProvider(openai_client=client)
         if prefix == 'openai-chat':
             return OpenAIChatModel(model_name, provider=provider)
@@ -112,7 +115,7 @@ class OpenAIResolver:
 class _InferResolver:
     """Any other provider pydantic-ai knows, through its own model-string inference."""
 
-    prefixes = ()
+    prefixes: tuple[str, ...] = ()
 
     def resolve(self, config: BackboneConfig) -> Model:
         from pydantic_ai.exceptions import UserError
@@ -214,8 +217,9 @@ async def _listed_models(base_url: str, *, timeout: float, api_key: str | None =
             payload: Any = response.json()
     except (httpx.HTTPError, ValueError):
         return None
-    data = payload.get('data', []) if isinstance(payload, dict) else []
-    return [str(item['id']) for item in data if isinstance(item, dict) and 'id' in item]  # pyright: ignore[reportUnknownVariableType,reportUnknownArgumentType]
+    listing = cast(dict[str, Any], payload) if isinstance(payload, dict) else {}
+    items = cast(list[Any], listing.get('data')) if isinstance(listing.get('data'), list) else []
+    return [str(cast(dict[str, Any], item)['id']) for item in items if isinstance(item, dict) and 'id' in item]
 
 
 async def detect_local_server(host: str = '127.0.0.1', timeout: float = 0.5) -> tuple[str, str, str] | None:
@@ -290,7 +294,8 @@ async def _probe_tool_call(base_url: str, model: str, api_key: str | None, *, ti
             response = await client.post(base_url.rstrip('/') + '/chat/completions', json=body, headers=headers)
         if response.status_code >= 400:
             return False, f'chat completion failed: HTTP {response.status_code}'
-        calls = response.json()['choices'][0]['message'].get('tool_calls') or []
+        payload: Any = response.json()
+        calls: list[Any] = payload['choices'][0]['message'].get('tool_calls') or []
         if not calls:
             return False, 'answered without a tool call'
         json.loads(calls[0]['function']['arguments'])

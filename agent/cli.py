@@ -26,7 +26,9 @@ app = typer.Typer(
     add_completion=False,
 )
 sessions_app = typer.Typer(help='List, show, export and delete stored sessions.', no_args_is_help=True)
-redis_app = typer.Typer(help='The embedded Redis server Tandem starts when TANDEM_REDIS_URL is unset.', no_args_is_help=True)
+redis_app = typer.Typer(
+    help='The embedded Redis server Tandem starts when TANDEM_REDIS_URL is unset.', no_args_is_help=True
+)
 config_app = typer.Typer(help='Inspect the effective configuration.', no_args_is_help=True)
 app.add_typer(sessions_app, name='sessions')
 app.add_typer(redis_app, name='redis')
@@ -138,14 +140,18 @@ def ask(
     model: ModelOpt = None,
     prompt: PromptOpt = None,
     tools: ToolsOpt = None,
-    as_json: Annotated[bool, typer.Option('--json', help='Print answer, session, tool_calls and usage as JSON.')] = False,
+    as_json: Annotated[
+        bool, typer.Option('--json', help='Print answer, session, tool_calls and usage as JSON.')
+    ] = False,
 ) -> None:
     """Ask one question and print the answer. Without --session, each ask is a new session."""
     from agent.context import TurnOptions, build_deps, open_redis
     from agent.runtime import TextDelta, new_session_id, run_turn
 
     settings = _settings()
-    options = TurnOptions(session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools))
+    options = TurnOptions(
+        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools)
+    )
 
     async def body() -> None:
         async with open_redis(settings) as redis:
@@ -272,11 +278,21 @@ def sessions_list(
             store = RedisConversationStore(redis, tenant=tenant)
             infos = await store.list_sessions(user=scope, limit=limit)
         if as_json:
-            sys.stdout.write(json.dumps([asdict(info) for info in infos], indent=2, default=str) + '\n')
+            rows = [
+                {
+                    'session': info.id,
+                    'user': info.user,
+                    'messages': info.message_count,
+                    'updated_at': info.updated_at.isoformat(),
+                    'total_tokens': info.usage.total_tokens,
+                }
+                for info in infos
+            ]
+            sys.stdout.write(json.dumps(rows, indent=2) + '\n')
             return
         table = Table('session', 'user', 'messages', 'updated')
         for info in infos:
-            table.add_row(info.session, info.user or '', str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+            table.add_row(info.id, info.user or '', str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
         _out.print(table)
 
     _run(body)()

@@ -39,7 +39,9 @@ def config_file_path() -> Path | None:
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise ConfigError(f'TANDEM_CONFIG points at {path}, which does not exist: create it or unset TANDEM_CONFIG.')
+            raise ConfigError(
+                f'TANDEM_CONFIG points at {path}, which does not exist: create it or unset TANDEM_CONFIG.'
+            )
         return path
     for candidate in (Path.cwd() / 'tandem.toml', _xdg_dir('XDG_CONFIG_HOME', '.config') / 'tandem' / 'config.toml'):
         if candidate.is_file():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
@@ -37,11 +37,11 @@ def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[T
     """The tool plugins a turn gets: `names`, else the config's `tools`, else every installed one."""
     available = discover_plugins()
     wanted = names if names is not None else settings.tools
-    return list(available.values()) if wanted is None else select(wanted, available)
+    return select(wanted, available)
 
 
 @asynccontextmanager
-async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
+async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
     """A Redis client for `settings`, closed on exit; starts the embedded server when no URL is set."""
     url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
     client = await connect(url, home=settings.home)

@@ -77,9 +77,11 @@ def _parse(path: Path) -> PromptTemplate:
     text = path.read_text(encoding='utf-8')
     match = _FRONT_MATTER.match(text)
     if match is None:
-        raise PromptError(f'prompt file {path} has no front matter: start it with a --- block holding name and version.')
+        raise PromptError(
+            f'prompt file {path} has no front matter: start it with a --- block holding name and version.'
+        )
     try:
-        meta = yaml.safe_load(match['meta']) or {}
+        meta: Any = yaml.safe_load(match['meta']) or {}
     except yaml.YAMLError as error:
         raise PromptError(f'prompt file {path} has invalid front matter: {error}') from error
     if not isinstance(meta, dict):

@@ -25,7 +25,7 @@ from agent.config import Settings
 from agent.context import TurnOptions, build_deps, open_redis
 from agent.deps import Deps
 from agent.errors import TandemError
-from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from agent.events import TextDelta, ToolCallStarted, TurnEvent
 from agent.prompts import PromptLibrary
 from agent.runtime import TurnUsage, new_session_id, run_turn, summarize_args, with_session
 from agent.tool_status import tool_statuses
@@ -63,7 +63,7 @@ class _TurnView:
         elif isinstance(event, ToolCallStarted):
             self._stop_live()
             self._console.print(f'[cyan]⚙ {event.name}[/]([dim]{summarize_args(event.args)}[/]) …', highlight=False)
-        elif isinstance(event, ToolCallFinished):
+        else:
             mark = '[green]✓[/]' if event.ok else '[red]✗[/]'
             self._console.print(f'  {mark} {event.name} {event.duration_s * 1000:.0f} ms', highlight=False)
 
@@ -179,8 +179,8 @@ class Repl:
         infos = await self.deps.conversations.list_sessions(user=self.deps.identity.user, limit=20)
         table = Table('session', 'messages', 'updated')
         for info in infos:
-            current = ' ←' if info.session == self.deps.identity.session else ''
-            table.add_row(info.session + current, str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+            current = ' ←' if info.id == self.deps.identity.session else ''
+            table.add_row(info.id + current, str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
         self.console.print(table)
         return True
 
@@ -190,7 +190,7 @@ class Repl:
         if not argument:
             raise TandemError('usage: /switch SESSION_ID (see /sessions)')
         self.deps = with_session(self.deps, validate_id('session', argument))
-        count = len(await self.deps.conversations.export_messages(argument))
+        count = await self.deps.conversations.message_count(argument)
         self.console.print(f'switched to session {argument} ({count} messages)')
         return True
 
@@ -233,7 +233,8 @@ class Repl:
         return True
 
     async def _history(self, _: str) -> bool:
-        messages = await self.deps.conversations.export_messages(self.deps.identity.session)
+        conversation = await self.deps.conversations.load(self.deps.identity.session, scope=self.deps.identity.user)
+        messages = conversation.messages if conversation is not None else []
         if not messages:
             self.console.print('(no messages yet)')
         for line in render_transcript(messages):

@@ -22,7 +22,6 @@ from pydantic_ai.messages import (
     ModelResponse,
     PartDeltaEvent,
     PartStartEvent,
-    RetryPromptPart,
     TextPart,
     TextPartDelta,
 )
@@ -59,7 +58,9 @@ class TurnUsage:
         return self.input_tokens + self.output_tokens
 
     def __add__(self, other: TurnUsage) -> TurnUsage:
-        cost = None if self.cost_usd is None and other.cost_usd is None else (self.cost_usd or 0) + (other.cost_usd or 0)
+        cost = (
+            None if self.cost_usd is None and other.cost_usd is None else (self.cost_usd or 0) + (other.cost_usd or 0)
+        )
         return TurnUsage(
             requests=self.requests + other.requests,
             tool_calls=self.tool_calls + other.tool_calls,
@@ -91,7 +92,9 @@ async def _emit(sink: EventSink | None, event: TurnEvent) -> None:
         await outcome
 
 
-def _stream_handler(sink: EventSink, deps: Deps) -> Callable[[RunContext[Deps], AsyncIterable[AgentStreamEvent]], Awaitable[None]]:
+def _stream_handler(
+    sink: EventSink, deps: Deps
+) -> Callable[[RunContext[Deps], AsyncIterable[AgentStreamEvent]], Awaitable[None]]:
     async def handle(ctx: RunContext[Deps], events: AsyncIterable[AgentStreamEvent]) -> None:
         async for event in events:
             if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart) and event.part.content:
@@ -103,17 +106,16 @@ def _stream_handler(sink: EventSink, deps: Deps) -> Callable[[RunContext[Deps], 
                 part = event.part
                 await _emit(sink, ToolCallStarted(part.tool_call_id, part.tool_name, part.args_as_dict()))
             elif isinstance(event, FunctionToolResultEvent):
-                record = next((r for r in deps.turn.tool_calls if r.call_id == event.tool_call_id), None)
-                failed = isinstance(event.result, RetryPromptPart)
-                content = event.result.model_response() if failed else event.result.content
+                part = event.part
+                record = next((r for r in deps.turn.tool_calls if r.call_id == part.tool_call_id), None)
                 await _emit(
                     sink,
                     ToolCallFinished(
-                        call_id=event.tool_call_id,
-                        name=event.result.tool_name or (record.name if record else ''),
+                        call_id=part.tool_call_id,
+                        name=part.tool_name,
                         duration_s=record.duration_s if record else 0.0,
-                        ok=not failed and (record.ok if record else True),
-                        result=short(content, 200),
+                        ok=part.outcome == 'success',
+                        result=short(part.model_response_str(wrap_if_error=False), 200),
                     ),
                 )
 
@@ -164,7 +166,9 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
     if isinstance(error, ai_errors.ModelAPIError):
         return BackboneError(f'backbone {name!r} failed: {short(str(error), 160)}')
     if isinstance(error, ai_errors.UsageLimitExceeded):
-        return TandemError(f'turn stopped and not saved: {error}. Raise the [limits] table in tandem.toml if it needs more.')
+        return TandemError(
+            f'turn stopped and not saved: {error}. Raise the [limits] table in tandem.toml if it needs more.'
+        )
     if isinstance(error, ai_errors.UnexpectedModelBehavior):
         return BackboneError(f'backbone {name!r} misbehaved: {short(str(error), 160)}')
     return None

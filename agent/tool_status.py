@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from agent.builder import tool_descriptions
 from agent.config import Settings
-from tools.registry import discover_plugins
+from tools.registry import discover_plugins, plugin_status
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,7 @@ async def tool_statuses(settings: Settings) -> list[ToolStatus]:
         plugin = plugins[name]
         if name not in enabled:
             return 'off'
-        if plugin.status is None:
-            return 'ok'
-        try:
-            return await asyncio.wait_for(plugin.status(), timeout=3)
-        except Exception as error:  # noqa: BLE001 - a status probe must never break the listing
-            return f'error: {type(error).__name__}'
+        return await plugin_status(plugin, timeout=3)
 
     names = sorted(plugins)
     statuses = await asyncio.gather(*(status_of(name) for name in names))

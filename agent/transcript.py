@@ -7,8 +7,6 @@ from collections.abc import Iterator, Sequence
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
-    ModelResponse,
-    RetryPromptPart,
     TextPart,
     ToolCallPart,
     ToolReturnPart,
@@ -27,10 +25,9 @@ def render_transcript(messages: Sequence[ModelMessage]) -> Iterator[str]:
                     content = part.content if isinstance(part.content, str) else '[non-text content]'
                     yield f'you: {content}'
                 elif isinstance(part, ToolReturnPart):
-                    yield f'  ← {part.tool_name}: {short(part.model_response_str(), 100)}'
-                elif isinstance(part, RetryPromptPart):
-                    yield f'  ← {part.tool_name or "retry"}: error: {short(part.model_response(), 100)}'
-        elif isinstance(message, ModelResponse):
+                    error = '' if part.outcome == 'success' else f'{part.outcome}: '
+                    yield f'  ← {part.tool_name}: {error}{short(part.model_response_str(wrap_if_error=False), 100)}'
+        else:
             for part in message.parts:
                 if isinstance(part, ToolCallPart):
                     yield f'  → {part.tool_name}({short(part.args_as_json_str(), 80)})'

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import TypeAlias, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from agent.errors import ConfigError, RedisUnavailableError
@@ -84,33 +86,41 @@ async def connect(url: str | None, *, home: Path, retries: int = 3) -> Redis:
 def mask_url(url: str) -> str:
     """`url` with any password replaced by `***`, fit for messages and logs."""
     parts = urlsplit(url)
-    netloc = parts.netloc
+    masked = url
     if parts.password is not None:
-        userinfo, _, hostinfo = netloc.rpartition('@')
+        userinfo, _, hostinfo = parts.netloc.rpartition('@')
         user = userinfo.partition(':')[0]
-        netloc = f'{user}:***@{hostinfo}'
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(key, '***' if key.lower() == 'password' else value) for key, value in pairs], safe='*')
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        masked = masked.replace(parts.netloc, f'{user}:***@{hostinfo}', 1)
+    if parts.query:
+        pairs = parts.query.split('&')
+        query = '&'.join('password=***' if pair.lower().startswith('password=') else pair for pair in pairs)
+        masked = masked.replace(f'?{parts.query}', f'?{query}', 1)
+    return masked
 
 
 def _client(url: str, retries: int) -> RedisClient:
     scheme = urlsplit(url).scheme.lower()
-    options = {
-        'decode_responses': False,
-        'socket_connect_timeout': CONNECT_TIMEOUT,
-        'socket_timeout': COMMAND_TIMEOUT,
-        'retry': Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
-        'retry_on_error': [RedisConnectionError, RedisTimeoutError],
-    }
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    retry_on_error: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError]
     try:
         if scheme in _CLUSTER_SCHEMES:
-            plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
-            return RedisCluster.from_url(plain, **options)
+            return RedisCluster.from_url(
+                _CLUSTER_SCHEMES[scheme] + url[len(scheme) :],
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+                retry=retry,
+                retry_on_error=retry_on_error,
+            )
         if scheme in _SCHEMES:
-            return Redis.from_url(url, **options)
+            return Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+                retry=retry,
+                retry_on_error=retry_on_error,
+            )
     except (ValueError, RedisError) as exc:
         raise ConfigError(f'invalid Redis URL {mask_url(url)}: {_reason(exc)}. Fix TANDEM_REDIS_URL.') from exc
     raise ConfigError(

@@ -36,7 +36,7 @@ __all__ = (
 
 PREFIX = 'tandem'
 MAX_ID_LENGTH = 128
-ID_PATTERN = re.compile(r'[A-Za-z0-9._@-]{1,%d}' % MAX_ID_LENGTH)
+ID_PATTERN = re.compile(rf'[A-Za-z0-9._@-]{{1,{MAX_ID_LENGTH}}}')
 """What an id may be: an allow-list, so glob characters, braces, `:`, whitespace and control
 characters are all refused without having to name each one."""
 

@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -146,11 +146,14 @@ class EmbeddedRedis:
 
     def pid(self) -> int | None:
         """The server's process id, if its pidfile names a live server process."""
+        pid = self._pidfile_pid()
+        return pid if pid is not None and _is_server_process(pid) else None
+
+    def _pidfile_pid(self) -> int | None:
         try:
-            pid = int(self._pid_path.read_text().strip())
+            return int(self._pid_path.read_text().strip())
         except (FileNotFoundError, ValueError):
-            return None
-        return pid if _is_server_process(pid) else None
+            return None  # absent, or created but not written yet
 
     def status(self) -> EmbeddedStatus:
         """Whether the server runs, where, and as which process."""
@@ -187,7 +190,9 @@ class EmbeddedRedis:
                 # a second server on the same files would corrupt them, so wait instead.
                 if self._wait_ready(url, pid):
                     return url
-                raise self._error(f'the server (pid {pid}) is running but did not answer within {self.start_timeout:g}s')
+                raise self._error(
+                    f'the server (pid {pid}) is running but did not answer within {self.start_timeout:g}s'
+                )
             return self._start()
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -201,12 +206,11 @@ class EmbeddedRedis:
         """
         pid = self.pid()
         url = self.url()
-        answered = False
-        if url is not None:
+        answered = url is not None and _ping(url)
+        if answered and url is not None:
             with contextlib.suppress(redis.RedisError, OSError), _sync_client(url) as client:
                 # SHUTDOWN fsyncs the append-only file; the reply is the connection closing.
                 client.shutdown()
-                answered = True
         if pid is None:
             return answered
         if not _wait_exit(pid, timeout):
@@ -218,7 +222,7 @@ class EmbeddedRedis:
         return True
 
     @contextlib.contextmanager
-    def _start_lock(self) -> Iterator[None]:
+    def _start_lock(self) -> Generator[None]:
         # Bounded: a holder that hangs must not hang every other tandem command forever.
         deadline = time.monotonic() + self.start_timeout + 10.0
         with open(self._lock_path, 'a+b') as lock_file:
@@ -252,7 +256,7 @@ class EmbeddedRedis:
             if self._wait_ready(url, None):
                 return url
             failure = self._log_tail()
-        raise self._error(f'it did not answer within {self.start_timeout:g}s ({failure or "no log output"})')
+        raise self._error(f'it exited or did not answer within {self.start_timeout:g}s ({failure or "no log output"})')
 
     def _write_config(self) -> str:
         lines = [
@@ -283,10 +287,10 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if _ping(url):
                 return True
-            if pid is not None and not _is_server_process(pid):
-                return False
-            if pid is None and self._pid_path.exists() and self.pid() is None:
-                return False  # it wrote its pidfile, then died: the log says why
+            # Watch the pid it was given, or the one the new server writes (the file starts empty).
+            watched = pid if pid is not None else self._pidfile_pid()
+            if watched is not None and not _is_server_process(watched):
+                return False  # it died: the log says why
             time.sleep(_POLL_INTERVAL)
         return False
 
@@ -305,10 +309,8 @@ class EmbeddedRedis:
 
 
 @contextlib.contextmanager
-def _sync_client(url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
-    )
+def _sync_client(url: str) -> Generator[redis.Redis]:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))
     try:
         yield client
     finally:

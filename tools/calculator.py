@@ -5,8 +5,9 @@ interpreted; everything else is refused with a `ModelRetry` whose message tells 
 fix its input. Integers stay integers, `/` between exact numbers gives a `Fraction`, and a float
 appears only when the expression contains one (a literal like `0.5`, `pi`, or a float function).
 
-Every operation that could take unbounded time or memory is checked *before* it runs: expression
-length, nesting depth, exponent size, estimated result bits and factorial argument.
+Anything that could take unbounded time or memory is checked *before* it runs: expression length,
+nesting depth, exponent size, estimated result bits, the factorial argument, and a work budget
+over the whole evaluation, so every refusal comes back within milliseconds.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MAX_EXPRESSION_CHARS = 1_000
 _MAX_DEPTH = 100
 _MAX_EXPONENT = 10_000
 _MAX_INT_BITS = 100_000  # ~30,000 decimal digits; big-int ops stay in the low milliseconds
+_MAX_WORK_BITS = 1_000_000  # summed operand sizes over one evaluation, to bound the total time
 _MAX_FACTORIAL = 1_000
 _MAX_ROUND_DIGITS = 100
 _MAX_MINMAX_ARGS = 100
@@ -46,9 +48,10 @@ _FLOAT_OVERFLOW = 'The result is too large for a float (over about 1.8e308).'
 _CONSTANTS: dict[str, float] = {'pi': math.pi, 'e': math.e}
 
 
-def calculate(
-    expression: Annotated[str, Field(max_length=MAX_EXPRESSION_CHARS, examples=['2**100', '(17 * 23) / 4'])],
-) -> str:
+# No `max_length` in the schema on purpose: pydantic's length error would echo the whole oversized
+# input back into the model's context; the check in the body answers in one short line instead.
+# The examples show real models the syntax, and are what pydantic-ai's TestModel sends.
+def calculate(expression: Annotated[str, Field(examples=['2**100', '(17 * 23) / 4'])]) -> str:
     """Evaluate an arithmetic expression exactly. Use it for any arithmetic instead of computing mentally.
 
     Syntax is Python's: `+ - * / // % **` and parentheses. Use `**` for powers (`^` is not a power).
@@ -66,8 +69,7 @@ def calculate(
     Args:
         expression: The arithmetic expression, at most 1000 characters.
     """
-    # Checked here as well as in the JSON schema, so direct callers get the same fast refusal
-    # before `ast.parse` ever sees a huge input.
+    # Before anything else, so a huge input is refused in microseconds and never reaches ast.parse.
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ModelRetry(
             f'The expression is {len(expression)} characters long; the limit is {MAX_EXPRESSION_CHARS}. '
@@ -84,7 +86,7 @@ def calculate(
     except (ValueError, RecursionError, MemoryError):
         # ValueError: NUL bytes; the others: pathological nesting the parser itself refuses.
         raise ModelRetry(f'Could not parse the expression. {_SYNTAX_HELP}') from None
-    return _render(_evaluate(tree.body, depth=0))
+    return _render(_Evaluator().evaluate(tree.body))
 
 
 def calculator_toolset() -> FunctionToolset[Any]:
@@ -104,38 +106,140 @@ plugin = ToolsetPlugin(
 # --- evaluation --------------------------------------------------------------------------------
 
 
-def _evaluate(node: ast.expr, depth: int) -> Number:
-    if depth > _MAX_DEPTH:
-        raise ModelRetry(f'The expression is nested more than {_MAX_DEPTH} levels deep; simplify it.')
-    match node:
-        case ast.Constant(value=value):
-            return _literal(value)
-        case ast.BinOp():
-            return _evaluate_binop(node, depth)
-        case ast.UnaryOp(op=ast.USub(), operand=operand):
-            return _checked(-_evaluate(operand, depth + 1))
-        case ast.UnaryOp(op=ast.UAdd(), operand=operand):
-            return _evaluate(operand, depth + 1)
-        case ast.Name(id=name):
-            return _constant(name)
-        case ast.Call():
-            return _evaluate_call(node, depth)
-        case _:
-            raise ModelRetry(_unsupported(node))
+class _Evaluator:
+    """One evaluation: walks the tree and keeps the big-number work budget."""
 
+    def __init__(self) -> None:
+        # Each exact operation spends the bit sizes of its operands; the per-value limit alone
+        # would still let ~50 near-limit fraction additions (gcds on 100k-bit numbers) run long.
+        self._work_left = _MAX_WORK_BITS
 
-def _evaluate_binop(node: ast.BinOp, depth: int) -> Number:
-    # Walk the left spine in a loop, so a long sum like `1 + 2 + ... + 300` (which Python parses
-    # as 300 left-nested nodes) doesn't count against the nesting limit.
-    spine: list[ast.BinOp] = []
-    current: ast.expr = node
-    while isinstance(current, ast.BinOp):
-        spine.append(current)
-        current = current.left
-    result = _evaluate(current, depth + 1)
-    for binop in reversed(spine):
-        result = _apply(binop.op, result, _evaluate(binop.right, depth + 1))
-    return result
+    def evaluate(self, node: ast.expr, depth: int = 0) -> Number:
+        if depth > _MAX_DEPTH:
+            raise ModelRetry(f'The expression is nested more than {_MAX_DEPTH} levels deep; simplify it.')
+        match node:
+            case ast.Constant(value=value):
+                return _literal(value)
+            case ast.BinOp():
+                return self._binop(node, depth)
+            case ast.UnaryOp(op=ast.USub(), operand=operand):
+                return _checked(-self.evaluate(operand, depth + 1))
+            case ast.UnaryOp(op=ast.UAdd(), operand=operand):
+                return self.evaluate(operand, depth + 1)
+            case ast.Name(id=name):
+                return _constant(name)
+            case ast.Call():
+                return self._call(node, depth)
+            case _:
+                raise ModelRetry(_unsupported(node))
+
+    def _binop(self, node: ast.BinOp, depth: int) -> Number:
+        # Walk the left spine in a loop, so a long sum like `1 + 2 + ... + 300` (which Python parses
+        # as 300 left-nested nodes) doesn't count against the nesting limit.
+        spine: list[ast.BinOp] = []
+        current: ast.expr = node
+        while isinstance(current, ast.BinOp):
+            spine.append(current)
+            current = current.left
+        result = self.evaluate(current, depth + 1)
+        for binop in reversed(spine):
+            result = self._apply(binop.op, result, self.evaluate(binop.right, depth + 1))
+        return result
+
+    def _apply(self, op: ast.operator, left: Number, right: Number) -> Number:
+        symbol = _OPERATOR_SYMBOLS.get(type(op), type(op).__name__)
+        if isinstance(op, ast.BitXor):
+            raise ModelRetry('^ is not a power operator here; use ** for powers, e.g. 2**10.')
+        if not isinstance(op, ast.Add | ast.Sub | ast.Mult | ast.Div | ast.FloorDiv | ast.Mod | ast.Pow):
+            raise ModelRetry(f'The operator {symbol} is not supported. Supported operators: + - * / // % **.')
+        if isinstance(op, ast.Pow):
+            return self._power(left, right)
+        if isinstance(op, ast.Div | ast.FloorDiv | ast.Mod) and right == 0:
+            raise ModelRetry(f'Division by zero: the right-hand side of {symbol} is 0.')
+        if _is_exact(left) and _is_exact(right):
+            self._charge(_bits(left) + _bits(right))
+            # int +, -, //, % can't outgrow their operands; products and fraction arithmetic can
+            # reach the sum of the operand sizes, so refuse those before computing them.
+            grows = isinstance(op, ast.Mult) or not (isinstance(left, int) and isinstance(right, int))
+            if grows and _bits(left) + _bits(right) > _MAX_INT_BITS:
+                raise ModelRetry(_too_big_message())
+        try:
+            match op:
+                case ast.Add():
+                    result = left + right
+                case ast.Sub():
+                    result = left - right
+                case ast.Mult():
+                    result = left * right
+                case ast.Div():
+                    exact = _is_exact(left) and _is_exact(right)
+                    result = Fraction(left) / Fraction(right) if exact else left / right
+                case ast.FloorDiv():
+                    result = left // right
+                case _:
+                    result = left % right
+        except OverflowError:  # a huge exact number meeting a float
+            raise ModelRetry(_FLOAT_OVERFLOW) from None
+        return _checked(result)
+
+    def _power(self, base: Number, exponent: Number) -> Number:
+        if base == 0 and exponent < 0:
+            raise ModelRetry('Division by zero: 0 raised to a negative power.')
+        if isinstance(exponent, int) and _is_exact(base):
+            if abs(exponent) > _MAX_EXPONENT:
+                raise ModelRetry(
+                    f'The exponent {_short(exponent)} is too large: exact powers allow exponents from '
+                    f'-{_MAX_EXPONENT} to {_MAX_EXPONENT}. For an estimate, use a float base (2.0**x) or logarithms.'
+                )
+            # bit_length * exponent over-estimates the result size, which is the safe direction.
+            estimated_bits = _bits(base) * abs(exponent)
+            if estimated_bits > _MAX_INT_BITS:
+                raise ModelRetry(_too_big_message())
+            self._charge(estimated_bits)
+            # Fraction keeps negative powers exact, where int ** -2 would be a float.
+            return _checked(Fraction(base) ** exponent)
+        # Float powers cost the same whatever the exponent, so only their range needs checking.
+        float_exponent = _as_float(exponent)
+        if base < 0 and not float_exponent.is_integer():
+            raise ModelRetry('A negative number raised to a fractional power has no real result.')
+        try:
+            result = _as_float(base) ** float_exponent
+        except OverflowError:
+            raise ModelRetry(_FLOAT_OVERFLOW) from None
+        return _checked(result)
+
+    def _call(self, node: ast.Call, depth: int) -> Number:
+        if not isinstance(node.func, ast.Name):
+            if isinstance(node.func, ast.Attribute):
+                raise ModelRetry(_unsupported(node.func))
+            raise ModelRetry(f'Only the listed functions can be called, by bare name, e.g. sqrt(2). {_SYNTAX_HELP}')
+        name = node.func.id
+        function = _FUNCTIONS.get(name)
+        if function is None:
+            raise ModelRetry(f'Unknown function {name!r}. Known functions: {", ".join(_FUNCTIONS)}.')
+        if node.keywords:
+            raise ModelRetry(f'Keyword arguments are not supported; call it as {function.usage}.')
+        if any(isinstance(arg, ast.Starred) for arg in node.args):
+            raise ModelRetry(f'*-unpacking is not supported; call it as {function.usage}.')
+        if not function.min_args <= len(node.args) <= function.max_args:
+            raise ModelRetry(f'{name} got {len(node.args)} argument(s); call it as {function.usage}.')
+        args = [self.evaluate(arg, depth + 1) for arg in node.args]
+        self._charge(sum(_bits(arg) for arg in args))
+        try:
+            return _checked(function.impl(*args))
+        except OverflowError:
+            raise ModelRetry(f'{name}: {_FLOAT_OVERFLOW}') from None
+        except (ValueError, ZeroDivisionError) as exc:
+            # The impls pre-check their domains; this catches whatever math still refuses.
+            raise ModelRetry(f'{name} cannot be computed for these arguments: {exc}.') from None
+
+    def _charge(self, bits: int) -> None:
+        self._work_left -= bits
+        if self._work_left < 0:
+            raise ModelRetry(
+                'The expression does too much exact big-number arithmetic. Split it into smaller '
+                'calculations, or use floats (e.g. 2.0 instead of 2) for an approximate answer.'
+            )
 
 
 def _literal(value: object) -> Number:
@@ -208,72 +312,6 @@ _OPERATOR_SYMBOLS: dict[type[ast.operator], str] = {
 }
 
 
-def _apply(op: ast.operator, left: Number, right: Number) -> Number:
-    symbol = _OPERATOR_SYMBOLS.get(type(op), type(op).__name__)
-    if isinstance(op, ast.BitXor):
-        raise ModelRetry('^ is not a power operator here; use ** for powers, e.g. 2**10.')
-    if not isinstance(op, ast.Add | ast.Sub | ast.Mult | ast.Div | ast.FloorDiv | ast.Mod | ast.Pow):
-        raise ModelRetry(f'The operator {symbol} is not supported. Supported operators: + - * / // % **.')
-    if isinstance(op, ast.Pow):
-        return _power(left, right)
-    if isinstance(op, ast.Div | ast.FloorDiv | ast.Mod) and right == 0:
-        raise ModelRetry(f'Division by zero: the right-hand side of {symbol} is 0.')
-    _check_operand_sizes(op, left, right)
-    try:
-        match op:
-            case ast.Add():
-                result = left + right
-            case ast.Sub():
-                result = left - right
-            case ast.Mult():
-                result = left * right
-            case ast.Div():
-                result = Fraction(left) / Fraction(right) if _is_exact(left) and _is_exact(right) else left / right
-            case ast.FloorDiv():
-                result = left // right
-            case _:
-                result = left % right
-    except OverflowError:
-        raise ModelRetry(_FLOAT_OVERFLOW) from None
-    return _checked(result)
-
-
-def _check_operand_sizes(op: ast.operator, left: Number, right: Number) -> None:
-    # int +, -, //, % can't grow much past their operands; everything else on exact numbers
-    # (products, fraction arithmetic) can reach the sum of the operand sizes, so refuse it up front.
-    if not (_is_exact(left) and _is_exact(right)):
-        return
-    if isinstance(left, int) and isinstance(right, int) and not isinstance(op, ast.Mult):
-        return
-    if _bits(left) + _bits(right) > _MAX_INT_BITS:
-        raise ModelRetry(_too_big_message())
-
-
-def _power(base: Number, exponent: Number) -> Number:
-    if base == 0 and exponent < 0:
-        raise ModelRetry('Division by zero: 0 raised to a negative power.')
-    if isinstance(exponent, int) and _is_exact(base):
-        if abs(exponent) > _MAX_EXPONENT:
-            raise ModelRetry(
-                f'The exponent {_short(exponent)} is too large: exact powers allow exponents from '
-                f'-{_MAX_EXPONENT} to {_MAX_EXPONENT}. For an estimate, use a float base (2.0**x) or logarithms.'
-            )
-        # bit_length * exponent over-estimates the result size, which is the safe direction.
-        if _bits(base) * abs(exponent) > _MAX_INT_BITS:
-            raise ModelRetry(_too_big_message())
-        # Fraction keeps negative powers exact, where int ** -2 would be a float.
-        return _checked(Fraction(base) ** exponent)
-    # Float powers cost the same whatever the exponent, so only their range needs checking.
-    float_exponent = _as_float(exponent)
-    if base < 0 and not float_exponent.is_integer():
-        raise ModelRetry('A negative number raised to a fractional power has no real result.')
-    try:
-        result = _as_float(base) ** float_exponent
-    except OverflowError:
-        raise ModelRetry(_FLOAT_OVERFLOW) from None
-    return _checked(result)
-
-
 # --- functions ---------------------------------------------------------------------------------
 
 
@@ -283,31 +321,6 @@ class _Function:
     max_args: int
     impl: Callable[..., Number]
     usage: str
-
-
-def _evaluate_call(node: ast.Call, depth: int) -> Number:
-    if not isinstance(node.func, ast.Name):
-        if isinstance(node.func, ast.Attribute):
-            raise ModelRetry(_unsupported(node.func))
-        raise ModelRetry(f'Only the listed functions can be called, by bare name, e.g. sqrt(2). {_SYNTAX_HELP}')
-    name = node.func.id
-    function = _FUNCTIONS.get(name)
-    if function is None:
-        raise ModelRetry(f'Unknown function {name!r}. Known functions: {", ".join(_FUNCTIONS)}.')
-    if node.keywords:
-        raise ModelRetry(f'Keyword arguments are not supported; call it as {function.usage}.')
-    if any(isinstance(arg, ast.Starred) for arg in node.args):
-        raise ModelRetry(f'*-unpacking is not supported; call it as {function.usage}.')
-    if not function.min_args <= len(node.args) <= function.max_args:
-        raise ModelRetry(f'{name} got {len(node.args)} argument(s); call it as {function.usage}.')
-    args = [_evaluate(arg, depth + 1) for arg in node.args]
-    try:
-        return _checked(function.impl(*args))
-    except OverflowError:
-        raise ModelRetry(f'{name}: {_FLOAT_OVERFLOW}') from None
-    except (ValueError, ZeroDivisionError) as exc:
-        # The impls pre-check their domains; this catches whatever math still refuses.
-        raise ModelRetry(f'{name} cannot be computed for these arguments: {exc}.') from None
 
 
 def _abs(x: Number) -> Number:
@@ -493,4 +506,3 @@ def _render(x: Number) -> str:
         else 'rounded; the exact fraction is too long to show'
     )
     return f'{_approximate(x)} ({exact})'
-

@@ -20,6 +20,21 @@ from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 __all__ = ['clock_toolset', 'plugin']
 
 _EXAMPLE_ZONES = ('UTC', 'Europe/London', 'Europe/Berlin', 'America/New_York', 'America/Los_Angeles', 'Asia/Tokyo')
+# Abbreviations models like to pass that aren't IANA keys, and the zone they most often mean.
+_ABBREVIATIONS = {
+    'PST': 'America/Los_Angeles',
+    'PDT': 'America/Los_Angeles',
+    'MDT': 'America/Denver',
+    'CST': 'America/Chicago',
+    'CDT': 'America/Chicago',
+    'EDT': 'America/New_York',
+    'BST': 'Europe/London',
+    'CEST': 'Europe/Berlin',
+    'IST': 'Asia/Kolkata',
+    'JST': 'Asia/Tokyo',
+    'AEST': 'Australia/Sydney',
+    'AEDT': 'Australia/Sydney',
+}
 # Letters, digits and the punctuation IANA names use (e.g. Etc/GMT+5, America/Port-au-Prince);
 # this also keeps path tricks like "../" away from zoneinfo's file lookup.
 _ZONE_PATTERN = re.compile(r'[A-Za-z0-9_+\-/]{1,64}')
@@ -78,14 +93,15 @@ def _resolve_zone(name: str) -> tuple[str, tzinfo]:
         by_lower = {zone.lower(): zone for zone in available_timezones()}
         if (canonical := by_lower.get(key.lower())) is not None:
             return canonical, ZoneInfo(canonical)
-        suggestions = difflib.get_close_matches(key, sorted(by_lower.values()), n=3, cutoff=0.6)
+        if (zone_for_abbreviation := _ABBREVIATIONS.get(key.upper())) is not None:
+            suggestions = [zone_for_abbreviation]
+        else:
+            suggestions = difflib.get_close_matches(key, sorted(by_lower.values()), n=3, cutoff=0.6)
     else:
         suggestions = []
     hint = f' Did you mean {", ".join(map(repr, suggestions))}?' if suggestions else ''
     examples = ', '.join(repr(zone) for zone in _EXAMPLE_ZONES)
-    raise ModelRetry(
-        f'Unknown time zone {name[:64]!r}.{hint} Use an IANA time zone name such as {examples}.'
-    )
+    raise ModelRetry(f'Unknown time zone {name[:64]!r}.{hint} Use an IANA time zone name such as {examples}.')
 
 
 async def _status() -> str:

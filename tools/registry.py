@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai.tools import ToolDefinition
-from pydantic_ai.toolsets import AbstractToolset
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from agent.errors import TandemError
 
@@ -48,6 +48,7 @@ ENTRY_POINT_GROUP = 'tandem.tools'
 SIDE_EFFECT_KEY = 'side_effect'
 """The `ToolDefinition.metadata` key that says whether a tool has side effects (a bool)."""
 
+_OWN_DISTRIBUTION = 'tandem'
 _NAME_PATTERN = re.compile(r'[a-z][a-z0-9_-]{0,31}')
 
 _log = logging.getLogger('tandem.tools.registry')
@@ -90,7 +91,9 @@ class _BrokenPlugin(ToolsetPlugin):
 
 def _broken(name: str, error: str) -> _BrokenPlugin:
     def build() -> AbstractToolset[Any]:
-        raise TandemError(f'Tool plugin {name!r} failed to load: {error}')
+        # No tools rather than an exception: code that builds every discovered plugin (listings,
+        # "enable everything") keeps working, and the warning was logged at discovery.
+        return FunctionToolset[Any](id=name)
 
     async def status() -> str:
         return f'error: {error}'
@@ -102,22 +105,25 @@ def discover_plugins() -> dict[str, ToolsetPlugin]:
     """Load every plugin registered in the `tandem.tools` entry-point group.
 
     A plugin that fails to import, or whose entry point doesn't name a `ToolsetPlugin`, is logged
-    and kept as a placeholder: `plugin_status` reports it as `"error: ..."`, selecting it by name
-    raises a `TandemError` that says why, and `select(None, ...)` skips it.
+    and kept as a placeholder so listings can show it: its status is `"error: ..."`, its `build`
+    returns an empty toolset, selecting it by name raises a `TandemError` that says why, and
+    `select(None, ...)` skips it.
 
     Returns:
-        Plugins keyed by `ToolsetPlugin.name`, sorted by name. When two entry points provide the
-        same name, the first one found on `sys.path` wins and the other is logged and skipped.
+        Plugins keyed by `ToolsetPlugin.name`, sorted by name. When two plugins share a name,
+        Tandem's own wins, then the one from the distribution whose name sorts first; the other is
+        logged and skipped, so installing a package can't silently replace a built-in tool.
     """
     found: dict[str, ToolsetPlugin] = {}
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=_precedence):
         plugin = _load(entry_point)
         existing = found.get(plugin.name)
         if existing is not None and not isinstance(existing, _BrokenPlugin):
             if not isinstance(plugin, _BrokenPlugin):
                 _log.warning(
-                    'Skipping tool plugin %r from %s: the name is already provided by another plugin.',
+                    'Skipping tool plugin %r from %s (%s): another plugin already has that name.',
                     plugin.name,
+                    _distribution_name(entry_point),
                     entry_point.value,
                 )
             continue
@@ -125,17 +131,26 @@ def discover_plugins() -> dict[str, ToolsetPlugin]:
     return dict(sorted(found.items()))
 
 
+def _distribution_name(entry_point: importlib.metadata.EntryPoint) -> str:
+    return entry_point.dist.name if entry_point.dist is not None else '?'
+
+
+def _precedence(entry_point: importlib.metadata.EntryPoint) -> tuple[bool, str, str]:
+    # sys.path and directory-listing order aren't stable, so conflicts are settled by name instead.
+    distribution = _distribution_name(entry_point)
+    return (distribution != _OWN_DISTRIBUTION, distribution, entry_point.name)
+
+
 def _load(entry_point: importlib.metadata.EntryPoint) -> ToolsetPlugin:
     try:
         loaded: object = entry_point.load()
-    except Exception as exc:  # plugin code can raise anything at import time
+    except Exception as exc:  # noqa: BLE001 -- plugin code can raise anything at import time
         return _report_broken(entry_point, f'{type(exc).__name__}: {exc}', exc)
     if not isinstance(loaded, ToolsetPlugin):
         return _report_broken(
             entry_point, f'{entry_point.value} is a {type(loaded).__name__}, not a tools.registry.ToolsetPlugin', None
         )
-    if loaded.name != entry_point.name:
-        _log.debug('Entry point %r provides tool plugin %r.', entry_point.name, loaded.name)
+    # The entry-point name is only a label; users select the plugin by its own `name`.
     return loaded
 
 
@@ -154,7 +169,7 @@ def select(names: Sequence[str] | None, available: Mapping[str, ToolsetPlugin]) 
 
     Args:
         names: Plugin names in the order wanted, or `None` for every plugin that loaded
-            (plugins that failed to load are skipped). Duplicates and surrounding spaces are ignored.
+            (plugins that failed to load are skipped). Case, surrounding spaces and duplicates are ignored.
         available: What `discover_plugins` returned.
 
     Returns:
@@ -166,19 +181,18 @@ def select(names: Sequence[str] | None, available: Mapping[str, ToolsetPlugin]) 
     """
     if names is None:
         return [plugin for plugin in available.values() if not isinstance(plugin, _BrokenPlugin)]
-    wanted = list(dict.fromkeys(name.strip() for name in names if name.strip()))
+    wanted = list(dict.fromkeys(name.strip().lower() for name in names if name.strip()))
     unknown = [name for name in wanted if name not in available]
     if unknown:
-        known = ', '.join(sorted(available)) or 'none are installed'
         hints = [
-            f'did you mean {match[0]!r} for {name!r}?'
+            f'{match[0]!r} for {name!r}' if len(unknown) > 1 else repr(match[0])
             for name in unknown
             if (match := difflib.get_close_matches(name, list(available), n=1))
         ]
-        quoted = ', '.join(repr(name) for name in unknown)
         raise TandemError(
-            f'Unknown tool plugin{"s" if len(unknown) > 1 else ""} {quoted}. Known: {known}.'
-            + (f' ({"; ".join(hints)})' if hints else '')
+            f'Unknown tool plugin{"s" if len(unknown) > 1 else ""} {", ".join(map(repr, unknown))}.'
+            + (f' Did you mean {", ".join(hints)}?' if hints else '')
+            + (f' Known: {", ".join(sorted(available))}.' if available else ' No tool plugins are installed.')
         )
     selected = [available[name] for name in wanted]
     for plugin in selected:
@@ -205,7 +219,7 @@ async def plugin_status(plugin: ToolsetPlugin, *, timeout: float = 5.0) -> str:
             return await plugin.status()
     except TimeoutError:
         return f'error: status check timed out after {timeout:g}s'
-    except Exception as exc:  # a broken health check must not break the listing
+    except Exception as exc:  # noqa: BLE001 -- a broken health check must not break the listing
         return f'error: {type(exc).__name__}: {exc}'
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from dirty_equals import IsFloat, IsStr
 from inline_snapshot import snapshot
-from pydantic_ai.messages import ModelRequest, SystemPromptPart
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, SystemPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
 from agent.errors import TandemError
@@ -36,7 +38,7 @@ async def test_a_tool_call_then_an_answer_is_run_and_saved(redis: Redis, tmp_pat
     assert list(render_transcript(stored)) == snapshot(
         [
             'you: What is 6 times 7?',
-            "  → calculate({\"expression\":\"6*7\"})",
+            '  → calculate({"expression":"6*7"})',
             '  ← calculate: 42',
             'assistant: It is 42.',
         ]
@@ -71,10 +73,13 @@ async def test_events_stream_tool_calls_then_text(redis: Redis, tmp_path: Path) 
 
     result = await run_turn(deps, 'What is 2 to the 10th?', on_event=events.append)
 
-    tool_events = [e for e in events if not isinstance(e, TextDelta)]
+    tool_events = [(type(e), asdict(e)) for e in events if not isinstance(e, TextDelta)]
     assert tool_events == [
-        ToolCallStarted(call_id=IsStr(), name='calculate', args={'expression': '2**10'}),
-        ToolCallFinished(call_id=IsStr(), name='calculate', duration_s=IsFloat(ge=0), ok=True, result='1024'),
+        (ToolCallStarted, {'call_id': IsStr(), 'name': 'calculate', 'args': {'expression': '2**10'}}),
+        (
+            ToolCallFinished,
+            {'call_id': IsStr(), 'name': 'calculate', 'duration_s': IsFloat(ge=0), 'ok': True, 'result': '1024'},
+        ),
     ]
     deltas = [e.text for e in events if isinstance(e, TextDelta)]
     assert len(deltas) > 1, 'the answer should arrive in several pieces'
@@ -90,8 +95,8 @@ async def test_a_failing_tool_reaches_the_model_and_the_turn_goes_on(redis: Redi
     assert result.answer == 'I cannot do that.'
     assert [c.ok for c in result.tool_calls] == [False]
     retry_messages, _ = script.seen[1]
-    assert 'not allowed' in ' '.join(render_transcript(retry_messages)).lower() or 'error' in ' '.join(
-        render_transcript(retry_messages)
+    assert list(render_transcript(retry_messages))[-1].startswith(
+        "  ← calculate: retried: Unknown function '__import__'"
     )
 
 
@@ -101,13 +106,12 @@ async def test_a_cancelled_turn_saves_nothing(redis: Redis, tmp_path: Path) -> N
     await run_turn(deps, 'first')
     entered = asyncio.Event()
 
-    async def hang(messages: object, info: object) -> str:
+    async def hang(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         entered.set()
         await asyncio.sleep(3600)
-        return 'never'
+        raise AssertionError('the turn should have been cancelled')
 
-    hanging, _ = scripted_model(hang)  # type: ignore[arg-type]
-    deps = make_deps(redis, hanging, home=tmp_path)
+    deps = make_deps(redis, FunctionModel(hang), home=tmp_path)
     task = asyncio.ensure_future(run_turn(deps, 'second'))
     await asyncio.wait_for(entered.wait(), 5)
     task.cancel()
@@ -127,7 +131,7 @@ async def test_hitting_the_usage_limit_stops_the_turn_clearly_and_saves_nothing(
 
     assert 'request_limit of 3' in str(caught.value)
     assert 'tandem.toml' in str(caught.value)
-    assert await deps.conversations.export_messages('s1') == []
+    assert await deps.conversations.read_record('s1') is None
 
 
 async def test_instructions_are_not_stored_as_history(redis: Redis, tmp_path: Path) -> None:

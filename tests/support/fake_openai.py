@@ -136,7 +136,9 @@ class FakeOpenAI:
                     self._json(404, {'error': {'message': 'not found', 'type': 'invalid_request_error'}})
                     return
                 if body.get('model') not in fake.models:
-                    self._json(404, {'error': {'message': f'model {body.get("model")} not found', 'code': 'model_not_found'}})
+                    self._json(
+                        404, {'error': {'message': f'model {body.get("model")} not found', 'code': 'model_not_found'}}
+                    )
                     return
                 if fake.delay_s:
                     time.sleep(fake.delay_s)
@@ -219,7 +221,12 @@ def _completion(body: dict[str, Any], reply: Text | ToolCall) -> dict[str, Any]:
 
 
 def _chunks(body: dict[str, Any], reply: Text | ToolCall, include_usage: bool) -> Iterator[dict[str, Any]]:
-    base = {'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'created': int(time.time()), 'model': body['model']}
+    base = {
+        'id': 'chatcmpl-fake',
+        'object': 'chat.completion.chunk',
+        'created': int(time.time()),
+        'model': body['model'],
+    }
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]}
@@ -235,7 +242,16 @@ def _chunks(body: dict[str, Any], reply: Text | ToolCall, include_usage: bool) -
             arguments = call['function']['arguments']
             half = len(arguments) // 2
             yield chunk(
-                {'tool_calls': [{'index': index, 'id': call['id'], 'type': 'function', 'function': {'name': call['function']['name'], 'arguments': arguments[:half]}}]}
+                {
+                    'tool_calls': [
+                        {
+                            'index': index,
+                            'id': call['id'],
+                            'type': 'function',
+                            'function': {'name': call['function']['name'], 'arguments': arguments[:half]},
+                        }
+                    ]
+                }
             )
             yield chunk({'tool_calls': [{'index': index, 'function': {'arguments': arguments[half:]}}]})
         yield chunk({}, 'tool_calls')

@@ -1,0 +1,580 @@
+"""Conversations on Redis: pydantic-ai's `ConversationStore`, one Tandem session per conversation.
+
+A conversation's `conversation_id` is the Tandem session id, and its `scope` the id of the user it
+belongs to. Each session keeps its keys under one hash tag (see `memory.keys`), so every write is a
+single Lua script on a single slot, which works the same on one server and on Redis Cluster:
+
+- a save appends only the new entries and replaces the record in one script, after checking the
+  revision it was loaded with, so a conflict or a dropped connection leaves nothing half-written;
+- a load is two round trips, however long the history: a GET of the record, and a script that
+  walks the history server-side from its newest entry.
+
+Limitations, by design of the one-slot layout:
+
+- A fork that keeps messages would point into another session's entries, in another slot, so
+  `fork` works only with `at=0`; otherwise `write_record` raises `ConversationConflict`.
+- `read_history` and `read_entry` are given only an entry id. The store resolves it to its session
+  through a bounded in-memory map of the entries it saw as heads or branch tips in records it read
+  or wrote; an entry it never saw raises `LookupError`. Every `ConversationStore` method reads the
+  record before its history, so this only matters when calling them directly.
+- `delete` removes the session's record and all of its entries, on every branch.
+
+The tenant's session index (a sorted set, in the tenant's own slot) is updated in a separate
+command before the write script, so a crash between the two leaves at most an index member whose
+record doesn't exist; listing skips such members and removes them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Generator, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from pydantic import ConfigDict, TypeAdapter
+from pydantic_ai.conversation import Conversation
+from pydantic_ai.conversation_store import (
+    ConversationConflict,
+    ConversationEntry,
+    ConversationRecord,
+    ConversationStore,
+)
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.run import AgentRunResult
+from pydantic_ai.usage import RunUsage
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent.errors import RedisUnavailableError, TandemError
+from memory.connection import RedisClient
+from memory.keys import SessionKeys, sessions_index_key, validate_id
+
+__all__ = ('RedisConversationStore', 'SessionInfo', 'SessionNotFoundError')
+
+# Bytes anywhere in a message (a binary attachment, a tool's raw return) are stored as base64, the
+# same as `ModelMessagesTypeAdapter` does, so stored messages read back as that adapter reads them.
+# Built lazily: the message schema is large, and importing this module should stay cheap.
+_JSON = ConfigDict(ser_json_bytes='base64', val_json_bytes='base64', defer_build=True)
+_RECORD: TypeAdapter[ConversationRecord | None] = TypeAdapter(ConversationRecord | None, config=_JSON)
+_ENTRY: TypeAdapter[ConversationEntry | None] = TypeAdapter(ConversationEntry | None, config=_JSON)
+_ENTRIES: TypeAdapter[list[ConversationEntry]] = TypeAdapter(list[ConversationEntry], config=_JSON)
+
+_OK = 1
+
+# KEYS: conv, entries, parents, depths, count (SessionKeys.all).
+# ARGV: expected revision ('' for none), new revision, record JSON, head id ('' for none), TTL in ms
+# (0 for none), then id, parent id ('' for none), entry JSON for each new entry, oldest first.
+# Returns 1 when stored, 0 on a revision conflict, -1 when the head or a parent isn't stored.
+_WRITE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local revision = cjson.decode(current)['revision']
+  -- A retried call whose first attempt was stored but whose reply was lost: done already.
+  if revision == ARGV[2] then return 1 end
+  if revision ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+local depth = {}
+local function depth_of(id)
+  if id == '' then return 0 end
+  if depth[id] then return depth[id] end
+  local stored = redis.call('HGET', KEYS[4], id)
+  if stored then return tonumber(stored) end
+  return nil
+end
+for i = 6, #ARGV, 3 do
+  local parent_depth = depth_of(ARGV[i + 1])
+  if parent_depth == nil then return -1 end
+  depth[ARGV[i]] = parent_depth + 1
+end
+local count = depth_of(ARGV[4])
+if count == nil then return -1 end
+for i = 6, #ARGV, 3 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[4], ARGV[i], depth[ARGV[i]])
+end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[5], count)
+local ttl = tonumber(ARGV[5])
+for i = 1, #KEYS do
+  -- All or none expire: a record outliving its entries would be a history with holes.
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+end
+return 1
+"""
+
+# KEYS: SessionKeys.all. ARGV: expected revision. Returns 1 when deleted, else 0.
+_DELETE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if not current or cjson.decode(current)['revision'] ~= ARGV[1] then return 0 end
+redis.call('DEL', unpack(KEYS))
+return 1
+"""
+
+# KEYS: entries, parents. ARGV: head id, limit (-1 for none).
+# Returns {1, entry JSON...} newest first, or {0} when an entry is missing or the chain loops.
+_HISTORY_SCRIPT = """
+local limit = tonumber(ARGV[2])
+local stored = redis.call('HLEN', KEYS[2])
+local ids = {}
+local id = ARGV[1]
+while id ~= '' and (limit < 0 or #ids < limit) do
+  if #ids >= stored then return {0} end
+  local parent = redis.call('HGET', KEYS[2], id)
+  if not parent then return {0} end
+  ids[#ids + 1] = id
+  id = parent
+end
+local out = {1}
+for i = 1, #ids do
+  local entry = redis.call('HGET', KEYS[1], ids[i])
+  if not entry then return {0} end
+  out[#out + 1] = entry
+end
+return out
+"""
+
+# KEYS: the tenant's session index. ARGV: member, score pairs as last read.
+# Removes each member whose score is still the one read: one a concurrent save re-added has a newer one.
+_PRUNE_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
+_SCRIPTS = {'write': _WRITE_SCRIPT, 'delete': _DELETE_SCRIPT, 'history': _HISTORY_SCRIPT, 'prune': _PRUNE_SCRIPT}
+
+_LIST_PAGE = 100
+
+
+class SessionNotFoundError(TandemError, LookupError):
+    """A session that doesn't exist, or belongs to another user."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One line of a session listing."""
+
+    id: str
+    """The session id (the conversation's `conversation_id`)."""
+    user: str | None
+    """The user the session belongs to (the conversation's `scope`)."""
+    message_count: int
+    """How many messages its current history has."""
+    updated_at: datetime
+    """When it was last saved."""
+    usage: RunUsage
+    """Usage accumulated across every run in the session."""
+
+
+class RedisConversationStore(ConversationStore):
+    """A `ConversationStore` on Redis or Redis Cluster, for one tenant; see the module docs for the layout.
+
+    Args:
+        redis: A client from `memory.connection.connect` (bytes responses).
+        tenant: The tenant whose sessions this store reads and writes.
+        ttl_seconds: If set, a session expires this long after its last save.
+        entry_cache_size: How many entry ids to remember the session of, for `read_history`.
+
+    Raises:
+        InvalidIdError: If `tenant` isn't a valid id.
+        ValueError: If `ttl_seconds` or `entry_cache_size` isn't positive.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        tenant: str,
+        ttl_seconds: int | None = None,
+        entry_cache_size: int = 10_000,
+    ) -> None:
+        if ttl_seconds is not None and ttl_seconds <= 0:
+            raise ValueError('ttl_seconds must be positive, or None for sessions that never expire')
+        if entry_cache_size <= 0:
+            raise ValueError('entry_cache_size must be positive')
+        self.tenant = validate_id('tenant', tenant)
+        self.ttl_seconds = ttl_seconds
+        self._redis = redis
+        self._index = sessions_index_key(tenant)
+        self._entry_sessions: OrderedDict[str, str] = OrderedDict()
+        self._entry_cache_size = entry_cache_size
+        # Registered on first use, so constructing a store never touches the client.
+        self._scripts: dict[str, AsyncScript] = {}
+
+    # -- pydantic-ai's storage primitives ---------------------------------------------------------
+
+    async def read_record(self, conversation_id: str) -> ConversationRecord | None:
+        """The session's record, or `None` if it doesn't exist (or expired).
+
+        Raises:
+            InvalidIdError: If `conversation_id` isn't a valid session id.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        keys = self._keys(conversation_id)
+        with _unavailable('reading a session'):
+            raw = _bytes(await self._redis.get(keys.conv))
+        if raw is None:
+            return None
+        record = _decode_record(raw)
+        self._remember(record, keys.session)
+        return record
+
+    async def read_records(self, *, scope: str | None = None, limit: int | None = None) -> Sequence[ConversationRecord]:
+        """The tenant's records, or one user's, newest first, at most `limit` of them.
+
+        Raises:
+            InvalidIdError: If `scope` isn't a valid user id.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        return [record for record, _ in await self._scan(scope=scope, limit=limit, with_counts=False)]
+
+    async def write_record(
+        self,
+        record: ConversationRecord,
+        *,
+        new_entries: Sequence[ConversationEntry] = (),
+        expected_revision: str | None,
+    ) -> None:
+        """Store `record` and its new entries in one script, if the stored revision is `expected_revision`.
+
+        Raises:
+            InvalidIdError: If the session or scope isn't a valid id.
+            ConversationConflict: If the stored revision isn't `expected_revision`, or `record.head_id`
+                (or an entry's parent) is neither stored in this session nor among `new_entries`,
+                which includes a fork into another session's history.
+            RedisUnavailableError: If Redis can't be reached; the save landed whole or not at all.
+        """
+        keys = self._keys(record.conversation_id)
+        if record.scope is not None:
+            validate_id('user', record.scope)
+        new_ids = {entry.id for entry in new_entries}
+        head = record.head_id
+        if head is not None and head not in new_ids and self._entry_sessions.get(head, keys.session) != keys.session:
+            raise ConversationConflict(record.conversation_id)  # a fork into another slot: see the module docs
+        args: list[str | bytes | int] = [
+            expected_revision or '',
+            record.revision,
+            _RECORD.dump_json(record),
+            head or '',
+            self.ttl_seconds * 1000 if self.ttl_seconds is not None else 0,
+        ]
+        for entry in new_entries:
+            args += [entry.id, entry.parent_id or '', _ENTRY.dump_json(entry)]
+        with _unavailable('saving a session', saving=True):
+            # Index first: a crash between the two leaves an index member without a record, which
+            # listing cleans up, never a session missing from the index. GT keeps the newest time.
+            await self._redis.zadd(self._index, {keys.session: record.updated_at.timestamp()}, gt=True)
+            status = await self._script('write')(keys=keys.all, args=args)
+        if status != _OK:
+            raise ConversationConflict(record.conversation_id)
+        self._remember(record, keys.session)
+
+    async def delete_record(self, conversation_id: str, *, expected_revision: str) -> None:
+        """Delete the session's record and every entry it stored, then drop it from the index.
+
+        Raises:
+            InvalidIdError: If `conversation_id` isn't a valid session id.
+            ConversationConflict: If no record with `expected_revision` is stored.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        keys = self._keys(conversation_id)
+        with _unavailable('deleting a session'):
+            # Read the index score first, so a concurrent re-create (which re-adds the session with
+            # a newer score) isn't dropped from the index by this delete.
+            score: float | None = await self._redis.zscore(self._index, keys.session)
+            status = await self._script('delete')(keys=keys.all, args=[expected_revision])
+            if status != _OK:
+                raise ConversationConflict(conversation_id)
+            if score is not None:
+                await self._prune([(keys.session, score)])
+
+    async def read_entry(self, entry_id: str) -> ConversationEntry:
+        """One entry, in one round trip.
+
+        Raises:
+            LookupError: If the entry isn't stored, or its session isn't known (see the module docs).
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        keys = self._session_of(entry_id)
+        with _unavailable('reading a session'):
+            raw = _bytes(await self._redis.hget(keys.entries, entry_id))
+        if raw is None:
+            raise LookupError(f'entry {entry_id!r} is not stored in session {keys.session!r}')
+        entry = _ENTRY.validate_json(raw)
+        if entry is None:
+            raise LookupError(f'entry {entry_id!r} in session {keys.session!r} is stored as null')
+        return entry
+
+    async def read_history(self, head_id: str | None, *, limit: int | None = None) -> list[ConversationEntry]:
+        """The entries up to `head_id`, oldest first, or the last `limit` of them, in one round trip.
+
+        Raises:
+            UserError: If `limit` is negative.
+            LookupError: If an entry is missing, or the head's session isn't known (see the module docs).
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        if limit is not None and limit < 0:
+            raise UserError('`limit` must not be negative.')
+        if head_id is None or limit == 0:
+            return []
+        keys = self._session_of(head_id)
+        with _unavailable('reading a session'):
+            reply: list[Any] = await self._script('history')(
+                keys=[keys.entries, keys.parents], args=[head_id, -1 if limit is None else limit]
+            )
+        if reply[0] != _OK:
+            raise LookupError(f'the history of entry {head_id!r} in session {keys.session!r} is incomplete')
+        return _decode_entries(reversed(reply[1:]))
+
+    # -- id checks on the inherited entry points ----------------------------------------------------
+
+    async def load(
+        self, conversation_id: str, *, limit: int | None = None, scope: str | None = None
+    ) -> Conversation | None:
+        """Load a session (see `ConversationStore.load`), checking the ids before touching Redis.
+
+        Raises:
+            InvalidIdError: If the session or scope isn't a valid id.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        self._check(conversation_id, scope)
+        return await super().load(conversation_id, limit=limit, scope=scope)
+
+    async def load_entries(
+        self, conversation_id: str, *, limit: int | None = None, scope: str | None = None
+    ) -> list[ConversationEntry] | None:
+        """Load a session's entries (see `ConversationStore.load_entries`), checking the ids first.
+
+        Raises:
+            InvalidIdError: If the session or scope isn't a valid id.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        self._check(conversation_id, scope)
+        return await super().load_entries(conversation_id, limit=limit, scope=scope)
+
+    async def save(
+        self, conversation: Conversation | AgentRunResult[Any], *, scope: str | None = None
+    ) -> list[ConversationEntry]:
+        """Save a session (see `ConversationStore.save`), checking the ids before touching Redis.
+
+        Raises:
+            InvalidIdError: If the session or scope isn't a valid id.
+            ConversationConflict: If it was saved by someone else since it was loaded.
+            RedisUnavailableError: If Redis can't be reached; the save landed whole or not at all.
+        """
+        target = conversation.conversation if isinstance(conversation, AgentRunResult) else conversation
+        self._check(target.conversation_id, scope)
+        return await super().save(conversation, scope=scope)
+
+    async def delete(self, conversation_id: str, *, scope: str | None = None) -> None:
+        """Delete a session (see `ConversationStore.delete`), checking the ids before touching Redis.
+
+        Raises:
+            InvalidIdError: If the session or scope isn't a valid id.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        self._check(conversation_id, scope)
+        await super().delete(conversation_id, scope=scope)
+
+    # -- helpers for the CLI ------------------------------------------------------------------------
+
+    async def list_sessions(self, user: str | None = None, limit: int | None = None) -> list[SessionInfo]:
+        """The tenant's sessions, or one user's, most recently saved first.
+
+        Raises:
+            InvalidIdError: If `user` isn't a valid id.
+            UserError: If `limit` is negative.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        return [
+            SessionInfo(
+                id=record.conversation_id,
+                user=record.scope,
+                message_count=count,
+                updated_at=record.updated_at,
+                usage=record.usage,
+            )
+            for record, count in await self._scan(scope=user, limit=limit, with_counts=True)
+        ]
+
+    async def export_messages(self, session: str, *, user: str | None = None) -> list[ModelMessage]:
+        """Every message of a session's current history, oldest first.
+
+        Raises:
+            InvalidIdError: If `session` or `user` isn't a valid id.
+            SessionNotFoundError: If the session doesn't exist, or belongs to another user than `user`.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        conversation = await self.load(session, scope=user)
+        if conversation is None:
+            raise SessionNotFoundError(
+                f'no session {session!r} in tenant {self.tenant!r}'
+                + (f' for user {user!r}' if user is not None else '')
+                + ': it may have expired or been deleted; list the sessions to pick another.'
+            )
+        return conversation.messages
+
+    async def message_count(self, session: str) -> int:
+        """How many messages a session's current history has (0 if it doesn't exist), in one round trip.
+
+        Raises:
+            InvalidIdError: If `session` isn't a valid id.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        keys = self._keys(session)
+        with _unavailable('reading a session'):
+            raw = _bytes(await self._redis.get(keys.count))
+        return int(raw) if raw is not None else 0
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _keys(self, session: str) -> SessionKeys:
+        return SessionKeys(self.tenant, session)
+
+    def _check(self, conversation_id: str, scope: str | None) -> None:
+        validate_id('session', conversation_id)
+        if scope is not None:
+            validate_id('user', scope)
+
+    def _script(self, name: str) -> AsyncScript:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._redis.register_script(_SCRIPTS[name])
+        return script
+
+    def _remember(self, record: ConversationRecord, session: str) -> None:
+        """Note which session the record's head and branch tips are in, for `read_history`."""
+        for entry_id in (record.head_id, record.forked_at, *record.branches):
+            if entry_id is not None:
+                self._entry_sessions[entry_id] = session
+                self._entry_sessions.move_to_end(entry_id)
+        while len(self._entry_sessions) > self._entry_cache_size:
+            self._entry_sessions.popitem(last=False)
+
+    def _session_of(self, entry_id: str) -> SessionKeys:
+        session = self._entry_sessions.get(entry_id)
+        if session is None:
+            raise LookupError(
+                f'entry {entry_id!r} is not the head or a branch of a session this store has read or written'
+            )
+        return self._keys(session)
+
+    async def _scan(
+        self, *, scope: str | None, limit: int | None, with_counts: bool
+    ) -> list[tuple[ConversationRecord, int]]:
+        """Records (and message counts) in the index, newest first, filtered by scope, pruning dead members."""
+        if limit is not None and limit < 0:
+            raise UserError('`limit` must not be negative.')
+        if scope is not None:
+            validate_id('user', scope)
+        if limit == 0:
+            return []
+        found: list[tuple[ConversationRecord, int]] = []
+        dead: list[tuple[str | bytes, float]] = []
+        offset = 0
+        with _unavailable('listing sessions'):
+            while True:
+                page = cast(
+                    list[tuple[bytes, float]],
+                    await self._redis.zrevrange(self._index, offset, offset + _LIST_PAGE - 1, withscores=True),
+                )
+                if not page:
+                    break
+                if limit is not None and len(found) >= limit:
+                    # A member's score is never below its record's updated_at (saves only raise it),
+                    # so once the page's best score is older than the limit-th newest record, stop.
+                    newest = sorted((record.updated_at.timestamp() for record, _ in found), reverse=True)
+                    if page[0][1] < newest[limit - 1]:
+                        break
+                found += await self._fetch_page(page, scope, with_counts, dead)
+                offset += len(page)
+                if len(page) < _LIST_PAGE:
+                    break
+            if dead:
+                await self._prune(dead)
+        found.sort(key=lambda item: item[0].updated_at, reverse=True)
+        return found[:limit]
+
+    async def _fetch_page(
+        self,
+        page: list[tuple[bytes, float]],
+        scope: str | None,
+        with_counts: bool,
+        dead: list[tuple[str | bytes, float]],
+    ) -> list[tuple[ConversationRecord, int]]:
+        sessions: list[tuple[SessionKeys, float]] = []
+        for raw_member, score in page:
+            try:
+                sessions.append((self._keys(raw_member.decode()), score))
+            except ValueError:  # includes InvalidIdError and UnicodeDecodeError
+                dead.append((raw_member, score))  # not a session id this store writes: drop it
+        # Not MGET: the sessions live in different slots. A non-transactional pipeline is one round
+        # trip on one server, and redis-py's cluster client splits it per node.
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, _ in sessions:
+            pipe.get(keys.conv)
+            if with_counts:
+                pipe.get(keys.count)
+        replies: list[bytes | None] = await pipe.execute()
+        step = 2 if with_counts else 1
+        found: list[tuple[ConversationRecord, int]] = []
+        for index, (keys, score) in enumerate(sessions):
+            raw = replies[index * step]
+            if raw is None:
+                dead.append((keys.session, score))  # expired, deleted, or a save that crashed
+                continue
+            record = _decode_record(raw)
+            if scope is not None and record.scope != scope:
+                continue
+            count = replies[index * step + 1] if with_counts else None
+            found.append((record, int(count) if count is not None else 0))
+        return found
+
+    async def _prune(self, members: Sequence[tuple[str | bytes, float]]) -> None:
+        args: list[str | bytes] = []
+        for member, score in members:
+            args += [member, repr(float(score))]
+        await self._script('prune')(keys=[self._index], args=args)
+
+
+@contextmanager
+def _unavailable(action: str, *, saving: bool = False) -> Generator[None]:
+    """Turn a connection lost for good (after the client's retries) into a one-line user error."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        detail = str(exc).strip().rstrip('.') or type(exc).__name__
+        # A save is one script: it landed whole or not at all, even if its reply was lost.
+        outcome = ' The save landed whole or not at all.' if saving else ''
+        raise RedisUnavailableError(
+            f'lost the connection to Redis while {action}: {detail}.{outcome} Check that Redis is running, then retry.'
+        ) from exc
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    # The client returns bytes (`decode_responses=False`); redis-py's types allow str as well.
+    return value.encode() if isinstance(value, str) else value
+
+
+def _decode_record(raw: bytes) -> ConversationRecord:
+    record = _RECORD.validate_json(raw)
+    if record is None:
+        raise ValueError('a conversation record is stored as null')
+    return record
+
+
+def _decode_entries(raw_entries: Iterable[bytes]) -> list[ConversationEntry]:
+    # One parse for the whole history rather than one per entry.
+    return _ENTRIES.validate_json(b'[' + b','.join(raw_entries) + b']')

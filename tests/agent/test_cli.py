@@ -1,0 +1,160 @@
+"""The command line through typer's runner: happy paths and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from tests.support.fake_openai import Error, FakeOpenAI, Text
+
+runner = CliRunner()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    monkeypatch.chdir(tmp_path)
+    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
+        monkeypatch.delenv(name, raising=False)
+    yield {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=['tiny']) as fake:
+        yield fake
+
+
+def _ask(env: dict[str, str], server: FakeOpenAI, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(
+        app, ['ask', '--model', 'openai-chat:tiny', *args], env={**env, 'OPENAI_BASE_URL': server.url}
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_ask_json_prints_answer_session_tool_calls_and_usage(env: dict[str, str], server: FakeOpenAI) -> None:
+    code, out, _ = _ask(env, server, '--session', 'c1', '--json', 'Hello')
+    assert code == 0
+    payload = json.loads(out)
+    assert payload['answer'] == 'You said: Hello'
+    assert payload['session'] == 'c1'
+    assert payload['tool_calls'] == []
+    assert payload['usage']['requests'] == 1 and payload['usage']['total_tokens'] > 0
+
+
+def test_ask_without_a_session_starts_a_new_one_each_time(env: dict[str, str], server: FakeOpenAI) -> None:
+    sessions = {json.loads(_ask(env, server, '--json', 'hi')[1])['session'] for _ in range(2)}
+    assert len(sessions) == 2
+
+
+def test_ask_streams_plain_text(env: dict[str, str], server: FakeOpenAI) -> None:
+    code, out, err = _ask(env, server, 'Stream me')
+    assert code == 0
+    assert out == 'You said: Stream me\n'
+    assert 'session' in err
+
+
+def test_sessions_list_show_export_delete(env: dict[str, str], server: FakeOpenAI) -> None:
+    _ask(env, server, '--session', 'keep', 'one')
+    listed = runner.invoke(app, ['sessions', 'list', '--json'], env=env)
+    assert [s['session'] for s in json.loads(listed.stdout)] == ['keep']
+
+    shown = runner.invoke(app, ['sessions', 'show', 'keep'], env=env)
+    assert shown.stdout.splitlines() == ['you: one', 'assistant: You said: one']
+
+    exported = json.loads(runner.invoke(app, ['sessions', 'export', 'keep'], env=env).stdout)
+    assert [message['kind'] for message in exported] == ['request', 'response']
+
+    assert runner.invoke(app, ['sessions', 'delete', 'keep'], env=env).exit_code == 0
+    missing = runner.invoke(app, ['sessions', 'delete', 'keep'], env=env)
+    assert missing.exit_code == 1 and "no session 'keep'" in missing.stderr
+
+
+def test_config_show_masks_secrets(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ['config', 'show'], env={**env, 'TANDEM_REDIS_URL': 'redis://:hunter2@127.0.0.1:1/0'})
+    assert result.exit_code == 0
+    shown = json.loads(result.stdout)
+    assert shown['redis_url'] == 'redis://:***@127.0.0.1:1/0'
+    assert 'hunter2' not in result.stdout
+
+
+def _one_line_error(result_stderr: str, expected: str) -> None:
+    lines = [line for line in result_stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result_stderr
+    assert lines[0].startswith('error: ') and expected in lines[0], lines[0]
+    assert 'Traceback' not in result_stderr
+
+
+@pytest.mark.parametrize(
+    ('args', 'expected'),
+    [
+        (['ask', '--backbone', 'nope', 'hi'], "unknown backbone 'nope'"),
+        (['ask', '--session', 'a:b', '--model', 'openai-chat:tiny', 'hi'], "invalid session id 'a:b'"),
+        (['ask', '--user', 'bad user', '--model', 'openai-chat:tiny', 'hi'], "invalid user id 'bad user'"),
+        (['ask', '--prompt', 'missing@3', '--model', 'openai-chat:tiny', 'hi'], "unknown prompt 'missing'"),
+        (['sessions', 'show', 'x*'], "invalid session id 'x*'"),
+    ],
+)
+def test_bad_input_is_one_actionable_line_and_exit_1(env: dict[str, str], args: list[str], expected: str) -> None:
+    result = runner.invoke(app, args, env={**env, 'OPENAI_BASE_URL': 'http://127.0.0.1:9/v1'})
+    assert result.exit_code == 1
+    _one_line_error(result.stderr, expected)
+
+
+def test_redis_down_is_a_clear_error(env: dict[str, str], server: FakeOpenAI) -> None:
+    result = runner.invoke(
+        app,
+        ['ask', '--model', 'openai-chat:tiny', 'hi'],
+        env={**env, 'OPENAI_BASE_URL': server.url, 'TANDEM_REDIS_URL': f'redis://127.0.0.1:{_closed_port()}/0'},
+    )
+    assert result.exit_code == 1
+    _one_line_error(result.stderr, 'cannot reach Redis')
+
+
+def test_provider_errors_are_clear_and_lose_nothing(env: dict[str, str]) -> None:
+    with FakeOpenAI(
+        [Text('stored answer'), Error(401, 'bad key'), Error(404, 'no such model')], models=['tiny']
+    ) as fake:
+        assert _ask(env, fake, '--session', 'p1', 'first')[0] == 0
+        unauthorized = _ask(env, fake, '--session', 'p1', 'second')
+        not_found = _ask(env, fake, '--session', 'p1', 'third')
+
+    assert unauthorized[0] == 1
+    _one_line_error(unauthorized[2], 'rejected the API key (HTTP 401): check OPENAI_API_KEY')
+    assert not_found[0] == 1
+    _one_line_error(not_found[2], '(HTTP 404)')
+    shown = runner.invoke(app, ['sessions', 'show', 'p1'], env=env)
+    assert shown.stdout.splitlines() == ['you: first', 'assistant: stored answer']
+
+
+def test_an_unreachable_model_server_is_a_clear_error(env: dict[str, str]) -> None:
+    result = runner.invoke(
+        app,
+        ['ask', '--model', 'openai-chat:tiny', 'hi'],
+        env={**env, 'OPENAI_BASE_URL': f'http://127.0.0.1:{_closed_port()}/v1'},
+    )
+    assert result.exit_code == 1
+    _one_line_error(result.stderr, 'cannot reach backbone')
+
+
+def test_debug_shows_the_traceback(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ['--debug', 'ask', '--backbone', 'nope', 'hi'], env=env)
+    assert result.exit_code == 1
+    assert result.exception is not None and 'unknown backbone' in str(result.exception)
+
+
+def test_tools_lists_every_tool_with_its_status(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ['tools'], env=env)
+    assert result.exit_code == 0
+    assert 'calculate' in result.stdout and 'now' in result.stdout and 'ok' in result.stdout

@@ -1,0 +1,97 @@
+"""Prompt templates: versioned files rendered with StrictUndefined."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from agent.errors import PromptError
+from agent.prompts import PromptLibrary
+
+VARIABLES = {'date': '2026-11-28', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
+
+
+def _write(directory: Path, name: str, version: str, body: str) -> None:
+    (directory / name).mkdir(parents=True, exist_ok=True)
+    (directory / name / f'{version}.md.j2').write_text(
+        f'---\nname: {name}\nversion: {version}\ndescription: d\n---\n{body}'
+    )
+
+
+def test_the_latest_version_is_the_default_and_versions_can_be_pinned(tmp_path: Path) -> None:
+    _write(tmp_path, 'helper', '1', 'one {{ date }}')
+    _write(tmp_path, 'helper', '2', 'two {{ date }}')
+    _write(tmp_path, 'helper', '10', 'ten {{ date }}')
+    library = PromptLibrary([tmp_path])
+
+    assert library.get('helper').ref == 'helper@10'
+    assert library.get('helper@2').render(VARIABLES) == 'two 2026-11-28\n'
+
+
+def test_a_missing_variable_fails_loudly(tmp_path: Path) -> None:
+    _write(tmp_path, 'helper', '1', 'Hello {{ nickname }}')
+    with pytest.raises(PromptError, match=r"helper@1 .*undefined variable: 'nickname' is undefined"):
+        PromptLibrary([tmp_path]).get('helper').render(VARIABLES)
+
+
+def test_unknown_prompts_and_versions_list_what_exists(tmp_path: Path) -> None:
+    _write(tmp_path, 'helper', '1', 'x')
+    library = PromptLibrary([tmp_path])
+    with pytest.raises(PromptError, match=r"unknown prompt 'nope': choose one of helper"):
+        library.get('nope')
+    with pytest.raises(PromptError, match=r"no version '9': choose one of 1"):
+        library.get('helper@9')
+
+
+def test_user_prompts_override_bundled_ones(tmp_path: Path) -> None:
+    _write(tmp_path, 'assistant', '1', 'custom {{ date }}')
+    library = PromptLibrary.default(tmp_path)
+    assert library.get('assistant@1').render(VARIABLES) == 'custom 2026-11-28\n'
+    assert 'short' in library.names()
+
+
+def test_bundled_prompts_render_with_every_slot_filled() -> None:
+    library = PromptLibrary.default()
+    rendered = library.get('assistant').render(
+        {
+            **VARIABLES,
+            'user_name': 'Ada',
+            'memory': '- likes teal',
+            'retrieval': '[1] doc',
+            'tools': [{'name': 'now', 'description': 'clock'}],
+        }
+    )
+    assert 'Ada' in rendered and 'likes teal' in rendered and '[1] doc' in rendered and '- now: clock' in rendered
+
+
+def test_front_matter_is_required(tmp_path: Path) -> None:
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / '1.md.j2').write_text('no front matter')
+    with pytest.raises(PromptError, match='no front matter'):
+        PromptLibrary([tmp_path])
+
+
+@pytest.mark.slow
+def test_prompts_ship_inside_the_wheel_and_load_from_it(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(['uv', 'build', '--wheel', '--out-dir', str(tmp_path), str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob('tandem-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert 'agent/_bundled_prompts/assistant/1.md.j2' in names
+    unpacked = tmp_path / 'site'
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    code = 'from agent.prompts import PromptLibrary, bundled_prompts_dir; print(bundled_prompts_dir()); print(PromptLibrary.default().get("assistant").ref)'
+    out = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=tmp_path,
+        env={'PYTHONPATH': str(unpacked)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    location, ref = out.stdout.split()
+    assert location.startswith(str(unpacked)) and ref == 'assistant@1'

@@ -1,0 +1,105 @@
+"""The REPL, driven through prompt-toolkit's pipe input against a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from rich.console import Console
+
+from agent.config import Settings
+from agent.context import TurnOptions
+from agent.repl import run_repl
+from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
+
+
+def script(body: dict[str, Any]) -> Reply:
+    result = last_tool_result(body)
+    if result is not None:
+        return Text(f'**Result:** {result}')
+    last = user_texts(body)[-1]
+    if 'compute' in last:
+        return ToolCall.one('calculate', expression='7*6')
+    return Text(f'{body["model"]} heard {len(user_texts(body))} messages')
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(script, models=['base-model', 'tuned-model']) as fake:
+        yield fake
+
+
+async def _drive(settings: Settings, keys: str, options: TurnOptions) -> str:
+    console_file = io.StringIO()
+    console = Console(file=console_file, width=100, force_terminal=False, color_system=None)
+    with create_pipe_input() as pipe:
+        # End with /exit rather than closing the pipe: an EOF can overtake keys still being read.
+        pipe.send_text(keys if keys.endswith('/exit\r') else keys + '/exit\r')
+        await asyncio.wait_for(run_repl(settings, options, input=pipe, output=DummyOutput(), console=console), 60)
+    return console_file.getvalue()
+
+
+def _settings(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> Settings:
+    return Settings(
+        home=tmp_path,
+        redis_url=redis_url,  # type: ignore[arg-type]
+        backbones={
+            'base': {'model': 'openai-chat:base-model', 'base_url': server.url},  # type: ignore[dict-item]
+            'tuned': {'model': 'openai-chat:tuned-model', 'base_url': server.url, 'kind': 'fine-tuned'},  # type: ignore[dict-item]
+        },
+        backbone='base',
+    )
+
+
+async def test_a_conversation_with_a_tool_call_a_backbone_switch_and_slash_commands(
+    tmp_path: Path, redis_url: str, server: FakeOpenAI
+) -> None:
+    settings = _settings(tmp_path, redis_url, server)
+    keys = 'please compute this\r/backbone tuned\rand now?\r/usage\r/history\r/tools\r/nonsense\r/exit\r'
+
+    screen = await _drive(settings, keys, TurnOptions(session='r1', interactive=True))
+
+    assert '⚙ calculate' in screen and '✓ calculate' in screen
+    assert 'Result: 42' in screen  # markdown rendered, not raw asterisks
+    assert 'backbone is now tuned; the history is kept' in screen
+    assert 'tuned-model heard 2 messages' in screen  # the new backbone got the whole history
+    assert 'requests' in screen and 'tokens' in screen
+    assert 'you: please compute this' in screen and '  ← calculate: 42' in screen
+    assert 'calc' in screen and 'clock' in screen
+    assert 'unknown command /nonsense' in screen
+
+
+async def test_new_switch_and_sessions(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> None:
+    settings = _settings(tmp_path, redis_url, server)
+    await _drive(settings, 'first session\r', TurnOptions(session='one', interactive=True))
+
+    screen = await _drive(
+        settings, '/new\r/switch one\r/sessions\rhello again\r', TurnOptions(session='two', interactive=True)
+    )
+
+    assert 'new session' in screen
+    assert 'switched to session one (2 messages)' in screen
+    assert 'one ←' in screen
+    assert 'base-model heard 2 messages' in screen
+
+
+async def test_errors_inside_the_repl_are_one_line_and_the_repl_goes_on(
+    tmp_path: Path, redis_url: str, server: FakeOpenAI
+) -> None:
+    settings = _settings(tmp_path, redis_url, server)
+
+    screen = await _drive(
+        settings, '/backbone nope\r/switch bad:id\r/prompt nope\rhi\r', TurnOptions(session='e1', interactive=True)
+    )
+
+    assert "error: unknown backbone 'nope'" in screen
+    assert "error: invalid session id 'bad:id'" in screen
+    assert "error: unknown prompt 'nope'" in screen
+    assert 'base-model heard 1 messages' in screen
+    assert 'Traceback' not in screen

@@ -1,0 +1,58 @@
+"""Connecting: URL schemes, failing fast with a clear message, and never printing a password."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError, RedisUnavailableError
+from memory.connection import connect, mask_url
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_tcp_url_connects_with_bytes_responses(redis_url: str, tmp_path: Path) -> None:
+    client = await connect(redis_url, home=tmp_path)
+    await client.set('k', 'v')
+
+    assert await client.get('k') == b'v'
+    await client.aclose()
+
+
+async def test_an_unreachable_server_fails_fast_with_the_password_masked(tmp_path: Path) -> None:
+    url = f'redis://:hunter2@127.0.0.1:{_closed_port()}/0'
+
+    with pytest.raises(RedisUnavailableError) as caught:
+        await connect(url, home=tmp_path, retries=1)
+
+    message = str(caught.value)
+    assert message.startswith(f'cannot reach Redis at redis://:***@127.0.0.1:{url.rsplit(":", 1)[1]}')
+    assert 'hunter2' not in message
+    assert message.endswith('Start it, fix TANDEM_REDIS_URL, or unset it to use the embedded server.')
+    assert '\n' not in message
+
+
+@pytest.mark.parametrize('url', ['http://localhost:6379', 'localhost:6379', 'redis+sentinel://localhost:26379'])
+async def test_a_url_that_is_not_redis_is_a_config_error(url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match='invalid Redis URL'):
+        await connect(url, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ('url', 'masked'),
+    [
+        ('redis://:secret@host:6379/0', 'redis://:***@host:6379/0'),
+        ('rediss://user:secret@host:6380', 'rediss://user:***@host:6380'),
+        ('unix:///run/redis.sock?db=1&password=secret', 'unix:///run/redis.sock?db=1&password=***'),
+        ('redis+cluster://:p%40ss@node1:7000', 'redis+cluster://:***@node1:7000'),
+        ('redis://host:6379/0', 'redis://host:6379/0'),
+    ],
+)
+def test_mask_url_hides_passwords_only(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
