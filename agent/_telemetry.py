@@ -9,18 +9,20 @@ from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.tools import RunContext, ToolDefinition
 
-from agent.deps import Deps, ToolCallRecord
 from agent.events import short
 from agent.log import get_logger
+from agent.turn_state import ToolCallRecord
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapModelRequestHandler, WrapToolExecuteHandler
     from pydantic_ai.models import ModelRequestContext
 
+    from agent.deps import Deps
+
 _log = get_logger('tandem.turn')
 
 
-class TurnTelemetry(AbstractCapability[Deps]):
+class TurnTelemetry(AbstractCapability['Deps']):
     """Logs each model request (latency, tokens) and tool call (duration, outcome); never message contents."""
 
     async def wrap_model_request(

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_ai import Agent
 from pydantic_ai.toolsets import AbstractToolset
 
 from agent._telemetry import TurnTelemetry
-from agent.deps import Deps
 
-
-def toolsets_for(deps: Deps) -> list[AbstractToolset[Any]]:
-    """The toolsets the selected plugins provide."""
-    return [plugin.build() for plugin in deps.toolsets]
+if TYPE_CHECKING:
+    from agent.deps import Deps
+    from tools.registry import ToolsetPlugin
 
 
 def tool_descriptions(toolsets: Sequence[AbstractToolset[Any]]) -> list[dict[str, str]]:
@@ -32,6 +30,8 @@ def tool_descriptions(toolsets: Sequence[AbstractToolset[Any]]) -> list[dict[str
 
 def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[Deps, str]:
     """The agent for `deps`: its backbone's model and settings, the toolsets, and Tandem's capabilities."""
+    from agent.deps import Deps
+
     return Agent(
         deps.backbone.model,
         deps_type=Deps,
@@ -42,3 +42,34 @@ def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[D
         capabilities=[TurnTelemetry()],
         name='tandem',
     )
+
+
+class AgentFactory:
+    """Builds agents and toolsets once and reuses them: tool schemas are costly to generate.
+
+    A front end makes one and shares it across the `Deps` it builds, so a long-running service
+    pays for each (backbone, toolsets) combination once. Agents hold no per-run state.
+    """
+
+    def __init__(self, max_agents: int = 32) -> None:
+        self._max_agents = max_agents
+        self._toolsets: dict[str, AbstractToolset[Any]] = {}
+        self._agents: dict[tuple[object, ...], tuple[Agent[Deps, str], list[AbstractToolset[Any]]]] = {}
+
+    def get(self, deps: Deps) -> tuple[Agent[Deps, str], list[AbstractToolset[Any]]]:
+        """The agent and toolsets for `deps`' backbone and selected plugins."""
+        key = (id(deps.backbone.model), deps.backbone.name, tuple(plugin.name for plugin in deps.toolsets))
+        cached = self._agents.get(key)
+        if cached is None:
+            toolsets = [self._toolset(plugin) for plugin in deps.toolsets]
+            cached = (build_agent(deps, toolsets), toolsets)
+            if len(self._agents) >= self._max_agents:
+                self._agents.pop(next(iter(self._agents)))
+            self._agents[key] = cached
+        return cached
+
+    def _toolset(self, plugin: ToolsetPlugin) -> AbstractToolset[Any]:
+        toolset = self._toolsets.get(plugin.name)
+        if toolset is None:
+            toolset = self._toolsets[plugin.name] = plugin.build()
+        return toolset

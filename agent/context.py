@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from agent import backbones
 from agent.backbones import Backbone
+from agent.builder import AgentFactory
 from agent.config import Settings
 from agent.deps import Deps, Identity
 from agent.prompts import PromptLibrary
@@ -51,8 +52,13 @@ async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
         await client.aclose()
 
 
-async def build_deps(settings: Settings, redis: Redis, options: TurnOptions, *, session: str) -> Deps:
-    """`Deps` for one session, with ids validated before anything touches Redis."""
+async def build_deps(
+    settings: Settings, redis: Redis, options: TurnOptions, *, session: str, agents: AgentFactory | None = None
+) -> Deps:
+    """`Deps` for one session, with ids validated before anything touches Redis.
+
+    Pass the same `agents` to every call in a long-running front end, so agents are built once.
+    """
     tenant = validate_id('tenant', options.tenant or settings.tenant)
     user = validate_id('user', options.user or settings.user)
     session = validate_id('session', session)
@@ -67,6 +73,7 @@ async def build_deps(settings: Settings, redis: Redis, options: TurnOptions, *, 
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
         toolsets=selected_toolsets(settings, options.tools),
         interactive=options.interactive,
+        agents=agents or AgentFactory(),
     )
 
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.backbones import Backbone
+from agent.builder import AgentFactory
 from agent.config import Settings
 from agent.prompts import PromptTemplate
+from agent.turn_state import ToolCallRecord, TurnState
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -27,28 +29,6 @@ class Identity:
 
 
 @dataclass
-class ToolCallRecord:
-    """One tool call of a turn, as shown to users and logged."""
-
-    call_id: str
-    name: str
-    args: dict[str, Any]
-    duration_s: float = 0.0
-    ok: bool = True
-    result: str = ''
-
-
-@dataclass
-class TurnState:
-    """Mutable state of the turn in flight; the runtime gives every turn a fresh one."""
-
-    run_id: str = ''
-    tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
-    tainted: bool = False
-    """Untrusted content (web, documents) entered this turn, so side-effect tools need approval."""
-
-
-@dataclass
 class Deps:
     """The dependencies of a turn. Front ends build one, then call `agent.runtime.run_turn`."""
 
@@ -64,3 +44,8 @@ class Deps:
     retriever: Any = None
     """The knowledge-base retriever slot; `None` until a knowledge base is configured."""
     turn: TurnState = field(default_factory=TurnState)
+    agents: AgentFactory = field(default_factory=AgentFactory)
+    """Built agents and toolsets, shared by every `Deps` a front end makes."""
+
+
+__all__ = ['Deps', 'Identity', 'ToolCallRecord', 'TurnState']

@@ -32,7 +32,7 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """
     return structlog.wrap_logger(
         logging.getLogger(name),
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[structlog.stdlib.filter_by_level, *_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.stdlib.BoundLogger,
     )
 

@@ -30,7 +30,6 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 
 from agent._persist import load_conversation, save_turn
 from agent._turn import render_instructions
-from agent.builder import build_agent, toolsets_for
 from agent.deps import Deps, ToolCallRecord, TurnState
 from agent.errors import BackboneError, TandemError
 from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
@@ -207,8 +206,7 @@ async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) 
     try:
         _log.info('turn.start', backbone=deps.backbone.name, prompt=deps.prompt.ref)
         conversation = await load_conversation(deps)
-        toolsets = toolsets_for(deps)
-        agent = build_agent(deps, toolsets)
+        agent, toolsets = deps.agents.get(deps)
         try:
             result = await agent.run(
                 text,

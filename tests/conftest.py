@@ -46,14 +46,19 @@ class RedisTestServer:
         cluster: Whether to run it as a one-node Redis Cluster that owns every slot.
     """
 
+    port: int
+    bus_port: int
+    url: str
+    """`redis://127.0.0.1:<port>/0`, or `redis+cluster://127.0.0.1:<port>` for a cluster."""
+    _plain_url: str
+
     def __init__(self, data_dir: Path, *, appendonly: bool = True, cluster: bool = False) -> None:
         self.data_dir = data_dir
         self.appendonly = appendonly
         self.cluster = cluster
-        self.port = _free_port()
-        self.url = f'redis+cluster://127.0.0.1:{self.port}' if cluster else f'redis://127.0.0.1:{self.port}/0'
-        self._plain_url = f'redis://127.0.0.1:{self.port}/0'
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
+        self._pick_ports()
 
     @property
     def running(self) -> bool:
@@ -61,8 +66,36 @@ class RedisTestServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING.
+
+        A first start retries on fresh ports if the server exits at once: a port found free can
+        be taken by another process before the server binds it. A restart keeps its port.
+        """
+        for attempt in range(1 if self._started else 3):
+            if attempt:
+                self._pick_ports()
+            if self._launch():
+                self._started = True
+                if self.cluster:
+                    self._claim_all_slots()
+                return
+        log = (self.data_dir / 'server.log').read_text(errors='replace')[-2000:]
+        raise RuntimeError(f'test Redis server did not start on port {self.port}:\n{log}')
+
+    def _pick_ports(self) -> None:
+        self.port = _free_port()
+        # A cluster node also listens on a bus port, by default port + 10000, which may not exist.
+        self.bus_port = _free_port()
+        self.url = f'redis+cluster://127.0.0.1:{self.port}' if self.cluster else f'redis://127.0.0.1:{self.port}/0'
+        self._plain_url = f'redis://127.0.0.1:{self.port}/0'
+
+    def _launch(self) -> bool:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster = [
+            '--cluster-enabled', 'yes',
+            '--cluster-port', str(self.bus_port),
+            '--cluster-config-file', str(self.data_dir / 'nodes.conf'),
+        ]  # fmt: skip
         self.process = subprocess.Popen(
             [
                 str(find_server_binary()),
@@ -72,7 +105,7 @@ class RedisTestServer:
                 '--logfile', str(self.data_dir / 'server.log'),
                 '--save', '',
                 '--appendonly', 'yes' if self.appendonly else 'no',
-                *(['--cluster-enabled', 'yes', '--cluster-config-file', str(self.data_dir / 'nodes.conf')] if self.cluster else []),
+                *(cluster if self.cluster else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -81,11 +114,9 @@ class RedisTestServer:
         while not self.ping():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                log = (self.data_dir / 'server.log').read_text(errors='replace')[-2000:]
-                raise RuntimeError(f'test Redis server did not start on port {self.port}:\n{log}')
+                return False
             time.sleep(0.02)
-        if self.cluster:
-            self._claim_all_slots()
+        return True
 
     def _claim_all_slots(self) -> None:
         client = sync_redis.Redis.from_url(self._plain_url)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import http
+import importlib
 import ipaddress
 import json
 import logging
@@ -25,14 +26,12 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import anyio
 import anyio.to_thread
 import httpx2
-import lxml.etree
-import lxml.html
 from pydantic_ai._http import create_async_httpx2_client
 from pydantic_ai._ssrf import (
     ResolvedUrl,
@@ -47,9 +46,10 @@ from pydantic_ai._ssrf import (
 )
 from pydantic_ai._utils import is_text_like_media_type
 
-# lxml ships no type information; hold its modules as `Any` so strict type checking stays quiet.
-_etree = cast(Any, lxml.etree)
-_lxml_html = cast(Any, lxml.html)
+# lxml ships no type information, so it is loaded as untyped modules rather than imported: a plain
+# import would make strict type checking demand stubs for it.
+_etree: Any = importlib.import_module('lxml.etree')
+_lxml_html: Any = importlib.import_module('lxml.html')
 
 __all__ = ['FetchError', 'Fetcher', 'HostRule', 'Page', 'netloc_of', 'parse_allowed_hosts']
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -161,10 +161,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
     def _handle(self) -> None:
-        owner = self.server.owner
+        owner = cast(_Server, self.server).owner
         length = int(self.headers.get('Content-Length') or 0)
         split = urlsplit(self.path)
         request = RecordedRequest(
@@ -264,7 +262,7 @@ class LoopbackHTTPServer:
     def start(self) -> LoopbackHTTPServer:
         """Start serving in a daemon thread."""
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f'loopback-http-{self.port}', daemon=True
+            target=self._server.serve_forever, args=(0.05,), name=f'loopback-http-{self.port}', daemon=True
         )
         self._thread.start()
         return self

@@ -25,7 +25,6 @@ from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
     ModelResponse,
-    RetryPromptPart,
     TextPart,
     ToolCallPart,
     ToolReturnPart,
@@ -280,7 +279,7 @@ async def test_huge_body_is_cut_at_the_byte_cap_without_reading_it_all(site: Loo
 
 
 async def test_gzip_bomb_is_refused(site: LoopbackHTTPServer) -> None:
-    site.route('/bomb', gzip_bomb_reply(200 * 1024 * 1024))
+    site.route('/bomb', gzip_bomb_reply(64 * 1024 * 1024))
 
     started = time.monotonic()
     result = await _trusting(site).fetch(site.url('/bomb'))
@@ -565,13 +564,13 @@ def test_wrap_untrusted_rejects_bad_labels() -> None:
 # --- through an agent ----------------------------------------------------------------------------------
 
 
-def _tool_returns(messages: list[ModelMessage]) -> list[ToolReturnPart | RetryPromptPart]:
+def _tool_returns(messages: list[ModelMessage]) -> list[ToolReturnPart]:
     return [
         part
         for message in messages
         if isinstance(message, ModelRequest)
         for part in message.parts
-        if isinstance(part, ToolReturnPart | RetryPromptPart)
+        if isinstance(part, ToolReturnPart)
     ]
 
 
@@ -597,12 +596,13 @@ async def test_web_fetch_through_an_agent(site: LoopbackHTTPServer, redis: Redis
 
     assert result.output == 'done'
     retry, fetched, refused = _tool_returns(result.all_messages())
-    assert isinstance(retry, RetryPromptPart) and 'The URL is empty' in str(retry.content)
-    assert isinstance(fetched, ToolReturnPart)
+    # pydantic-ai reports a tool's ModelRetry as a return part with outcome 'retried'.
+    assert retry.outcome == 'retried' and 'The URL is empty' in str(retry.content)
+    assert fetched.outcome == 'success'
     assert fetched.content == (
         f'<untrusted source="web_fetch" url="{site.url("/doc")}">\nTitle: Doc\n\nThe answer is 42.\n</untrusted>'
     )
-    assert isinstance(refused, ToolReturnPart)
+    assert refused.outcome == 'success'
     assert refused.content == 'web fetch failed: blocked: 169.254.169.254 is a cloud metadata address'
     assert deps.turn.tainted is True
 
@@ -640,7 +640,7 @@ async def test_status_reports_ok_or_offline(site: LoopbackHTTPServer, monkeypatc
 
 async def test_status_gives_up_after_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     def slow_dns(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(2)
+        time.sleep(1)
         raise socket.gaierror(socket.EAI_AGAIN, 'Temporary failure in name resolution')
 
     monkeypatch.setattr(socket, 'getaddrinfo', slow_dns)

@@ -1,0 +1,28 @@
+"""The mutable state of one turn in flight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call of a turn, as shown to users and logged."""
+
+    call_id: str
+    name: str
+    args: dict[str, Any]
+    duration_s: float = 0.0
+    ok: bool = True
+    result: str = ''
+
+
+@dataclass
+class TurnState:
+    """Mutable state of the turn in flight; the runtime gives every turn a fresh one."""
+
+    run_id: str = ''
+    tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
+    tainted: bool = False
+    """Untrusted content (web, documents) entered this turn, so side-effect tools need approval."""

@@ -1,0 +1,198 @@
+"""Per-turn overhead, history-load round trips, and import time, each against a baseline measured in this run.
+
+Run: `uv run python bench/turn.py` (or `make bench`). Ends with one `bench:` line per target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic_ai import Agent
+from pydantic_ai.conversation import Conversation
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from redis.asyncio import Redis
+
+from agent.backbones import Backbone
+from agent.builder import AgentFactory
+from agent.config import BackboneConfig, Settings
+from agent.deps import Deps, Identity
+from agent.prompts import PromptLibrary
+from agent.runtime import run_turn
+from memory.connection import connect
+from memory.conversations import RedisConversationStore
+from memory.redis_server import EmbeddedRedis
+from tools.registry import discover_plugins, select
+
+
+def _instant(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart('ok')])
+
+
+MODEL = FunctionModel(_instant, model_name='instant')
+
+
+def _history(n: int) -> list[ModelMessage]:
+    history: list[ModelMessage] = []
+    for i in range(n // 2):
+        history.append(ModelRequest(parts=[UserPromptPart(f'question {i}')]))
+        history.append(ModelResponse(parts=[TextPart(f'answer {i}')]))
+    return history
+
+
+def line(name: str, value: float, baseline: float, target: float, unit: str = '', *, higher_is_worse: bool = True) -> str:
+    ratio = value / baseline if baseline else float('inf')
+    ok = ratio <= target if higher_is_worse else ratio >= target
+    return (
+        f'bench: {name} value={value:.3f}{unit} baseline={baseline:.3f}{unit} ratio={ratio:.2f} '
+        f'target={"<=" if higher_is_worse else ">="}{target} {"PASS" if ok else "FAIL"}'
+    )
+
+
+async def _timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
+    samples: list[float] = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> str:
+    settings = Settings(home=home)
+    store = RedisConversationStore(redis, tenant='bench')
+    prompt = PromptLibrary.default().get('assistant')
+    toolsets = select(['calc', 'clock'], discover_plugins())
+    backbone = Backbone(name='instant', config=BackboneConfig(model='test:instant'), model=MODEL)
+    history = _history(20)
+    sessions = [f'turn-{i}' for i in range(repeat * 2)]
+    for session in sessions:  # seed every session with the same 20 messages, outside the timing
+        await store.save(Conversation(conversation_id=session, messages=list(history)), scope='u')
+
+    queue = iter(sessions)
+    agents = AgentFactory()
+
+    async def tandem_turn() -> None:
+        deps = Deps(
+            settings=settings,
+            identity=Identity(tenant='bench', user='u', session=next(queue)),
+            backbone=backbone,
+            prompt=prompt,
+            redis=redis,
+            conversations=store,
+            toolsets=toolsets,
+            agents=agents,
+        )
+        await run_turn(deps, 'hello')
+
+    # The baseline agent does the same agent work (same model, tools and instructions), held in
+    # memory: the ratio is what Tandem adds (Redis history and persistence, prompt, telemetry).
+    built = [plugin.build() for plugin in toolsets]
+    bare = Agent(MODEL, toolsets=built)
+    instructions = prompt.render(
+        {'date': '2026-01-01', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
+    )
+
+    async def bare_run() -> None:
+        await bare.run('hello', message_history=history, instructions=instructions)
+
+    # Warm both paths, then interleave rounds so machine noise hits both alike.
+    await tandem_turn()
+    await bare_run()
+    tandem: list[float] = []
+    baseline: list[float] = []
+    for _ in range(repeat // 50):
+        tandem += await _timed(tandem_turn, 50)
+        baseline += await _timed(bare_run, 50)
+    value, base = statistics.median(tandem) * 1000, statistics.median(baseline) * 1000
+    return line('turn_overhead_20msg', value, base, 1.3, 'ms')
+
+
+class _CountingRedis:
+    """Counts round trips: each command, and each pipeline execution, is one."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.count = 0
+        original = redis.execute_command
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await original(*args, **kwargs)
+
+        redis.execute_command = counted  # type: ignore[method-assign]
+
+
+async def bench_history_load(redis: Redis) -> list[str]:
+    store = RedisConversationStore(redis, tenant='bench')
+    lines: list[str] = []
+    ping = await _timed(redis.ping, 200)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    get_samples: list[float] = []
+    await redis.set('bench:one', b'x' * 100)
+    for _ in range(200):
+        started = time.perf_counter()
+        await redis.get('bench:one')
+        get_samples.append(time.perf_counter() - started)
+    one_get = statistics.median(get_samples) * 1000
+    del ping
+    for size in (10, 100, 1000):
+        session = f'load-{size}'
+        await store.save(Conversation(conversation_id=session, messages=_history(size)), scope='u')
+        await store.load(session)
+        counter = _CountingRedis(redis)
+        await store.load(session)
+        trips = counter.count
+        del redis.execute_command  # restore the class method
+        samples = await _timed(lambda session=session: store.load(session), 30)
+        ms = statistics.median(samples) * 1000
+        lines.append(
+            f'bench: history_load_{size}msg value={trips}roundtrips time={ms:.3f}ms baseline=1roundtrip '
+            f'get={one_get:.3f}ms ratio={trips / 1:.2f} target<=3roundtrips {"PASS" if trips <= 3 else "FAIL"}'
+        )
+    return lines
+
+
+def _import_time(module: str, repeat: int = 7) -> float:
+    samples: list[float] = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, '-c', f'import {module}'], check=True)
+        samples.append(time.perf_counter() - started)
+    return min(samples)
+
+
+def bench_import() -> list[str]:
+    baseline = _import_time('pydantic_ai')
+    return [
+        line('import_agent', _import_time('agent'), baseline, 1.2, 's'),
+        line('import_agent_runtime', _import_time('agent.runtime'), baseline, 1.2, 's'),
+    ]
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        server = EmbeddedRedis(home)
+        url = server.ensure_running()
+        try:
+            redis = await connect(url, home=home)
+            lines = [await bench_turn(redis, home)]
+            lines += await bench_history_load(redis)
+            await redis.aclose()
+        finally:
+            server.stop()
+    lines += bench_import()
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    asyncio.run(main())
