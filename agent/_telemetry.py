@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import ApprovalRequired
 from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.tools import RunContext, ToolDefinition
 
@@ -52,16 +53,21 @@ class TurnTelemetry(AbstractCapability['Deps']):
         args: ValidatedToolArgs,
         handler: WrapToolExecuteHandler,
     ) -> Any:
-        record = ToolCallRecord(call_id=call.tool_call_id, name=call.tool_name, args=call.args_as_dict())
-        ctx.deps.turn.tool_calls.append(record)
+        record = ctx.deps.turn.find_call(call.tool_call_id)
+        if record is None:  # a call resumed after approval keeps its record
+            record = ToolCallRecord(call_id=call.tool_call_id, name=call.tool_name, args=call.args_as_dict())
+            ctx.deps.turn.tool_calls.append(record)
         started = time.perf_counter()
         try:
             result = await handler(args)
+        except ApprovalRequired:
+            record.ok, record.result = False, 'held for approval'
+            raise
         except Exception as error:
             record.ok, record.result = False, short(f'{type(error).__name__}: {error}', 200)
             raise
         finally:
             record.duration_s = time.perf_counter() - started
             _log.info('tool.call', tool=call.tool_name, duration_ms=round(record.duration_s * 1000, 1), ok=record.ok)
-        record.result = short(result, 200)
+        record.ok, record.result = True, short(result, 200)
         return result

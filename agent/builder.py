@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai import Agent
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset
 
 from agent._telemetry import TurnTelemetry
+from agent.approvals import needs_approval, resolve_approvals
 
 if TYPE_CHECKING:
     from agent.deps import Deps
@@ -36,10 +38,10 @@ def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[D
         deps.backbone.model,
         deps_type=Deps,
         output_type=str,
-        toolsets=list(toolsets),
+        toolsets=[toolset.approval_required(needs_approval) for toolset in toolsets],
         model_settings=deps.backbone.model_settings,
         tool_timeout=deps.settings.limits.tool_timeout_seconds,
-        capabilities=[TurnTelemetry()],
+        capabilities=[TurnTelemetry(), HandleDeferredToolCalls(handler=resolve_approvals)],
         name='tandem',
     )
 

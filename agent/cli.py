@@ -126,7 +126,7 @@ def chat(
     from agent.repl import run_repl
 
     options = TurnOptions(
-        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools), interactive=True
+        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools)
     )
     _run(run_repl)(_settings(), options)
 

@@ -77,6 +77,13 @@ class LimitsConfig(BaseModel):
     tool_timeout_seconds: float = 30.0
 
 
+class ApprovalsConfig(BaseModel):
+    """What happens to side-effect tool calls in a turn that untrusted content entered."""
+
+    unattended: Literal['deny', 'allow'] = 'deny'
+    """With nobody to ask (ask, HTTP, scenarios): deny such calls (the default), or let them run."""
+
+
 class Settings(BaseSettings):
     """Every knob Tandem has. See the README's configuration reference."""
 
@@ -106,6 +113,7 @@ class Settings(BaseSettings):
     """The model used when only `OPENAI_API_KEY` is set."""
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict[str, BackboneConfig])
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
 
     @field_validator('home', 'prompts_dir', mode='after')
     @classmethod

@@ -31,7 +31,6 @@ class TurnOptions:
     model: str | None = None
     prompt: str | None = None
     tools: Sequence[str] | None = None
-    interactive: bool = False
 
 
 def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[ToolsetPlugin]:
@@ -72,7 +71,6 @@ async def build_deps(
         redis=redis,
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
         toolsets=selected_toolsets(settings, options.tools),
-        interactive=options.interactive,
         agents=agents or AgentFactory(),
     )
 

@@ -15,6 +15,7 @@ from agent.turn_state import ToolCallRecord, TurnState
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from agent.approvals import Approver
     from memory.conversations import RedisConversationStore
     from tools.registry import ToolsetPlugin
 
@@ -39,8 +40,8 @@ class Deps:
     redis: Redis
     conversations: RedisConversationStore
     toolsets: Sequence[ToolsetPlugin] = ()
-    interactive: bool = False
-    """Whether a person can answer approval questions (the REPL), or not (ask, HTTP, scenarios)."""
+    approver: Approver | None = None
+    """Asks a person to approve held tool calls (the REPL); `None` when nobody is there (ask, HTTP, scenarios)."""
     retriever: Any = None
     """The knowledge-base retriever slot; `None` until a knowledge base is configured."""
     turn: TurnState = field(default_factory=TurnState)

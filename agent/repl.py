@@ -21,6 +21,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from agent import backbones
+from agent.approvals import ApprovalRequest
 from agent.config import Settings
 from agent.context import TurnOptions, build_deps, open_redis
 from agent.deps import Deps
@@ -89,11 +90,13 @@ class Repl:
         console: Console,
         prompt_session: PromptSession[str],
     ):
-        self.deps = deps
         self.settings = settings
         self.console = console
         self.prompt_session = prompt_session
         self.usage = TurnUsage()
+        self._view: _TurnView | None = None
+        self._confirm: PromptSession[str] = PromptSession(input=prompt_session.input, output=prompt_session.output)
+        self.deps = replace(deps, approver=self.approve)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             '/help': self._help,
             '/new': self._new,
@@ -146,8 +149,21 @@ class Repl:
             return True
         return await handler(argument.strip())
 
+    async def approve(self, request: ApprovalRequest) -> bool:
+        """Show a held tool call and ask whether it may run."""
+        if self._view is not None:
+            self._view.close()
+        self.console.print(
+            '[yellow]Untrusted content entered this turn; the model wants to run a tool with side effects:[/]'
+        )
+        self.console.print(f'  {request.describe()}', highlight=False, markup=False)
+        answer = await self._confirm.prompt_async('Allow it? [y/N] ')
+        approved = answer.strip().lower() in {'y', 'yes'}
+        self.console.print('allowed' if approved else 'denied; the model is told so')
+        return approved
+
     async def _turn(self, text: str) -> None:
-        view = _TurnView(self.console)
+        view = self._view = _TurnView(self.console)
         task = asyncio.ensure_future(run_turn(self.deps, text, on_event=view))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
@@ -164,6 +180,7 @@ class Repl:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGINT)
             view.close()
+            self._view = None
         self.usage = self.usage + result.usage
 
     async def _help(self, _: str) -> bool:

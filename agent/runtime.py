@@ -106,7 +106,7 @@ def _stream_handler(
                 await _emit(sink, ToolCallStarted(part.tool_call_id, part.tool_name, part.args_as_dict()))
             elif isinstance(event, FunctionToolResultEvent):
                 part = event.part
-                record = next((r for r in deps.turn.tool_calls if r.call_id == part.tool_call_id), None)
+                record = deps.turn.find_call(part.tool_call_id)
                 await _emit(
                     sink,
                     ToolCallFinished(

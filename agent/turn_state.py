@@ -26,3 +26,7 @@ class TurnState:
     tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
     tainted: bool = False
     """Untrusted content (web, documents) entered this turn, so side-effect tools need approval."""
+
+    def find_call(self, call_id: str) -> ToolCallRecord | None:
+        """The record of a tool call of this turn, by id."""
+        return next((record for record in self.tool_calls if record.call_id == call_id), None)

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry  # not redis.retry.Retry: that one cannot retry a coroutine
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from agent.errors import ConfigError, RedisUnavailableError
 from memory.redis_server import EmbeddedRedis
@@ -71,7 +71,7 @@ async def connect(url: str | None, *, home: Path, retries: int = 3) -> Redis:
         url = await asyncio.to_thread(EmbeddedRedis(home).ensure_running)
     client = _client(url, retries)
     try:
-        await client.ping()
+        await client.ping()  # pyright: ignore[reportUnknownMemberType] -- redis-py leaves **kwargs untyped
     except (RedisError, OSError) as exc:
         await client.aclose()
         hint = (
@@ -113,7 +113,7 @@ def _client(url: str, retries: int) -> RedisClient:
                 retry_on_error=retry_on_error,
             )
         if scheme in _SCHEMES:
-            return Redis.from_url(
+            return Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
                 url,
                 decode_responses=False,
                 socket_connect_timeout=CONNECT_TIMEOUT,

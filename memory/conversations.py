@@ -488,7 +488,7 @@ class RedisConversationStore(ConversationStore):
             while True:
                 page = cast(
                     list[tuple[bytes, float]],
-                    await self._redis.zrevrange(self._index, offset, offset + _LIST_PAGE - 1, withscores=True),
+                    await self._redis.zrevrange(self._index, offset, offset + _LIST_PAGE - 1, withscores=True),  # pyright: ignore[reportUnknownMemberType]
                 )
                 if not page:
                     break

@@ -210,7 +210,7 @@ class EmbeddedRedis:
         if answered and url is not None:
             with contextlib.suppress(redis.RedisError, OSError), _sync_client(url) as client:
                 # SHUTDOWN fsyncs the append-only file; the reply is the connection closing.
-                client.shutdown()
+                client.shutdown()  # pyright: ignore[reportUnknownMemberType]
         if pid is None:
             return answered
         if not _wait_exit(pid, timeout):
@@ -256,6 +256,8 @@ class EmbeddedRedis:
             if self._wait_ready(url, None):
                 return url
             failure = self._log_tail()
+            if self.pid() is not None:
+                break  # alive but slow: a second server on the same files would corrupt them
         raise self._error(f'it exited or did not answer within {self.start_timeout:g}s ({failure or "no log output"})')
 
     def _write_config(self) -> str:
@@ -310,7 +312,7 @@ class EmbeddedRedis:
 
 @contextlib.contextmanager
 def _sync_client(url: str) -> Generator[redis.Redis]:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))  # pyright: ignore[reportUnknownMemberType]
     try:
         yield client
     finally:
@@ -320,7 +322,7 @@ def _sync_client(url: str) -> Generator[redis.Redis]:
 def _ping(url: str) -> bool:
     try:
         with _sync_client(url) as client:
-            return bool(client.ping())
+            return bool(client.ping())  # pyright: ignore[reportUnknownMemberType]
     except (redis.RedisError, OSError):
         return False  # includes BusyLoadingError: up, but not ready
 

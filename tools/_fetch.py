@@ -55,7 +55,7 @@ __all__ = ['FetchError', 'Fetcher', 'HostRule', 'Page', 'netloc_of', 'parse_allo
 
 _log = logging.getLogger('tandem.tools.web')
 
-USER_AGENT = 'Mozilla/5.0 (compatible; Tandem/0.1; +https://github.com/tandem-agents/tandem)'
+USER_AGENT = 'Mozilla/5.0 (compatible; Tandem/0.1)'
 _ACCEPT = 'text/html,application/xhtml+xml,application/json;q=0.9,text/plain;q=0.8,*/*;q=0.5'
 # Only codings whose output can be capped while streaming; see `_read_gzip`.
 _ACCEPT_ENCODING = 'identity, gzip'
@@ -68,7 +68,21 @@ Kind = Literal['html', 'json', 'text']
 
 
 class FetchError(Exception):
-    """The fetch failed; the message says why in words the model can act on."""
+    """The fetch failed; the message says why in words the model can act on.
+
+    Attributes:
+        server_answered: Some server had already answered (a redirect, an error status, a body)
+            when the fetch failed, so the message may carry server-chosen text, such as a
+            redirect target's host name; callers treat it as untrusted.
+    """
+
+    server_answered: bool = False
+
+
+class _Progress:
+    """How far one fetch got, for `FetchError.server_answered`."""
+
+    server_answered = False
 
 
 @dataclass(frozen=True)
@@ -194,25 +208,30 @@ class Fetcher:
             FetchError: Anything that went wrong, with a message for the model.
         """
         trusted = self.allowed_hosts | extra_allowed_hosts
+        progress = _Progress()
         try:
-            with anyio.fail_after(self.timeout):
-                return await self._fetch(url.strip(), trusted)
-        except TimeoutError:
-            raise FetchError(f'timed out after {self.timeout:g}s (the server is too slow or unreachable)') from None
-        except httpx2.TimeoutException:
-            raise FetchError(f'timed out connecting to or reading from {netloc_of(url)}') from None
-        except httpx2.ConnectError as error:
-            raise FetchError(f'could not connect to {netloc_of(url)} ({_reason(error)})') from None
-        except httpx2.InvalidURL as error:
-            raise FetchError(f'invalid URL ({error})') from None
-        except httpx2.HTTPError as error:
-            raise FetchError(f'network error talking to {netloc_of(url)} ({type(error).__name__})') from None
+            try:
+                with anyio.fail_after(self.timeout):
+                    return await self._fetch(url.strip(), trusted, progress)
+            except TimeoutError:
+                raise FetchError(f'timed out after {self.timeout:g}s (the server is too slow or unreachable)') from None
+            except httpx2.TimeoutException:
+                raise FetchError(f'timed out connecting to or reading from {netloc_of(url)}') from None
+            except httpx2.ConnectError as error:
+                raise FetchError(f'could not connect to {netloc_of(url)} ({_reason(error)})') from None
+            except httpx2.InvalidURL:
+                raise FetchError(f'invalid URL {url[:200]!r}') from None
+            except httpx2.HTTPError as error:
+                raise FetchError(f'network error talking to {netloc_of(url)} ({type(error).__name__})') from None
+        except FetchError as error:
+            error.server_answered = progress.server_answered
+            raise
 
-    async def _fetch(self, url: str, trusted: frozenset[HostRule]) -> Page:
+    async def _fetch(self, url: str, trusted: frozenset[HostRule], progress: _Progress) -> Page:
         async with create_async_httpx2_client(
             timeout=httpx2.Timeout(self.timeout, connect=self.connect_timeout)
         ) as client:
-            response, final_url = await self._open(client, url, trusted)
+            response, final_url = await self._open(client, url, trusted, progress)
             try:
                 kind = _kind_of(response)
                 body, bytes_truncated = await _read_capped(response, self.max_bytes)
@@ -226,12 +245,13 @@ class Fetcher:
         )
 
     async def _open(
-        self, client: httpx2.AsyncClient, url: str, trusted: frozenset[HostRule]
+        self, client: httpx2.AsyncClient, url: str, trusted: frozenset[HostRule], progress: _Progress
     ) -> tuple[httpx2.Response, str]:
         current = url
         for _ in range(self.max_redirects + 1):
             resolved = await _check_and_resolve(current, trusted)
             response = await client.send(_build_request(client, resolved), stream=True, follow_redirects=False)
+            progress.server_answered = True
             client.cookies.clear()  # cookies would be filed under the IP; nothing here needs them
             if not response.is_redirect:
                 if response.status_code >= 400:
@@ -303,8 +323,8 @@ async def _check_and_resolve(url: str, trusted: frozenset[HostRule]) -> Resolved
                 f'could not resolve host {host!r}: the name does not exist or there is no network'
             ) from None
     for address in addresses:
-        # Metadata endpoints hand out cloud credentials: never, not even for a trusted host.
         where = host if host == address else f'{host} ({address})'
+        # Metadata endpoints hand out cloud credentials: never, not even for a trusted host.
         if is_cloud_metadata_ip(address):
             raise FetchError(f'blocked: {where} is a cloud metadata address')
         if not is_trusted and is_private_ip(address):

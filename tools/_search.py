@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,7 +87,8 @@ class _Engine(Duckduckgo):
     """ddgs's DuckDuckGo engine, with a configurable endpoint and HTTP statuses turned into errors."""
 
     def __init__(self, *, search_url: str, timeout: float) -> None:
-        super().__init__(timeout=timeout)  # pyright: ignore[reportArgumentType] -- primp takes float seconds
+        # Same proxy setting `DDGS` honours; primp takes float seconds though ddgs annotates int.
+        super().__init__(proxy=os.environ.get('DDGS_PROXY') or None, timeout=timeout)  # pyright: ignore[reportArgumentType]
         self.search_url = search_url
 
     def request(self, *args: Any, **kwargs: Any) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections.abc import Iterable
 from typing import Annotated, Any, cast
@@ -38,6 +39,7 @@ __all__ = [
     'DEFAULT_MAX_BYTES',
     'DEFAULT_MAX_CHARS',
     'DEFAULT_SEARCH_CACHE_TTL',
+    'DEFAULT_SEARCH_TIMEOUT',
     'DEFAULT_TIMEOUT',
     'WebTools',
     'make_web_toolset',
@@ -46,7 +48,9 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 15.0
-"""Seconds for a whole fetch (DNS, connect, redirects, body) and for a search."""
+"""Seconds for a whole fetch: DNS, connect, redirects and body."""
+DEFAULT_SEARCH_TIMEOUT = 10.0
+"""Seconds for one search."""
 DEFAULT_MAX_BYTES = 2_000_000
 """Most body bytes `web_fetch` reads; larger pages are cut."""
 DEFAULT_MAX_CHARS = 20_000
@@ -90,7 +94,7 @@ class WebTools:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_chars: int = DEFAULT_MAX_CHARS,
         max_redirects: int = 5,
-        search_timeout: float = 10.0,
+        search_timeout: float = DEFAULT_SEARCH_TIMEOUT,
         search_cache_ttl: int = DEFAULT_SEARCH_CACHE_TTL,
         search_url: str = DEFAULT_SEARCH_URL,
     ) -> None:
@@ -126,6 +130,10 @@ class WebTools:
         if not 1 <= max_results <= 10:
             raise ModelRetry('max_results must be between 1 and 10.')
         region = region.strip().lower() or 'wt-wt'
+        if not re.fullmatch(_REGION_PATTERN, region):
+            raise ModelRetry(
+                f'Unknown region {region[:20]!r}: use a code like wt-wt (no region), us-en, uk-en or de-de.'
+            )
         try:
             hits, _ = await self.searcher.search(
                 query,
@@ -159,6 +167,8 @@ class WebTools:
         try:
             page = await self.fetcher.fetch(url, extra_allowed_hosts=_settings_allowed_hosts(deps))
         except FetchError as error:
+            if error.server_answered:
+                _taint(deps)  # the reason may quote the server, e.g. a redirect target's host name
             return f'web fetch failed: {error}'
         except Exception:  # noqa: BLE001 -- a fetch failure must never end the turn
             _log.exception('web_fetch failed unexpectedly for %s', netloc_of(url))
@@ -177,7 +187,7 @@ def make_web_toolset(
     max_chars: int = DEFAULT_MAX_CHARS,
     connect_timeout: float = 5.0,
     max_redirects: int = 5,
-    search_timeout: float = 10.0,
+    search_timeout: float = DEFAULT_SEARCH_TIMEOUT,
     search_cache_ttl: int = DEFAULT_SEARCH_CACHE_TTL,
     search_url: str = DEFAULT_SEARCH_URL,
 ) -> FunctionToolset[Any]:

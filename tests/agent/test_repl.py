@@ -63,7 +63,7 @@ async def test_a_conversation_with_a_tool_call_a_backbone_switch_and_slash_comma
     settings = _settings(tmp_path, redis_url, server)
     keys = 'please compute this\r/backbone tuned\rand now?\r/usage\r/history\r/tools\r/nonsense\r/exit\r'
 
-    screen = await _drive(settings, keys, TurnOptions(session='r1', interactive=True))
+    screen = await _drive(settings, keys, TurnOptions(session='r1'))
 
     assert '⚙ calculate' in screen and '✓ calculate' in screen
     assert 'Result: 42' in screen  # markdown rendered, not raw asterisks
@@ -77,11 +77,9 @@ async def test_a_conversation_with_a_tool_call_a_backbone_switch_and_slash_comma
 
 async def test_new_switch_and_sessions(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> None:
     settings = _settings(tmp_path, redis_url, server)
-    await _drive(settings, 'first session\r', TurnOptions(session='one', interactive=True))
+    await _drive(settings, 'first session\r', TurnOptions(session='one'))
 
-    screen = await _drive(
-        settings, '/new\r/switch one\r/sessions\rhello again\r', TurnOptions(session='two', interactive=True)
-    )
+    screen = await _drive(settings, '/new\r/switch one\r/sessions\rhello again\r', TurnOptions(session='two'))
 
     assert 'new session' in screen
     assert 'switched to session one (2 messages)' in screen
@@ -94,9 +92,7 @@ async def test_errors_inside_the_repl_are_one_line_and_the_repl_goes_on(
 ) -> None:
     settings = _settings(tmp_path, redis_url, server)
 
-    screen = await _drive(
-        settings, '/backbone nope\r/switch bad:id\r/prompt nope\rhi\r', TurnOptions(session='e1', interactive=True)
-    )
+    screen = await _drive(settings, '/backbone nope\r/switch bad:id\r/prompt nope\rhi\r', TurnOptions(session='e1'))
 
     assert "error: unknown backbone 'nope'" in screen
     assert "error: invalid session id 'bad:id'" in screen

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from agent.errors import ConfigError, RedisUnavailableError
 from memory.connection import connect, mask_url
+from memory.conversations import RedisConversationStore
+from tests.conftest import RedisTestServer
 
 
 def _closed_port() -> int:
@@ -56,3 +60,26 @@ async def test_a_url_that_is_not_redis_is_a_config_error(url: str, tmp_path: Pat
 )
 def test_mask_url_hides_passwords_only(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+async def test_a_client_reconnects_by_itself_after_the_server_restarts(
+    redis: Redis, redis_control: RedisTestServer
+) -> None:
+    await redis.set('before', '1')
+
+    redis_control.restart()  # the client's pooled connection is now dead
+
+    assert await redis.set('after', '1') is True  # retried on a fresh connection
+
+
+async def test_a_server_that_stays_down_is_a_clear_error(
+    redis_server_factory: Callable[..., RedisTestServer], tmp_path: Path
+) -> None:
+    server = redis_server_factory(appendonly=False)
+    client = await connect(server.url, home=tmp_path, retries=2)
+    store = RedisConversationStore(client, tenant='acme')
+    server.kill()
+
+    with pytest.raises(RedisUnavailableError, match='lost the connection to Redis while reading a session'):
+        await store.load('chat-1')
+    await client.aclose()

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 from pydantic_ai.conversation import Conversation
-from pydantic_ai.conversation_store import ConversationConflict
+from pydantic_ai.conversation_store import ConversationConflict, ConversationEntry, ConversationRecord
 from pydantic_ai.messages import (
     BinaryImage,
     ModelMessage,
@@ -223,6 +223,36 @@ async def test_creating_a_session_that_exists_is_a_conflict(store: RedisConversa
         await store.save(Conversation(conversation_id='chat-1', messages=[_prompt('second')]))
 
 
+async def test_a_retried_write_whose_reply_was_lost_is_not_a_conflict(store: RedisConversationStore) -> None:
+    # redis-py retries a command after a dropped connection; the first attempt may have landed.
+    entry = ConversationEntry(parent_id=None, message=_prompt('once'))
+    record = ConversationRecord(conversation_id='chat-1', head_id=entry.id)
+
+    await store.write_record(record, new_entries=[entry], expected_revision=None)
+    await store.write_record(record, new_entries=[entry], expected_revision=None)
+
+    loaded = await store.load('chat-1')
+    assert loaded is not None and _texts(loaded.messages) == ['once']
+
+
+async def test_a_head_that_is_not_stored_is_a_conflict_and_writes_nothing(redis: Redis) -> None:
+    orphan = ConversationEntry(parent_id='missing', message=_prompt('orphan'))
+    store = RedisConversationStore(redis, tenant=TENANT)
+
+    with pytest.raises(ConversationConflict):
+        await store.write_record(
+            ConversationRecord(conversation_id='chat-1', head_id='missing'), expected_revision=None
+        )
+    with pytest.raises(ConversationConflict):
+        await store.write_record(
+            ConversationRecord(conversation_id='chat-1', head_id=orphan.id),
+            new_entries=[orphan],
+            expected_revision=None,
+        )
+
+    assert await redis.exists(*SessionKeys(TENANT, 'chat-1').all) == 0
+
+
 async def test_concurrent_writers_with_their_own_clients_lose_nothing(redis_url: str, tmp_path: Path) -> None:
     writers, appends = 4, 8
     clients = [await connect(redis_url, home=tmp_path) for _ in range(writers)]
@@ -251,7 +281,7 @@ async def test_two_processes_appending_to_one_session_lose_nothing(
         import asyncio, sys
         from pathlib import Path
         from pydantic_ai.conversation import Conversation
-        from pydantic_ai.conversation_store import ConversationConflict
+        from pydantic_ai.conversation_store import ConversationConflict, ConversationEntry, ConversationRecord
         from pydantic_ai.messages import ModelRequest
         from memory.connection import connect
         from memory.conversations import RedisConversationStore

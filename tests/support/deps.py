@@ -9,12 +9,13 @@ from typing import Any
 from pydantic_ai.models import Model
 from redis.asyncio import Redis
 
+from agent.approvals import Approver
 from agent.backbones import Backbone
 from agent.config import BackboneConfig, Settings
 from agent.deps import Deps, Identity
 from agent.prompts import PromptLibrary
 from memory.conversations import RedisConversationStore
-from tools.registry import discover_plugins, select
+from tools.registry import ToolsetPlugin, discover_plugins, select
 
 
 def scripted_backbone(model: Model, name: str = 'scripted') -> Backbone:
@@ -37,7 +38,8 @@ def make_deps(
     tenant: str = 'acme',
     tools: Sequence[str] = ('calc', 'clock'),
     prompt: str = 'assistant',
-    interactive: bool = False,
+    approver: Approver | None = None,
+    plugins: Sequence[ToolsetPlugin] = (),
     **settings: Any,
 ) -> Deps:
     """Real `Deps` (real Redis, real store, real prompt and toolsets) around a scripted `model`."""
@@ -49,6 +51,6 @@ def make_deps(
         prompt=PromptLibrary.default().get(prompt),
         redis=redis,
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=config.session_ttl_seconds),
-        toolsets=select(list(tools), discover_plugins()),
-        interactive=interactive,
+        toolsets=[*select(list(tools), discover_plugins()), *plugins],
+        approver=approver,
     )

@@ -384,3 +384,9 @@ def test_tool_schemas() -> None:
     fetch = tools['web_fetch'].tool_def
     assert fetch.parameters_json_schema['required'] == ['url']
     assert fetch.description is not None and fetch.description.startswith('Fetch a web page by URL')
+
+
+async def test_bad_region_asks_the_model_to_retry(ddg: LoopbackHTTPServer) -> None:
+    with pytest.raises(ModelRetry, match='Unknown region'):
+        await _web(ddg).search('python', region='usa')
+    assert ddg.request_count == 0
