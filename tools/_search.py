@@ -136,9 +136,13 @@ class Searcher:
         key = None
         if redis is not None and tenant is not None and self.cache_ttl > 0:
             key = search_cache_key(tenant, query, max_results=max_results, region=region, time_limit=time_limit)
-            cached = await _cache_get(redis, key)
-            if cached is not None:
-                return cached, True
+            try:
+                cached = await _cache_get(redis, key)
+            except _CacheUnavailable:
+                key = None  # don't wait on a dead Redis a second time to store the results
+            else:
+                if cached is not None:
+                    return cached, True
         hits = await self._search_live(query, max_results=max_results, region=region, time_limit=time_limit)
         if key is not None and redis is not None and hits:
             await _cache_put(redis, key, hits, self.cache_ttl)
@@ -227,13 +231,17 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + '…'
 
 
+class _CacheUnavailable(Exception):
+    """Redis didn't answer; the search goes ahead without the cache."""
+
+
 async def _cache_get(redis: Redis, key: str) -> list[SearchHit] | None:
     try:
         with anyio.fail_after(_CACHE_TIMEOUT):
             raw: bytes | str | None = await redis.get(key)
     except (RedisError, OSError, TimeoutError) as error:
         _log.warning('web search cache unavailable (%s); searching without it', type(error).__name__)
-        return None
+        raise _CacheUnavailable from None
     if raw is None:
         return None
     try:
