@@ -31,6 +31,9 @@ def prompt_variables(
     }
 
 
-def render_instructions(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> str:
-    """The system instructions for this turn, rendered from the selected prompt template."""
-    return deps.prompt.render(prompt_variables(deps, toolsets))
+async def render_instructions(deps: Deps, toolsets: Sequence[AbstractToolset[Any]], text: str) -> str:
+    """The system instructions for this turn: the prompt template, its slots filled by the context providers."""
+    variables = prompt_variables(deps, toolsets)
+    for provider in deps.context_providers:
+        variables.update(await provider.prompt_variables(deps, text))
+    return deps.prompt.render(variables)

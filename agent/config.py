@@ -84,6 +84,34 @@ class ApprovalsConfig(BaseModel):
     """With nobody to ask (ask, HTTP, scenarios): deny such calls (the default), or let them run."""
 
 
+class WebConfig(BaseModel):
+    """The web tools."""
+
+    allowed_hosts: list[str] = Field(default_factory=list[str])
+    """Hosts `web_fetch` may reach although they are private (an intranet, say): `host` or `host:port`."""
+    timeout_seconds: float = 10.0
+    max_bytes: int = 2_000_000
+    """The most `web_fetch` reads from one response."""
+    max_chars: int = 20_000
+    """The most text `web_fetch` returns to the model."""
+    search_cache_ttl_seconds: int = 3600
+
+
+class KnowledgeConfig(BaseModel):
+    """The knowledge base: ingestion and search."""
+
+    default_kb: str = 'default'
+    top_k: int = 5
+
+
+class MemoryConfig(BaseModel):
+    """Long-term memory: facts about the user, recalled every turn, and history compaction."""
+
+    enabled: bool = True
+    extract: bool = False
+    """After each turn, ask the backbone for durable facts about the user (off the latency path)."""
+
+
 class Settings(BaseSettings):
     """Every knob Tandem has. See the README's configuration reference."""
 
@@ -114,6 +142,11 @@ class Settings(BaseSettings):
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict[str, BackboneConfig])
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    retrieval: Literal['tool', 'auto', 'off'] = 'tool'
+    """`tool`: the model calls `search_knowledge`; `auto`: top passages go into the prompt; `off`."""
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @field_validator('home', 'prompts_dir', mode='after')
     @classmethod

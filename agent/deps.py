@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from agent.approvals import Approver
+    from agent.turn_context import TurnContextProvider
     from memory.conversations import RedisConversationStore
     from tools.registry import ToolsetPlugin
 
@@ -44,6 +45,10 @@ class Deps:
     """Asks a person to approve held tool calls (the REPL); `None` when nobody is there (ask, HTTP, scenarios)."""
     retriever: Any = None
     """The knowledge-base retriever slot; `None` until a knowledge base is configured."""
+    facts: Any = None
+    """The long-term memory (facts about the user) slot; `None` when memory is off."""
+    context_providers: Sequence[TurnContextProvider] = ()
+    """Fill the prompt's `memory`, `retrieval` and `user_name` slots each turn."""
     turn: TurnState = field(default_factory=TurnState)
     agents: AgentFactory = field(default_factory=AgentFactory)
     """Built agents and toolsets, shared by every `Deps` a front end makes."""

@@ -212,7 +212,7 @@ async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) 
                 text,
                 conversation=conversation,
                 deps=deps,
-                instructions=render_instructions(deps, toolsets),
+                instructions=await render_instructions(deps, toolsets, text),
                 usage_limits=usage_limits(deps),
                 event_stream_handler=_stream_handler(on_event, deps) if on_event is not None else None,
                 run_id=run_id,
