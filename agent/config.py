@@ -89,12 +89,6 @@ class WebConfig(BaseModel):
 
     allowed_hosts: list[str] = Field(default_factory=list[str])
     """Hosts `web_fetch` may reach although they are private (an intranet, say): `host` or `host:port`."""
-    timeout_seconds: float = 10.0
-    max_bytes: int = 2_000_000
-    """The most `web_fetch` reads from one response."""
-    max_chars: int = 20_000
-    """The most text `web_fetch` returns to the model."""
-    search_cache_ttl_seconds: int = 3600
 
 
 class KnowledgeConfig(BaseModel):

@@ -124,7 +124,10 @@ class Repl:
         self.console.print(f'[bold]Tandem[/] · {self.deps.backbone.name} · {self.deps.prompt.ref} · /help for commands')
         while True:
             try:
-                line = await self.prompt_session.prompt_async('you › ', bottom_toolbar=self.status_line)
+                # A background error (a stale HTTP connection closing, say) must not take over the prompt.
+                line = await self.prompt_session.prompt_async(
+                    'you › ', bottom_toolbar=self.status_line, set_exception_handler=False
+                )
             except KeyboardInterrupt:
                 continue
             except EOFError:
@@ -157,7 +160,7 @@ class Repl:
             '[yellow]Untrusted content entered this turn; the model wants to run a tool with side effects:[/]'
         )
         self.console.print(f'  {request.describe()}', highlight=False, markup=False)
-        answer = await self._confirm.prompt_async('Allow it? [y/N] ')
+        answer = await self._confirm.prompt_async('Allow it? [y/N] ', set_exception_handler=False)
         approved = answer.strip().lower() in {'y', 'yes'}
         self.console.print('allowed' if approved else 'denied; the model is told so')
         return approved

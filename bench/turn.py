@@ -50,7 +50,9 @@ def _history(n: int) -> list[ModelMessage]:
     return history
 
 
-def line(name: str, value: float, baseline: float, target: float, unit: str = '', *, higher_is_worse: bool = True) -> str:
+def line(
+    name: str, value: float, baseline: float, target: float, unit: str = '', *, higher_is_worse: bool = True
+) -> str:
     ratio = value / baseline if baseline else float('inf')
     ok = ratio <= target if higher_is_worse else ratio >= target
     return (

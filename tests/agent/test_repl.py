@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prompt_toolkit import PromptSession
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
@@ -36,12 +37,33 @@ def server() -> Iterator[FakeOpenAI]:
 
 
 async def _drive(settings: Settings, keys: str, options: TurnOptions) -> str:
+    """Type `keys` line by line, each once the REPL waits at its prompt, and return the screen."""
     console_file = io.StringIO()
     console = Console(file=console_file, width=100, force_terminal=False, color_system=None)
-    with create_pipe_input() as pipe:
-        # End with /exit rather than closing the pipe: an EOF can overtake keys still being read.
-        pipe.send_text(keys if keys.endswith('/exit\r') else keys + '/exit\r')
-        await asyncio.wait_for(run_repl(settings, options, input=pipe, output=DummyOutput(), console=console), 60)
+    lines = [line for line in keys.split('\r') if line]
+    if lines[-1] != '/exit':
+        lines.append('/exit')
+    waiting = asyncio.Event()
+    prompt_async = PromptSession.prompt_async
+
+    async def prompting(self: PromptSession[str], *args: Any, **kwargs: Any) -> str:
+        waiting.set()
+        return await prompt_async(self, *args, **kwargs)
+
+    with create_pipe_input() as pipe, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PromptSession, 'prompt_async', prompting)
+
+        async def type_lines() -> None:
+            for line in lines:
+                await waiting.wait()
+                waiting.clear()
+                pipe.send_text(line + '\r')
+
+        typist = asyncio.ensure_future(type_lines())
+        try:
+            await asyncio.wait_for(run_repl(settings, options, input=pipe, output=DummyOutput(), console=console), 60)
+        finally:
+            typist.cancel()
     return console_file.getvalue()
 
 
