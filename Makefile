@@ -13,7 +13,7 @@ uv:
 		$(PYTHON) -m pip install --quiet uv
 
 sync: uv
-	@$(UV) sync --locked --quiet
+	@$(UV) sync --locked --all-extras --quiet
 
 chat: sync
 	@$(UV) run --locked tandem chat

@@ -9,7 +9,7 @@ from pydantic_ai import Agent
 from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset
 
-from agent._telemetry import TurnTelemetry
+from agent._guard import TurnGuard
 from agent.approvals import needs_approval, resolve_approvals
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[D
         output_type=str,
         toolsets=[toolset.approval_required(needs_approval) for toolset in toolsets],
         model_settings=deps.backbone.model_settings,
-        tool_timeout=deps.settings.limits.tool_timeout_seconds,
-        capabilities=[TurnTelemetry(), HandleDeferredToolCalls(handler=resolve_approvals)],
+        capabilities=[TurnGuard(), HandleDeferredToolCalls(handler=resolve_approvals)],
+        retries=deps.settings.limits.tool_retries,
         name='tandem',
     )
 

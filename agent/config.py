@@ -75,6 +75,10 @@ class LimitsConfig(BaseModel):
     tool_calls: int = 24
     total_tokens: int = 200_000
     tool_timeout_seconds: float = 30.0
+    tool_retries: int = 3
+    """How often the model may retry a tool call that failed validation or asked for a retry."""
+    tool_argument_bytes: int = 65_536
+    """Larger tool arguments are refused before validation, and the model is asked to send less."""
 
 
 class ApprovalsConfig(BaseModel):

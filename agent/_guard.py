@@ -1,12 +1,14 @@
-"""A capability that times model requests and tool calls, logs them, and records tool calls on the turn."""
+"""A capability that bounds, times and logs model requests and tool calls, and records tool calls on the turn."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ApprovalRequired
+from pydantic_ai.exceptions import ApprovalRequired, ModelRetry
 from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.tools import RunContext, ToolDefinition
 
@@ -15,7 +17,12 @@ from agent.log import get_logger
 from agent.turn_state import ToolCallRecord
 
 if TYPE_CHECKING:
-    from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapModelRequestHandler, WrapToolExecuteHandler
+    from pydantic_ai.capabilities.abstract import (
+        RawToolArgs,
+        ValidatedToolArgs,
+        WrapModelRequestHandler,
+        WrapToolExecuteHandler,
+    )
     from pydantic_ai.models import ModelRequestContext
 
     from agent.deps import Deps
@@ -23,8 +30,29 @@ if TYPE_CHECKING:
 _log = get_logger('tandem.turn')
 
 
-class TurnTelemetry(AbstractCapability['Deps']):
-    """Logs each model request (latency, tokens) and tool call (duration, outcome); never message contents."""
+class TurnGuard(AbstractCapability['Deps']):
+    """Logs each model request (latency, tokens) and tool call (duration, outcome); never message contents.
+
+    It also bounds every tool call, whichever toolset it comes from: oversized arguments are refused
+    before they are parsed, so the tool never runs on them; a call that outlives
+    `limits.tool_timeout_seconds` is cancelled, so an async tool's side effect never lands late.
+    Either way the model gets a tool error it can act on.
+    """
+
+    async def before_tool_validate(
+        self,
+        ctx: RunContext[Deps],
+        *,
+        call: ToolCallPart,
+        tool_def: ToolDefinition,
+        args: RawToolArgs,
+    ) -> RawToolArgs:
+        limit = ctx.deps.settings.limits.tool_argument_bytes
+        size = len(args.encode()) if isinstance(args, str) else len(json.dumps(args, default=str).encode())
+        if size > limit:
+            _log.warning('tool.arguments_too_large', tool=call.tool_name, bytes=size)
+            raise ModelRetry(f'The arguments to {call.tool_name} are {size} bytes; the limit is {limit}. Send less.')
+        return args
 
     async def wrap_model_request(
         self,
@@ -58,8 +86,13 @@ class TurnTelemetry(AbstractCapability['Deps']):
             record = ToolCallRecord(call_id=call.tool_call_id, name=call.tool_name, args=call.args_as_dict())
             ctx.deps.turn.tool_calls.append(record)
         started = time.perf_counter()
+        timeout = ctx.deps.settings.limits.tool_timeout_seconds
         try:
-            result = await handler(args)
+            try:
+                with anyio.fail_after(timeout):
+                    result = await handler(args)
+            except TimeoutError:
+                raise ModelRetry(f'{call.tool_name} timed out after {timeout:g} seconds and was cancelled.') from None
         except ApprovalRequired:
             record.ok, record.result = False, 'held for approval'
             raise
