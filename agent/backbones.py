@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -157,6 +157,22 @@ def _looks_like_model_string(text: str) -> bool:
 def backbone_from_config(name: str, config: BackboneConfig) -> Backbone:
     """Resolve one configured backbone."""
     return Backbone(name=name, config=config, model=build_model(config))
+
+
+def unconfigured(reason: str) -> Backbone:
+    """A stand-in backbone for a REPL opened with no model: every turn fails with `reason`."""
+    from pydantic_ai.messages import ModelMessage, ModelResponse
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    def refuse(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        raise BackboneError(reason)
+
+    async def refuse_streaming(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        raise BackboneError(reason)
+        yield ''  # pragma: no cover - makes this an async generator
+
+    model = FunctionModel(refuse, stream_function=refuse_streaming, model_name='none')
+    return Backbone(name='(no model)', config=BackboneConfig(model='none:'), model=model)
 
 
 def configured(settings: Settings, name: str) -> Backbone:

@@ -13,7 +13,7 @@ from agent.backbones import Backbone
 from agent.builder import AgentFactory
 from agent.config import Settings
 from agent.deps import Deps, Identity
-from agent.prompts import PromptLibrary
+from agent.prompts import PromptLibrary, PromptTemplate
 from memory.connection import connect
 from memory.conversations import RedisConversationStore
 from memory.keys import validate_id
@@ -52,17 +52,29 @@ async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
 
 
 async def build_deps(
-    settings: Settings, redis: Redis, options: TurnOptions, *, session: str, agents: AgentFactory | None = None
+    settings: Settings,
+    redis: Redis,
+    options: TurnOptions,
+    *,
+    session: str,
+    agents: AgentFactory | None = None,
+    backbone: Backbone | None = None,
+    prompt: PromptTemplate | None = None,
+    toolsets: Sequence[ToolsetPlugin] | None = None,
 ) -> Deps:
     """`Deps` for one session, with ids validated before anything touches Redis.
 
-    Pass the same `agents` to every call in a long-running front end, so agents are built once.
+    Pass the same `agents` to every call in a long-running front end, so agents are built once;
+    such a front end may also pass the `backbone`, `prompt` and `toolsets` it resolved once, in
+    place of `options.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds).
     """
     tenant = validate_id('tenant', options.tenant or settings.tenant)
     user = validate_id('user', options.user or settings.user)
     session = validate_id('session', session)
-    prompt = PromptLibrary.default(settings.prompts_dir).get(options.prompt or settings.prompt)
-    backbone: Backbone = await backbones.resolve(settings, name=options.backbone, model=options.model)
+    if prompt is None:
+        prompt = PromptLibrary.default(settings.prompts_dir).get(options.prompt or settings.prompt)
+    if backbone is None:
+        backbone = await backbones.resolve(settings, name=options.backbone, model=options.model)
     return Deps(
         settings=settings,
         identity=Identity(tenant=tenant, user=user, session=session),
@@ -70,7 +82,7 @@ async def build_deps(
         prompt=prompt,
         redis=redis,
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
-        toolsets=selected_toolsets(settings, options.tools),
+        toolsets=selected_toolsets(settings, options.tools) if toolsets is None else toolsets,
         agents=agents or AgentFactory(),
     )
 

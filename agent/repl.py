@@ -25,7 +25,7 @@ from agent.approvals import ApprovalRequest
 from agent.config import Settings
 from agent.context import TurnOptions, build_deps, open_redis
 from agent.deps import Deps
-from agent.errors import TandemError
+from agent.errors import BackboneError, TandemError
 from agent.events import TextDelta, ToolCallStarted, TurnEvent
 from agent.prompts import PromptLibrary
 from agent.runtime import TurnUsage, new_session_id, run_turn, summarize_args, with_session
@@ -298,11 +298,21 @@ async def run_repl(
     """Open Redis, build `Deps`, and run the REPL until the user leaves."""
     settings.home.mkdir(parents=True, exist_ok=True)
     async with open_redis(settings) as redis:
-        deps = await build_deps(settings, redis, options, session=options.session or new_session_id())
+        console = console or Console()
+        session = options.session or new_session_id()
+        try:
+            deps = await build_deps(settings, redis, options, session=session)
+        except BackboneError as error:
+            # Open anyway: the person can pick a backbone with /backbone once they have one.
+            console.print(f'[yellow]{error}[/]', highlight=False)
+            console.print('The REPL is open; `/backbone NAME` or `/backbone PROVIDER:MODEL` picks a model.')
+            deps = await build_deps(
+                settings, redis, options, session=session, backbone=backbones.unconfigured(str(error))
+            )
         repl = Repl(
             deps,
             settings,
-            console=console or Console(),
+            console=console,
             prompt_session=make_prompt_session(settings, input=input, output=output),
         )
         await repl.run()
