@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agent.api import Assistant
     from agent.deps import Deps, Identity
     from agent.errors import TandemError
     from agent.runtime import TurnResult, TurnUsage, run_turn
 
-__all__ = ['Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
+__all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
 
 _EXPORTS = {
+    'Assistant': 'agent.api',
     'Deps': 'agent.deps',
     'Identity': 'agent.deps',
     'TandemError': 'agent.errors',

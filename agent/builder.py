@@ -11,6 +11,7 @@ from pydantic_ai.toolsets import AbstractToolset
 
 from agent._guard import TurnGuard
 from agent.approvals import needs_approval, resolve_approvals
+from memory.compaction import HistoryCompaction
 
 if TYPE_CHECKING:
     from agent.deps import Deps
@@ -40,7 +41,7 @@ def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[D
         output_type=str,
         toolsets=[toolset.approval_required(needs_approval) for toolset in toolsets],
         model_settings=deps.backbone.model_settings,
-        capabilities=[TurnGuard(), HandleDeferredToolCalls(handler=resolve_approvals)],
+        capabilities=[TurnGuard(), HandleDeferredToolCalls(handler=resolve_approvals), HistoryCompaction()],
         retries=deps.settings.limits.tool_retries,
         name='tandem',
     )

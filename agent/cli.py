@@ -11,9 +11,11 @@ from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic_ai.messages import ModelMessage
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_kb import ingest, kb_app
 from agent.config import Settings, load_settings
 from agent.errors import TandemError
 from agent.log import LogFormat, configure_logging
@@ -33,6 +35,8 @@ config_app = typer.Typer(help='Inspect the effective configuration.', no_args_is
 app.add_typer(sessions_app, name='sessions')
 app.add_typer(redis_app, name='redis')
 app.add_typer(config_app, name='config')
+app.add_typer(kb_app, name='kb')
+app.command('ingest')(ingest)
 
 _out = Console()
 _err = Console(stderr=True)
@@ -191,10 +195,59 @@ def config_show() -> None:
     sys.stdout.write(json.dumps(settings.masked(), indent=2) + '\n')
 
 
-@app.command('backbones')
-def backbones_list(
-    timeout: Annotated[float, typer.Option(help='Seconds to wait for each backbone.')] = 5.0,
+backbones_app = typer.Typer(help='List, probe and add backbones.', invoke_without_command=True)
+app.add_typer(backbones_app, name='backbones')
+TimeoutOpt = Annotated[float, typer.Option(help='Seconds to wait for each backbone.')]
+
+
+@backbones_app.callback()
+def backbones_main(ctx: typer.Context, timeout: TimeoutOpt = 5.0) -> None:
+    """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
+    if ctx.invoked_subcommand is None:
+        backbones_list(timeout)
+
+
+@backbones_app.command('add')
+def backbones_add(
+    name: Annotated[str, typer.Argument(help='The backbone name, for --backbone NAME.')],
+    model: Annotated[
+        str, typer.Option('--model', '-m', help='The served model or adapter name, or a model string (llama-cpp:PATH).')
+    ],
+    base_url: Annotated[
+        str | None, typer.Option(help='The OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.')
+    ] = None,
+    fine_tuned_from: Annotated[
+        str | None, typer.Option(help='The base model it was tuned from (marks it fine-tuned).')
+    ] = None,
+    api_key_env: Annotated[str | None, typer.Option(help='The environment variable holding its API key.')] = None,
+    replace: Annotated[bool, typer.Option('--replace', help='Overwrite a different backbone of that name.')] = False,
+    probe: Annotated[bool, typer.Option('--probe/--no-probe', help='Probe the server once added.')] = True,
 ) -> None:
+    """Register a backbone (a LoRA adapter on vLLM, an Ollama model, ...) in the config file."""
+    from agent.tune.registry import local_backbone_config, register_backbone
+
+    _settings()
+
+    async def body() -> None:
+        from agent import backbones
+
+        config = local_backbone_config(
+            model, base_url=base_url, fine_tuned_from=fine_tuned_from, api_key_env=api_key_env
+        )
+        done = register_backbone(name, config, replace=replace, comment='added by `tandem backbones add`')
+        verb = {'added': 'added', 'replaced': 'replaced', 'unchanged': 'already had'}[done.action]
+        _err.print(f'{verb} backbone {name} ({config.model}) in {done.path}', highlight=False)
+        if probe and config.model.startswith('openai'):
+            result = await backbones.probe(name, config, timeout=3.0)
+            if not (result.reachable and result.listed and result.tool_calls):
+                listed = {True: 'yes', False: 'no', None: 'unknown'}[result.listed]
+                _err.print(f'[yellow]warning:[/] probe: {result.detail} (model listed: {listed})', highlight=False)
+
+    _run(body)()
+
+
+@backbones_app.command('list')
+def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
     """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
     from agent import backbones
 
@@ -265,17 +318,14 @@ def sessions_list(
     as_json: Annotated[bool, typer.Option('--json')] = False,
 ) -> None:
     """List stored sessions, newest first."""
-    from agent.context import open_redis
-    from memory.conversations import RedisConversationStore
+    from agent.context import open_conversations
     from memory.keys import validate_id
 
     settings = _settings()
 
     async def body() -> None:
-        tenant = validate_id('tenant', settings.tenant)
         scope = validate_id('user', user) if user else None
-        async with open_redis(settings) as redis:
-            store = RedisConversationStore(redis, tenant=tenant)
+        async with open_conversations(settings) as store:
             infos = await store.list_sessions(user=scope, limit=limit)
         if as_json:
             rows = [
@@ -298,25 +348,26 @@ def sessions_list(
     _run(body)()
 
 
-@sessions_app.command('show')
-def sessions_show(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
-    """Print a session's transcript."""
-    from agent.context import open_redis
-    from agent.transcript import render_transcript
-    from memory.conversations import RedisConversationStore
-    from memory.keys import validate_id
+def _session_messages(session: str) -> list[ModelMessage]:
+    """A stored session's messages, for `show` and `export`."""
+    from agent.context import open_conversations
 
     settings = _settings()
 
-    async def body() -> None:
-        tenant = validate_id('tenant', settings.tenant)
-        validate_id('session', session)
-        async with open_redis(settings) as redis:
-            messages = await RedisConversationStore(redis, tenant=tenant).export_messages(session)
-        for line in render_transcript(messages):
-            _out.print(line, highlight=False, markup=False)
+    async def body() -> list[ModelMessage]:
+        async with open_conversations(settings) as store:
+            return await store.export_messages(session)
 
-    _run(body)()
+    return _run(body)()
+
+
+@sessions_app.command('show')
+def sessions_show(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Print a session's transcript."""
+    from agent.transcript import render_transcript
+
+    for line in render_transcript(_session_messages(session)):
+        _out.print(line, highlight=False, markup=False)
 
 
 @sessions_app.command('export')
@@ -324,36 +375,19 @@ def sessions_export(session: Annotated[str, typer.Argument(help='Session id.')])
     """Print a session's messages as pydantic-ai message JSON, losslessly."""
     from pydantic_ai.messages import ModelMessagesTypeAdapter
 
-    from agent.context import open_redis
-    from memory.conversations import RedisConversationStore
-    from memory.keys import validate_id
-
-    settings = _settings()
-
-    async def body() -> None:
-        tenant = validate_id('tenant', settings.tenant)
-        validate_id('session', session)
-        async with open_redis(settings) as redis:
-            messages = await RedisConversationStore(redis, tenant=tenant).export_messages(session)
-        sys.stdout.write(ModelMessagesTypeAdapter.dump_json(messages, indent=2).decode() + '\n')
-
-    _run(body)()
+    messages = _session_messages(session)
+    sys.stdout.write(ModelMessagesTypeAdapter.dump_json(messages, indent=2).decode() + '\n')
 
 
 @sessions_app.command('delete')
 def sessions_delete(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
     """Delete a session and its messages."""
-    from agent.context import open_redis
-    from memory.conversations import RedisConversationStore
-    from memory.keys import validate_id
+    from agent.context import open_conversations
 
     settings = _settings()
 
     async def body() -> None:
-        tenant = validate_id('tenant', settings.tenant)
-        validate_id('session', session)
-        async with open_redis(settings) as redis:
-            store = RedisConversationStore(redis, tenant=tenant)
+        async with open_conversations(settings) as store:
             if await store.read_record(session) is None:
                 raise TandemError(f'no session {session!r}: `tandem sessions list` shows the stored ones.')
             await store.delete(session)
@@ -386,6 +420,14 @@ def redis_stop() -> None:
         return
     server.stop()
     _out.print('stopped the embedded Redis server')
+
+
+import agent.cli_models  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem models`
+import agent.cli_serve  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem serve`
+import agent.cli_tune  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem tune`
+from agent.cli_memory import memory_app  # noqa: E402
+
+app.add_typer(memory_app, name='memory')
 
 
 def main() -> None:

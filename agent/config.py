@@ -5,14 +5,17 @@ The TOML file is `$TANDEM_CONFIG`, else `./tandem.toml`, else `~/.config/tandem/
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -99,7 +102,31 @@ class KnowledgeConfig(BaseModel):
     """The knowledge base: ingestion and search."""
 
     default_kb: str = 'default'
-    top_k: int = 5
+    top_k: int = Field(default=5, ge=1, le=20)
+    """Passages `search_knowledge` returns by default, and automatic retrieval puts in the prompt."""
+    embeddings: str = 'none'
+    """`none` (BM25 only), `local` (the bundled all-MiniLM-L6-v2; needs the `embeddings` extra),
+    `local:/path/to/model`, or `openai:MODEL` (OpenAI, or any OpenAI-compatible server with `embeddings_base_url`)."""
+    embeddings_base_url: str | None = None
+    """An OpenAI-compatible `/v1` URL for `openai:MODEL` embeddings, e.g. `http://127.0.0.1:11434/v1`."""
+    embeddings_api_key_env: str | None = None
+    """The environment variable holding the embeddings API key; `OPENAI_API_KEY` when unset."""
+    vector_search: Literal['auto', 'exact', 'redis'] = 'auto'
+    """`auto`: the Redis Query Engine (FT.SEARCH KNN) when the server has it, else exact in process."""
+    rrf_k: int = Field(default=60, ge=1)
+    """The reciprocal-rank-fusion constant of hybrid search."""
+    chunk_tokens: int = Field(default=256, ge=32, le=8192)
+    """Target chunk size in tokens (tiktoken cl100k_base)."""
+    chunk_overlap: int = Field(default=32, ge=0)
+    """Tokens each chunk repeats from the end of the previous one in the same section."""
+    max_file_bytes: int = Field(default=50_000_000, gt=0)
+    """Larger files are skipped, with the reason in the summary."""
+
+    @model_validator(mode='after')
+    def _overlap_fits(self) -> KnowledgeConfig:
+        if self.chunk_overlap >= self.chunk_tokens // 2:
+            raise ValueError('knowledge.chunk_overlap must be less than half of knowledge.chunk_tokens')
+        return self
 
 
 class MemoryConfig(BaseModel):
@@ -108,6 +135,100 @@ class MemoryConfig(BaseModel):
     enabled: bool = True
     extract: bool = False
     """After each turn, ask the backbone for durable facts about the user (off the latency path)."""
+    recall_tokens: int = Field(default=600, ge=0)
+    """Most tokens of facts put into the prompt's memory slot each turn; 0 leaves the slot empty."""
+    fact_ttl_seconds: int | None = Field(default=None, gt=0)
+    """Facts are forgotten this long after they were last stated; unset keeps them."""
+    similarity_threshold: float = Field(default=0.9, gt=0, le=1)
+    """A new fact this similar (0-1, character-level) to a known one updates it instead of being added."""
+    max_facts: int = Field(default=10_000, gt=0)
+    """The most facts one user may have."""
+    compaction_tokens: int | None = Field(default=12_000, ge=200)
+    """History over this many tokens is sent as a summary plus the recent turns; unset turns compaction off."""
+    compaction_keep_tokens: int | None = Field(default=None, gt=0)
+    """Tokens of recent turns kept verbatim when compacting; half of `compaction_tokens` when unset."""
+    summary_tokens: int = Field(default=1_000, ge=50)
+    """The longest the running summary of a compacted session may be."""
+
+    @model_validator(mode='after')
+    def _compaction_fits(self) -> MemoryConfig:
+        if self.compaction_tokens is not None:
+            keep = self.compaction_keep_tokens or self.compaction_tokens // 2
+            if keep + self.summary_tokens > self.compaction_tokens:
+                raise ValueError(
+                    'compaction_keep_tokens (default: half of compaction_tokens) plus summary_tokens must not '
+                    'exceed compaction_tokens'
+                )
+        return self
+
+
+class ApiKeyConfig(BaseModel):
+    """One API key of the HTTP service (`tandem serve`), and the tenant it acts for."""
+
+    tenant: str
+    key: SecretStr | None = None
+    """The key itself; prefer `sha256`, so the file does not hold it."""
+    sha256: str | None = None
+    """The key's SHA-256 hex digest (`printf %s KEY | sha256sum`)."""
+
+    @model_validator(mode='after')
+    def _one_form(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError('give an API key either as `key` or as `sha256`, not both or neither')
+        if self.sha256 is not None and re.fullmatch(r'[0-9a-fA-F]{64}', self.sha256) is None:
+            raise ValueError('`sha256` must be 64 hex digits')
+        return self
+
+
+def parse_api_keys(text: str) -> list[ApiKeyConfig]:
+    """`"key1:tenant1,key2:tenant2"` (the `TANDEM_API_KEYS` form) as key configs; a key may contain `:`."""
+    keys: list[ApiKeyConfig] = []
+    for item in text.split(','):
+        if not item.strip():
+            continue
+        key, sep, tenant = item.strip().rpartition(':')
+        if not sep or not key or not tenant:
+            raise ValueError('API keys are written KEY:TENANT, separated by commas')
+        keys.append(ApiKeyConfig(key=SecretStr(key), tenant=tenant))
+    return keys
+
+
+class ServerConfig(BaseModel):
+    """The HTTP service (`tandem serve`): keys, limits and CORS."""
+
+    api_keys: Annotated[list[ApiKeyConfig], NoDecode] = Field(default_factory=list[ApiKeyConfig])
+    """Bearer keys and their tenants; `TANDEM_API_KEYS="key1:tenant1,key2:tenant2"` adds more."""
+    rate_limit_requests: int = Field(default=120, ge=0)
+    """Requests one key may make per window (a sliding window kept in Redis); 0 turns the limit off."""
+    rate_limit_window_seconds: float = Field(default=60.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    """Largest request body, except uploads."""
+    max_upload_bytes: int = Field(default=20_971_520, gt=0)
+    """Largest document upload (`POST /v1/knowledge`)."""
+    max_message_chars: int = Field(default=100_000, gt=0)
+    """Longest single chat message."""
+    max_messages: int = Field(default=500, gt=0)
+    """Most messages in one chat-completion request."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    """Origins browsers may call the service from, e.g. `["https://chat.example.com"]`; `["*"]` allows any."""
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    """How long `/readyz` waits for Redis and each backbone."""
+
+    @field_validator('api_keys', mode='before')
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: JSON, or KEY:TENANT,KEY:TENANT
+            return json.loads(value) if value.lstrip().startswith('[') else parse_api_keys(value)
+        return value
+
+    @field_validator('cors_origins', mode='before')
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: JSON, or comma-separated
+            if value.lstrip().startswith('['):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(',') if origin.strip()]
+        return value
 
 
 class Settings(BaseSettings):
@@ -145,6 +266,7 @@ class Settings(BaseSettings):
     """`tool`: the model calls `search_knowledge`; `auto`: top passages go into the prompt; `off`."""
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator('home', 'prompts_dir', mode='after')
     @classmethod

@@ -13,6 +13,8 @@ from agent.backbones import Backbone
 from agent.builder import AgentFactory
 from agent.config import Settings
 from agent.deps import Deps, Identity
+from agent.knowledge_context import KnowledgeContextProvider, knowledge_retriever
+from agent.memory_context import MemoryContext, fact_store_for
 from agent.prompts import PromptLibrary, PromptTemplate
 from memory.connection import connect
 from memory.conversations import RedisConversationStore
@@ -48,7 +50,18 @@ async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
     try:
         yield client
     finally:
+        from agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+
+        await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # memory.extract runs after the answer
         await client.aclose()
+
+
+@asynccontextmanager
+async def open_conversations(settings: Settings) -> AsyncGenerator[RedisConversationStore]:
+    """The settings' tenant's conversation store, its Redis client closed on exit."""
+    tenant = validate_id('tenant', settings.tenant)
+    async with open_redis(settings) as redis:
+        yield RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds)
 
 
 async def build_deps(
@@ -75,6 +88,7 @@ async def build_deps(
         prompt = PromptLibrary.default(settings.prompts_dir).get(options.prompt or settings.prompt)
     if backbone is None:
         backbone = await backbones.resolve(settings, name=options.backbone, model=options.model)
+    facts = fact_store_for(settings, redis)
     return Deps(
         settings=settings,
         identity=Identity(tenant=tenant, user=user, session=session),
@@ -84,6 +98,9 @@ async def build_deps(
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
         toolsets=selected_toolsets(settings, options.tools) if toolsets is None else toolsets,
         agents=agents or AgentFactory(),
+        facts=facts,
+        retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),
+        context_providers=(*((MemoryContext(),) if facts is not None else ()), KnowledgeContextProvider()),
     )
 
 

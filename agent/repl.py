@@ -22,6 +22,7 @@ from rich.table import Table
 
 from agent import backbones
 from agent.approvals import ApprovalRequest
+from agent.cli_memory import MemoryCommands
 from agent.config import Settings
 from agent.context import TurnOptions, build_deps, open_redis
 from agent.deps import Deps
@@ -31,6 +32,7 @@ from agent.prompts import PromptLibrary
 from agent.runtime import TurnUsage, new_session_id, run_turn, summarize_args, with_session
 from agent.tool_status import tool_statuses
 from agent.transcript import render_transcript
+from agent.turn_state import Citation
 
 HELP = """\
 /help              this help
@@ -42,6 +44,9 @@ HELP = """\
 /tools             tools and their status
 /usage             tokens and cost so far
 /history           this session's transcript
+/sources           the sources the last answer cited
+/memory            what is remembered about you
+/memory forget N   forget fact N of /memory (or all)
 /exit              leave (or Ctrl-D)
 Enter sends; Alt-Enter (Esc then Enter) adds a line. Ctrl-C cancels the running turn."""
 
@@ -97,6 +102,9 @@ class Repl:
         self._view: _TurnView | None = None
         self._confirm: PromptSession[str] = PromptSession(input=prompt_session.input, output=prompt_session.output)
         self.deps = replace(deps, approver=self.approve)
+        self._memory_commands = MemoryCommands(console)
+        self._last_citations: dict[int, Citation] = {}
+        self._last_answer = ''
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             '/help': self._help,
             '/new': self._new,
@@ -107,6 +115,8 @@ class Repl:
             '/tools': self._tools,
             '/usage': self._usage,
             '/history': self._history,
+            '/sources': self._sources,
+            '/memory': self._memory,
             '/exit': self._exit,
             '/quit': self._exit,
         }
@@ -185,6 +195,7 @@ class Repl:
             view.close()
             self._view = None
         self.usage = self.usage + result.usage
+        self._last_citations, self._last_answer = dict(self.deps.turn.citations), result.answer
 
     async def _help(self, _: str) -> bool:
         self.console.print(HELP, highlight=False, markup=False)
@@ -259,6 +270,19 @@ class Repl:
             self.console.print('(no messages yet)')
         for line in render_transcript(messages):
             self.console.print(line, highlight=False, markup=False)
+        return True
+
+    async def _sources(self, _: str) -> bool:
+        from agent.knowledge_context import sources_table
+
+        headline, table = sources_table(self._last_citations, self._last_answer)
+        self.console.print(headline, highlight=False)
+        if table is not None:
+            self.console.print(table)
+        return True
+
+    async def _memory(self, argument: str) -> bool:
+        await self._memory_commands.run(self.deps, argument)
         return True
 
     async def _exit(self, _: str) -> bool:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 import structlog
 from pydantic_ai import exceptions as ai_errors
+from pydantic_ai.conversation import Conversation
 from pydantic_ai.messages import (
     AgentStreamEvent,
     FunctionToolCallEvent,
     FunctionToolResultEvent,
+    ModelMessage,
     ModelResponse,
     PartDeltaEvent,
     PartStartEvent,
@@ -33,6 +35,7 @@ from agent._turn import render_instructions
 from agent.deps import Deps, ToolCallRecord, TurnState
 from agent.errors import BackboneError, TandemError
 from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
+from agent.extraction import schedule_extraction
 from agent.log import get_logger
 
 EventSink = Callable[[TurnEvent], Awaitable[None] | None]
@@ -173,15 +176,24 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
     return None
 
 
-def usage_limits(deps: Deps) -> UsageLimits:
-    """The per-turn limits from the config."""
+def usage_limits(deps: Deps, spent: RunUsage | None = None) -> UsageLimits:
+    """The per-turn limits from the config, on top of what the conversation had `spent` before the turn.
+
+    pydantic-ai checks the limits against the run's usage, which starts from the conversation's:
+    without the offset, a session would hit the per-turn limits after a few turns in all.
+    """
     limits = deps.settings.limits
+    spent = spent or RunUsage()
     return UsageLimits(
-        request_limit=limits.requests, tool_calls_limit=limits.tool_calls, total_tokens_limit=limits.total_tokens
+        request_limit=spent.requests + limits.requests,
+        tool_calls_limit=spent.tool_calls + limits.tool_calls,
+        total_tokens_limit=spent.total_tokens + limits.total_tokens,
     )
 
 
-async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) -> TurnResult:
+async def run_turn(
+    deps: Deps, text: str, *, on_event: EventSink | None = None, history: Sequence[ModelMessage] | None = None
+) -> TurnResult:
     """Run one turn of the session in `deps`: load its history, run, persist, report.
 
     The turn is saved whole or not at all: a failure or a cancellation (Ctrl-C, a client that
@@ -192,6 +204,8 @@ async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) 
         text: The user's message.
         on_event: Called with text deltas and tool-call events as they happen; when given, the
             model is asked to stream.
+        history: Run on these messages instead of the session's, and save nothing: a stateless
+            turn (the HTTP service's requests that name no session).
 
     Raises:
         TandemError: A user-facing failure (backbone, Redis, limits), with an actionable message.
@@ -205,7 +219,10 @@ async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) 
     started = time.perf_counter()
     try:
         _log.info('turn.start', backbone=deps.backbone.name, prompt=deps.prompt.ref)
-        conversation = await load_conversation(deps)
+        if history is None:
+            conversation = await load_conversation(deps)
+        else:
+            conversation = Conversation(conversation_id=identity.session, messages=list(history))
         agent, toolsets = deps.agents.get(deps)
         try:
             result = await agent.run(
@@ -213,7 +230,7 @@ async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) 
                 conversation=conversation,
                 deps=deps,
                 instructions=await render_instructions(deps, toolsets, text),
-                usage_limits=usage_limits(deps),
+                usage_limits=usage_limits(deps, conversation.usage),
                 event_stream_handler=_stream_handler(on_event, deps) if on_event is not None else None,
                 run_id=run_id,
             )
@@ -228,7 +245,9 @@ async def run_turn(deps: Deps, text: str, *, on_event: EventSink | None = None) 
         run_usage = RunUsage(requests=usage.requests, tool_calls=usage.tool_calls)
         for response in responses:
             run_usage = run_usage + response.usage
-        await save_turn(deps, result, run_usage)
+        if history is None:
+            await save_turn(deps, result, run_usage)
+        schedule_extraction(deps, result)  # memory.extract: in the background, off the latency path
         duration = time.perf_counter() - started
         _log.info('turn.end', duration_ms=round(duration * 1000, 1), tokens=usage.total_tokens, tools=usage.tool_calls)
         return TurnResult(

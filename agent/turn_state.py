@@ -18,6 +18,23 @@ class ToolCallRecord:
     result: str = ''
 
 
+@dataclass(frozen=True)
+class Citation:
+    """A knowledge-base passage the model was shown this turn under the number `[n]`."""
+
+    number: int
+    source: str
+    """The file path or URL of its document."""
+    title: str = ''
+    heading: str = ''
+    """The section, e.g. `Install > From source`."""
+    page: int | None = None
+    kb: str = ''
+    chunk_id: str = ''
+    snippet: str = ''
+    """The start of the passage."""
+
+
 @dataclass
 class TurnState:
     """Mutable state of the turn in flight; the runtime gives every turn a fresh one."""
@@ -26,6 +43,8 @@ class TurnState:
     tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
     tainted: bool = False
     """Untrusted content (web, documents) entered this turn, so side-effect tools need approval."""
+    citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
+    """Knowledge-base passages shown to the model this turn, by citation number (`/sources`)."""
 
     def find_call(self, call_id: str) -> ToolCallRecord | None:
         """The record of a tool call of this turn, by id."""

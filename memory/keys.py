@@ -26,10 +26,17 @@ from agent.errors import InvalidIdError
 __all__ = (
     'ID_PATTERN',
     'MAX_ID_LENGTH',
+    'KnowledgeKeys',
     'SessionKeys',
+    'UserFactKeys',
+    'knowledge_bases_key',
+    'knowledge_key',
+    'rate_limit_key',
     'session_key',
+    'session_summary_key',
     'sessions_index_key',
     'tenant_key',
+    'tenant_key_patterns',
     'user_key',
     'validate_id',
 )
@@ -162,3 +169,177 @@ class SessionKeys:
     def index(self) -> str:
         """The tenant's session index this session is listed in (another slot than the rest)."""
         return sessions_index_key(self.tenant)
+
+
+def rate_limit_key(tenant: str, caller: str) -> str:
+    """One API caller's sliding-window request log: a sorted set of request ids scored by time (ms).
+
+    Args:
+        tenant: The tenant the caller acts for.
+        caller: A short lowercase hex digest naming the caller (never the API key itself).
+
+    Raises:
+        InvalidIdError: If `tenant` isn't a valid id.
+        ValueError: If `caller` isn't lowercase letters, digits, `_`, `.` or `-`.
+    """
+    return tenant_key(tenant, 'ratelimit', caller)
+
+
+def session_summary_key(tenant: str, session: str) -> str:
+    """The running summary of a session's older turns (history compaction), in the session's slot.
+
+    Raises:
+        InvalidIdError: If `tenant` or `session` isn't a valid id.
+    """
+    return session_key(tenant, session, 'summary')
+
+
+@dataclass(frozen=True)
+class UserFactKeys:
+    """The keys of one user's long-term memory, all under the user's hash tag for one Lua script.
+
+    Constructing one validates both ids.
+
+    Raises:
+        InvalidIdError: If `tenant` or `user` isn't a valid id.
+    """
+
+    tenant: str
+    user: str
+
+    def __post_init__(self) -> None:
+        validate_id('tenant', self.tenant)
+        validate_id('user', self.user)
+
+    @property
+    def facts(self) -> str:
+        """Hash of fact id to fact JSON."""
+        return user_key(self.tenant, self.user, 'facts')
+
+    @property
+    def norms(self) -> str:
+        """Hash of a digest of a fact's normalized text to its fact id: exact and normalized dedupe."""
+        return user_key(self.tenant, self.user, 'facts.norm')
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set of fact id scored by expiry time (ms): facts with a TTL."""
+        return user_key(self.tenant, self.user, 'facts.expiry')
+
+    @property
+    def version(self) -> str:
+        """A counter bumped by every change to the facts, so readers can keep a validated cache."""
+        return user_key(self.tenant, self.user, 'facts.version')
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every key of the user's memory, in the order the fact store's Lua scripts take them as `KEYS`."""
+        return (self.facts, self.norms, self.expiry, self.version)
+
+
+# --- knowledge bases -------------------------------------------------------------------------------
+#
+# A knowledge base (KB) keeps every key under one hash tag, so a document's chunks are replaced by one
+# script on one slot: `tandem:{<tenant>:kb:<kb>}:<part>` for a tenant-wide KB, and
+# `tandem:{<tenant>:user:<user>:kb:<kb>}:<part>` for one user's own KB. The literal `kb` part keeps
+# both apart from session tags (one colon) and user tags (`<tenant>:user:<user>`, two colons).
+
+
+def knowledge_key(tenant: str, kb: str, *parts: str, user: str | None = None) -> str:
+    """A key of one knowledge base: `tandem:{<tenant>:kb:<kb>}:<parts...>`, or a user's own KB's.
+
+    Args:
+        tenant: The tenant id.
+        kb: The knowledge base's name.
+        *parts: Constant key parts, such as `'meta'` or `'chunk', chunk_id`.
+        user: The owner, for a user's own KB; `None` for the tenant's shared KB.
+
+    Raises:
+        InvalidIdError: If `tenant`, `kb` or `user` isn't a valid id.
+    """
+    owner = f'user:{validate_id("user", user)}:' if user is not None else ''
+    tag = f'{validate_id("tenant", tenant)}:{owner}kb:{validate_id("knowledge base", kb)}'
+    return f'{PREFIX}:{{{tag}}}{_suffix(parts)}'
+
+
+def knowledge_bases_key(tenant: str) -> str:
+    """The tenant's registry of knowledge bases: a hash of `shared:<kb>` / `user:<user>:<kb>` to creation time.
+
+    Raises:
+        InvalidIdError: If `tenant` isn't a valid id.
+    """
+    return tenant_key(tenant, 'kbs')
+
+
+@dataclass(frozen=True)
+class KnowledgeKeys:
+    """The keys of one knowledge base, all under one hash tag so one script may touch them together.
+
+    Constructing one validates the ids, so holding a `KnowledgeKeys` means they are safe.
+
+    Raises:
+        InvalidIdError: If `tenant`, `kb` or `user` isn't a valid id.
+    """
+
+    tenant: str
+    kb: str
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        knowledge_key(self.tenant, self.kb, user=self.user)
+
+    def _key(self, *parts: str) -> str:
+        return knowledge_key(self.tenant, self.kb, *parts, user=self.user)
+
+    @property
+    def meta(self) -> str:
+        """Hash: the KB's epoch, generation, counters and embedding model."""
+        return self._key('meta')
+
+    @property
+    def docs(self) -> str:
+        """Hash of document id to the document's record (JSON)."""
+        return self._key('docs')
+
+    @property
+    def changes(self) -> str:
+        """Sorted set of document id scored by the generation that last changed it (tombstones included)."""
+        return self._key('changes')
+
+    @property
+    def chunk_prefix(self) -> str:
+        """What every chunk key starts with; also the prefix a Query Engine index covers."""
+        return self._key('chunk') + ':'
+
+    def chunk(self, chunk_id: str) -> str:
+        """Hash: one chunk's text, metadata, BM25 terms and vector.
+
+        Raises:
+            ValueError: If `chunk_id` isn't lowercase letters, digits, `_`, `.` or `-`.
+        """
+        return self._key('chunk', chunk_id)
+
+    @property
+    def registry(self) -> str:
+        """The tenant's registry of knowledge bases (another slot than the rest)."""
+        return knowledge_bases_key(self.tenant)
+
+    @property
+    def registry_field(self) -> str:
+        """This KB's field in the registry: `shared:<kb>` or `user:<user>:<kb>`."""
+        return f'user:{self.user}:{self.kb}' if self.user is not None else f'shared:{self.kb}'
+
+
+def tenant_key_patterns(tenant: str) -> tuple[str, ...]:
+    """`SCAN MATCH` patterns that together match every key of `tenant`, and no key of another tenant.
+
+    `tandem:{<tenant>}*` matches the tenant-wide keys; `tandem:{<tenant>:*` every other hash tag the
+    tenant owns (sessions, users, knowledge bases). Ids can't contain `:`, `}` or glob characters,
+    so neither pattern can reach a tenant whose id merely starts with this one. Used to delete a
+    whole namespace, e.g. a scenario run's.
+
+    Raises:
+        InvalidIdError: If `tenant` isn't a valid id.
+    """
+    validate_id('tenant', tenant)
+    return (f'{PREFIX}:{{{tenant}}}*', f'{PREFIX}:{{{tenant}:*')

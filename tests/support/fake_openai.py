@@ -2,12 +2,18 @@
 
 It speaks enough of `/v1/models` and `/v1/chat/completions` (plain and SSE streaming, with tool
 calls and usage) for the openai SDK and pydantic-ai's `openai-chat:` models to talk to it as they
-would to vLLM, Ollama or llama.cpp.
+would to vLLM, Ollama or llama.cpp; and `/v1/embeddings` (floats or base64), with deterministic
+bag-of-words vectors (`fake_embedding`), for the remote-embeddings path of the knowledge base.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +88,9 @@ class FakeOpenAI:
     models: list[str] = field(default_factory=lambda: ['tiny-chat'])
     delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    embedding_models: list[str] = field(default_factory=lambda: ['tiny-embed'])
+    """Models `/v1/embeddings` serves; their vectors come from `fake_embedding`."""
+    embedding_dims: int = 64
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -96,6 +105,11 @@ class FakeOpenAI:
     def chat_requests(self) -> list[dict[str, Any]]:
         """The bodies of the chat-completion requests received so far."""
         return [body for body in self.requests if 'messages' in body]
+
+    @property
+    def embedding_requests(self) -> list[dict[str, Any]]:
+        """The bodies of the `/v1/embeddings` requests received so far."""
+        return [body for body in self.requests if 'input' in body and 'messages' not in body]
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         if callable(self.script):
@@ -132,6 +146,9 @@ class FakeOpenAI:
                 length = int(self.headers.get('Content-Length') or 0)
                 body: dict[str, Any] = json.loads(self.rfile.read(length) or b'{}')
                 fake.requests.append(body)
+                if self.path.rstrip('/').endswith('/embeddings'):
+                    self._json(*_embeddings(fake, body))
+                    return
                 if not self.path.rstrip('/').endswith('/chat/completions'):
                     self._json(404, {'error': {'message': 'not found', 'type': 'invalid_request_error'}})
                     return
@@ -257,3 +274,325 @@ def _chunks(body: dict[str, Any], reply: Text | ToolCall, include_usage: bool) -
         yield chunk({}, 'tool_calls')
     if include_usage:
         yield {**base, 'choices': [], 'usage': _usage(body, reply)}
+
+
+# -- files and fine-tuning ------------------------------------------------------------------------
+
+
+@dataclass
+class FakeFineTuning:
+    """A loopback fake of OpenAI's files and fine-tuning endpoints, on its own free port.
+
+    It speaks `POST /v1/files` (multipart upload), `GET /v1/files/ID`, `POST /v1/fine_tuning/jobs`,
+    `GET /v1/fine_tuning/jobs[/ID[/events]]` and `POST /v1/fine_tuning/jobs/ID/cancel`, enough for
+    the openai SDK. A job moves one state per `GET` of it: `validating_files`, `queued`, then
+    `running` for `steps` polls (a `metrics` event each), then `outcome`. Like OpenAI, it fails a
+    job whose training file has fewer than 10 lines. Once a job succeeded, its model is listed by
+    `/v1/models` and answers `/v1/chat/completions` (echoing, like `FakeOpenAI`), so the
+    registered backbone can be used end to end.
+    """
+
+    outcome: str = 'succeeded'
+    steps: int = 2
+    organization: str = 'acme'
+    api_key: str | None = None
+    """When set, requests without `Authorization: Bearer <api_key>` get a 401."""
+    base_models: list[str] = field(default_factory=lambda: ['gpt-4.1-mini-2025-04-14', 'gpt-4o-mini-2024-07-18'])
+    files: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
+    file_contents: dict[str, bytes] = field(default_factory=dict[str, bytes])
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict[str, list[dict[str, Any]]])
+    requests: list[tuple[str, str]] = field(default_factory=list[tuple[str, str]])
+    """`(method, path)` of every request, in order."""
+    _polls: dict[str, int] = field(default_factory=dict[str, int])
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, for `OPENAI_BASE_URL`."""
+        assert self._server is not None, 'start() the server first'
+        host, port = self._server.server_address[:2]
+        return f'http://{host!s}:{port}/v1'
+
+    @property
+    def tuned_models(self) -> list[str]:
+        """The models of the jobs that succeeded."""
+        return [job['fine_tuned_model'] for job in self.jobs.values() if job.get('fine_tuned_model')]
+
+    def start(self) -> FakeFineTuning:
+        """Serve in a background thread."""
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _json(self, status: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorised(self) -> bool:
+                if fake.api_key is None or self.headers.get('Authorization') == f'Bearer {fake.api_key}':
+                    return True
+                self._json(401, {'error': {'message': 'Incorrect API key provided', 'code': 'invalid_api_key'}})
+                return False
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                split = urlsplit(self.path)
+                with fake._lock:
+                    fake.requests.append(('GET', split.path))
+                if not self._authorised():
+                    return
+                status, payload = fake._get(split.path.rstrip('/'), parse_qs(split.query))
+                self._json(status, payload)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get('Content-Length') or 0)
+                raw = self.rfile.read(length)
+                with fake._lock:
+                    fake.requests.append(('POST', self.path))
+                if not self._authorised():
+                    return
+                status, payload = fake._post(self.path.rstrip('/'), self.headers.get('Content-Type', ''), raw)
+                self._json(status, payload)
+
+        self._server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeFineTuning:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- routes --
+
+    def _get(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        parts = path.split('/')[2:]  # drop '' and 'v1'
+        with self._lock:
+            if parts == ['models']:
+                ids = [*self.base_models, *self.tuned_models]
+                return 200, {'object': 'list', 'data': [{'id': i, 'object': 'model'} for i in ids]}
+            if len(parts) == 2 and parts[0] == 'files' and parts[1] in self.files:
+                return 200, self.files[parts[1]]
+            if parts == ['fine_tuning', 'jobs']:
+                data = sorted(self.jobs.values(), key=lambda job: job['created_at'], reverse=True)
+                return 200, {'object': 'list', 'data': data, 'has_more': False}
+            if len(parts) >= 3 and parts[:2] == ['fine_tuning', 'jobs']:
+                job = self.jobs.get(parts[2])
+                if job is None:
+                    return 404, {'error': {'message': f'Could not find fine-tune: {parts[2]}', 'code': None}}
+                if len(parts) == 3:
+                    self._advance(job)
+                    return 200, job
+                if parts[3:] == ['events']:
+                    return 200, self._event_page(parts[2], query)
+        return 404, {'error': {'message': f'no route {path}', 'type': 'invalid_request_error'}}
+
+    def _post(self, path: str, content_type: str, raw: bytes) -> tuple[int, Any]:
+        parts = path.split('/')[2:]
+        if parts == ['files']:
+            return self._upload(content_type, raw)
+        if parts == ['chat', 'completions']:
+            body: dict[str, Any] = json.loads(raw or b'{}')
+            if body.get('model') not in self.tuned_models + self.base_models:
+                return 404, {'error': {'message': f'model {body.get("model")} not found', 'code': 'model_not_found'}}
+            reply = echo_script(body)
+            assert isinstance(reply, Text)
+            return 200, _completion(body, reply)
+        body = json.loads(raw or b'{}')
+        with self._lock:
+            if parts == ['fine_tuning', 'jobs']:
+                return self._create_job(body)
+            if len(parts) == 4 and parts[:2] == ['fine_tuning', 'jobs'] and parts[3] == 'cancel':
+                job = self.jobs.get(parts[2])
+                if job is None:
+                    return 404, {'error': {'message': f'Could not find fine-tune: {parts[2]}', 'code': None}}
+                job['status'] = 'cancelled'
+                self._event(job['id'], 'Fine-tuning job cancelled')
+                return 200, job
+        return 404, {'error': {'message': f'no route {path}', 'type': 'invalid_request_error'}}
+
+    def _upload(self, content_type: str, raw: bytes) -> tuple[int, Any]:
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        message = BytesParser(policy=HTTP).parsebytes(f'Content-Type: {content_type}\r\n\r\n'.encode() + raw)
+        fields: dict[str, tuple[str | None, bytes]] = {}
+        for part in message.iter_parts():  # type: ignore[attr-defined]
+            name = part.get_param('name', header='content-disposition')
+            payload: Any = part.get_payload(decode=True)
+            fields[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b'')
+        if 'file' not in fields or fields.get('purpose', (None, b''))[1] != b'fine-tune':
+            return 400, {'error': {'message': 'expected a file with purpose fine-tune', 'param': 'file'}}
+        with self._lock:
+            file_id = f'file-{len(self.files) + 1:04d}'
+            filename, data = fields['file']
+            self.file_contents[file_id] = data
+            self.files[file_id] = {
+                'id': file_id,
+                'object': 'file',
+                'bytes': len(data),
+                'created_at': int(time.time()),
+                'filename': filename or 'upload.jsonl',
+                'purpose': 'fine-tune',
+                'status': 'processed',
+            }
+            return 200, self.files[file_id]
+
+    def _create_job(self, body: dict[str, Any]) -> tuple[int, Any]:
+        model = body.get('model')
+        if model not in self.base_models:
+            return 400, {'error': {'message': f'Model {model} is not available for fine-tuning', 'param': 'model'}}
+        if body.get('training_file') not in self.files:
+            return 400, {'error': {'message': f'invalid training_file: {body.get("training_file")}', 'param': None}}
+        job_id = f'ftjob-{len(self.jobs) + 1:04d}abcd'
+        epochs = (((body.get('method') or {}).get('supervised') or {}).get('hyperparameters') or {}).get('n_epochs')
+        self.jobs[job_id] = {
+            'id': job_id,
+            'object': 'fine_tuning.job',
+            'created_at': int(time.time()),
+            'error': None,
+            'fine_tuned_model': None,
+            'finished_at': None,
+            'hyperparameters': {'n_epochs': epochs or 'auto', 'batch_size': 'auto', 'learning_rate_multiplier': 'auto'},
+            'model': model,
+            'organization_id': f'org-{self.organization}',
+            'result_files': [],
+            'seed': body.get('seed') or 42,
+            'status': 'validating_files',
+            'trained_tokens': None,
+            'training_file': body['training_file'],
+            'validation_file': body.get('validation_file'),
+            'suffix': body.get('suffix'),
+            'metadata': body.get('metadata'),
+            'method': body.get('method'),
+        }
+        self.events[job_id] = []
+        self._polls[job_id] = 0
+        self._event(job_id, f'Created fine-tuning job: {job_id}')
+        return 200, self.jobs[job_id]
+
+    def _advance(self, job: dict[str, Any]) -> None:
+        """One step of the job's life per poll (called with the lock held)."""
+        if job['status'] in ('succeeded', 'failed', 'cancelled'):
+            return
+        job_id = job['id']
+        self._polls[job_id] += 1
+        poll = self._polls[job_id]
+        lines = [line for line in self.file_contents[job['training_file']].splitlines() if line.strip()]
+        if poll == 1:
+            if len(lines) < 10:
+                job.update(status='failed', finished_at=int(time.time()))
+                job['error'] = {
+                    'code': 'invalid_training_file',
+                    'message': f'Training file has {len(lines)} example(s), but must have at least 10 examples',
+                    'param': 'training_file',
+                }
+                self._event(job_id, job['error']['message'], level='error')
+                return
+            job['status'] = 'queued'
+            self._event(job_id, 'Files validated, moving job to queued state')
+        elif poll == 2:
+            job['status'] = 'running'
+            self._event(job_id, 'Fine-tuning job started')
+        elif poll - 2 <= self.steps:
+            step = poll - 2
+            self._event(
+                job_id,
+                f'Step {step}/{self.steps}: training loss={1.0 / step:.3f}',
+                kind='metrics',
+                data={'step': step, 'total_steps': self.steps, 'train_loss': round(1.0 / step, 3)},
+            )
+        else:
+            job['finished_at'] = int(time.time())
+            if self.outcome == 'succeeded':
+                suffix = job.get('suffix') or ''
+                job['fine_tuned_model'] = f'ft:{job["model"]}:{self.organization}:{suffix}:{job_id[-8:]}'
+                job['trained_tokens'] = sum(len(line) // 4 for line in lines)
+                job['status'] = 'succeeded'
+                self._event(job_id, f'New fine-tuned model created: {job["fine_tuned_model"]}')
+                self._event(job_id, 'The job has successfully completed')
+            else:
+                job['status'] = self.outcome
+                job['error'] = {'code': 'training_failed', 'message': 'The job failed during training', 'param': None}
+                self._event(job_id, 'The job failed during training', level='error')
+
+    def _event(
+        self, job_id: str, message: str, *, level: str = 'info', kind: str = 'message', data: Any = None
+    ) -> None:
+        events = self.events[job_id]
+        events.append(
+            {
+                'id': f'ftevent-{job_id[-8:]}-{len(events) + 1:03d}',
+                'object': 'fine_tuning.job.event',
+                'created_at': int(time.time()) + len(events),
+                'level': level,
+                'message': message,
+                'type': kind,
+                'data': data,
+            }
+        )
+
+    def _event_page(self, job_id: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        newest_first = list(reversed(self.events.get(job_id, [])))
+        after = (query.get('after') or [None])[0]
+        if after is not None:
+            ids = [event['id'] for event in newest_first]
+            newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
+        limit = int((query.get('limit') or ['20'])[0])
+        return {'object': 'list', 'data': newest_first[:limit], 'has_more': len(newest_first) > limit}
+
+
+# --- /v1/embeddings --------------------------------------------------------------------------------
+
+
+def fake_embedding(text: str, dims: int = 64) -> list[float]:
+    """A deterministic unit vector for `text`: its lowercased words hashed into `dims` signed buckets,
+    so texts sharing words point the same way (a lexical stand-in for a real embedding model)."""
+    vector = [0.0] * dims
+    for word in re.findall(r'\w+', text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[int.from_bytes(digest[:4], 'little') % dims] += 1.0 if digest[4] % 2 else -1.0
+    norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+    return [value / norm for value in vector]
+
+
+def _embeddings(fake: FakeOpenAI, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """An OpenAI embeddings response: floats, or base64 float32 as the openai SDK asks by default."""
+    if body.get('model') not in fake.embedding_models:
+        return 404, {'error': {'message': f'model {body.get("model")} not found', 'code': 'model_not_found'}}
+    inputs = body.get('input')
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    data: list[dict[str, Any]] = []
+    for index, text in enumerate(texts):
+        vector = fake_embedding(str(text), fake.embedding_dims)
+        encoded: Any = vector
+        if body.get('encoding_format') == 'base64':
+            encoded = base64.b64encode(struct.pack(f'<{len(vector)}f', *vector)).decode()
+        data.append({'object': 'embedding', 'index': index, 'embedding': encoded})
+    tokens = sum(len(str(text).split()) for text in texts)
+    return 200, {
+        'object': 'list',
+        'data': data,
+        'model': body['model'],
+        'usage': {'prompt_tokens': tokens, 'total_tokens': tokens},
+    }

@@ -1,0 +1,203 @@
+"""Checking a turn against its expectations: tools (with arguments), texts, budgets, and an LLM judge.
+
+Every expectation becomes one `CheckResult`, so a report can say exactly which one failed and why.
+The LLM judge is pydantic-evals' `LLMJudge`, run on a model the caller chooses (a backbone of its
+own, recorded and replayed like any other).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from pydantic_ai.models import Model
+from pydantic_evals.evaluators import EvaluationReason, EvaluatorContext, LLMJudge
+from pydantic_evals.otel import SpanTree
+
+from agent.events import short
+from agent.scenarios.results import CheckResult, ToolCallResult
+from agent.scenarios.schema import ArgMatch, Expectations, Judge, ToolCall
+
+__all__ = ['JudgeModel', 'check_turn', 'judge_answer', 'matches_call']
+
+JudgeModel = Callable[[Judge], Model]
+"""Chooses the model that judges a rubric (its `backbone`, else the run's judge, else the backbone under test)."""
+
+
+def _text_of(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _arg_matches(match: ArgMatch, present: bool, value: Any) -> bool:
+    if not present:
+        return False
+    if match.regex is not None:
+        return match.regex.search(_text_of(value)) is not None
+    if match.contains is not None:
+        return match.contains.lower() in _text_of(value).lower()
+    expected = match.equals
+    if value == expected:
+        return True
+    scalars = (str, int, float, bool)
+    return isinstance(value, scalars) and isinstance(expected, scalars) and str(value).strip() == str(expected).strip()
+
+
+def matches_call(expected: ToolCall, call: ToolCallResult) -> bool:
+    """Whether `call` is the tool `expected` names, with every argument it constrains matching."""
+    if call.name != expected.name:
+        return False
+    return all(_arg_matches(match, name in call.args, call.args.get(name)) for name, match in expected.args.items())
+
+
+def _calls(calls: Sequence[ToolCallResult]) -> str:
+    return ', '.join(short(call.describe(), 80) for call in calls) or 'no tool calls'
+
+
+def _tool_check(turn: int, expected: ToolCall, calls: Sequence[ToolCallResult]) -> CheckResult:
+    label = f'calls {expected.describe()}'
+    if any(matches_call(expected, call) for call in calls):
+        return CheckResult(turn=turn, kind='tool', label=label, passed=True)
+    same_name = [call for call in calls if call.name == expected.name]
+    if same_name:
+        detail = f'called with other arguments: {_calls(same_name)}'
+    else:
+        detail = f'not called; the calls were: {_calls(calls)}'
+    return CheckResult(turn=turn, kind='tool', label=label, passed=False, detail=detail)
+
+
+def _quote(answer: str) -> str:
+    return f'the answer was {short(answer, 120)!r}'
+
+
+def check_turn(
+    turn: int, expect: Expectations, answer: str, calls: Sequence[ToolCallResult], tokens: int
+) -> list[CheckResult]:
+    """The checks of one turn, except the judge's (see `judge_answer`), in the order of the schema.
+
+    Args:
+        turn: The turn's number, 1 for the first.
+        expect: What must hold.
+        answer: The assistant's final answer.
+        calls: Every tool call of the turn, including failed and denied ones.
+        tokens: Input plus output tokens of the turn.
+    """
+    checks = [_tool_check(turn, expected, calls) for expected in expect.tools]
+    for name in expect.tools_not_called:
+        made = [call for call in calls if call.name == name]
+        denied = (
+            ' (attempted; the approval policy denied it)' if made and all(c.result == 'denied' for c in made) else ''
+        )
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='tool_not_called',
+                label=f'does not call {name}',
+                passed=not made,
+                detail=f'called: {_calls(made)}{denied}' if made else '',
+            )
+        )
+    lowered = answer.lower()
+    for text in expect.contains:
+        found = text.lower() in lowered
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='contains',
+                label=f'contains {text!r}',
+                passed=found,
+                detail='' if found else _quote(answer),
+            )
+        )
+    for text in expect.not_contains:
+        index = lowered.find(text.lower())
+        detail = '' if index < 0 else f'found in {short(answer[max(0, index - 40) : index + len(text) + 40], 120)!r}'
+        checks.append(
+            CheckResult(
+                turn=turn, kind='not_contains', label=f'does not contain {text!r}', passed=index < 0, detail=detail
+            )
+        )
+    for pattern in expect.regex:
+        found = pattern.search(answer) is not None
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='regex',
+                label=f'matches /{pattern.pattern}/',
+                passed=found,
+                detail='' if found else _quote(answer),
+            )
+        )
+    if expect.max_tool_calls is not None:
+        count = len(calls)
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='max_tool_calls',
+                label=f'at most {expect.max_tool_calls} tool calls',
+                passed=count <= expect.max_tool_calls,
+                detail='' if count <= expect.max_tool_calls else f'{count} calls: {_calls(calls)}',
+            )
+        )
+    if expect.max_tokens is not None:
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='max_tokens',
+                label=f'at most {expect.max_tokens} tokens',
+                passed=tokens <= expect.max_tokens,
+                detail='' if tokens <= expect.max_tokens else f'{tokens} tokens',
+            )
+        )
+    return checks
+
+
+async def judge_answer(
+    turn: int,
+    spec: Judge,
+    *,
+    model: Model,
+    user: str,
+    answer: str,
+    scenario: str,
+    duration_s: float = 0.0,
+) -> CheckResult:
+    """Ask pydantic-evals' `LLMJudge` whether the rubric holds for the answer.
+
+    Args:
+        turn: The turn's number.
+        spec: The rubric, and whether the judge sees the user's message.
+        model: The judge's model.
+        user: The user's message (the judge's input).
+        answer: The assistant's answer (the judge's output).
+        scenario: The scenario's name (the evaluation case's name).
+        duration_s: The turn's latency, for the evaluation context.
+
+    Raises:
+        Exception: Whatever the judge's model raised (unreachable, replay miss, ...): a judge that
+            cannot answer is an error of the run, not a failed expectation.
+    """
+    evaluator = LLMJudge(rubric=spec.rubric, model=model, include_input=spec.include_input)
+    context = EvaluatorContext[object, object, object](
+        name=scenario,
+        inputs=user,
+        metadata=None,
+        expected_output=None,
+        output=answer,
+        duration=duration_s,
+        _span_tree=SpanTree(),
+        attributes={},
+        metrics={},
+    )
+    outcome = await evaluator.evaluate_async(context)
+    verdict: Any = outcome
+    if isinstance(outcome, dict):
+        values = list(cast(dict[str, Any], outcome).values())
+        verdict = values[0] if values else None
+    reason = ''
+    if isinstance(verdict, EvaluationReason):
+        reason = verdict.reason or ''
+        verdict = verdict.value
+    passed = verdict is True
+    label = f'judge: {short(spec.rubric, 80)}'
+    return CheckResult(turn=turn, kind='judge', label=label, passed=passed, detail=short(reason, 300))

@@ -1,0 +1,271 @@
+"""Reports of a suite: a rich table per matrix cell, JSON, a self-contained HTML page, and JUnit XML.
+
+- `print_report`: per cell, its scenarios with the failing expectations, tokens, latency and cost,
+  under a caption with the cell's pass rate, tool-call accuracy, tokens, latency and cost; then a
+  table comparing the cells when there are several.
+- `write_json`: the whole `SuiteReport`, which reads back with `SuiteReport.model_validate_json`.
+- `write_html`: one file with inline CSS, inline SVG charts comparing the cells and a scenario × cell
+  grid; nothing is loaded from the network.
+- `write_junit`: one `<testsuite>` per cell, one `<testcase>` per scenario, `<failure>` for failed
+  expectations and `<error>` for runs that could not finish, as CI tools (GitLab, Jenkins, GitHub
+  test reporters) read them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from agent.scenarios._html import render_html
+from agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
+
+__all__ = ['format_cost', 'format_seconds', 'print_report', 'render_html', 'write_html', 'write_json', 'write_junit']
+
+_XML_INVALID = re.compile('[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]')
+
+
+def format_cost(cost: float | None) -> str:
+    """`$0.0123`, or `—` when unknown (no price for the backbone)."""
+    if cost is None:
+        return '—'
+    return f'${cost:.4f}' if cost < 100 else f'${cost:,.0f}'
+
+
+def format_seconds(seconds: float) -> str:
+    """`850 ms`, `2.31 s`."""
+    return f'{seconds * 1000:.0f} ms' if seconds < 1 else f'{seconds:.2f} s'
+
+
+def _percent(value: float | None) -> str:
+    return '—' if value is None else f'{value:.0%}'
+
+
+def _status(run: ScenarioRun) -> Text:
+    return {
+        'passed': Text('✓ passed', style='green'),
+        'failed': Text('✗ failed', style='red'),
+        'error': Text('! error', style='bold red'),
+    }[run.status]
+
+
+def _problems(run: ScenarioRun) -> str:
+    lines = [check.describe() for check in run.failures]
+    if run.error is not None:
+        lines.append(run.error)
+    return '\n'.join(lines)
+
+
+def caption(summary: CellSummary) -> str:
+    """One line with a cell's numbers."""
+    return (
+        f'pass {summary.passed}/{summary.scenarios} ({_percent(summary.pass_rate)}) · '
+        f'tool-call accuracy {_percent(summary.tool_accuracy)} · '
+        f'{summary.total_tokens:,} tokens ({summary.tokens_per_turn:,.0f}/turn) · '
+        f'latency p50 {format_seconds(summary.latency_p50_s)}, p95 {format_seconds(summary.latency_p95_s)} · '
+        f'cost {format_cost(summary.cost_usd)}'
+    )
+
+
+def cell_table(report: SuiteReport, summary: CellSummary) -> Table:
+    """The table of one cell: each scenario, its result and failing expectations, tokens, latency and cost."""
+    table = Table(
+        title=f'[bold]{summary.cell.label}[/]', caption=caption(summary), caption_justify='left', expand=False
+    )
+    table.add_column('scenario', no_wrap=True)
+    table.add_column('result', no_wrap=True)
+    table.add_column('failing expectations', overflow='fold', ratio=1)
+    table.add_column('tokens', justify='right')
+    table.add_column('latency', justify='right')
+    table.add_column('cost', justify='right')
+    for run in report.runs_of(summary.cell):
+        table.add_row(
+            run.scenario,
+            _status(run),
+            Text(_problems(run), style='red' if run.status != 'passed' else ''),
+            f'{run.total_tokens:,}',
+            format_seconds(run.latency_s),
+            format_cost(run.cost_usd),
+        )
+    return table
+
+
+def comparison_table(report: SuiteReport) -> Table:
+    """The cells side by side, with the change from the first cell."""
+    table = Table(title='[bold]matrix[/]')
+    for name in ('backbone', 'prompt', 'ablation'):
+        table.add_column(name, no_wrap=True)
+    for name in ('pass rate', 'tool accuracy', 'tokens/turn', 'latency p50', 'cost'):
+        table.add_column(name, justify='right')
+    first = report.cells[0]
+    for summary in report.cells:
+        delta = ''
+        if summary is not first:
+            change = summary.pass_rate - first.pass_rate
+            delta = f' ({change:+.0%})' if change else ''
+        table.add_row(
+            summary.cell.backbone,
+            summary.cell.prompt or 'scenario prompt',
+            summary.cell.ablation_label,
+            f'{_percent(summary.pass_rate)}{delta}',
+            _percent(summary.tool_accuracy),
+            f'{summary.tokens_per_turn:,.0f}',
+            format_seconds(summary.latency_p50_s),
+            format_cost(summary.cost_usd),
+        )
+    return table
+
+
+def totals_line(report: SuiteReport) -> Text:
+    """`8 passed, 1 failed, 1 error in 3.21 s (replayed)`."""
+    passed = sum(run.status == 'passed' for run in report.runs)
+    failed = sum(run.status == 'failed' for run in report.runs)
+    errors = sum(run.status == 'error' for run in report.runs)
+    text = Text()
+    text.append(f'{passed} passed', style='green' if passed else '')
+    text.append(', ')
+    text.append(f'{failed} failed', style='red' if failed else '')
+    text.append(', ')
+    text.append(f'{errors} error{"s" if errors != 1 else ""}', style='bold red' if errors else '')
+    text.append(f' in {format_seconds(report.duration_s)}')
+    if report.mode != 'live':
+        text.append(f' ({"recorded" if report.mode == "record" else "replayed"})', style='dim')
+    return text
+
+
+def print_report(report: SuiteReport, console: Console) -> None:
+    """Print a table per cell, then the comparison of the cells (when several), then the totals."""
+    parts: list[Table | Text] = [cell_table(report, summary) for summary in report.cells]
+    if len(report.cells) > 1:
+        parts.append(comparison_table(report))
+    console.print(Group(*parts))
+    console.print(totals_line(report))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8') as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(report: SuiteReport, path: Path) -> Path:
+    """Write the report as JSON (`SuiteReport.model_validate_json` reads it back)."""
+    _atomic_write(path, report.model_dump_json(indent=2) + '\n')
+    return path
+
+
+def write_html(report: SuiteReport, path: Path) -> Path:
+    """Write the self-contained HTML report."""
+    _atomic_write(path, render_html(report))
+    return path
+
+
+def _xml(text: str) -> str:
+    """Text XML 1.0 can carry: control characters a model may emit are dropped."""
+    return _XML_INVALID.sub('', text)
+
+
+def _transcript(run: ScenarioRun) -> str:
+    lines: list[str] = []
+    for turn in run.turns:
+        lines.append(f'[{turn.session}] user: {turn.user}')
+        for call in turn.tool_calls:
+            lines.append(f'  tool {call.describe()} -> {"ok" if call.ok else "failed"}: {call.result}')
+        lines.append(f'[{turn.session}] assistant: {turn.answer}')
+        for check in turn.checks:
+            lines.append(f'  {"PASS" if check.passed else "FAIL"} {check.label}' + (f': {check.detail}' if check.detail else ''))
+    return '\n'.join(lines)
+
+
+def _classname(summary: CellSummary) -> str:
+    cell = summary.cell
+    parts = [cell.backbone, cell.prompt or 'scenario-prompt', '+'.join(cell.ablation) or 'full']
+    return 'scenarios.' + '.'.join(re.sub(r'[^A-Za-z0-9_@+-]+', '_', part) for part in parts)
+
+
+def junit_tree(report: SuiteReport) -> ET.ElementTree[ET.Element]:
+    """The report as a JUnit XML tree."""
+    timestamp = report.started_at.replace(microsecond=0, tzinfo=None).isoformat()
+    root = ET.Element(
+        'testsuites',
+        name='tandem scenarios',
+        tests=str(len(report.runs)),
+        failures=str(sum(run.status == 'failed' for run in report.runs)),
+        errors=str(sum(run.status == 'error' for run in report.runs)),
+        time=f'{report.duration_s:.3f}',
+        timestamp=timestamp,
+    )
+    for summary in report.cells:
+        runs = report.runs_of(summary.cell)
+        suite = ET.SubElement(
+            root,
+            'testsuite',
+            name=_xml(summary.cell.slug),
+            tests=str(len(runs)),
+            failures=str(summary.failed),
+            errors=str(summary.errors),
+            skipped='0',
+            time=f'{sum(run.duration_s for run in runs):.3f}',
+            timestamp=timestamp,
+            hostname=socket.gethostname(),
+        )
+        properties = ET.SubElement(suite, 'properties')
+        values = {
+            'backbone': summary.cell.backbone,
+            'prompt': summary.cell.prompt or '',
+            'ablation': ','.join(summary.cell.ablation),
+            'mode': report.mode,
+            'pass_rate': f'{summary.pass_rate:.4f}',
+            'tool_accuracy': '' if summary.tool_accuracy is None else f'{summary.tool_accuracy:.4f}',
+            'total_tokens': str(summary.total_tokens),
+            'latency_p50_s': f'{summary.latency_p50_s:.4f}',
+            'cost_usd': '' if summary.cost_usd is None else f'{summary.cost_usd:.6f}',
+        }
+        for name, value in values.items():
+            ET.SubElement(properties, 'property', name=name, value=_xml(value))
+        for run in runs:
+            case = ET.SubElement(
+                suite, 'testcase', classname=_classname(summary), name=_xml(run.scenario), time=f'{run.duration_s:.3f}'
+            )
+            if run.file:
+                case.set('file', _xml(run.file))
+            if run.status == 'error':
+                error = ET.SubElement(case, 'error', message=_xml((run.error or 'error').splitlines()[0][:500]), type='ScenarioError')
+                error.text = _xml(run.error or '')
+            elif run.status == 'failed':
+                failures = run.failures
+                failure = ET.SubElement(
+                    case,
+                    'failure',
+                    message=_xml(
+                        f'{len(failures)} expectation{"s" if len(failures) != 1 else ""} failed: {failures[0].describe()}'[:500]
+                    ),
+                    type='ExpectationFailed',
+                )
+                failure.text = _xml('\n'.join(check.describe() for check in failures))
+            out = ET.SubElement(case, 'system-out')
+            out.text = _xml(_transcript(run))
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    return tree
+
+
+def write_junit(report: SuiteReport, path: Path) -> Path:
+    """Write the report as JUnit XML."""
+    tree = junit_tree(report)
+    text = ET.tostring(tree.getroot(), encoding='unicode', xml_declaration=False)
+    _atomic_write(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + '\n')
+    return path

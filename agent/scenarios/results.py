@@ -1,0 +1,274 @@
+"""What a scenario run produced: per turn, per scenario, per matrix cell, and for the whole suite.
+
+These are pydantic models, so a report written as JSON (`SuiteReport.model_dump_json`) reads back
+with `SuiteReport.model_validate_json`: `tandem tune export --only-passing` and `tandem tune compare`
+work from it. Each run keeps the exported pydantic-ai messages of its sessions, because the
+scenario's Redis namespace is deleted once it finishes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    'REPORT_FORMAT',
+    'Cell',
+    'CellSummary',
+    'CheckResult',
+    'ScenarioRun',
+    'SuiteReport',
+    'ToolCallResult',
+    'TurnOutcome',
+]
+
+REPORT_FORMAT = 'tandem.scenario-report/1'
+
+Status = Literal['passed', 'failed', 'error']
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Cell(_Model):
+    """One point of the matrix: a backbone, a prompt, and the ingredients turned off."""
+
+    backbone: str
+    prompt: str | None = None
+    """`NAME@VERSION` for every scenario; `None`: each scenario's own (`setup.prompt`, else the configured one)."""
+    ablation: tuple[str, ...] = ()
+    """Ingredients turned off, sorted: `memory`, `rag`, `tools`."""
+
+    @property
+    def ablation_label(self) -> str:
+        """`full`, or the ingredients turned off, e.g. `-rag -memory`."""
+        return ' '.join(f'-{part}' for part in self.ablation) if self.ablation else 'full'
+
+    @property
+    def label(self) -> str:
+        """`backbone · prompt · ablation`, as shown in tables and charts."""
+        return f'{self.backbone} · {self.prompt or "scenario prompt"} · {self.ablation_label}'
+
+    @property
+    def slug(self) -> str:
+        """`backbone=B,prompt=P,ablate=rag+memory`: a stable id for JUnit suites and file names."""
+        return f'backbone={self.backbone},prompt={self.prompt or "-"},ablate={"+".join(self.ablation) or "none"}'
+
+
+class ToolCallResult(_Model):
+    """A tool call the model made."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict[str, Any])
+    ok: bool = True
+    result: str = ''
+    """The start of what it returned, or the error; `denied` when the approval policy refused it."""
+    duration_s: float = 0.0
+
+    def describe(self) -> str:
+        """`calculate(expression='17*23')`."""
+        args = ', '.join(f'{key}={value!r}' for key, value in self.args.items())
+        return f'{self.name}({args})'
+
+
+class CheckResult(_Model):
+    """One expectation of one turn, and whether it held."""
+
+    turn: int
+    """1 for the first turn."""
+    kind: Literal[
+        'tool', 'tool_not_called', 'contains', 'not_contains', 'regex', 'max_tool_calls', 'max_tokens', 'judge'
+    ]
+    label: str
+    """What was expected, e.g. `calculate(expression=~/17/)` or `contains '391'`."""
+    passed: bool
+    detail: str = ''
+    """Why it failed (or the judge's reason)."""
+
+    @property
+    def about_tools(self) -> bool:
+        """Whether it counts towards tool-call accuracy."""
+        return self.kind in ('tool', 'tool_not_called', 'max_tool_calls')
+
+    def describe(self) -> str:
+        """`turn 2: contains '391' — the answer was '...'`."""
+        return f'turn {self.turn}: {self.label}' + (f' — {self.detail}' if self.detail else '')
+
+
+class TurnOutcome(_Model):
+    """One turn as it ran."""
+
+    index: int
+    """1 for the first turn."""
+    session: str
+    user: str
+    answer: str = ''
+    tool_calls: list[ToolCallResult] = Field(default_factory=list[ToolCallResult])
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    latency_s: float = 0.0
+    """Wall time of the turn; for a replayed turn, the recorded latency of its model requests plus the replay's time."""
+    checks: list[CheckResult] = Field(default_factory=list[CheckResult])
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class ScenarioRun(_Model):
+    """One scenario in one matrix cell."""
+
+    scenario: str
+    file: str | None = None
+    tags: list[str] = Field(default_factory=list[str])
+    description: str = ''
+    cell: Cell
+    status: Status
+    error: str | None = None
+    """Why the run could not finish (setup, backbone, replay miss, ...): then `status` is `error`."""
+    prompt: str = ''
+    """The prompt the run used, `NAME@VERSION`."""
+    tenant: str = ''
+    """The run's own namespace (deleted when it finished)."""
+    turns: list[TurnOutcome] = Field(default_factory=list[TurnOutcome])
+    duration_s: float = 0.0
+    messages: dict[str, list[dict[str, Any]]] = Field(default_factory=dict[str, list[dict[str, Any]]])
+    """Each session's pydantic-ai messages (`ModelMessagesTypeAdapter` JSON), by session id."""
+
+    @property
+    def checks(self) -> list[CheckResult]:
+        """Every check of every turn."""
+        return [check for turn in self.turns for check in turn.checks]
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        """The checks that did not hold."""
+        return [check for check in self.checks if not check.passed]
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens over every turn."""
+        return sum(turn.total_tokens for turn in self.turns)
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Cost over every turn; `None` when any turn's price is unknown."""
+        costs = [turn.cost_usd for turn in self.turns]
+        return None if not costs or any(cost is None for cost in costs) else sum(c for c in costs if c is not None)
+
+    @property
+    def latency_s(self) -> float:
+        """Latency over every turn."""
+        return sum(turn.latency_s for turn in self.turns)
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class CellSummary(_Model):
+    """The numbers of one matrix cell, over its scenarios."""
+
+    cell: Cell
+    scenarios: int
+    passed: int
+    failed: int
+    errors: int
+    tool_checks: int
+    tool_checks_passed: int
+    turns: int
+    total_tokens: int
+    cost_usd: float | None
+    latency_p50_s: float
+    """Median latency of a turn."""
+    latency_p95_s: float
+    latency_total_s: float
+
+    @property
+    def pass_rate(self) -> float:
+        """Share of scenarios that passed (errors count as not passed)."""
+        return self.passed / self.scenarios if self.scenarios else 0.0
+
+    @property
+    def tool_accuracy(self) -> float | None:
+        """Share of tool checks (expected calls with their arguments, forbidden tools, call budgets) that held."""
+        return self.tool_checks_passed / self.tool_checks if self.tool_checks else None
+
+    @property
+    def tokens_per_turn(self) -> float:
+        """Mean tokens of a turn."""
+        return self.total_tokens / self.turns if self.turns else 0.0
+
+    @classmethod
+    def of(cls, cell: Cell, runs: Sequence[ScenarioRun]) -> CellSummary:
+        """Summarize the runs of one cell."""
+        tool_checks = [check for run in runs for check in run.checks if check.about_tools]
+        latencies = [turn.latency_s for run in runs for turn in run.turns]
+        costs = [run.cost_usd for run in runs if run.turns]
+        return cls(
+            cell=cell,
+            scenarios=len(runs),
+            passed=sum(run.status == 'passed' for run in runs),
+            failed=sum(run.status == 'failed' for run in runs),
+            errors=sum(run.status == 'error' for run in runs),
+            tool_checks=len(tool_checks),
+            tool_checks_passed=sum(check.passed for check in tool_checks),
+            turns=len(latencies),
+            total_tokens=sum(run.total_tokens for run in runs),
+            cost_usd=None if not costs or any(c is None for c in costs) else sum(c for c in costs if c is not None),
+            latency_p50_s=statistics.median(latencies) if latencies else 0.0,
+            latency_p95_s=_percentile(latencies, 0.95),
+            latency_total_s=sum(latencies),
+        )
+
+
+class SuiteReport(_Model):
+    """A whole matrix run: the cells' numbers, and every run with its turns, checks and messages."""
+
+    format: str = REPORT_FORMAT
+    started_at: datetime
+    duration_s: float
+    mode: Literal['live', 'record', 'replay'] = 'live'
+    """Whether the model traffic was live, recorded into cassettes, or replayed from them."""
+    cells: list[CellSummary] = Field(default_factory=list[CellSummary])
+    runs: list[ScenarioRun] = Field(default_factory=list[ScenarioRun])
+
+    @property
+    def passed(self) -> bool:
+        """Whether every run of every cell passed."""
+        return bool(self.runs) and all(run.status == 'passed' for run in self.runs)
+
+    def runs_of(self, cell: Cell) -> list[ScenarioRun]:
+        """The runs of one cell, in scenario order."""
+        return [run for run in self.runs if run.cell == cell]
+
+    @classmethod
+    def of(
+        cls,
+        cells: Sequence[Cell],
+        runs: Sequence[ScenarioRun],
+        *,
+        started_at: datetime,
+        duration_s: float,
+        mode: Literal['live', 'record', 'replay'] = 'live',
+    ) -> SuiteReport:
+        """The report of `runs`, summarized per cell in the order of `cells`."""
+        return cls(
+            started_at=started_at,
+            duration_s=duration_s,
+            mode=mode,
+            cells=[CellSummary.of(cell, [run for run in runs if run.cell == cell]) for cell in cells],
+            runs=list(runs),
+        )

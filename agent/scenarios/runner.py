@@ -1,0 +1,547 @@
+"""Running scenarios: the matrix of scenario × backbone × prompt × ablation, each run isolated.
+
+The runner is thin on purpose. For every run it builds `Deps` with `agent.context.build_deps`
+(in a tenant of its own, see `agent.scenarios.isolation`), seeds the setup, sends each turn through
+`agent.runtime.run_turn` exactly as `tandem ask` would, checks the expectations, and deletes the
+namespace. Everything a front end needs comes back as data (`SuiteReport`) and, while it runs, as
+steps (`RunStarted`, `TurnStarted`, the runtime's `TurnEvent`s, `TurnFinished`).
+
+Ablations turn one ingredient off for a cell:
+
+- `rag`: no knowledge base (`retrieval = "off"`, no `knowledge` toolset, no documents seeded);
+- `memory`: no long-term memory (`memory.enabled = false`, no `memory` toolset, no facts seeded);
+- `tools`: no toolsets at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+from pydantic_ai.messages import ModelMessagesTypeAdapter
+from pydantic_ai.models import Model
+from redis.asyncio import Redis
+
+from agent import backbones as backbone_registry
+from agent.backbones import Backbone
+from agent.builder import AgentFactory
+from agent.config import BackboneConfig, Settings
+from agent.context import TurnOptions, build_deps
+from agent.deps import Deps
+from agent.errors import BackboneError, PromptError, TandemError
+from agent.events import TurnEvent
+from agent.log import get_logger
+from agent.prompts import PromptLibrary, PromptTemplate
+from agent.runtime import run_turn, with_session
+from agent.scenarios._yaml import Problem
+from agent.scenarios.cassettes import Cassettes, model_time
+from agent.scenarios.expectations import check_turn, judge_answer
+from agent.scenarios.isolation import Seeder, delete_namespace, new_tenant, seed_scenario
+from agent.scenarios.results import Cell, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
+from agent.scenarios.schema import Judge, Scenario, ScenarioFileError
+from tools.registry import ToolsetPlugin, discover_plugins, select
+
+__all__ = [
+    'ABLATIONS',
+    'RunStarted',
+    'Step',
+    'StepSink',
+    'TurnFinished',
+    'TurnStarted',
+    'build_matrix',
+    'parse_ablations',
+    'run_scenario',
+    'run_suite',
+]
+
+ABLATIONS = ('rag', 'memory', 'tools')
+"""The ingredients a cell can turn off."""
+
+_INGREDIENT_TOOLSETS: Mapping[str, frozenset[str]] = {
+    'rag': frozenset({'knowledge'}),
+    'memory': frozenset({'memory'}),
+}
+
+_log = get_logger('tandem.scenarios')
+
+
+# --- steps, for front ends that show a run as it happens ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """A scenario run begins, in its own namespace."""
+
+    scenario: Scenario
+    cell: Cell
+    tenant: str
+    prompt: str
+    tools: list[str]
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    """A turn is about to be sent."""
+
+    index: int
+    total: int
+    user: str
+    session: str
+    new_session: bool
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    """A turn ran and was checked."""
+
+    outcome: TurnOutcome
+
+
+Step = RunStarted | TurnStarted | TurnFinished | TurnEvent
+StepSink = Callable[[Step], Awaitable[None] | None]
+
+
+async def _emit(sink: StepSink | None, step: Step) -> None:
+    if sink is not None:
+        outcome = sink(step)
+        if outcome is not None:
+            await outcome
+
+
+# --- the matrix ------------------------------------------------------------------------------------
+
+
+def parse_ablations(specs: Sequence[str]) -> list[tuple[str, ...]]:
+    """The ablation dimension from `--ablate` values: the full cell, then one cell per ablation.
+
+    `rag,memory,tools` gives four cells: nothing off, `rag` off, `memory` off, `tools` off; `+`
+    turns several off in one cell (`rag+memory`), and `none` names the full cell explicitly.
+
+    Raises:
+        TandemError: An unknown ingredient.
+    """
+    cells: list[tuple[str, ...]] = [()]
+    for spec in specs:
+        for item in spec.split(','):
+            item = item.strip().lower()
+            if not item:
+                continue
+            parts = tuple(sorted({part.strip() for part in item.split('+') if part.strip()} - {'none', 'full'}))
+            unknown = [part for part in parts if part not in ABLATIONS]
+            if unknown:
+                raise TandemError(
+                    f'unknown ablation {", ".join(map(repr, unknown))}: --ablate takes {", ".join(ABLATIONS)} '
+                    '(comma-separated cells, + to combine).'
+                )
+            if parts not in cells:
+                cells.append(parts)
+    return cells
+
+
+def build_matrix(
+    backbones: Sequence[str], prompts: Sequence[str | None] = (None,), ablations: Sequence[tuple[str, ...]] = ((),)
+) -> list[Cell]:
+    """Every cell of backbone × prompt × ablation, in that nesting order."""
+    return [
+        Cell(backbone=backbone, prompt=prompt, ablation=tuple(sorted(ablation)))
+        for backbone, prompt, ablation in itertools.product(backbones, prompts or (None,), ablations or ((),))
+    ]
+
+
+# --- one run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Env:
+    """What every run of a suite shares."""
+
+    settings: Settings
+    redis: Redis
+    prompts: PromptLibrary
+    plugins: dict[str, ToolsetPlugin]
+    seed: Seeder
+    judge: Backbone | None = None
+    judges: dict[str, Backbone] = field(default_factory=dict[str, Backbone])
+    factories: dict[str, AgentFactory] = field(default_factory=dict[str, AgentFactory])
+
+    def agents(self, settings: Settings) -> AgentFactory:
+        # Agents bake in some settings (tool retries), so runs share them only when those agree.
+        key = settings.model_dump_json(include={'limits'})
+        factory = self.factories.get(key)
+        if factory is None:
+            factory = self.factories[key] = AgentFactory()
+        return factory
+
+    def judge_model(self, spec: Judge, backbone: Backbone) -> Model:
+        if spec.backbone is not None:
+            return self.judges[spec.backbone].model
+        return (self.judge or backbone).model
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            merged[key] = _merge(cast(dict[str, Any], current), cast(Mapping[str, Any], value))
+        else:
+            merged[key] = value
+    return merged
+
+
+def _run_settings(base: Settings, scenario: Scenario, ablation: Sequence[str]) -> Settings:
+    """The settings of one run: the suite's, the scenario's overrides, then the cell's ablations."""
+    overrides: dict[str, Any] = dict(scenario.setup.settings)
+    if 'rag' in ablation:
+        overrides['retrieval'] = 'off'
+    if 'memory' in ablation:
+        overrides['memory'] = _merge(cast(dict[str, Any], overrides.get('memory') or {}), {'enabled': False})
+    if not overrides:
+        return base
+    return type(base).model_validate(_merge(base.model_dump(), overrides))
+
+
+def _tool_names(
+    settings: Settings, scenario: Scenario, ablation: Sequence[str], plugins: Mapping[str, ToolsetPlugin]
+) -> list[str]:
+    if 'tools' in ablation:
+        return []
+    names = scenario.setup.tools
+    if names is None:
+        names = settings.tools if settings.tools is not None else [plugin.name for plugin in select(None, plugins)]
+    dropped: set[str] = set()
+    for part in ablation:
+        dropped |= _INGREDIENT_TOOLSETS.get(part, frozenset[str]())
+    return [name for name in names if name not in dropped]
+
+
+def _tool_calls(result_calls: Sequence[Any]) -> list[ToolCallResult]:
+    return [
+        ToolCallResult(name=call.name, args=dict(call.args), ok=call.ok, result=call.result, duration_s=call.duration_s)
+        for call in result_calls
+    ]
+
+
+async def _messages(deps: Deps, sessions: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    exported: dict[str, list[dict[str, Any]]] = {}
+    for session in sessions:
+        try:
+            messages = await deps.conversations.export_messages(session)
+        except TandemError:
+            continue  # a session whose first turn failed was never saved
+        exported[session] = cast(list[dict[str, Any]], ModelMessagesTypeAdapter.dump_python(messages, mode='json'))
+    return exported
+
+
+@dataclass
+class _Outcome:
+    """What a run produced so far: kept when it stops half-way, for the report."""
+
+    prompt: str
+    turns: list[TurnOutcome] = field(default_factory=list[TurnOutcome])
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict[str, list[dict[str, Any]]])
+
+
+async def _turns(
+    scenario: Scenario, cell: Cell, backbone: Backbone, env: _Env, tenant: str, on_step: StepSink | None, out: _Outcome
+) -> None:
+    settings = _run_settings(env.settings, scenario, cell.ablation)
+    prompt: PromptTemplate = env.prompts.get(out.prompt)
+    out.prompt = prompt.ref
+    tools = _tool_names(settings, scenario, cell.ablation, env.plugins)
+    options = TurnOptions(tenant=tenant, user=scenario.setup.user, prompt=prompt.ref, tools=tools)
+    deps = await build_deps(
+        settings,
+        env.redis,
+        options,
+        session='s1',
+        agents=env.agents(settings),
+        backbone=backbone,
+        prompt=prompt,
+        toolsets=select(tools, env.plugins),
+    )
+    await _emit(on_step, RunStarted(scenario=scenario, cell=cell, tenant=tenant, prompt=prompt.ref, tools=tools))
+    sessions = ['s1']
+    try:
+        await env.seed(deps, scenario, frozenset(cell.ablation))
+        for index, turn in enumerate(scenario.turns, 1):
+            if turn.new_session and index > 1:
+                sessions.append(f's{len(sessions) + 1}')
+                deps = with_session(deps, sessions[-1])
+            session = deps.identity.session
+            await _emit(
+                on_step, TurnStarted(index, len(scenario.turns), turn.user, session, turn.new_session and index > 1)
+            )
+            with model_time() as served:
+                started = time.perf_counter()
+                # Streaming only when someone watches: the same turn either way, as `tandem ask` runs it.
+                result = await run_turn(deps, turn.user, on_event=on_step)
+                latency = time.perf_counter() - started + served.recorded_seconds
+            calls = _tool_calls(result.tool_calls)
+            usage = result.usage
+            checks = check_turn(index, turn.expect, result.answer, calls, usage.total_tokens)
+            if turn.expect.judge is not None:
+                checks.append(
+                    await judge_answer(
+                        index,
+                        turn.expect.judge,
+                        model=env.judge_model(turn.expect.judge, backbone),
+                        user=turn.user,
+                        answer=result.answer,
+                        scenario=scenario.name,
+                        duration_s=latency,
+                    )
+                )
+            outcome = TurnOutcome(
+                index=index,
+                session=session,
+                user=turn.user,
+                answer=result.answer,
+                tool_calls=calls,
+                requests=usage.requests,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=usage.cost_usd,
+                latency_s=latency,
+                checks=checks,
+            )
+            out.turns.append(outcome)
+            await _emit(on_step, TurnFinished(outcome))
+    finally:
+        out.messages = await _messages(deps, sessions)
+
+
+async def _run_scenario(
+    env: _Env, scenario: Scenario, cell: Cell, backbone: Backbone, on_step: StepSink | None
+) -> ScenarioRun:
+    tenant = new_tenant()
+    started = time.perf_counter()
+    out = _Outcome(prompt=cell.prompt or scenario.setup.prompt or env.settings.prompt)
+    error: str | None = None
+    try:
+        await _turns(scenario, cell, backbone, env, tenant, on_step, out)
+    except TandemError as failure:
+        error = str(failure)
+    except Exception as failure:  # noqa: BLE001 - one broken run must not take the suite down
+        _log.exception('scenario.crashed', scenario=scenario.name, cell=cell.slug)
+        error = f'{type(failure).__name__}: {failure}'
+    finally:
+        await delete_namespace(env.redis, tenant)
+    failed = any(not check.passed for turn in out.turns for check in turn.checks)
+    status: Literal['passed', 'failed', 'error'] = 'error' if error is not None else ('failed' if failed else 'passed')
+    return ScenarioRun(
+        scenario=scenario.name,
+        file=str(scenario.path) if scenario.path is not None else None,
+        tags=list(scenario.tags),
+        description=scenario.description,
+        cell=cell,
+        status=status,
+        error=error,
+        prompt=out.prompt,
+        tenant=tenant,
+        turns=out.turns,
+        duration_s=time.perf_counter() - started,
+        messages=out.messages,
+    )
+
+
+async def run_scenario(
+    scenario: Scenario,
+    backbone: Backbone,
+    *,
+    settings: Settings,
+    redis: Redis,
+    prompt: str | None = None,
+    ablation: Sequence[str] = (),
+    judge: Backbone | None = None,
+    cassettes: Cassettes | None = None,
+    seed: Seeder = seed_scenario,
+    plugins: Mapping[str, ToolsetPlugin] | None = None,
+    on_step: StepSink | None = None,
+) -> ScenarioRun:
+    """Run one scenario on one backbone, in a fresh namespace that is deleted afterwards.
+
+    Never raises for a problem of the run itself: a failed expectation makes it `failed`, and
+    anything that stops it (a backbone error, a replay miss, a setup that cannot be seeded, a bug)
+    makes it `error`, with the reason. Cancelling it (Ctrl-C) still deletes the namespace.
+
+    Args:
+        scenario: What to run.
+        backbone: The backbone to run it on.
+        settings: The settings (the scenario may override some).
+        redis: Where the namespace lives.
+        prompt: `NAME@VERSION` instead of the scenario's own prompt.
+        ablation: Ingredients to turn off (`rag`, `memory`, `tools`).
+        judge: Judges rubrics that name no backbone; else the backbone under test does.
+        cassettes: Record into, or replay from, these cassettes.
+        seed: Seeds the namespace from the setup.
+        plugins: The toolsets `setup.tools` may name; every installed one when omitted.
+        on_step: Told each step as it happens (the REPL's `/run` shows them).
+
+    Raises:
+        ScenarioFileError: The scenario names a prompt, toolset or judge that does not exist.
+    """
+    if cassettes is not None:
+        backbone = cassettes.wrap(backbone)
+        judge = cassettes.wrap(judge, role='judge') if judge is not None else None
+    env = _Env(
+        settings=settings,
+        redis=redis,
+        prompts=PromptLibrary.default(settings.prompts_dir),
+        plugins=dict(plugins) if plugins is not None else discover_plugins(),
+        seed=seed,
+        judge=judge,
+        judges=resolve_judges(settings, [scenario], cassettes=cassettes),
+    )
+    cell = Cell(backbone=backbone.name, prompt=prompt, ablation=tuple(sorted(set(ablation))))
+    _check_suite([scenario], [cell], env.prompts, env.plugins, env.judges)
+    return await _run_scenario(env, scenario, cell, backbone, on_step)
+
+
+# --- the suite -------------------------------------------------------------------------------------
+
+
+def _check_suite(
+    scenarios: Sequence[Scenario],
+    cells: Sequence[Cell],
+    prompts: PromptLibrary,
+    plugins: Mapping[str, ToolsetPlugin],
+    judges: Mapping[str, Backbone],
+) -> None:
+    """Refuse a suite that cannot run, before running any of it: every problem, with its line."""
+    for ref in {cell.prompt for cell in cells if cell.prompt is not None}:
+        prompts.get(ref)  # PromptError names the choices
+    problems: list[Problem] = []
+    for scenario in scenarios:
+        if scenario.setup.prompt is not None:
+            try:
+                prompts.get(scenario.setup.prompt)
+            except PromptError as error:
+                problems.append(scenario.problem(('setup', 'prompt'), str(error)))
+        for index, name in enumerate(scenario.setup.tools or []):
+            try:
+                select([name], plugins)
+            except TandemError as error:
+                problems.append(scenario.problem(('setup', 'tools', index), str(error)))
+        for index, turn in enumerate(scenario.turns):
+            judge = turn.expect.judge
+            if judge is not None and judge.backbone is not None and judge.backbone not in judges:
+                problems.append(
+                    scenario.problem(
+                        ('turns', index, 'expect', 'judge', 'backbone'), f'unknown judge backbone {judge.backbone!r}'
+                    )
+                )
+    if problems:
+        raise ScenarioFileError(problems)
+
+
+def resolve_judges(
+    settings: Settings, scenarios: Sequence[Scenario], *, cassettes: Cassettes | None = None
+) -> dict[str, Backbone]:
+    """The judge backbones the scenarios name, resolved once (and wrapped for record/replay).
+
+    A name that cannot be resolved is left out; the suite check then points at the rubric naming it.
+    """
+    judges: dict[str, Backbone] = {}
+    names = {turn.expect.judge.backbone for s in scenarios for turn in s.turns if turn.expect.judge is not None}
+    for name in sorted(name for name in names if name is not None):
+        try:
+            if cassettes is not None and cassettes.mode == 'replay':
+                config = settings.backbones.get(name) or (BackboneConfig(model=name) if ':' in name else None)
+                if config is None:
+                    continue
+                judges[name] = cassettes.offline_backbone(name, config, role='judge')
+            else:
+                backbone = backbone_registry.configured(settings, name)
+                judges[name] = cassettes.wrap(backbone, role='judge') if cassettes is not None else backbone
+        except BackboneError:
+            continue
+    return judges
+
+
+async def run_suite(
+    scenarios: Sequence[Scenario],
+    *,
+    settings: Settings,
+    redis: Redis,
+    backbones: Sequence[Backbone],
+    prompts: Sequence[str | None] = (None,),
+    ablations: Sequence[tuple[str, ...]] = ((),),
+    concurrency: int = 4,
+    judge: Backbone | None = None,
+    cassettes: Cassettes | None = None,
+    seed: Seeder = seed_scenario,
+    plugins: Mapping[str, ToolsetPlugin] | None = None,
+    on_run_start: Callable[[Scenario, Cell], None] | None = None,
+    on_run: Callable[[ScenarioRun], None] | None = None,
+    on_step: StepSink | None = None,
+) -> SuiteReport:
+    """Run every scenario in every cell of backbone × prompt × ablation, `concurrency` runs at a time.
+
+    Backbones are given as objects, so any model works, a test's scripted one included; the CLI
+    resolves `--backbone` names to them. With `cassettes`, every backbone and judge records into
+    them or replays from them.
+
+    Args:
+        scenarios: The scenarios, e.g. from `load_scenarios`.
+        settings: The suite's settings (each scenario may override some).
+        redis: Where each run gets its namespace.
+        backbones: The backbone dimension; names must differ.
+        prompts: The prompt dimension: `NAME@VERSION`s, or `None` for each scenario's own prompt.
+        ablations: The ablation dimension, e.g. from `parse_ablations`.
+        concurrency: How many runs at once.
+        judge: Judges rubrics that name no backbone; else the backbone under test does.
+        cassettes: Record into, or replay from, these cassettes.
+        seed: Seeds each run's namespace.
+        plugins: The toolsets `setup.tools` may name; every installed one when omitted.
+        on_run_start: Called as each run starts (progress displays).
+        on_run: Called with each finished run.
+        on_step: Told every step of every run.
+
+    Raises:
+        ScenarioFileError: A scenario names a prompt, toolset or judge that does not exist.
+        TandemError: Two backbones share a name, a `--prompt` does not exist, or `concurrency` < 1.
+    """
+    if concurrency < 1:
+        raise TandemError('--concurrency must be at least 1.')
+    names = [backbone.name for backbone in backbones]
+    if not names:
+        raise TandemError('no backbone to run the scenarios on: pass --backbone NAME or --model SPEC.')
+    if len(set(names)) != len(names):
+        raise TandemError(f'two backbones are called the same: {", ".join(names)}; give each its own name.')
+    if cassettes is not None:
+        backbones = [cassettes.wrap(backbone) for backbone in backbones]
+        judge = cassettes.wrap(judge, role='judge') if judge is not None else None
+    by_name = {backbone.name: backbone for backbone in backbones}
+    env = _Env(
+        settings=settings,
+        redis=redis,
+        prompts=PromptLibrary.default(settings.prompts_dir),
+        plugins=dict(plugins) if plugins is not None else discover_plugins(),
+        seed=seed,
+        judge=judge,
+        judges=resolve_judges(settings, scenarios, cassettes=cassettes),
+    )
+    cells = build_matrix(names, prompts, ablations)
+    _check_suite(scenarios, cells, env.prompts, env.plugins, env.judges)
+    limit = asyncio.Semaphore(concurrency)
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+
+    async def one(cell: Cell, scenario: Scenario) -> ScenarioRun:
+        async with limit:
+            if on_run_start is not None:
+                on_run_start(scenario, cell)
+            run = await _run_scenario(env, scenario, cell, by_name[cell.backbone], on_step)
+            if on_run is not None:
+                on_run(run)
+            return run
+
+    runs = await asyncio.gather(*(one(cell, scenario) for cell in cells for scenario in scenarios))
+    mode: Literal['live', 'record', 'replay'] = cassettes.mode if cassettes is not None else 'live'
+    return SuiteReport.of(cells, runs, started_at=started_at, duration_s=time.perf_counter() - started, mode=mode)

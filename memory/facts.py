@@ -1,0 +1,962 @@
+"""Long-term memory: durable facts about a user, on Redis, deduplicated, recalled by relevance.
+
+A fact belongs to one user of one tenant and records its text, its source (`user-stated`, `tool`
+or `inferred`), the session and turn it came from, when it was created and last updated, and
+optionally when it expires. Every key of a user's memory shares the user's hash tag
+(`tandem:{<tenant>:user:<user>}:...`, see `memory.keys.UserFactKeys`), so each write is one Lua
+script on one slot, which works the same on one server and on Redis Cluster.
+
+Remembering a fact that restates a known one updates that fact instead of adding another:
+
+1. exact: the same text;
+2. normalized: the same text once case, punctuation, accents' compatibility forms and spacing are
+   normalized (`normalize_fact`);
+3. similar: a known fact whose normalized text is at least `similarity_threshold` similar
+   (`text_similarity`, character-level, by default), e.g. "favourite colour" and "favorite color".
+
+The first two are checked inside the write script, against an index of normalized-text digests, so
+two concurrent `remember` calls of the same fact store one fact, whatever the interleaving. The
+similarity check runs in the client on a validated cache of the user's facts; the write script
+refuses it (and the client retries) if any fact changed since that cache was read, so concurrent
+similar facts also end up as one.
+
+A restatement takes the new wording and source, unless its source is less trusted than the stored
+one (`user-stated` > `inferred` > `tool`): then only `updated_at`, `mentions` and the expiry change,
+so content from a tool can never rewrite what the user said.
+
+Reads are served from an in-process cache per user, validated by one `GET` of a version counter
+that every write bumps: a recall is one round trip, however many facts there are. Relevance ranking
+is BM25 (`bm25s`) over the cached facts; see `FactSnapshot.search`.
+
+Expiry is logical: a fact past its `expires_at` is never returned, and the next script that touches
+the user's memory (any read that reloads, or any write) deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+import unicodedata
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from difflib import SequenceMatcher
+from typing import Any, Literal, Protocol, cast
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent.errors import RedisUnavailableError, TandemError
+from memory.connection import RedisClient
+from memory.keys import UserFactKeys, validate_id
+
+__all__ = (
+    'EXPORT_FORMAT',
+    'FACT_ID_PATTERN',
+    'MAX_FACT_CHARS',
+    'Fact',
+    'FactLimitError',
+    'FactSnapshot',
+    'FactSource',
+    'FactStore',
+    'ImportReport',
+    'RememberOutcome',
+    'RememberResult',
+    'Similarity',
+    'looks_like_secret',
+    'normalize_fact',
+    'text_similarity',
+)
+
+FactSource = Literal['user-stated', 'tool', 'inferred']
+"""Where a fact came from: the user said it, a tool returned it (untrusted), or a model inferred it."""
+
+RememberOutcome = Literal['created', 'exact', 'normalized', 'similar']
+"""What `remember` did: stored a new fact, or updated one that matched exactly, once normalized, or by similarity."""
+
+MAX_FACT_CHARS = 500
+"""The longest fact text accepted: a fact is a sentence, not a document."""
+
+FACT_ID_PATTERN = re.compile(r'f-[0-9a-f]{12}')
+"""What a fact id looks like, e.g. `f-3f2a9c0b1d4e`."""
+
+EXPORT_FORMAT = 'tandem.facts'
+"""The `format` field of an export, checked on import."""
+
+_TRUST: dict[str, int] = {'tool': 0, 'inferred': 1, 'user-stated': 2}
+_INLINE_LOAD_LIMIT = 5_000
+"""Up to this many facts, a cache reload is one script; above it, the hash is scanned in pages."""
+_SCAN_PAGE = 1_000
+_PURGE_LIMIT = 500
+"""Expired facts deleted per script at most, to bound the time one script holds the server."""
+_WRITE_ATTEMPTS = 8
+_SIMILAR_CANDIDATES = 20
+
+
+class Fact(BaseModel):
+    """One durable fact about a user."""
+
+    model_config = ConfigDict(frozen=True, extra='ignore')
+
+    id: str
+    """A short id such as `f-3f2a9c0b1d4e`, for `forget`."""
+    text: str
+    source: FactSource
+    session: str | None = None
+    """The session the fact was first stated in, if known."""
+    turn: int | None = None
+    """The turn of that session (1 for the first user message), if known."""
+    created_at: datetime
+    updated_at: datetime
+    """When it was last stated again (or changed)."""
+    expires_at: datetime | None = None
+    """When it stops being recalled; `None` for never."""
+    mentions: int = 1
+    """How many times it was stated."""
+
+    def expired(self, now: float) -> bool:
+        """Whether the fact has expired at `now` (seconds since the epoch)."""
+        return self.expires_at is not None and self.expires_at.timestamp() <= now
+
+
+@dataclass(frozen=True)
+class RememberResult:
+    """What `FactStore.remember` stored."""
+
+    fact: Fact
+    """The fact as stored now: new, or the existing one, updated."""
+    outcome: RememberOutcome
+
+    @property
+    def created(self) -> bool:
+        """Whether a new fact was stored (rather than an existing one updated)."""
+        return self.outcome == 'created'
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What `FactStore.import_facts` did."""
+
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    """Expired facts, and facts that were invalid."""
+
+
+class FactLimitError(TandemError):
+    """A user already has as many facts as the store allows."""
+
+
+class Similarity(Protocol):
+    """How alike two normalized fact texts are, from 0 (unrelated) to 1 (the same)."""
+
+    def __call__(self, a: str, b: str) -> float:
+        """Args:
+        a: One fact, as `normalize_fact` returns it.
+        b: The other, the same way.
+        """
+        ...
+
+
+def normalize_fact(text: str) -> str:
+    """The form facts are compared in: NFKC, case-folded, apostrophes dropped, other punctuation as spaces.
+
+    >>> normalize_fact("  Alice's  FAVOURITE colour: teal! ")
+    'alices favourite colour teal'
+    """
+    folded = unicodedata.normalize('NFKC', text).casefold()
+    folded = re.sub(r"['’`´]", '', folded)
+    return ' '.join(re.sub(r'[\W_]+', ' ', folded).split())
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Character-level similarity of two normalized texts (difflib's ratio), the default `Similarity`.
+
+    Conservative by design at the default threshold (0.9): spelling variants and small rewordings
+    match ("favourite colour" / "favorite color", "is vegetarian" / "is a vegetarian"), different
+    facts that share most words do not ("my sister" / "my brother", "project Apollo" / "project Zeus").
+    """
+    if not a or not b:
+        return 0.0
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+_SECRET = re.compile(
+    r'-----BEGIN [A-Z ]*PRIVATE KEY-----'
+    r'|\b(?:sk|pk|rk|ghp|gho|ghs|glpat|xox[abpr])[-_][A-Za-z0-9_-]{16,}'
+    r'|\bAKIA[0-9A-Z]{16}\b'
+    r'|\b(?:password|passwd|passphrase|pin|api[ _-]?key|secret[ _-]?key|access[ _-]?token|auth[ _-]?token)\b'
+    r'\s*(?:is|was|=|:)\s*\S',
+    re.IGNORECASE,
+)
+
+
+def looks_like_secret(text: str) -> bool:
+    """Whether `text` looks like it holds a credential (a password, an API key, a private key).
+
+    Long-term memory never stores those: the memory tools and automatic extraction refuse them.
+    """
+    return _SECRET.search(text) is not None
+
+
+_STOPWORD_TEXT = (
+    'a an and are as at be but by for if in into is it no not of on or such that the their then there these they '
+    'this to was will with i im me my mine we our you your user users s'
+)
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def _terms(text: str) -> list[str]:
+    """Index terms of a text: normalized words without stopwords, with a light plural stemming."""
+    terms: list[str] = []
+    for word in normalize_fact(text).split():
+        if word in _STOPWORDS:
+            continue
+        if len(word) > 3 and word.endswith('s') and not word.endswith('ss'):
+            word = word[:-1]
+        terms.append(word)
+    return terms
+
+
+def _digest(normalized: str) -> str:
+    return hashlib.sha256(normalized.encode()).hexdigest()[:32]
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace('+00:00', 'Z')
+
+
+# --- the lexical index --------------------------------------------------------------------------
+
+
+class _LexicalIndex:
+    """BM25 over a fixed list of facts, with `bm25s`.
+
+    This is the one place fact relevance is computed: when the knowledge base's retriever
+    (`memory.retrieval`) offers a Protocol for in-memory corpora, it replaces this class.
+    """
+
+    def __init__(self, facts: Sequence[Fact]) -> None:
+        self.facts = list(facts)
+        self._bm25: Any = None
+        if self.facts:
+            import bm25s  # pyright: ignore[reportMissingTypeStubs] -- imported on first use: it takes ~0.5 s
+
+            corpus = [_terms(fact.text) for fact in self.facts]
+            self._bm25 = bm25s.BM25()
+            self._bm25.index(corpus, show_progress=False)
+
+    def search(self, query: str, k: int) -> list[tuple[Fact, float]]:
+        """The `k` facts that match `query` best, best first, with their (positive) scores."""
+        if self._bm25 is None or k <= 0:
+            return []
+        import numpy as np
+
+        vocabulary = cast(dict[str, int], self._bm25.vocab_dict)
+        terms = [term for term in _terms(query) if term in vocabulary]
+        if not terms:
+            return []
+        scores = np.asarray(self._bm25.get_scores(terms), dtype=np.float32)
+        k = min(k, len(self.facts))
+        top = np.argpartition(-scores, k - 1)[:k]
+        ranked = top[np.argsort(-scores[top], kind='stable')]
+        return [(self.facts[int(i)], float(scores[i])) for i in ranked if scores[i] > 0]
+
+
+@dataclass
+class _UserCache:
+    """One user's facts as of `version`, with the indexes derived from them."""
+
+    version: str
+    facts: dict[str, Fact]
+    norms: dict[str, str] = field(default_factory=dict[str, str])
+    """Fact id to normalized text."""
+    postings: dict[str, set[str]] = field(default_factory=dict[str, set[str]])
+    """Index term to the ids of the facts that contain it: similarity candidates."""
+    _lexical: _LexicalIndex | None = None
+
+    def __post_init__(self) -> None:
+        for fact in self.facts.values():
+            self._index(fact)
+
+    def _index(self, fact: Fact) -> None:
+        self.norms[fact.id] = normalize_fact(fact.text)
+        for term in set(_terms(fact.text)):
+            self.postings.setdefault(term, set()).add(fact.id)
+
+    def _unindex(self, fact_id: str) -> None:
+        fact = self.facts.get(fact_id)
+        if fact is None:
+            return
+        self.norms.pop(fact_id, None)
+        for term in set(_terms(fact.text)):
+            ids = self.postings.get(term)
+            if ids is not None:
+                ids.discard(fact_id)
+                if not ids:
+                    del self.postings[term]
+
+    def put(self, fact: Fact) -> None:
+        self._unindex(fact.id)
+        self.facts[fact.id] = fact
+        self._index(fact)
+        self._lexical = None
+
+    def remove(self, fact_id: str) -> None:
+        self._unindex(fact_id)
+        if self.facts.pop(fact_id, None) is not None:
+            self._lexical = None
+
+    def clear(self) -> None:
+        self.facts.clear()
+        self.norms.clear()
+        self.postings.clear()
+        self._lexical = None
+
+    def lexical(self) -> _LexicalIndex:
+        if self._lexical is None:
+            self._lexical = _LexicalIndex(list(self.facts.values()))
+        return self._lexical
+
+    def most_similar(self, normalized: str, similarity: Similarity, now: float) -> tuple[str, float] | None:
+        """The live fact most similar to `normalized`, among those sharing the most index terms with it."""
+        counts: dict[str, int] = {}
+        for term in set(_terms(normalized)):
+            for fact_id in self.postings.get(term, ()):
+                counts[fact_id] = counts.get(fact_id, 0) + 1
+        candidates = sorted(counts, key=lambda fact_id: -counts[fact_id])[:_SIMILAR_CANDIDATES]
+        best: tuple[str, float] | None = None
+        for fact_id in candidates:
+            if self.facts[fact_id].expired(now):
+                continue
+            score = similarity(normalized, self.norms[fact_id])
+            if best is None or score > best[1]:
+                best = (fact_id, score)
+        return best
+
+
+class FactSnapshot:
+    """One user's live facts at one moment, for ranking without further round trips."""
+
+    def __init__(self, cache: _UserCache, now: float) -> None:
+        self._cache = cache
+        self._now = now
+        self.facts: list[Fact] = sorted(
+            (fact for fact in cache.facts.values() if not fact.expired(now)), key=lambda f: (f.created_at, f.id)
+        )
+        """Every live fact, oldest first."""
+
+    def search(self, query: str, k: int = 10) -> list[Fact]:
+        """The live facts most relevant to `query` (BM25), best first; only facts sharing a term with it."""
+        ranked = self._cache.lexical().search(query, k + _expired_slack(self._cache, self._now))
+        return [fact for fact, _ in ranked if not fact.expired(self._now)][:k]
+
+    def recent(self, k: int = 10) -> list[Fact]:
+        """The `k` most recently updated live facts, newest first."""
+        return sorted(self.facts, key=lambda f: (f.updated_at, f.id), reverse=True)[:k]
+
+
+def _expired_slack(cache: _UserCache, now: float) -> int:
+    # Expired facts stay in the cache until the next reload; ask the index for enough extra hits.
+    return sum(1 for fact in cache.facts.values() if fact.expired(now))
+
+
+# --- Lua -------------------------------------------------------------------------------------------
+
+# Shared by every script. KEYS: facts, norms, expiry, version (UserFactKeys.all).
+_PRELUDE = """
+local function bump(base)
+  if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], base) end
+  return redis.call('INCR', KEYS[4])
+end
+local function drop(id)
+  local raw = redis.call('HGET', KEYS[1], id)
+  if raw then
+    local norm = cjson.decode(raw)['norm']
+    if norm and redis.call('HGET', KEYS[2], norm) == id then redis.call('HDEL', KEYS[2], norm) end
+    redis.call('HDEL', KEYS[1], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+  return raw
+end
+local function purge(now, limit, base)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(expired) do drop(id) end
+  if #expired > 0 then bump(base) end
+  return #expired
+end
+"""
+
+# ARGV: now (ms), version the client's cache had ('' for none), digest of the normalized text,
+# the new fact's JSON, a similar fact's id ('' for none), text, source, trust of the source,
+# updated_at (ISO), expiry (ms, 0 for none), expires_at (ISO, '' for none), max facts, version
+# base, purge limit.
+# Returns {outcome, fact id, version, fact JSON}, or {'conflict'} / {'full'}.
+_REMEMBER_SCRIPT = (
+    _PRELUDE
+    + """
+local TRUST = {['tool'] = 0, ['inferred'] = 1, ['user-stated'] = 2}
+local seen = redis.call('GET', KEYS[4]) or ''
+purge(ARGV[1], tonumber(ARGV[14]), ARGV[13])
+local id = redis.call('HGET', KEYS[2], ARGV[3])
+if id and redis.call('HEXISTS', KEYS[1], id) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[3])  -- a digest left behind by an interrupted write: ignore it
+  id = false
+end
+local outcome = 'normalized'
+if not id then
+  -- Similarity was judged on the client's cache: only valid if nothing changed since.
+  if seen ~= ARGV[2] then return {'conflict'} end
+  if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[5]) == 1 then
+    id = ARGV[5]
+    outcome = 'similar'
+  end
+end
+if id then
+  local fact = cjson.decode(redis.call('HGET', KEYS[1], id))
+  if fact['text'] == ARGV[6] then outcome = 'exact' end
+  if TRUST[ARGV[7]] >= (TRUST[fact['source']] or 0) then
+    if fact['norm'] ~= ARGV[3] then
+      if redis.call('HGET', KEYS[2], fact['norm']) == id then redis.call('HDEL', KEYS[2], fact['norm']) end
+      redis.call('HSET', KEYS[2], ARGV[3], id)
+      fact['norm'] = ARGV[3]
+    end
+    fact['text'] = ARGV[6]
+    fact['source'] = ARGV[7]
+  end
+  fact['updated_at'] = ARGV[9]
+  fact['mentions'] = (tonumber(fact['mentions']) or 1) + 1
+  if ARGV[10] ~= '0' then
+    fact['expires_at'] = ARGV[11]
+    redis.call('ZADD', KEYS[3], ARGV[10], id)
+  else
+    fact['expires_at'] = cjson.null
+    redis.call('ZREM', KEYS[3], id)
+  end
+  local encoded = cjson.encode(fact)
+  redis.call('HSET', KEYS[1], id, encoded)
+  return {outcome, id, tostring(bump(ARGV[13])), encoded}
+end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[12]) then return {'full'} end
+id = cjson.decode(ARGV[4])['id']
+redis.call('HSET', KEYS[1], id, ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[3], id)
+if ARGV[10] ~= '0' then redis.call('ZADD', KEYS[3], ARGV[10], id) end
+return {'created', id, tostring(bump(ARGV[13])), ARGV[4]}
+"""
+)
+
+# ARGV: version base, then fact ids. Returns {version, removed fact JSON...}.
+_FORGET_SCRIPT = (
+    _PRELUDE
+    + """
+local removed = {}
+for i = 2, #ARGV do
+  local raw = drop(ARGV[i])
+  if raw then removed[#removed + 1] = raw end
+end
+local version = redis.call('GET', KEYS[4]) or ''
+if #removed > 0 then version = tostring(bump(ARGV[1])) end
+return {version, unpack(removed)}
+"""
+)
+
+# ARGV: version base. Returns {version, how many facts were deleted}.
+_FORGET_ALL_SCRIPT = (
+    _PRELUDE
+    + """
+local count = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return {tostring(bump(ARGV[1])), count}
+"""
+)
+
+# ARGV: now (ms), purge limit, version base, most facts to return inline.
+# Returns {version, count, fact JSON...}; without the facts when there are more than the limit.
+_LOAD_SCRIPT = (
+    _PRELUDE
+    + """
+purge(ARGV[1], tonumber(ARGV[2]), ARGV[3])
+local version = redis.call('GET', KEYS[4]) or ''
+local count = redis.call('HLEN', KEYS[1])
+if count > tonumber(ARGV[4]) then return {version, count} end
+local out = {version, count}
+for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = raw end
+return out
+"""
+)
+
+_SCRIPTS = {
+    'remember': _REMEMBER_SCRIPT,
+    'forget': _FORGET_SCRIPT,
+    'forget_all': _FORGET_ALL_SCRIPT,
+    'load': _LOAD_SCRIPT,
+}
+
+_FACTS: TypeAdapter[list[Fact]] = TypeAdapter(list[Fact])
+
+
+def _decode_facts(raw: Iterable[bytes]) -> list[Fact]:
+    # One parse for all of them, as memory.conversations does for history entries.
+    return _FACTS.validate_json(b'[' + b','.join(raw) + b']')
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ''
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextmanager
+def _unavailable(action: str) -> Generator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        detail = str(exc).strip().rstrip('.') or type(exc).__name__
+        raise RedisUnavailableError(
+            f'lost the connection to Redis while {action}: {detail}. Check that Redis is running, then retry.'
+        ) from exc
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+class FactStore:
+    """Long-term memory on Redis: remember, recall, list, forget, export and import a user's facts.
+
+    Every method takes the tenant and user explicitly; front ends pass them from `Deps.identity`,
+    never from model output. One store may serve many users: it caches each user's facts in
+    memory (up to `cache_users` of them), validated by one `GET` per read.
+
+    Args:
+        redis: A client from `memory.connection.connect` (bytes responses).
+        default_ttl_seconds: The TTL of facts remembered without one; `None` keeps them forever.
+        similarity_threshold: How similar (0-1, by `similarity`) a fact must be to a known one to
+            update it instead of being added.
+        max_facts: The most facts one user may have; `remember` then raises `FactLimitError`.
+        similarity: Compares normalized fact texts; `text_similarity` by default.
+        clock: Seconds since the epoch; tests pass a fake one to move time.
+        cache_users: How many users' facts to keep cached.
+
+    Raises:
+        ValueError: A threshold outside (0, 1], or a non-positive limit or TTL.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        default_ttl_seconds: float | None = None,
+        similarity_threshold: float = 0.9,
+        max_facts: int = 10_000,
+        similarity: Similarity = text_similarity,
+        clock: Callable[[], float] = time.time,
+        cache_users: int = 256,
+    ) -> None:
+        if not 0 < similarity_threshold <= 1:
+            raise ValueError('similarity_threshold must be in (0, 1]')
+        if default_ttl_seconds is not None and default_ttl_seconds <= 0:
+            raise ValueError('default_ttl_seconds must be positive, or None for facts that never expire')
+        if max_facts <= 0 or cache_users <= 0:
+            raise ValueError('max_facts and cache_users must be positive')
+        self.default_ttl_seconds = default_ttl_seconds
+        self.similarity_threshold = similarity_threshold
+        self.max_facts = max_facts
+        self._redis = redis
+        self._similarity = similarity
+        self._clock = clock
+        self._cache_users = cache_users
+        self._caches: OrderedDict[tuple[str, str], _UserCache] = OrderedDict()
+        self._scripts: dict[str, AsyncScript] = {}
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    async def remember(
+        self,
+        tenant: str,
+        user: str,
+        text: str,
+        *,
+        source: FactSource = 'user-stated',
+        session: str | None = None,
+        turn: int | None = None,
+        ttl_seconds: float | None = None,
+    ) -> RememberResult:
+        """Store a fact, or update the known fact it restates (exact, normalized, then similar).
+
+        Args:
+            tenant: The tenant.
+            user: The user the fact is about.
+            text: The fact, one sentence; surrounding whitespace is dropped.
+            source: Where it came from.
+            session: The session it was stated in.
+            turn: The turn of that session.
+            ttl_seconds: Forget it this long after it was last stated; the store's default when `None`.
+
+        Raises:
+            InvalidIdError: An invalid tenant, user or session id.
+            ValueError: Empty text, text over `MAX_FACT_CHARS`, an unknown source or a non-positive TTL.
+            FactLimitError: The user has `max_facts` facts already and this one is new.
+            TandemError: Too many concurrent writers to the same user's memory.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        keys = UserFactKeys(tenant, user)
+        text = ' '.join(text.split())
+        if not text:
+            raise ValueError('a fact needs some text')
+        if len(text) > MAX_FACT_CHARS:
+            raise ValueError(f'a fact is at most {MAX_FACT_CHARS} characters; this one has {len(text)}')
+        if source not in _TRUST:
+            raise ValueError(f'unknown fact source {source!r}: use user-stated, tool or inferred')
+        if session is not None:
+            validate_id('session', session)
+        ttl = ttl_seconds if ttl_seconds is not None else self.default_ttl_seconds
+        if ttl is not None and ttl <= 0:
+            raise ValueError('ttl_seconds must be positive')
+        normalized = normalize_fact(text)
+        if not normalized:
+            raise ValueError('a fact needs some letters or digits')
+        digest = _digest(normalized)
+        for _ in range(_WRITE_ATTEMPTS):
+            cache = await self._fresh(keys)
+            now = self._clock()
+            similar = cache.most_similar(normalized, self._similarity, now)
+            similar_id = similar[0] if similar is not None and similar[1] >= self.similarity_threshold else ''
+            expires_ms = round((now + ttl) * 1000) if ttl is not None else 0
+            new_fact = Fact(
+                id=f'f-{uuid.uuid4().hex[:12]}',
+                text=text,
+                source=source,
+                session=session,
+                turn=turn,
+                created_at=datetime.fromtimestamp(now, UTC),
+                updated_at=datetime.fromtimestamp(now, UTC),
+                expires_at=datetime.fromtimestamp(now + ttl, UTC) if ttl is not None else None,
+            )
+            stored = {**new_fact.model_dump(mode='json'), 'norm': digest}
+            args: list[str | int | bytes] = [
+                round(now * 1000),
+                cache.version,
+                digest,
+                _json(stored),
+                similar_id,
+                text,
+                source,
+                _TRUST[source],
+                _iso(now),
+                expires_ms,
+                _iso(now + ttl) if ttl is not None else '',
+                self.max_facts,
+                _version_base(),
+                _PURGE_LIMIT,
+            ]
+            with _unavailable('remembering a fact'):
+                reply = cast(list[bytes], await self._script('remember')(keys=keys.all, args=args))
+            status = _text(reply[0])
+            if status == 'conflict':
+                continue
+            if status == 'full':
+                raise FactLimitError(
+                    f'user {user!r} already has {self.max_facts} facts: forget some (`tandem memory forget`) '
+                    'or raise memory.max_facts.'
+                )
+            fact = Fact.model_validate_json(reply[3])
+            self._applied(keys, cache, expected=cache.version, version=_text(reply[2]), put=[fact], now=now)
+            return RememberResult(fact=fact, outcome=cast(RememberOutcome, status))
+        raise TandemError(
+            f'the memory of user {user!r} is being written by too many processes at once; '
+            'the fact was not stored. Try again.'
+        )
+
+    async def forget(self, tenant: str, user: str, fact_id: str) -> Fact | None:
+        """Delete one fact; returns it, or `None` if the user has no such fact.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        forgotten = await self.forget_many(tenant, user, [fact_id])
+        return forgotten[0] if forgotten else None
+
+    async def forget_many(self, tenant: str, user: str, fact_ids: Sequence[str]) -> list[Fact]:
+        """Delete facts by id in one script; returns those that existed.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        keys = UserFactKeys(tenant, user)
+        wanted = [fact_id for fact_id in dict.fromkeys(fact_ids) if FACT_ID_PATTERN.fullmatch(fact_id)]
+        if not wanted:
+            return []
+        cache = self._caches.get((tenant, user))
+        expected = cache.version if cache is not None else None
+        with _unavailable('forgetting facts'):
+            reply = cast(list[bytes], await self._script('forget')(keys=keys.all, args=[_version_base(), *wanted]))
+        removed = _decode_facts(reply[1:]) if len(reply) > 1 else []
+        if cache is not None and expected is not None:
+            self._applied(
+                keys, cache, expected=expected, version=_text(reply[0]), drop=[f.id for f in removed], now=self._clock()
+            )
+        return removed
+
+    async def forget_all(self, tenant: str, user: str) -> int:
+        """Delete every fact of the user; returns how many there were.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        keys = UserFactKeys(tenant, user)
+        with _unavailable('forgetting facts'):
+            reply = cast(list[Any], await self._script('forget_all')(keys=keys.all, args=[_version_base()]))
+        self._caches[(tenant, user)] = _UserCache(version=_text(reply[0]), facts={})
+        self._trim()
+        return int(reply[1])
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    async def snapshot(self, tenant: str, user: str) -> FactSnapshot:
+        """The user's live facts, for ranking locally; one round trip when the cache is current.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        cache = await self._fresh(UserFactKeys(tenant, user))
+        return FactSnapshot(cache, self._clock())
+
+    async def recall(self, tenant: str, user: str, query: str, *, limit: int = 10) -> list[Fact]:
+        """The user's facts most relevant to `query`, best first; the most recent ones for an empty query.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        snapshot = await self.snapshot(tenant, user)
+        if not _terms(query):
+            return snapshot.recent(limit)
+        return snapshot.search(query, limit)
+
+    async def list_facts(self, tenant: str, user: str) -> list[Fact]:
+        """Every live fact of the user, oldest first.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        return (await self.snapshot(tenant, user)).facts
+
+    async def get(self, tenant: str, user: str, fact_id: str) -> Fact | None:
+        """One live fact of the user by id, or `None`.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        snapshot = await self.snapshot(tenant, user)
+        return next((fact for fact in snapshot.facts if fact.id == fact_id), None)
+
+    # -- export and import ------------------------------------------------------------------------
+
+    async def export(self, tenant: str, user: str) -> dict[str, Any]:
+        """Every live fact of the user as JSON-ready data: `{"format", "version", "user", "exported_at", "facts"}`.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        facts = await self.list_facts(tenant, user)
+        return {
+            'format': EXPORT_FORMAT,
+            'version': 1,
+            'tenant': tenant,
+            'user': user,
+            'exported_at': _iso(self._clock()),
+            'facts': [fact.model_dump(mode='json') for fact in facts],
+        }
+
+    async def import_facts(self, tenant: str, user: str, data: Mapping[str, Any] | Sequence[Any]) -> ImportReport:
+        """Import facts (an `export`, or a list of facts or of strings) into the user's memory.
+
+        Each fact goes through `remember`, so importing twice adds nothing, and facts dedupe against
+        what the user already has. The target user is always `user`, whatever the data says.
+        Source, session and turn are kept; an imported fact that expires later keeps its expiry,
+        and one that has expired is skipped.
+
+        Raises:
+            InvalidIdError: An invalid tenant or user id.
+            TandemError: The data isn't an export or a list of facts; nothing is imported then.
+            FactLimitError: The user's memory filled up part-way; what was imported stays.
+            RedisUnavailableError: Redis can't be reached.
+        """
+        UserFactKeys(tenant, user)
+        items: Any = data
+        if isinstance(data, Mapping):
+            if data.get('format') != EXPORT_FORMAT:
+                raise TandemError(f'not a Tandem fact export: expected "format": "{EXPORT_FORMAT}".')
+            items = data.get('facts')
+        if not isinstance(items, list):
+            raise TandemError('no facts to import: expected an export, or a JSON list of facts or strings.')
+        now = self._clock()
+        created = updated = skipped = 0
+        for item in cast(list[Any], items):
+            parsed = _imported(item)
+            if parsed is None:
+                skipped += 1
+                continue
+            text, source, session, turn, expires_at = parsed
+            if expires_at is not None and expires_at <= now:
+                skipped += 1
+                continue
+            try:
+                result = await self.remember(
+                    tenant,
+                    user,
+                    text,
+                    source=source,
+                    session=session,
+                    turn=turn,
+                    ttl_seconds=expires_at - now if expires_at is not None else None,
+                )
+            except ValueError:  # includes InvalidIdError for a bad session id
+                skipped += 1
+                continue
+            if result.created:
+                created += 1
+            else:
+                updated += 1
+        return ImportReport(created=created, updated=updated, skipped=skipped)
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _script(self, name: str) -> AsyncScript:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._redis.register_script(_SCRIPTS[name])
+        return script
+
+    async def _fresh(self, keys: UserFactKeys) -> _UserCache:
+        """The user's cache, reloaded if any write happened since it was read (one GET when current)."""
+        slot = (keys.tenant, keys.user)
+        cache = self._caches.get(slot)
+        if cache is not None:
+            with _unavailable('reading facts'):
+                version = _text(await self._redis.get(keys.version))
+            if version == cache.version:
+                self._caches.move_to_end(slot)
+                return cache
+        cache = await self._load(keys)
+        self._caches[slot] = cache
+        self._trim()
+        return cache
+
+    async def _load(self, keys: UserFactKeys) -> _UserCache:
+        now_ms = round(self._clock() * 1000)
+        with _unavailable('reading facts'):
+            reply = cast(
+                list[bytes],
+                await self._script('load')(
+                    keys=keys.all, args=[now_ms, _PURGE_LIMIT, _version_base(), _INLINE_LOAD_LIMIT]
+                ),
+            )
+            version, count = _text(reply[0]), int(reply[1])
+            if count <= _INLINE_LOAD_LIMIT:
+                facts = _decode_facts(reply[2:])
+            else:
+                facts = await self._scan(keys, version)
+        return _UserCache(version=version, facts={fact.id: fact for fact in facts})
+
+    async def _scan(self, keys: UserFactKeys, version: str) -> list[Fact]:
+        """Read a large memory in pages without blocking the server, retrying if it changes meanwhile."""
+        for _ in range(3):
+            raw: list[bytes] = []
+            cursor = 0
+            while True:
+                cursor, page = cast(
+                    tuple[int, dict[bytes, bytes]],
+                    await self._redis.hscan(keys.facts, cursor, count=_SCAN_PAGE),  # pyright: ignore[reportUnknownMemberType]
+                )
+                raw += page.values()
+                if cursor == 0:
+                    break
+            after = _text(await self._redis.get(keys.version))
+            if after == version:
+                return _decode_facts(raw)
+            version = after
+        # Still changing: take a consistent copy in one (blocking) script.
+        reply = cast(
+            list[bytes],
+            await self._script('load')(keys=keys.all, args=[round(self._clock() * 1000), 0, _version_base(), 1 << 40]),
+        )
+        return _decode_facts(reply[2:])
+
+    def _applied(
+        self,
+        keys: UserFactKeys,
+        cache: _UserCache,
+        *,
+        expected: str,
+        version: str,
+        put: Sequence[Fact] = (),
+        drop: Sequence[str] = (),
+        now: float,
+    ) -> None:
+        """Bring the cache up to a write this store just made, if it was current before it."""
+        slot = (keys.tenant, keys.user)
+        if self._caches.get(slot) is not cache or cache.version != expected:
+            self._caches.pop(slot, None)  # someone else wrote in between: reload on the next read
+            return
+        for fact_id in drop:
+            cache.remove(fact_id)
+        for fact in put:
+            cache.put(fact)
+        for fact_id in [fact.id for fact in cache.facts.values() if fact.expired(now)]:
+            cache.remove(fact_id)  # the script purged them too
+        cache.version = version
+
+    def _trim(self) -> None:
+        while len(self._caches) > self._cache_users:
+            self._caches.popitem(last=False)
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(',', ':')).encode()
+
+
+def _version_base() -> int:
+    """Where a user's version counter starts: random, so a deleted and recreated counter never repeats a value."""
+    return secrets.randbelow(1 << 40) * 1024
+
+
+def _imported(item: Any) -> tuple[str, FactSource, str | None, int | None, float | None] | None:
+    """Text, source, session, turn and expiry (epoch seconds) of one imported item, or `None` if invalid."""
+    if isinstance(item, str):
+        return (item, 'user-stated', None, None, None)
+    if not isinstance(item, Mapping):
+        return None
+    fields = cast(Mapping[str, Any], item)
+    try:
+        partial = _ImportedFact.model_validate(dict(fields))
+    except ValidationError:
+        return None
+    expires = partial.expires_at.timestamp() if partial.expires_at is not None else None
+    return (partial.text, partial.source, partial.session, partial.turn, expires)
+
+
+class _ImportedFact(BaseModel):
+    model_config = ConfigDict(extra='ignore')
+
+    text: str = Field(min_length=1, max_length=MAX_FACT_CHARS)
+    source: FactSource = 'user-stated'
+    session: str | None = None
+    turn: int | None = None
+    expires_at: datetime | None = None
