@@ -179,18 +179,23 @@ def _print_report(report: IngestReport, label: str, as_json: bool) -> None:
         f'{report.unchanged} unchanged, {report.skipped_total} skipped{removed} · '
         f'{report.chunks} chunks in {report.seconds:.1f} s{rate}',
         highlight=False,
+        soft_wrap=True,
     )
     if report.skipped_total:
-        err.print('skipped:', highlight=False)
+        err.print('skipped:', highlight=False, soft_wrap=True)
         for item in report.skipped[:20]:
-            err.print(f'  {escape(item.source)} — {escape(item.reason)}', highlight=False)
+            err.print(f'  {escape(item.source)} — {escape(item.reason)}', highlight=False, soft_wrap=True)
         if report.skipped_total > 20:
             summary = ', '.join(f'{reason}: {count}' for reason, count in report.reasons.most_common())
-            err.print(f'  … {report.skipped_total - 20} more ({escape(summary)})', highlight=False)
+            err.print(f'  … {report.skipped_total - 20} more ({escape(summary)})', highlight=False, soft_wrap=True)
     for note in report.notes[:10]:
-        err.print(f'[yellow]note:[/] {escape(note)}', highlight=False)
+        err.print(f'[yellow]note:[/] {escape(note)}', highlight=False, soft_wrap=True)
     if report.interrupted:
-        err.print('Documents written so far are complete; run the same command again to finish.', highlight=False)
+        err.print(
+            'Documents written so far are complete; run the same command again to finish.',
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --- kb --------------------------------------------------------------------------------------------

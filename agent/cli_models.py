@@ -47,7 +47,7 @@ def models_pull(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from agent.config import BackboneConfig
-    from agent.local_models import CATALOG, download, download_source, models_dir
+    from agent.local_models import CATALOG, check_network, download, download_source, models_dir
     from agent.tune.registry import register_backbone
 
     _settings()
@@ -55,6 +55,8 @@ def models_pull(
     async def body() -> None:
         source = download_source(name)
         folder = directory or models_dir()
+        if force or not (folder / source.file).is_file():
+            check_network(source.url)  # before the progress bar: offline, say so and nothing else
         progress = Progress(
             TextColumn('[bold]{task.description}'),
             BarColumn(),

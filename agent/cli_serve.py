@@ -47,6 +47,7 @@ def serve(
 
     from agent.server import SERVE_OPTIONS_ENV, is_loopback, load_api_keys
 
+    settings = settings or load_settings()
     if workers < 1:
         raise ConfigError('--workers must be at least 1.')
     if no_auth and not is_loopback(host):
@@ -54,7 +55,7 @@ def serve(
             f'refusing --no-auth on {host}: without auth the server may only listen on a loopback address '
             '(--host 127.0.0.1). Set TANDEM_API_KEYS="KEY:TENANT" to serve other machines.'
         )
-    if not no_auth and not load_api_keys(settings or load_settings()):
+    if not no_auth and not load_api_keys(settings):
         raise ConfigError(
             'no API keys: set TANDEM_API_KEYS="KEY:TENANT" (or server.api_keys in tandem.toml), '
             'or run `tandem serve --no-auth` on 127.0.0.1 for local use.'
@@ -71,7 +72,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_level='warning',
+        log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=30,
     )
 

@@ -418,3 +418,98 @@ class _JobView:
             style = {'error': 'red', 'warn': 'yellow'}.get(level, '')
             recent.add_row(f'{datetime.fromtimestamp(created, UTC):%H:%M:%S}', Text(message, style=style))
         return Group(head, recent)
+
+
+@tune_app.command('compare')
+def tune_compare(
+    paths: Annotated[list[Path], typer.Argument(help='Scenario files, or directories searched for *.yaml.')],
+    base: Annotated[str, typer.Option('--base', help='The base backbone (name from the config, or a model string).')],
+    tuned: Annotated[str, typer.Option('--tuned', help='The fine-tuned backbone.')],
+    full_prompt: Annotated[
+        str | None, typer.Option(help="The full prompt, NAME[@VERSION] (default: each scenario's own).")
+    ] = None,
+    short_prompt: Annotated[str, typer.Option(help='The short prompt, NAME[@VERSION].')] = 'short',
+    short_rag: Annotated[bool, typer.Option('--short-rag', help='Keep retrieval on in the short-prompt arms.')] = False,
+    keyword: Annotated[
+        list[str] | None, typer.Option('-k', help='Only scenarios with this tag (or in their name); repeatable.')
+    ] = None,
+    concurrency: Annotated[int, typer.Option('--concurrency', '-j', min=1, help='Runs at once, per arm.')] = 4,
+    judge: Annotated[
+        str | None, typer.Option(help='The backbone that judges rubrics (default: the one tested).')
+    ] = None,
+    out: Annotated[Path, typer.Option('--out', '-o', help='Where to write the decision report (Markdown).')] = Path(
+        'tandem-compare.md'
+    ),
+    report: Annotated[
+        Path | None, typer.Option('--report', help='Also write the runs as a scenario report (JSON).')
+    ] = None,
+    as_json: Annotated[bool, typer.Option('--json', help='Print the numbers and the verdict as JSON.')] = False,
+) -> None:
+    """Run your scenarios on base + full prompting + RAG, base + short prompt, and tuned + short prompt; decide."""
+    from agent.context import open_redis
+    from agent.scenarios.schema import load_scenarios, select_scenarios
+    from agent.tune.compare import arm_headers, compare, metric_rows, render_markdown
+
+    settings = _settings()
+
+    async def body() -> None:
+        scenarios = select_scenarios(load_scenarios(paths), keyword or [])
+        if not scenarios:
+            raise TandemError(
+                f'no scenarios found in {", ".join(map(str, paths))}'
+                + (' for -k ' + ','.join(keyword) if keyword else '')
+                + '.'
+            )
+        base_backbone, tuned_backbone = _named_backbone(settings, base), _named_backbone(settings, tuned)
+        judge_backbone = _named_backbone(settings, judge) if judge else None
+        done = 0
+
+        def on_run(run: Any) -> None:
+            nonlocal done
+            done += 1
+            mark = {'passed': '[green]✓[/]', 'failed': '[red]✗[/]', 'error': '[bold red]![/]'}[run.status]
+            _err.print(f'{mark} {done}/{3 * len(scenarios)} {run.scenario} · {run.cell.label}', highlight=False)
+
+        async with open_redis(settings) as redis:
+            comparison = await compare(
+                scenarios,
+                settings=settings,
+                redis=redis,
+                base=base_backbone,
+                tuned=tuned_backbone,
+                full_prompt=full_prompt,
+                short_prompt=short_prompt,
+                short_rag=short_rag,
+                concurrency=concurrency,
+                judge=judge_backbone,
+                on_run=on_run,
+            )
+        _write_text(out, render_markdown(comparison))
+        if report is not None:
+            _write_text(report, comparison.report.model_dump_json(indent=2))
+        if as_json:
+            sys.stdout.write(json.dumps(comparison.as_dict(), indent=2) + '\n')
+        else:
+            table = Table(*arm_headers(comparison), title='prompting vs fine-tuning', title_justify='left')
+            for row in metric_rows(comparison):
+                table.add_row(*row)
+            _out.print(table)
+            sentence = comparison.verdict
+            _out.print(f'[bold]Verdict:[/] {sentence[0].upper()}{sentence[1:]}.', highlight=False)
+        _err.print(f'decision report: {out}' + (f'; runs: {report}' if report else ''), highlight=False)
+
+    _run(body)()
+
+
+def _named_backbone(settings: Any, name: str) -> Any:
+    """A backbone by config name or model string; the scenario CLI's test hook (`injected_backbones`) first."""
+    from agent import backbones as registry
+    from agent.cli_run import _injected  # pyright: ignore[reportPrivateUsage]
+
+    return _injected.get(name) or registry.configured(settings, name)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from agent.tune.export import write_text
+
+    write_text(path, text)

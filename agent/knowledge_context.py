@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from agent.errors import TandemError
 from agent.log import get_logger
@@ -100,7 +100,7 @@ def sources_table(citations: Mapping[int, Citation], answer: str) -> tuple[str, 
         headline = f'The last answer cites {len(cited)} of the {len(citations)} passages it was shown:'
     else:
         headline = f'The last answer cites none of the {len(citations)} passages it was shown; they were:'
-    table = Table('n', 'source', 'section', 'passage')
+    table = Table('n', Column('source', overflow='fold'), 'section', 'passage')
     for number in shown:
         citation = citations[number]
         section = ' · '.join(
@@ -111,7 +111,8 @@ def sources_table(citations: Mapping[int, Citation], answer: str) -> tuple[str, 
             )
             if part
         )
-        title = f'{citation.title}\n' if citation.title and citation.title != citation.source else ''
+        named = citation.title and citation.title not in (citation.source, citation.source.rsplit('/', 1)[-1])
+        title = f'{citation.title}\n' if named else ''
         table.add_row(
             f'[{number}]', escape(f'{title}{citation.source}'), escape(section), escape(citation.snippet[:120])
         )

@@ -36,6 +36,8 @@ Hermes-style tool instructions.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import codecs
 import contextlib
 import json
 import os
@@ -62,6 +64,8 @@ __all__ = [
     'LlamaCppResolver',
     'LlamaCppSpec',
     'StreamSplitter',
+    'close_engines',
+    'engine_for',
     'models_dir',
     'parse_spec',
     'parse_tool_calls',
@@ -231,7 +235,7 @@ def _json_values(text: str) -> list[Any] | None:
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1)
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # small models put raw control characters in strings
     values: list[Any] = []
     position = 0
     while position < len(text):
@@ -264,7 +268,7 @@ def parse_tool_calls(text: str, tool_names: set[str]) -> tuple[str, list[tuple[s
     stripped = text.strip()
     for marker in ('[TOOL_CALLS]', '<|python_tag|>'):
         if stripped.startswith(marker):
-            stripped = stripped[len(marker) :]
+            stripped = stripped[len(marker) :].strip()
             break
     values = _json_values(stripped) if stripped[:1] in '{[`' else None
     if values:
@@ -519,61 +523,64 @@ class LlamaCppEngine:
             requested = body.get('max_completion_tokens') or body.get('max_tokens') or 1024
             max_tokens = max(1, min(int(requested), n_ctx - len(tokens)))
             grammar = _forced_call_grammar(tools, choice) if tools else None
-            stop: Any = body.get('stop') or []
-            sampling: dict[str, Any] = {
-                'temperature': float(body['temperature']) if body.get('temperature') is not None else 0.7,
-                'top_p': float(body['top_p']) if body.get('top_p') is not None else 0.8,
-                'stop': [stop] if isinstance(stop, str) else list(cast(list[str], stop)),
-                'seed': body.get('seed') if body.get('seed') is not None else self.spec.seed,
-                'repeat_penalty': 1.05,
-            }
-            if grammar is not None:
-                sampling['grammar'] = grammar
             splitter = StreamSplitter(names if grammar is None else set())
-            generated = 0
+            stops = _StopScanner(body.get('stop'))
+            seed = body.get('seed') if body.get('seed') is not None else self.spec.seed
+            if seed is not None:
+                llama.set_seed(int(seed))
+            generated: list[int] = []
             finish = 'stop'
             text = ''
-            stream = llama.create_completion(prompt=tokens, max_tokens=max_tokens, stream=True, **sampling)
+            decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+            tokens_out = llama.generate(
+                tokens,
+                temp=float(body['temperature']) if body.get('temperature') is not None else 0.7,
+                top_p=float(body['top_p']) if body.get('top_p') is not None else 0.8,
+                repeat_penalty=1.05,
+                grammar=grammar,
+            )
             try:
-                for piece in stream:
-                    choice_0 = piece['choices'][0]
-                    generated += 1
-                    text += choice_0['text']
-                    if grammar is None:
-                        released = splitter.feed(choice_0['text'])
-                        if released:
-                            yield ('text', released)
-                    if choice_0.get('finish_reason'):
-                        finish = choice_0['finish_reason']
-                    if cancelled.is_set():
-                        finish = 'stop'
+                for token in tokens_out:
+                    if _is_end_of_generation(llama, token):
+                        break
+                    generated.append(token)
+                    piece = decoder.decode(llama.detokenize([token], prev_tokens=tokens + generated[:-1]))
+                    piece, stopped = stops.feed(piece)
+                    text += piece
+                    if grammar is None and (released := splitter.feed(piece)):
+                        yield ('text', released)
+                    if stopped or cancelled.is_set():
+                        break
+                    if len(generated) >= max_tokens:
+                        finish = 'length'
                         break
             finally:
-                stream.close()
+                tokens_out.close()
+            tail = stops.flush() + decoder.decode(b'', final=True)
+            text += tail
             if grammar is not None:
                 _, calls = parse_tool_calls(text, names)
                 rest = '' if calls else text
             else:
+                splitter.feed(tail)
                 rest, calls = splitter.finish()
             if rest:
                 yield ('text', rest)
             if calls:
-                yield (
-                    'calls',
-                    [
-                        {
-                            'id': f'call_{uuid.uuid4().hex[:12]}',
-                            'type': 'function',
-                            'function': {'name': name, 'arguments': arguments},
-                        }
-                        for name, arguments in calls
-                    ],
-                )
+                calls_out = [
+                    {
+                        'id': f'call_{uuid.uuid4().hex[:12]}',
+                        'type': 'function',
+                        'function': {'name': name, 'arguments': arguments},
+                    }
+                    for name, arguments in calls
+                ]
+                yield ('calls', calls_out)
                 finish = 'tool_calls'
             usage = {
                 'prompt_tokens': len(tokens),
-                'completion_tokens': generated,
-                'total_tokens': len(tokens) + generated,
+                'completion_tokens': len(generated),
+                'total_tokens': len(tokens) + len(generated),
             }
             yield ('end', finish, usage)
 
@@ -585,6 +592,44 @@ class LlamaCppEngine:
         if wants_bos and bos >= 0 and (not tokens or tokens[0] != bos):
             tokens.insert(0, bos)
         return tokens
+
+
+class _StopScanner:
+    """Cuts generated text at the first stop sequence, holding back what may be the start of one."""
+
+    def __init__(self, stop: Any) -> None:
+        items = [stop] if isinstance(stop, str) else list(cast(list[Any], stop or []))
+        self._stops = [item for item in items if isinstance(item, str) and item]
+        self._held = ''
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """The text safe to release, and whether a stop sequence was reached."""
+        if not self._stops:
+            return piece, False
+        self._held += piece
+        found = [self._held.index(stop) for stop in self._stops if stop in self._held]
+        if found:
+            out, self._held = self._held[: min(found)], ''
+            return out, True
+        keep = max(len(stop) - 1 for stop in self._stops)
+        cut = len(self._held)
+        for size in range(min(keep, len(self._held)), 0, -1):
+            if any(stop.startswith(self._held[-size:]) for stop in self._stops):
+                cut = len(self._held) - size
+                break
+        out, self._held = self._held[:cut], self._held[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """What was held back, once generation ended without a stop sequence."""
+        out, self._held = self._held, ''
+        return out
+
+
+def _is_end_of_generation(llama: Any, token: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llama._model.vocab, token))
 
 
 def _trained_context(llama_class: Any, path: Path) -> int:
@@ -775,10 +820,21 @@ _ENGINES_LOCK = threading.Lock()
 def engine_for(spec: LlamaCppSpec) -> LlamaCppEngine:
     """The process-wide engine for `spec`: a model is loaded once, however many backbones use it."""
     with _ENGINES_LOCK:
+        if not _ENGINES:
+            atexit.register(close_engines)  # before llama_cpp's globals are torn down at exit
         engine = _ENGINES.get(spec)
         if engine is None:
             engine = _ENGINES[spec] = LlamaCppEngine(spec)
         return engine
+
+
+def close_engines() -> None:
+    """Free every loaded model (at exit, or to reclaim the memory)."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.close()
 
 
 class LlamaCppResolver:

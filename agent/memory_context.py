@@ -17,7 +17,6 @@ tainted, so side-effect tools need approval in it (see `agent.approvals`).
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,8 @@ _NAME_PATTERNS = [
         re.IGNORECASE,
     ),
 ]
+_NAME_QUERY = 'name named called call goes'
+"""Finds the facts that may give the user's name (BM25), so naming costs no scan of every fact."""
 _NAME_SHAPE = re.compile(r"[^\W\d_][\w'’-]*(?: [^\W\d_][\w'’-]*){0,3}")
 _MAX_NAME_CHARS = 40
 
@@ -91,7 +92,7 @@ def render_facts(facts: Sequence[Fact]) -> str:
 
 def select_facts(snapshot: FactSnapshot, text: str, budget: int, counter: TokenCounter) -> list[Fact]:
     """The facts for this turn: relevant to `text` first, then the most recent, while they fit in `budget` tokens."""
-    if budget <= 0 or not snapshot.facts:
+    if budget <= 0 or len(snapshot) == 0:
         return []
     candidates: dict[str, Fact] = {}
     for fact in [*snapshot.search(text, _CANDIDATES), *snapshot.recent(_CANDIDATES)]:
@@ -133,7 +134,7 @@ class MemoryContext:
         if not isinstance(store, FactStore) or not config.enabled:
             return {}
         snapshot = await store.snapshot(deps.identity.tenant, deps.identity.user)
-        if not snapshot.facts:
+        if len(snapshot) == 0:
             return {}
         variables: dict[str, Any] = {}
         chosen = select_facts(snapshot, text, config.recall_tokens, self._counter or default_counter())
@@ -141,32 +142,42 @@ class MemoryContext:
             variables['memory'] = render_facts(chosen)
             if any(fact.source == 'tool' for fact in chosen):
                 deps.turn.tainted = True  # untrusted content entered the turn, through memory
-        name = user_name_from(snapshot.facts)
+        name = user_name_from(snapshot.search(_NAME_QUERY, _CANDIDATES))
         if name is not None:
             variables['user_name'] = name
         return variables
 
 
-_stores: weakref.WeakKeyDictionary[Any, FactStore] = weakref.WeakKeyDictionary()
+_STORE_ATTRIBUTE = '_tandem_fact_store'
 
 
 def fact_store_for(settings: Settings, redis: RedisClient) -> FactStore | None:
     """The fact store for `settings` on `redis`, or `None` when memory is off.
 
     One store per client and configuration, shared by every `Deps` built on that client, so a
-    long-running front end keeps each user's facts cached across turns and sessions.
+    long-running front end keeps each user's facts cached across turns and sessions. The store is
+    kept on the client object itself, so it lives exactly as long as the client (a registry keyed
+    by client would keep both alive: the store refers to its client).
     """
     config = settings.memory
     if not config.enabled:
         return None
-    store = _stores.get(redis)
+    store = getattr(redis, _STORE_ATTRIBUTE, None)
     wanted = (config.fact_ttl_seconds, config.similarity_threshold, config.max_facts)
-    if store is None or (store.default_ttl_seconds, store.similarity_threshold, store.max_facts) != wanted:
+    if (
+        not isinstance(store, FactStore)
+        or (
+            store.default_ttl_seconds,
+            store.similarity_threshold,
+            store.max_facts,
+        )
+        != wanted
+    ):
         store = FactStore(
             redis,
             default_ttl_seconds=config.fact_ttl_seconds,
             similarity_threshold=config.similarity_threshold,
             max_facts=config.max_facts,
         )
-        _stores[redis] = store
+        setattr(redis, _STORE_ATTRIBUTE, store)
     return store

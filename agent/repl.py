@@ -47,6 +47,7 @@ HELP = """\
 /sources           the sources the last answer cited
 /memory            what is remembered about you
 /memory forget N   forget fact N of /memory (or all)
+/run FILE          run one scenario, showing each step (for debugging it)
 /exit              leave (or Ctrl-D)
 Enter sends; Alt-Enter (Esc then Enter) adds a line. Ctrl-C cancels the running turn."""
 
@@ -117,6 +118,7 @@ class Repl:
             '/history': self._history,
             '/sources': self._sources,
             '/memory': self._memory,
+            '/run': self._run_scenario,
             '/exit': self._exit,
             '/quit': self._exit,
         }
@@ -283,6 +285,26 @@ class Repl:
 
     async def _memory(self, argument: str) -> bool:
         await self._memory_commands.run(self.deps, argument)
+        return True
+
+    async def _run_scenario(self, argument: str) -> bool:
+        from agent.scenarios.console import run_file
+
+        if not argument:
+            raise TandemError('usage: /run FILE, a scenario file such as scenarios/calculator.yaml')
+        task = asyncio.ensure_future(run_file(argument, self.deps, self.settings, self.console))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            self.console.print('[yellow]scenario cancelled; its namespace was deleted[/]')
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
         return True
 
     async def _exit(self, _: str) -> bool:

@@ -168,8 +168,20 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
     if isinstance(error, ai_errors.ModelAPIError):
         return BackboneError(f'backbone {name!r} failed: {short(str(error), 160)}')
     if isinstance(error, ai_errors.UsageLimitExceeded):
+        limits = deps.settings.limits
+        # pydantic-ai names the limit it checked, which counts from the session's earlier turns.
+        over = [
+            f'the {name} of {value} per turn (limits.{setting})'
+            for name, setting, value in (
+                ('request_limit', 'requests', limits.requests),
+                ('tool_calls_limit', 'tool_calls', limits.tool_calls),
+                ('total_tokens_limit', 'total_tokens', limits.total_tokens),
+            )
+            if name in str(error)
+        ]
         return TandemError(
-            f'turn stopped and not saved: {error}. Raise the [limits] table in tandem.toml if it needs more.'
+            f'turn stopped and not saved: it would exceed {" and ".join(over) or "its limits"}. '
+            'Raise the [limits] table in tandem.toml if it needs more.'
         )
     if isinstance(error, ai_errors.UnexpectedModelBehavior):
         return BackboneError(f'backbone {name!r} misbehaved: {short(str(error), 160)}')

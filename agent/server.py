@@ -13,8 +13,9 @@ work as clients unchanged. Every turn goes through `agent.api.Assistant`, and so
   personas set in a client still apply. Tools run on the server; the client sees the final content.
   `stream: true` sends OpenAI's SSE chunks, then `data: [DONE]`.
 - `GET /v1/models`, `POST|GET /v1/sessions`, `GET /v1/sessions/{id}/messages`,
-  `DELETE /v1/sessions/{id}`, `GET /v1/knowledge`, `GET /v1/knowledge/{kb}`, `POST /v1/knowledge`
-  (501 until document ingestion lands), `GET /healthz`, `GET /readyz`, and the OpenAPI docs at `/docs`.
+  `DELETE /v1/sessions/{id}`, `POST /v1/knowledge?filename=NAME[&kb=KB]` (the document as the
+  body), `GET /v1/knowledge`, `GET /v1/knowledge/{kb}`, `GET /healthz`, `GET /readyz`, and the
+  OpenAPI docs at `/docs`.
 
 Identity: the API key names the tenant. The user is the `X-Tandem-User` header, else the `user`
 field, else the settings' `user`. Sessions of another tenant, or of another user, are 404s.
@@ -60,6 +61,8 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
 
     from agent.backbones import Backbone
     from memory.knowledge import KbInfo
+    from memory.retrieval import TextEmbedder
 
 __all__ = ['API_KEYS_ENV', 'Caller', 'create_app', 'is_loopback', 'load_api_keys', 'worker_app']
 
@@ -571,6 +575,8 @@ class _Service:
         self._backbones = backbones
         self._redis = redis
         self._assistant: Assistant | None = None
+        self._embedder: TextEmbedder | None = None
+        self._embedder_made = False
 
     @property
     def assistant(self) -> Assistant:
@@ -592,6 +598,15 @@ class _Service:
         finally:
             self._assistant = None
             await assistant.aclose()
+
+    def embedder(self) -> TextEmbedder | None:
+        """The embedder `knowledge.embeddings` configures, made once per worker (`None`: BM25 only)."""
+        if not self._embedder_made:
+            from memory.retrieval import make_embedder
+
+            self._embedder = make_embedder(self.settings.knowledge)
+            self._embedder_made = True
+        return self._embedder
 
     async def model_names(self) -> list[str]:
         """The backbones clients may name: the extra and configured ones, else the default one."""
@@ -855,16 +870,41 @@ def create_app(
         await service.assistant.delete_session(session_id, user=user or user_header, tenant=who.tenant)
         return {'id': session_id, 'object': 'session.deleted', 'deleted': True}
 
-    @app.post('/v1/knowledge', tags=['knowledge'], status_code=201, responses={501: {'description': 'Not built yet.'}})
-    async def upload_knowledge(who: CallerDep) -> dict[str, Any]:  # pyright: ignore[reportUnusedFunction]
-        """Upload a document into one of the tenant's knowledge bases (not available yet: 501)."""
-        raise APIError(
-            501,
-            'document upload is not available on this server yet: it arrives with document ingestion; '
-            'until then, ingest on the server with the CLI.',
-            type='not_implemented',
-            code='not_implemented',
-        )
+    @app.post(
+        '/v1/knowledge',
+        tags=['knowledge'],
+        status_code=201,
+        response_model=None,
+        responses={
+            200: {'description': 'The same document was uploaded before: nothing changed.'},
+            422: {'description': 'The document has no text Tandem can read.'},
+        },
+        openapi_extra={
+            'requestBody': {
+                'required': True,
+                'description': 'The document itself, as the request body (not multipart).',
+                'content': {'application/octet-stream': {'schema': {'type': 'string', 'format': 'binary'}}},
+            }
+        },
+    )
+    async def upload_knowledge(  # pyright: ignore[reportUnusedFunction]
+        request: Request,
+        who: CallerDep,
+        filename: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=255,
+                description="The document's name; its suffix says how to read it (.md .txt .html .pdf .json .csv). "
+                'Uploading the same name again replaces the document.',
+            ),
+        ],
+        kb: Annotated[str | None, Query(description='The knowledge base; `knowledge.default_kb` when omitted.')] = None,
+        user_header: UserHeader = None,
+        user: Annotated[str | None, Query(description="Into this user's own knowledge base.")] = None,
+    ) -> Response:
+        """Add (or replace) one document in one of the tenant's knowledge bases: chunked, indexed, searchable."""
+        return await _upload(service, request, who, filename, kb, user or user_header)
 
     @app.get('/v1/knowledge', tags=['knowledge'])
     async def list_knowledge(  # pyright: ignore[reportUnusedFunction]
@@ -908,7 +948,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, error: Exception) -> Response:
         problems = cast(RequestValidationError, error).errors()
         first: dict[str, Any] = dict(problems[0]) if problems else {}
-        location = [str(part) for part in first.get('loc', ()) if part != 'body']
+        if first.get('type') == 'json_invalid':
+            return APIError(
+                400, f'the body is not valid JSON: {first.get("ctx", {}).get("error", "")}'.rstrip(': ')
+            ).response()
+        location = [str(part) for part in first.get('loc', ())][1:]  # without 'body', 'query', 'header' or 'path'
         param = '.'.join(location) or None
         message = f'{param}: {first.get("msg", "invalid")}' if param else str(first.get('msg', 'invalid request'))
         return APIError(400, message, param=param).response()
@@ -918,6 +962,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = 'not_found' if http.status_code == 404 else None
         return APIError(http.status_code, str(http.detail), code=kind, headers=http.headers).response()
 
+    async def redis_down(request: Request, error: Exception) -> Response:
+        _log.warning('server.redis_unavailable', path=request.url.path, error=str(error) or type(error).__name__)
+        return APIError(
+            503, 'Redis is unavailable: retry shortly.', type='service_unavailable', code='redis_unavailable'
+        ).response()
+
     async def unexpected(request: Request, error: Exception) -> Response:
         _log.exception('server.error', path=request.url.path)
         return _INTERNAL.response()
@@ -926,7 +976,65 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TandemError, tandem_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RedisConnectionError, redis_down)
+    app.add_exception_handler(RedisTimeoutError, redis_down)
     app.add_exception_handler(Exception, unexpected)
+
+
+# -- knowledge uploads ---------------------------------------------------------------------------------
+
+
+async def _upload(
+    service: _Service, request: Request, caller: Caller, filename: str, kb: str | None, user: str | None
+) -> Response:
+    from memory.ingest import IngestOptions, Ingestor
+    from memory.knowledge import EmbeddingModelMismatch, KnowledgeBase
+
+    name = filename.replace('\\', '/').rsplit('/', 1)[-1].strip()
+    if not name or name in ('.', '..') or any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise APIError(400, f"invalid filename {filename!r}: give the document's file name.", param='filename')
+    data = await request.body()
+    if not data:
+        raise APIError(400, 'the document is empty: send its bytes as the request body.', code='empty_document')
+    config = service.settings.knowledge
+    knowledge = KnowledgeBase(
+        await service.assistant.redis(),
+        tenant=caller.tenant,
+        name=validate_id('knowledge base', kb or config.default_kb),
+        user=validate_id('user', user) if user else None,
+    )
+    ingestor = Ingestor(
+        knowledge,
+        embedder=service.embedder(),
+        options=IngestOptions(
+            chunk_tokens=config.chunk_tokens, chunk_overlap=config.chunk_overlap, max_file_bytes=len(data)
+        ),
+    )
+    source = f'upload:{name}'
+    try:
+        report = await _unless_disconnected(
+            request, asyncio.ensure_future(ingestor.ingest_bytes(source, data, name=name))
+        )
+    except EmbeddingModelMismatch as error:
+        raise APIError(409, str(error), code='embedding_model_mismatch') from None
+    if report is None:
+        return Response(status_code=499)
+    if report.skipped:
+        raise APIError(
+            422, f'{name} was not ingested: {report.skipped[0].reason}.', param='filename', code='document_skipped'
+        )
+    outcome = 'added' if report.added else 'updated' if report.updated else 'unchanged'
+    _log.info('server.document_uploaded', kb=knowledge.label, outcome=outcome, chunks=report.chunks, bytes=len(data))
+    body = {
+        'object': 'knowledge.document',
+        'kb': knowledge.label,
+        'source': source,
+        'filename': name,
+        'status': outcome,
+        'chunks': report.chunks,
+        'bytes': len(data),
+    }
+    return JSONResponse(body, status_code=200 if outcome == 'unchanged' else 201)
 
 
 # -- chat completions --------------------------------------------------------------------------------

@@ -46,12 +46,13 @@ from agent.config import BackboneConfig, Settings  # noqa: E402
 from memory.redis_server import EmbeddedRedis  # noqa: E402
 
 CLIENTS = 32
-TURNS = 25
+TURNS = 20
+ROUNDS = 2
 KEY = 'sk-bench-key'
 
 
-def _instant(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    return ModelResponse(parts=[TextPart('ok')])
+async def _instant(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart('ok')])  # async: a sync function would run in a thread pool
 
 
 def instant_backbone() -> Backbone:
@@ -109,7 +110,7 @@ class Run:
         return statistics.quantiles(self.latencies, n=100)[98] * 1000
 
 
-async def _load(turn: Callable[[int, int], Awaitable[None]], prefix: str) -> Run:
+async def _load(turn: Callable[[int, int], Awaitable[None]]) -> Run:
     """`CLIENTS` concurrent clients of `TURNS` sequential turns each; a warm-up round first."""
     await asyncio.gather(*(turn(client, -1) for client in range(CLIENTS)))
     latencies: list[float] = []
@@ -125,14 +126,12 @@ async def _load(turn: Callable[[int, int], Awaitable[None]], prefix: str) -> Run
     return Run(CLIENTS * TURNS, time.perf_counter() - started, latencies)
 
 
-async def bench_in_process(settings: Settings) -> Run:
-    async with Assistant(settings, backbones={'instant': instant_backbone()}) as assistant:
+async def bench_in_process(assistant: Assistant, prefix: str) -> Run:
+    async def turn(client: int, index: int) -> None:
+        result = await assistant.chat(f'hello {index}', session=f'{prefix}-{client}')
+        assert result.answer == 'ok'
 
-        async def turn(client: int, index: int) -> None:
-            result = await assistant.chat(f'hello {index}', session=f'inproc-{client}')
-            assert result.answer == 'ok'
-
-        return await _load(turn, 'inproc')
+    return await _load(turn)
 
 
 class _Connection:
@@ -178,7 +177,7 @@ async def bench_http(port: int, prefix: str) -> Run:
             assert status == 200, payload
             assert json.loads(payload)['choices'][0]['message']['content'] == 'ok'
 
-        return await _load(turn, prefix)
+        return await _load(turn)
     finally:
         for connection in connections:
             connection.close()
@@ -247,30 +246,35 @@ async def main() -> None:
         env.pop('TANDEM_CONFIG', None)
         settings = Settings(home=home, redis_url=SecretStr(url), tools=['calc', 'clock'], tenant='bench')
         runs: dict[str, Run] = {}
+        servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         try:
-            runs['inproc'] = await bench_in_process(settings)
             for workers in (1, 2):
-                serve = (
+                servers[f'http{workers}'] = _start_server(
                     'from agent.cli_serve import serve; '
-                    f"serve('127.0.0.1', PORT, workers={workers}, factory='bench.service:instant_app')"
+                    f"serve('127.0.0.1', PORT, workers={workers}, factory='bench.service:instant_app')",
+                    env,
                 )
-                process, port = _start_server(serve, env)
-                try:
-                    runs[f'http{workers}'] = await bench_http(port, f'http{workers}')
-                finally:
-                    _stop(process)
-            bare = "import uvicorn; uvicorn.run('bench.service:bare_app', factory=True, port=PORT, log_level='warning')"
-            process, port = _start_server(bare, env)
-            try:
-                runs['bare'] = await bench_http(port, 'bare')
-            finally:
-                _stop(process)
+            servers['bare'] = _start_server(
+                "import uvicorn; uvicorn.run('bench.service:bare_app', factory=True, port=PORT, log_level='warning')",
+                env,
+            )
+            async with Assistant(settings, backbones={'instant': instant_backbone()}) as assistant:
+                # Rounds alternate the scenarios, so a noisy machine hits them alike; each keeps its best.
+                for round_ in range(ROUNDS):
+                    candidates = {'inproc': await bench_in_process(assistant, f'inproc-r{round_}')}
+                    for name, (_, port) in servers.items():
+                        candidates[name] = await bench_http(port, f'{name}-r{round_}')
+                    for name, run in candidates.items():
+                        if name not in runs or run.turns_per_s > runs[name].turns_per_s:
+                            runs[name] = run
         finally:
+            for process, _ in servers.values():
+                _stop(process)
             server.stop()
 
     inproc = runs['inproc']
     lines = [
-        f'# {CLIENTS} concurrent clients x {TURNS} turns, instant model, embedded Redis; '
+        f'# {CLIENTS} concurrent clients x {TURNS} turns, best of {ROUNDS} rounds, instant model, embedded Redis; '
         f'in-process {inproc.turns_per_s:.0f} turns/s, p50 {inproc.p50_ms:.1f} ms, p99 {inproc.p99_ms:.1f} ms'
     ]
     for workers in (1, 2):
@@ -284,7 +288,9 @@ async def main() -> None:
     # What serving a turn over HTTP adds, per turn, against what a bare FastAPI request costs.
     http1, bare = runs['http1'], runs['bare']
     overhead = 1000 / http1.turns_per_s - 1000 / inproc.turns_per_s
-    lines.append(line('service_http_overhead_per_turn', overhead, 1000 / bare.turns_per_s, 2.0, 'ms', higher_is_better=False))
+    lines.append(
+        line('service_http_overhead_per_turn', overhead, 1000 / bare.turns_per_s, 2.0, 'ms', higher_is_better=False)
+    )
     lines.append(
         f'# bare FastAPI endpoint: {bare.turns_per_s:.0f} requests/s, p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms'
     )

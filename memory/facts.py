@@ -26,7 +26,8 @@ so content from a tool can never rewrite what the user said.
 
 Reads are served from an in-process cache per user, validated by one `GET` of a version counter
 that every write bumps: a recall is one round trip, however many facts there are. Relevance ranking
-is BM25 (`bm25s`) over the cached facts; see `FactSnapshot.search`.
+is the knowledge base's BM25 (`memory.retrieval.Bm25Index`, bm25s's Lucene scoring) over the cached
+facts, kept up to date incrementally as this process writes; see `FactSnapshot.search`.
 
 Expiry is logical: a fact past its `expires_at` is never returned, and the next script that touches
 the user's memory (any read that reloads, or any write) deletes it.
@@ -44,10 +45,10 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from difflib import SequenceMatcher
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.commands.core import AsyncScript
@@ -57,6 +58,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agent.errors import RedisUnavailableError, TandemError
 from memory.connection import RedisClient
 from memory.keys import UserFactKeys, validate_id
+
+if TYPE_CHECKING:
+    from memory.retrieval import Bm25Index
 
 __all__ = (
     'EXPORT_FORMAT',
@@ -92,9 +96,9 @@ EXPORT_FORMAT = 'tandem.facts'
 """The `format` field of an export, checked on import."""
 
 _TRUST: dict[str, int] = {'tool': 0, 'inferred': 1, 'user-stated': 2}
-_INLINE_LOAD_LIMIT = 5_000
+_INLINE_LOAD_LIMIT = 20_000
 """Up to this many facts, a cache reload is one script; above it, the hash is scanned in pages."""
-_SCAN_PAGE = 1_000
+_SCAN_PAGE = 5_000
 _PURGE_LIMIT = 500
 """Expired facts deleted per script at most, to bound the time one script holds the server."""
 _WRITE_ATTEMPTS = 8
@@ -166,15 +170,17 @@ class Similarity(Protocol):
         ...
 
 
+_APOSTROPHES = re.compile(r"['’`´]")
+_WORD = re.compile(r'[^\W_]+')
+
+
 def normalize_fact(text: str) -> str:
     """The form facts are compared in: NFKC, case-folded, apostrophes dropped, other punctuation as spaces.
 
     >>> normalize_fact("  Alice's  FAVOURITE colour: teal! ")
     'alices favourite colour teal'
     """
-    folded = unicodedata.normalize('NFKC', text).casefold()
-    folded = re.sub(r"['’`´]", '', folded)
-    return ' '.join(re.sub(r'[\W_]+', ' ', folded).split())
+    return ' '.join(_WORD.findall(_APOSTROPHES.sub('', unicodedata.normalize('NFKC', text).casefold())))
 
 
 def text_similarity(a: str, b: str) -> float:
@@ -215,9 +221,9 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def _terms(text: str) -> list[str]:
-    """Index terms of a text: normalized words without stopwords, with a light plural stemming."""
+    """Index terms of a text: its `normalize_fact` words without stopwords, with a light plural stemming."""
     terms: list[str] = []
-    for word in normalize_fact(text).split():
+    for word in _WORD.findall(_APOSTROPHES.sub('', unicodedata.normalize('NFKC', text).casefold())):
         if word in _STOPWORDS:
             continue
         if len(word) > 3 and word.endswith('s') and not word.endswith('ss'):
@@ -237,108 +243,142 @@ def _iso(moment: float) -> str:
 # --- the lexical index --------------------------------------------------------------------------
 
 
-class _LexicalIndex:
-    """BM25 over a fixed list of facts, with `bm25s`.
+class _UserCache:
+    """One user's facts as of `version`, with views derived from them, each built on first use.
 
-    This is the one place fact relevance is computed: when the knowledge base's retriever
-    (`memory.retrieval`) offers a Protocol for in-memory corpora, it replaces this class.
+    A change through `put` or `remove` keeps the BM25 and similarity indexes up to date (they are
+    incremental) and drops the sorted views, so reads between writes cost no more than the view
+    they use.
+
+    Relevance is the knowledge base's BM25 (`memory.retrieval.Bm25Index`: bm25s's Lucene scoring,
+    with adds and removes), over the terms of `_terms`.
     """
 
-    def __init__(self, facts: Sequence[Fact]) -> None:
-        self.facts = list(facts)
-        self._bm25: Any = None
-        if self.facts:
-            import bm25s  # pyright: ignore[reportMissingTypeStubs] -- imported on first use: it takes ~0.5 s
+    def __init__(self, version: str, facts: Iterable[Fact]) -> None:
+        self.version = version
+        self.facts: dict[str, Fact] = {fact.id: fact for fact in facts}
+        self._terms: dict[str, list[str]] = {}
+        self._postings: dict[str, set[str]] | None = None
+        self._lexical: Bm25Index | None = None
+        self._by_created: list[Fact] | None = None
+        self._by_recent: list[Fact] | None = None
+        self._next_expiry: float | None = None
+        self._expiry_known = False
 
-            corpus = [_terms(fact.text) for fact in self.facts]
-            self._bm25 = bm25s.BM25()
-            self._bm25.index(corpus, show_progress=False)
-
-    def search(self, query: str, k: int) -> list[tuple[Fact, float]]:
-        """The `k` facts that match `query` best, best first, with their (positive) scores."""
-        if self._bm25 is None or k <= 0:
-            return []
-        import numpy as np
-
-        vocabulary = cast(dict[str, int], self._bm25.vocab_dict)
-        terms = [term for term in _terms(query) if term in vocabulary]
-        if not terms:
-            return []
-        scores = np.asarray(self._bm25.get_scores(terms), dtype=np.float32)
-        k = min(k, len(self.facts))
-        top = np.argpartition(-scores, k - 1)[:k]
-        ranked = top[np.argsort(-scores[top], kind='stable')]
-        return [(self.facts[int(i)], float(scores[i])) for i in ranked if scores[i] > 0]
-
-
-@dataclass
-class _UserCache:
-    """One user's facts as of `version`, with the indexes derived from them."""
-
-    version: str
-    facts: dict[str, Fact]
-    norms: dict[str, str] = field(default_factory=dict[str, str])
-    """Fact id to normalized text."""
-    postings: dict[str, set[str]] = field(default_factory=dict[str, set[str]])
-    """Index term to the ids of the facts that contain it: similarity candidates."""
-    _lexical: _LexicalIndex | None = None
-
-    def __post_init__(self) -> None:
-        for fact in self.facts.values():
-            self._index(fact)
-
-    def _index(self, fact: Fact) -> None:
-        self.norms[fact.id] = normalize_fact(fact.text)
-        for term in set(_terms(fact.text)):
-            self.postings.setdefault(term, set()).add(fact.id)
-
-    def _unindex(self, fact_id: str) -> None:
-        fact = self.facts.get(fact_id)
-        if fact is None:
-            return
-        self.norms.pop(fact_id, None)
-        for term in set(_terms(fact.text)):
-            ids = self.postings.get(term)
-            if ids is not None:
-                ids.discard(fact_id)
-                if not ids:
-                    del self.postings[term]
+    # -- changes ----------------------------------------------------------------------------------
 
     def put(self, fact: Fact) -> None:
-        self._unindex(fact.id)
+        self.remove(fact.id)
         self.facts[fact.id] = fact
-        self._index(fact)
-        self._lexical = None
+        if self._lexical is not None:
+            self._lexical.add(fact.id, self.terms(fact))
+        if self._postings is not None:
+            for term in set(self.terms(fact)):
+                self._postings.setdefault(term, set()).add(fact.id)
+        if fact.expires_at is not None and self._expiry_known:
+            moment = fact.expires_at.timestamp()
+            self._next_expiry = moment if self._next_expiry is None else min(self._next_expiry, moment)
 
     def remove(self, fact_id: str) -> None:
-        self._unindex(fact_id)
-        if self.facts.pop(fact_id, None) is not None:
-            self._lexical = None
+        fact = self.facts.pop(fact_id, None)
+        self._by_created = self._by_recent = None
+        if fact is None:
+            return
+        if self._lexical is not None:
+            self._lexical.remove([fact_id])
+        if self._postings is not None:
+            for term in set(self.terms(fact)):
+                ids = self._postings.get(term)
+                if ids is not None:
+                    ids.discard(fact_id)
+                    if not ids:
+                        del self._postings[term]
+        self._terms.pop(fact_id, None)
+        if fact.expires_at is not None:
+            self._expiry_known = False
 
-    def clear(self) -> None:
-        self.facts.clear()
-        self.norms.clear()
-        self.postings.clear()
-        self._lexical = None
+    def drop_expired(self, now: float) -> None:
+        if self.any_expired(now):
+            for fact_id in [fact.id for fact in self.facts.values() if fact.expired(now)]:
+                self.remove(fact_id)
 
-    def lexical(self) -> _LexicalIndex:
+    # -- views ------------------------------------------------------------------------------------
+
+    def terms(self, fact: Fact) -> list[str]:
+        terms = self._terms.get(fact.id)
+        if terms is None:
+            terms = self._terms[fact.id] = _terms(fact.text)
+        return terms
+
+    def any_expired(self, now: float) -> bool:
+        if not self._expiry_known:
+            moments = [fact.expires_at.timestamp() for fact in self.facts.values() if fact.expires_at is not None]
+            self._next_expiry = min(moments) if moments else None
+            self._expiry_known = True
+        return self._next_expiry is not None and self._next_expiry <= now
+
+    def search(self, query: str, k: int) -> list[Fact]:
+        """The `k` facts that match `query` best (BM25), best first; only those sharing a term with it."""
+        terms = list(dict.fromkeys(_terms(query)))
+        if not terms or not self.facts or k <= 0:
+            return []
         if self._lexical is None:
-            self._lexical = _LexicalIndex(list(self.facts.values()))
-        return self._lexical
+            from memory.retrieval import Bm25Index  # numpy and bm25s: imported on first search
 
-    def most_similar(self, normalized: str, similarity: Similarity, now: float) -> tuple[str, float] | None:
-        """The live fact most similar to `normalized`, among those sharing the most index terms with it."""
-        counts: dict[str, int] = {}
-        for term in set(_terms(normalized)):
-            for fact_id in self.postings.get(term, ()):
-                counts[fact_id] = counts.get(fact_id, 0) + 1
-        candidates = sorted(counts, key=lambda fact_id: -counts[fact_id])[:_SIMILAR_CANDIDATES]
+            index = Bm25Index()
+            for fact in self.facts.values():
+                index.add(fact.id, self.terms(fact), defer=True)
+            index.finish()
+            self._lexical = index
+        return [self.facts[fact_id] for fact_id, _ in self._lexical.search(terms, k)]
+
+    def by_created(self) -> list[Fact]:
+        if self._by_created is None:
+            self._by_created = sorted(self.facts.values(), key=lambda f: (f.created_at, f.id))
+        return self._by_created
+
+    def by_recent(self) -> list[Fact]:
+        if self._by_recent is None:
+            self._by_recent = sorted(self.facts.values(), key=lambda f: (f.updated_at, f.id), reverse=True)
+        return self._by_recent
+
+    def most_similar(
+        self, normalized: str, similarity: Similarity, threshold: float, now: float
+    ) -> tuple[str, float] | None:
+        """The live fact most similar to `normalized`, if one reaches `threshold`.
+
+        Candidates are the facts that contain one of its three rarest index terms (a fact similar
+        enough to count shares nearly all of its words), ranked by how many terms they share;
+        the best `_SIMILAR_CANDIDATES` of them are compared. With the default similarity, difflib's
+        cheap upper bounds rule most of them out before the exact ratio is computed.
+        """
+        if self._postings is None:
+            self._postings = {}
+            for fact in self.facts.values():
+                for term in set(self.terms(fact)):
+                    self._postings.setdefault(term, set()).add(fact.id)
+        postings = self._postings
+        terms = set(_terms(normalized))
+        rarest = sorted(terms, key=lambda term: len(postings.get(term, ())))[:3]
+        pool: set[str] = set()
+        for term in rarest:
+            pool |= postings.get(term, set())
+        shared = {fact_id: sum(1 for term in terms if fact_id in postings.get(term, ())) for fact_id in pool}
+        candidates = sorted(shared, key=lambda fact_id: -shared[fact_id])[:_SIMILAR_CANDIDATES]
         best: tuple[str, float] | None = None
         for fact_id in candidates:
-            if self.facts[fact_id].expired(now):
+            fact = self.facts[fact_id]
+            if fact.expired(now):
                 continue
-            score = similarity(normalized, self.norms[fact_id])
-            if best is None or score > best[1]:
+            other = normalize_fact(fact.text)
+            if similarity is text_similarity:
+                matcher = SequenceMatcher(None, normalized, other, autojunk=False)
+                if matcher.real_quick_ratio() < threshold or matcher.quick_ratio() < threshold:
+                    continue
+                score = matcher.ratio()
+            else:
+                score = similarity(normalized, other)
+            if score >= threshold and (best is None or score > best[1]):
                 best = (fact_id, score)
         return best
 
@@ -349,24 +389,33 @@ class FactSnapshot:
     def __init__(self, cache: _UserCache, now: float) -> None:
         self._cache = cache
         self._now = now
-        self.facts: list[Fact] = sorted(
-            (fact for fact in cache.facts.values() if not fact.expired(now)), key=lambda f: (f.created_at, f.id)
-        )
+        self._expired = cache.any_expired(now)
+
+    @property
+    def facts(self) -> list[Fact]:
         """Every live fact, oldest first."""
+        ordered = self._cache.by_created()
+        return [fact for fact in ordered if not fact.expired(self._now)] if self._expired else list(ordered)
+
+    def __len__(self) -> int:
+        return len(self.facts) if self._expired else len(self._cache.facts)
 
     def search(self, query: str, k: int = 10) -> list[Fact]:
         """The live facts most relevant to `query` (BM25), best first; only facts sharing a term with it."""
-        ranked = self._cache.lexical().search(query, k + _expired_slack(self._cache, self._now))
-        return [fact for fact, _ in ranked if not fact.expired(self._now)][:k]
+        if not self._expired:
+            return self._cache.search(query, k)
+        ranked = self._cache.search(query, len(self._cache.facts))
+        return [fact for fact in ranked if not fact.expired(self._now)][:k]
 
     def recent(self, k: int = 10) -> list[Fact]:
         """The `k` most recently updated live facts, newest first."""
-        return sorted(self.facts, key=lambda f: (f.updated_at, f.id), reverse=True)[:k]
-
-
-def _expired_slack(cache: _UserCache, now: float) -> int:
-    # Expired facts stay in the cache until the next reload; ask the index for enough extra hits.
-    return sum(1 for fact in cache.facts.values() if fact.expired(now))
+        found: list[Fact] = []
+        for fact in self._cache.by_recent():
+            if len(found) == k:
+                break
+            if not fact.expired(self._now):
+                found.append(fact)
+        return found
 
 
 # --- Lua -------------------------------------------------------------------------------------------
@@ -628,8 +677,8 @@ class FactStore:
         for _ in range(_WRITE_ATTEMPTS):
             cache = await self._fresh(keys)
             now = self._clock()
-            similar = cache.most_similar(normalized, self._similarity, now)
-            similar_id = similar[0] if similar is not None and similar[1] >= self.similarity_threshold else ''
+            similar = cache.most_similar(normalized, self._similarity, self.similarity_threshold, now)
+            similar_id = similar[0] if similar is not None else ''
             expires_ms = round((now + ttl) * 1000) if ttl is not None else 0
             new_fact = Fact(
                 id=f'f-{uuid.uuid4().hex[:12]}',
@@ -718,7 +767,7 @@ class FactStore:
         keys = UserFactKeys(tenant, user)
         with _unavailable('forgetting facts'):
             reply = cast(list[Any], await self._script('forget_all')(keys=keys.all, args=[_version_base()]))
-        self._caches[(tenant, user)] = _UserCache(version=_text(reply[0]), facts={})
+        self._caches[(tenant, user)] = _UserCache(_text(reply[0]), [])
         self._trim()
         return int(reply[1])
 
@@ -873,7 +922,7 @@ class FactStore:
                 facts = _decode_facts(reply[2:])
             else:
                 facts = await self._scan(keys, version)
-        return _UserCache(version=version, facts={fact.id: fact for fact in facts})
+        return _UserCache(version, facts)
 
     async def _scan(self, keys: UserFactKeys, version: str) -> list[Fact]:
         """Read a large memory in pages without blocking the server, retrying if it changes meanwhile."""
@@ -919,8 +968,7 @@ class FactStore:
             cache.remove(fact_id)
         for fact in put:
             cache.put(fact)
-        for fact_id in [fact.id for fact in cache.facts.values() if fact.expired(now)]:
-            cache.remove(fact_id)  # the script purged them too
+        cache.drop_expired(now)  # the script purged them too
         cache.version = version
 
     def _trim(self) -> None:

@@ -427,7 +427,7 @@ def chunk_blocks(
     """Pack blocks into chunks of at most about `size` tokens, with `overlap` tokens of overlap.
 
     Whole blocks are packed while they fit; a new section (another heading) starts a new chunk,
-    unless the current one is still under a quarter of `size` (its text then carries the new
+    unless the current one is still under an eighth of `size` (its text then carries the new
     heading as a line). A chunk after a full one in the same section starts with that one's last
     `overlap` tokens. `prefix` (a CSV header) heads every chunk.
     """
@@ -468,7 +468,7 @@ def chunk_blocks(
         pieces = _split_block(block, counter, budget) if count > budget else [(block, count)]
         for piece, piece_count in pieces:
             if parts and piece.heading != heading:
-                if total >= size // 4:
+                if total >= size // 8:
                     emit()
                     parts, total = [], 0
                 else:
@@ -613,6 +613,14 @@ class _Ready:
     previous: DocumentRecord | None
     parsed: ParsedDocument | None = None
     drafts: list[ChunkDraft] = field(default_factory=list[ChunkDraft])
+
+
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that a library swallowed: redis-py 8's asyncio client can lose the
+    `CancelledError` of a task cancelled mid-command, but the task still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _is_url(target: str) -> bool:
@@ -854,6 +862,7 @@ class Ingestor:
 
     async def _process(self, items: list[_Item]) -> None:
         """Read, compare, chunk, embed and write a batch of documents."""
+        _raise_if_cancelled()
         if not items:
             return
         previous = await self.kb.documents([document_id(item.source) for item in items])
@@ -873,8 +882,10 @@ class Ingestor:
         vectors: np.ndarray[Any, np.dtype[np.float32]] | None = None
         if self.embedder is not None and texts:
             vectors = await self.embedder.embed_documents(texts)
+        _raise_if_cancelled()
         await self._write(ready, texts, vectors)
         self._progress('')
+        _raise_if_cancelled()
 
     def _read(self, item: _Item, previous: DocumentRecord | None) -> _Ready | None:
         if item.data is None:

@@ -27,15 +27,17 @@ index can tell an old chunk from a new one without comparing contents.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from agent.errors import TandemError
@@ -498,8 +500,11 @@ class KnowledgeBase:
         if not writes:
             return []
         await self._register()
-        # Pipelined scripts: one round trip for the batch, each script still atomic on its own.
-        pipe: Any = self.redis.pipeline(transaction=False)
+        # Pipelined scripts: one round trip for the batch, each script still atomic on its own. A
+        # cluster client can't pipeline scripts, so there they run concurrently instead.
+        cluster = isinstance(self.redis, RedisCluster)
+        pipe: Any = None if cluster else self.redis.pipeline(transaction=False)
+        calls: list[Awaitable[Any]] = []
         epoch = uuid.uuid4().hex
         for record, chunks, previous in writes:
             dims = next((len(chunk.vector) // 4 for chunk in chunks if chunk.vector is not None), 0)
@@ -534,8 +539,12 @@ class KnowledgeBase:
                 *(self.keys.chunk(chunk_id) for chunk_id in (previous.chunks if previous is not None else [])),
                 *(self.keys.chunk(chunk_id) for chunk_id in record.chunks),
             ]
-            await self._put(keys=keys, args=argv, client=pipe)  # pyright: ignore[reportUnknownMemberType]
-        results = [int(value) for value in cast(list[int], await pipe.execute())]  # pyright: ignore[reportUnknownMemberType]
+            if pipe is None:
+                calls.append(self._put(keys=keys, args=argv))  # pyright: ignore[reportUnknownMemberType]
+            else:
+                await self._put(keys=keys, args=argv, client=pipe)  # pyright: ignore[reportUnknownMemberType]
+        replies = await asyncio.gather(*calls) if pipe is None else await pipe.execute()
+        results = [int(value) for value in cast(list[int], replies)]
         if -2 in results:
             raise EmbeddingModelMismatch(
                 f'knowledge base {self.label!r} holds vectors from another embedding model than {embed_model!r}: '

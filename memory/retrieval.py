@@ -1035,7 +1035,13 @@ def local_embedder(path: str | Path | None = None, *, batch_size: int = 32) -> P
 
 
 def openai_embedder(
-    model: str, *, base_url: str | None = None, api_key: str | None = None, batch_size: int = 64
+    model: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    batch_size: int = 64,
+    max_retries: int = 2,
+    timeout: float = 60.0,
 ) -> PydanticAIEmbedder:
     """Embeddings from OpenAI, or from any OpenAI-compatible `/v1/embeddings` at `base_url`
     (vLLM, Ollama, llama.cpp, LM Studio, TEI), through pydantic-ai's OpenAI embedding model.
@@ -1045,7 +1051,10 @@ def openai_embedder(
         base_url: The server, e.g. `http://127.0.0.1:11434/v1`; `None` for OpenAI (or `OPENAI_BASE_URL`).
         api_key: The key; `None` uses `OPENAI_API_KEY` (a placeholder for a local server).
         batch_size: Texts per request.
+        max_retries: Retries of a failed request (the openai SDK's, with backoff).
+        timeout: Seconds per request.
     """
+    from openai import AsyncOpenAI
     from pydantic_ai.embeddings.openai import OpenAIEmbeddingModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
@@ -1054,7 +1063,8 @@ def openai_embedder(
         raise EmbeddingsUnavailable(
             f'embeddings "openai:{model}" need OPENAI_API_KEY, or knowledge.embeddings_base_url for a local server.'
         )
-    provider = OpenAIProvider(base_url=base_url, api_key=key)
+    client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=max_retries, timeout=timeout)
+    provider = OpenAIProvider(openai_client=client)
     return PydanticAIEmbedder(
         OpenAIEmbeddingModel(model, provider=provider), model_id=f'openai:{model}', batch_size=batch_size
     )

@@ -160,7 +160,7 @@ def load_yaml(path: Path, text: str | None = None) -> tuple[Any, SourceMap]:
             mark = error.problem_mark or error.context_mark
             line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
             reason = error.problem or error.context or 'invalid YAML'
-            if 'expected a single document' in reason:
+            if 'expected a single document' in (error.context or ''):
                 reason = 'one scenario per file: remove the second document (the `---` line)'
             raise YamlFileError([Problem(path, line, column, '', f'YAML syntax: {reason}')]) from error
         except yaml.YAMLError as error:

@@ -136,7 +136,9 @@ def check_turn(
                 kind='max_tool_calls',
                 label=f'at most {expect.max_tool_calls} tool calls',
                 passed=count <= expect.max_tool_calls,
-                detail='' if count <= expect.max_tool_calls else f'{count} calls: {_calls(calls)}',
+                detail=''
+                if count <= expect.max_tool_calls
+                else f'{count} call{"s" if count != 1 else ""}: {_calls(calls)}',
             )
         )
     if expect.max_tokens is not None:

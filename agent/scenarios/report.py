@@ -24,7 +24,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from agent.scenarios._html import render_html
+from agent.events import short
+from agent.scenarios._html import render_html, short_labels
 from agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
 
 __all__ = ['format_cost', 'format_seconds', 'print_report', 'render_html', 'write_html', 'write_json', 'write_junit']
@@ -56,8 +57,21 @@ def _status(run: ScenarioRun) -> Text:
     }[run.status]
 
 
+_TEXT_CHECKS = frozenset({'contains', 'regex', 'judge'})
+
+
 def _problems(run: ScenarioRun) -> str:
-    lines = [check.describe() for check in run.failures]
+    """The failing expectations, turn by turn, with the answer once per turn rather than once per check."""
+    lines: list[str] = []
+    for turn in run.turns:
+        failures = [check for check in turn.checks if not check.passed]
+        if not failures:
+            continue
+        for check in failures:
+            detail = '' if check.kind in ('contains', 'regex') or not check.detail else f' — {short(check.detail, 100)}'
+            lines.append(f'turn {turn.index}: {check.label}{detail}')
+        if any(check.kind in _TEXT_CHECKS for check in failures):
+            lines.append(f'  answer: {short(turn.answer, 100)!r}')
     if run.error is not None:
         lines.append(run.error)
     return '\n'.join(lines)
@@ -100,20 +114,17 @@ def cell_table(report: SuiteReport, summary: CellSummary) -> Table:
 def comparison_table(report: SuiteReport) -> Table:
     """The cells side by side, with the change from the first cell."""
     table = Table(title='[bold]matrix[/]')
-    for name in ('backbone', 'prompt', 'ablation'):
-        table.add_column(name, no_wrap=True)
-    for name in ('pass rate', 'tool accuracy', 'tokens/turn', 'latency p50', 'cost'):
-        table.add_column(name, justify='right')
+    table.add_column('cell', overflow='fold')
+    for name in ('pass', 'tools ok', 'tok/turn', 'p50', 'cost'):
+        table.add_column(name, justify='right', no_wrap=True)
     first = report.cells[0]
-    for summary in report.cells:
+    for label, summary in zip(short_labels(report.cells), report.cells, strict=True):
         delta = ''
         if summary is not first:
             change = summary.pass_rate - first.pass_rate
-            delta = f' ({change:+.0%})' if change else ''
+            delta = f' {change:+.0%}' if change else ''
         table.add_row(
-            summary.cell.backbone,
-            summary.cell.prompt or 'scenario prompt',
-            summary.cell.ablation_label,
+            label,
             f'{_percent(summary.pass_rate)}{delta}',
             _percent(summary.tool_accuracy),
             f'{summary.tokens_per_turn:,.0f}',
@@ -186,7 +197,9 @@ def _transcript(run: ScenarioRun) -> str:
             lines.append(f'  tool {call.describe()} -> {"ok" if call.ok else "failed"}: {call.result}')
         lines.append(f'[{turn.session}] assistant: {turn.answer}')
         for check in turn.checks:
-            lines.append(f'  {"PASS" if check.passed else "FAIL"} {check.label}' + (f': {check.detail}' if check.detail else ''))
+            lines.append(
+                f'  {"PASS" if check.passed else "FAIL"} {check.label}' + (f': {check.detail}' if check.detail else '')
+            )
     return '\n'.join(lines)
 
 
@@ -196,8 +209,8 @@ def _classname(summary: CellSummary) -> str:
     return 'scenarios.' + '.'.join(re.sub(r'[^A-Za-z0-9_@+-]+', '_', part) for part in parts)
 
 
-def junit_tree(report: SuiteReport) -> ET.ElementTree[ET.Element]:
-    """The report as a JUnit XML tree."""
+def junit_tree(report: SuiteReport) -> ET.Element:
+    """The report as a JUnit XML tree: its `<testsuites>` root."""
     timestamp = report.started_at.replace(microsecond=0, tzinfo=None).isoformat()
     root = ET.Element(
         'testsuites',
@@ -243,7 +256,9 @@ def junit_tree(report: SuiteReport) -> ET.ElementTree[ET.Element]:
             if run.file:
                 case.set('file', _xml(run.file))
             if run.status == 'error':
-                error = ET.SubElement(case, 'error', message=_xml((run.error or 'error').splitlines()[0][:500]), type='ScenarioError')
+                error = ET.SubElement(
+                    case, 'error', message=_xml((run.error or 'error').splitlines()[0][:500]), type='ScenarioError'
+                )
                 error.text = _xml(run.error or '')
             elif run.status == 'failed':
                 failures = run.failures
@@ -251,21 +266,21 @@ def junit_tree(report: SuiteReport) -> ET.ElementTree[ET.Element]:
                     case,
                     'failure',
                     message=_xml(
-                        f'{len(failures)} expectation{"s" if len(failures) != 1 else ""} failed: {failures[0].describe()}'[:500]
+                        f'{len(failures)} expectation{"s" if len(failures) != 1 else ""} failed: {failures[0].describe()}'[
+                            :500
+                        ]
                     ),
                     type='ExpectationFailed',
                 )
                 failure.text = _xml('\n'.join(check.describe() for check in failures))
             out = ET.SubElement(case, 'system-out')
             out.text = _xml(_transcript(run))
-    tree = ET.ElementTree(root)
-    ET.indent(tree)
-    return tree
+    ET.indent(root)
+    return root
 
 
 def write_junit(report: SuiteReport, path: Path) -> Path:
     """Write the report as JUnit XML."""
-    tree = junit_tree(report)
-    text = ET.tostring(tree.getroot(), encoding='unicode', xml_declaration=False)
+    text = ET.tostring(junit_tree(report), encoding='unicode', xml_declaration=False)
     _atomic_write(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + '\n')
     return path

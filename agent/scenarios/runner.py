@@ -42,7 +42,7 @@ from agent.scenarios._yaml import Problem
 from agent.scenarios.cassettes import Cassettes, model_time
 from agent.scenarios.expectations import check_turn, judge_answer
 from agent.scenarios.isolation import Seeder, delete_namespace, new_tenant, seed_scenario
-from agent.scenarios.results import Cell, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
+from agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from agent.scenarios.schema import Judge, Scenario, ScenarioFileError
 from tools.registry import ToolsetPlugin, discover_plugins, select
 
@@ -247,6 +247,21 @@ class _Outcome:
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict[str, list[dict[str, Any]]])
 
 
+async def _judge(
+    env: _Env, scenario: Scenario, index: int, user: str, answer: str, latency: float, backbone: Backbone
+) -> CheckResult:
+    spec = scenario.turns[index - 1].expect.judge
+    assert spec is not None
+    model = env.judge_model(spec, backbone)
+    try:
+        return await judge_answer(
+            index, spec, model=model, user=user, answer=answer, scenario=scenario.name, duration_s=latency
+        )
+    except Exception as error:
+        reason = str(error) if isinstance(error, TandemError) else f'{type(error).__name__}: {error}'
+        raise TandemError(f'turn {index}: the LLM judge ({model.model_name}) gave no verdict: {reason}') from error
+
+
 async def _turns(
     scenario: Scenario, cell: Cell, backbone: Backbone, env: _Env, tenant: str, on_step: StepSink | None, out: _Outcome
 ) -> None:
@@ -286,17 +301,7 @@ async def _turns(
             usage = result.usage
             checks = check_turn(index, turn.expect, result.answer, calls, usage.total_tokens)
             if turn.expect.judge is not None:
-                checks.append(
-                    await judge_answer(
-                        index,
-                        turn.expect.judge,
-                        model=env.judge_model(turn.expect.judge, backbone),
-                        user=turn.user,
-                        answer=result.answer,
-                        scenario=scenario.name,
-                        duration_s=latency,
-                    )
-                )
+                checks.append(await _judge(env, scenario, index, turn.user, result.answer, latency, backbone))
             outcome = TurnOutcome(
                 index=index,
                 session=session,

@@ -261,7 +261,8 @@ class Document(_Model):
             base = cast(Path | None, context.get('base_dir'))
             resolved = self.path if self.path.is_absolute() or base is None else (base / self.path)
             if not resolved.is_file():
-                raise ValueError(f'no such file: {resolved}')
+                where = f' (paths are relative to the scenario file, in {base})' if resolved != self.path else ''
+                raise ValueError(f'no such file: {self.path}{where}')
             object.__setattr__(self, 'path', resolved.resolve())
         return self
 
@@ -464,6 +465,8 @@ def load_scenario(path: Path) -> Scenario:
         data, source = load_yaml(path)
     except YamlFileError as error:
         raise ScenarioFileError(error.problems) from None
+    except FileNotFoundError:
+        raise ScenarioFileError([Problem(path, 1, 1, '', 'no such file')]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioFileError([Problem(path, 1, 1, '', f'cannot read: {error}')]) from None
     if not isinstance(data, dict):

@@ -61,6 +61,7 @@ __all__ = [
     'tool_definitions',
     'validation_path',
     'write_jsonl',
+    'write_text',
 ]
 
 SystemMode = Literal['keep', 'short', 'drop']
@@ -423,6 +424,25 @@ def write_jsonl(path: Path, examples: Sequence[Mapping[str, Any]]) -> None:
         with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as handle:
             for example in examples:
                 handle.write(json.dumps(example, ensure_ascii=False, separators=(',', ':')) + '\n')
+        os.replace(temp, path)
+    except OSError as error:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+        raise TandemError(f'cannot write {path}: {error.strerror or error}.') from error
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically.
+
+    Raises:
+        TandemError: The folder cannot be written.
+    """
+    temp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            handle.write(text)
         os.replace(temp, path)
     except OSError as error:
         if temp is not None:

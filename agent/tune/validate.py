@@ -221,6 +221,7 @@ def _check_messages(messages: list[Any], tool_names: set[str] | None, errors: li
         role = message.get('role')
         if role not in _ROLES:
             errors.append(f'{where} has role {role!r}; allowed: {", ".join(_ROLES)}')
+            last_role = None  # reported already: no second error about the same message
             continue
         if role != 'tool' and pending:
             for call_id, name in pending.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ def kb(redis: Redis) -> KnowledgeBase:
     return KnowledgeBase(redis, tenant='acme', name='docs')
 
 
-def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
+def write_tree(root: Path, files: Mapping[str, str | bytes]) -> Path:
     """Create `files` (relative path → text or bytes) under `root`; return `root`."""
     for relative, content in files.items():
         path = root / relative

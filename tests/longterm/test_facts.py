@@ -183,12 +183,14 @@ async def test_a_fact_expires_after_its_ttl(redis: Redis) -> None:
     clock = FakeClock()
     store = FactStore(redis, clock=clock, default_ttl_seconds=3600)
     short = (await store.remember('acme', 'alice', 'The user is in Paris this week.', ttl_seconds=60)).fact
+    clock.advance(1)
     kept = (await store.remember('acme', 'alice', 'The user prefers metric units.')).fact
+    clock.advance(1)
     permanent_store = FactStore(redis, clock=clock)
     forever = (await permanent_store.remember('acme', 'alice', 'The user is called Alice.')).fact
     assert short.expires_at is not None and kept.expires_at is not None and forever.expires_at is None
 
-    clock.advance(61)
+    clock.advance(59)
     assert [fact.id for fact in await store.list_facts('acme', 'alice')] == [kept.id, forever.id]
     assert await store.recall('acme', 'alice', 'Paris') == []
     # The next script that touches the user's memory deletes it from Redis too.
@@ -381,4 +383,5 @@ async def test_facts_are_stored_as_json_a_person_can_read(redis: Redis) -> None:
 
     raw = await redis.hget(UserFactKeys('acme', 'alice').facts, fact.id)
 
+    assert raw is not None
     assert json.loads(raw) == {**fact.model_dump(mode='json'), 'norm': IsStr(regex=r'[0-9a-f]{32}')}

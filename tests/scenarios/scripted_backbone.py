@@ -66,8 +66,59 @@ _INJECTION = re.compile(
     re.I,
 )
 _STOP = frozenset(
-    'a an and are as at be by can could did do does for from get got how i in is it me my of on or our so that the '
-    'their them they this to was we what when where which who why will with you your please tell according'.split()
+    [
+        'a',
+        'an',
+        'and',
+        'are',
+        'as',
+        'at',
+        'be',
+        'by',
+        'can',
+        'could',
+        'did',
+        'do',
+        'does',
+        'for',
+        'from',
+        'get',
+        'got',
+        'how',
+        'i',
+        'in',
+        'is',
+        'it',
+        'me',
+        'my',
+        'of',
+        'on',
+        'or',
+        'our',
+        'so',
+        'that',
+        'the',
+        'their',
+        'them',
+        'they',
+        'this',
+        'to',
+        'was',
+        'we',
+        'what',
+        'when',
+        'where',
+        'which',
+        'who',
+        'why',
+        'will',
+        'with',
+        'you',
+        'your',
+        'please',
+        'tell',
+        'according',
+    ]
 )
 
 
@@ -230,9 +281,7 @@ def _from_documents(user: str, content: str) -> str:
         return f'I found nothing about that in your documents. ({content.strip()[:120]})'
     injected = [s for number, text in passages for s in _sentences(text) if _INJECTION.search(s)]
     if injected:
-        safe = [
-            (number, s) for number, text in passages for s in _sentences(text) if not _INJECTION.search(s)
-        ]
+        safe = [(number, s) for number, text in passages for s in _sentences(text) if not _INJECTION.search(s)]
         summary = ' '.join(f'{s} [{number}]' for number, s in safe[:2])
         return (
             f'{summary} Note: the document also contains an instruction addressed to me, which I ignored: '
@@ -259,7 +308,7 @@ def _from_tool(user: str, part: ToolReturnPart) -> str:
         return f'It is currently {content}.'
     if name == 'web_search':
         if content.startswith('web search unavailable'):
-            return f"I couldn't search the web right now ({content.split('.')[0]})."
+            return f"I couldn't search the web right now ({content.split('. ')[0]})."
         first = re.search(r'^\[1\] (.+)$', content, re.M)
         return f'Here is what I found on the web: {first.group(1) if first else content[:120]}'
     if name == 'web_fetch':
@@ -311,7 +360,9 @@ async def _stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterato
                 yield word if position == 0 else ' ' + word
         elif isinstance(part, ToolCallPart):
             yield {
-                index: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id)
+                index: DeltaToolCall(
+                    name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id
+                )
             }
 
 

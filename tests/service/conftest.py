@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,13 @@ AUTH_A = {'Authorization': f'Bearer {KEY_A}'}
 AUTH_B = {'Authorization': f'Bearer {KEY_B}'}
 
 
-def service_settings(home: Path, redis_url: str, **server: Any) -> Settings:
+def service_settings(
+    home: Path, redis_url: str, *, overrides: Mapping[str, Any] | None = None, **server: Any
+) -> Settings:
     """Settings that read no config file: the test Redis, two tenants' keys, calc and clock tools."""
     keys = [ApiKeyConfig(key=SecretStr(KEY_A), tenant='acme'), ApiKeyConfig(key=SecretStr(KEY_B), tenant='beta')]
-    return Settings(
-        home=home,
-        redis_url=SecretStr(redis_url),
-        tools=['calc', 'clock'],
-        server=ServerConfig(api_keys=keys, **server),
-    )
+    options: dict[str, Any] = {'tools': ['calc', 'clock'], **(overrides or {})}
+    return Settings(home=home, redis_url=SecretStr(redis_url), server=ServerConfig(api_keys=keys, **server), **options)
 
 
 MakeApp = Callable[..., FastAPI]
@@ -50,10 +48,17 @@ MakeApp = Callable[..., FastAPI]
 
 @pytest.fixture
 def make_app(redis_url: str, tmp_path: Path) -> MakeApp:
-    """`make_app(model, name='scripted', allow_anonymous=False, **server_settings)`."""
+    """`make_app(model, name='scripted', allow_anonymous=False, overrides=None, **server_settings)`."""
 
-    def make(model: Model, *, name: str = 'scripted', allow_anonymous: bool = False, **server: Any) -> FastAPI:
-        settings = service_settings(tmp_path, redis_url, **server)
+    def make(
+        model: Model,
+        *,
+        name: str = 'scripted',
+        allow_anonymous: bool = False,
+        overrides: Mapping[str, Any] | None = None,
+        **server: Any,
+    ) -> FastAPI:
+        settings = service_settings(tmp_path, redis_url, overrides=overrides, **server)
         return create_app(settings, backbones={name: scripted_backbone(model, name)}, allow_anonymous=allow_anonymous)
 
     return make

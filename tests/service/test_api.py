@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from dirty_equals import IsFloat, IsInstance
+from dirty_equals import IsFloat, IsInstance, IsInt
 from pydantic import SecretStr
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -196,9 +196,47 @@ async def test_the_per_turn_limits_apply_to_each_turn_not_to_the_whole_session(t
     settings = Settings(home=tmp_path, redis_url=SecretStr(redis_url), tools=['clock'], limits=LimitsConfig(requests=2))
     async with Assistant(settings, backbones={'scripted': scripted_backbone(model)}) as assistant:
         answers = [(await assistant.chat(f'turn {n}', session='long')).answer for n in range(6)]
-        with pytest.raises(TandemError, match='request_limit of 2'):
+        with pytest.raises(TandemError, match=r'exceed the request_limit of 2 per turn \(limits.requests\)'):
             await assistant.chat('loop', session='long')  # three requests in one turn
         stored = await assistant.messages('long')
 
     assert answers == ['ok'] * 6
     assert len(stored) == 12  # the stopped turn was not saved
+
+
+async def test_the_readme_fastapi_example_works(tmp_path: Path, redis_url: str) -> None:
+    from contextlib import asynccontextmanager
+
+    import httpx
+    from fastapi import FastAPI
+
+    model, _ = scripted_model(call('calculate', expression='2**100'), '1267650600228229401496703205376')
+    # As in the README, but with a scripted backbone instead of the configured one.
+    assistant = Assistant.from_config(_settings(tmp_path, redis_url), backbones={'scripted': scripted_backbone(model)})
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with assistant:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post('/ask')
+    async def ask(question: str, session: str, user: str) -> dict[str, object]:
+        result = await assistant.chat(question, session=session, user=user)
+        return {
+            'answer': result.answer,
+            'tools': [c.name for c in result.tool_calls],
+            'tokens': result.usage.total_tokens,
+        }
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url='http://example.test') as http:
+            response = await http.post('/ask', params={'question': '2**100?', 'session': 's1', 'user': 'ann'})
+
+    assert response.json() == {
+        'answer': '1267650600228229401496703205376',
+        'tools': ['calculate'],
+        'tokens': IsInt(gt=0),
+    }

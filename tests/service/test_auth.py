@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from inline_snapshot import snapshot
 from pydantic import SecretStr
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
@@ -15,7 +17,6 @@ from agent.cli import app as cli_app
 from agent.config import ApiKeyConfig, ServerConfig, Settings
 from agent.errors import ConfigError
 from agent.server import create_app, load_api_keys
-from memory.knowledge import ChunkData, KnowledgeBase
 from tests.service.conftest import AUTH_A, AUTH_B, KEY_A, MakeApp, asgi, service_settings
 from tests.support.deps import scripted_backbone
 from tests.support.scripted import scripted_model
@@ -94,34 +95,32 @@ async def test_another_users_session_is_a_404_within_a_tenant(make_app: MakeApp)
     assert len(script.seen) == 1
 
 
-async def test_another_tenants_knowledge_base_is_a_404(make_app: MakeApp, redis: Redis) -> None:
-    kb = KnowledgeBase(redis, tenant='acme', name='handbook')
-    chunks = [ChunkData(position=0, text='Holidays: 25 days.', heading='', page=None, tokens=4, terms=['holidays'])]
-    record = kb.new_record(
-        source='/docs/handbook.md',
-        title='Handbook',
-        kind='markdown',
-        content_hash='0' * 64,
-        sig='test',
-        chunks=chunks,
-        size=18,
-        previous=None,
-    )
-    await kb.put_document(record, chunks, None)
-    model, _ = scripted_model()
-    async with asgi(make_app(model)) as http:
-        own = await http.get('/v1/knowledge/handbook', headers=AUTH_A)
-        other = await http.get('/v1/knowledge/handbook', headers=AUTH_B)
-        other_list = await http.get('/v1/knowledge', headers=AUTH_B)
-        own_list = await http.get('/v1/knowledge', headers=AUTH_A)
-        upload = await http.post('/v1/knowledge', headers=AUTH_B, content=b'some document')
-        anonymous_upload = await http.post('/v1/knowledge', content=b'some document')
+async def test_another_tenants_knowledge_base_is_a_404_and_never_reaches_its_turns(make_app: MakeApp) -> None:
+    seen: list[str] = []
 
-    assert (own.status_code, own.json()['documents'], own.json()['chunks']) == (200, 1, 1)
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> str:
+        seen.append(info.instructions or '')
+        return 'ok'
+
+    model, _ = scripted_model(answer, answer)
+    document = b'# Handbook\n\nHolidays: every employee gets 31 days of paid leave.\n'
+    app = make_app(model, overrides={'retrieval': 'auto'})
+    async with asgi(app) as http:
+        upload = await http.post('/v1/knowledge?filename=handbook.md', content=document, headers=AUTH_A)
+        own = await http.get('/v1/knowledge/default', headers=AUTH_A)
+        other = await http.get('/v1/knowledge/default', headers=AUTH_B)
+        other_list = await http.get('/v1/knowledge', headers=AUTH_B)
+        # Retrieval puts matching passages into the prompt: acme's turn gets them, beta's does not.
+        await http.post(CHAT, json=_turn('How many days of paid leave?'), headers=AUTH_A)
+        await http.post(CHAT, json=_turn('How many days of paid leave?'), headers=AUTH_B)
+        anonymous_upload = await http.post('/v1/knowledge?filename=x.md', content=b'x')
+
+    assert (upload.status_code, upload.json()['kb'], upload.json()['status']) == (201, 'default', 'added')
+    assert (own.status_code, own.json()['documents']) == (200, 1)
     assert (other.status_code, other.json()['error']['code']) == (404, 'kb_not_found')
     assert other_list.json()['data'] == []
-    assert [item['id'] for item in own_list.json()['data']] == ['handbook']
-    assert (upload.status_code, upload.json()['error']['code']) == (501, 'not_implemented')
+    assert '31 days of paid leave' in seen[0]
+    assert '31 days' not in seen[1]
     assert anonymous_upload.status_code == 401
 
 

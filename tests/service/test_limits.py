@@ -180,3 +180,13 @@ async def test_cors_answers_configured_origins_only(make_app: MakeApp) -> None:
     assert allowed.headers['access-control-allow-origin'] == 'https://chat.example.com'
     assert 'access-control-allow-origin' not in denied.headers
     assert simple.headers['access-control-allow-origin'] == 'https://chat.example.com'
+
+
+async def test_a_body_that_is_not_json_is_a_400(make_app: MakeApp) -> None:
+    model, _ = scripted_model()
+    async with asgi(make_app(model)) as http:
+        response = await http.post(CHAT, content=b'{"model": ', headers={**AUTH_A, 'Content-Type': 'application/json'})
+
+    assert response.status_code == 400
+    assert response.json()['error']['message'].startswith('the body is not valid JSON')
+    assert response.json()['error']['param'] is None

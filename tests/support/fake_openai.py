@@ -363,7 +363,24 @@ class FakeFineTuning:
                 if not self._authorised():
                     return
                 status, payload = fake._post(self.path.rstrip('/'), self.headers.get('Content-Type', ''), raw)
+                if status == 200 and payload.get('object') == 'chat.completion' and json.loads(raw).get('stream'):
+                    self._sse(json.loads(raw))
+                    return
                 self._json(status, payload)
+
+            def _sse(self, body: dict[str, Any]) -> None:
+                reply = echo_script(body)
+                assert isinstance(reply, Text)
+                self.send_response(200)
+                self.send_header('Content-Type', 'text/event-stream')
+                self.send_header('Connection', 'close')
+                self.end_headers()
+                include_usage = bool((body.get('stream_options') or {}).get('include_usage'))
+                for chunk in _chunks(body, reply, include_usage):
+                    self.wfile.write(f'data: {json.dumps(chunk)}\n\n'.encode())
+                self.wfile.write(b'data: [DONE]\n\n')
+                self.wfile.flush()
+                self.close_connection = True
 
         self._server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self._server.daemon_threads = True

