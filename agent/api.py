@@ -41,6 +41,7 @@ from agent.context import TurnOptions, build_deps, selected_toolsets
 from agent.deps import Deps
 from agent.errors import TandemError
 from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from agent.log import get_logger
 from agent.prompts import PromptLibrary, PromptTemplate
 from agent.runtime import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
 from memory.connection import connect
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from tools.registry import ToolsetPlugin
+
+_log = get_logger('tandem.api')
 
 __all__ = [
     'Assistant',
@@ -97,6 +100,19 @@ class _TurnRequest:
     history: Sequence[ModelMessage] | None
 
 
+async def _cancel(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait until it has stopped, without raising its outcome.
+
+    Shielded from an AnyIO cancel scope (Starlette cancels a response's scope when its client goes
+    away); a cancellation of the caller itself still propagates once the task has stopped.
+    """
+    task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning('turn.failed_while_cancelled', error=type(task.exception()).__name__)
+
+
 class TurnStream:
     """One turn running in a task, its events read with `async for`.
 
@@ -140,10 +156,7 @@ class TurnStream:
         task = self._task
         if task is None or task.done():
             return
-        task.cancel()
-        # Shielded: this also runs while the caller is being cancelled (a client that went away).
-        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _cancel(task)
 
     async def __aenter__(self) -> Self:
         return self

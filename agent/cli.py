@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic_ai.messages import ModelMessage
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.cli_kb import ingest, kb_app
@@ -66,7 +67,7 @@ def _fail(error: Exception) -> typer.Exit:
     """Print `error` as one line (a traceback only with --debug) and return the exit to raise."""
     if _State.debug:
         raise error
-    _err.print(f'[bold red]error:[/] {error}', highlight=False, soft_wrap=True)
+    _err.print(f'[bold red]error:[/] {escape(str(error))}', highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -425,7 +426,7 @@ def redis_stop() -> None:
 import agent.cli_models  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem models`
 import agent.cli_run  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem run`
 import agent.cli_serve  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem serve`
-import agent.cli_tune  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem tune`
+import agent.cli_tune  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem tune`
 from agent.cli_memory import memory_app  # noqa: E402
 
 app.add_typer(memory_app, name='memory')

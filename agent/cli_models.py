@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agent.cli import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
@@ -29,7 +30,7 @@ def models_list() -> None:
     for name, entry in CATALOG.items():
         table.add_row(name, entry.size, 'yes' if (folder / entry.file).is_file() else '', entry.description)
     _out.print(table)
-    _err.print(f'[dim]models folder: {folder}[/]', highlight=False)
+    _err.print(f'[dim]models folder: {escape(str(folder))}[/]', highlight=False)
 
 
 @models_app.command('pull')
@@ -74,11 +75,11 @@ def models_pull(
         with progress:
             path = download(source, folder, on_progress=show, force=force)
         spec = name if name in CATALOG and directory is None else str(path)
-        _err.print(f'saved {path}', highlight=False)
+        _err.print(escape(f'saved {path}'), highlight=False)
         if register:
             done = register_backbone(register, BackboneConfig(model=f'llama-cpp:{spec}'), comment=f'pulled {name}')
-            _err.print(f'registered backbone {register} in {done.path}', highlight=False)
-        _err.print(f'use it: tandem ask --model llama-cpp:{spec} "hello"', highlight=False)
+            _err.print(escape(f'registered backbone {register} in {done.path}'), highlight=False)
+        _err.print(escape(f'use it: tandem ask --model llama-cpp:{spec} "hello"'), highlight=False)
         sys.stdout.write(str(path) + '\n')
 
     _run(body)()

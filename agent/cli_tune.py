@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -135,11 +136,12 @@ def tune_export(
             origin = f'tenant {query.tenant}' + (f', user {user}' if user else '')
         result = build_examples(traces, options)
         for source, reason in result.dropped:
-            _err.print(f'[yellow]skipped[/] {source}: {reason}', highlight=False)
+            _err.print(f'[yellow]skipped[/] {escape(source)}: {escape(reason)}', highlight=False)
         if result.undefined_tools:
             names = ', '.join(sorted(result.undefined_tools))
             _err.print(
-                f'[yellow]note:[/] no definition for tool(s) {names}: given a bare one; pass --tools to include theirs.',
+                f'[yellow]note:[/] no definition for tool(s) {escape(names)}: given a bare one; '
+                'pass --tools to include theirs.',
                 highlight=False,
             )
         if not result.examples:
@@ -153,7 +155,9 @@ def tune_export(
         extras = [f'{len(result.dropped)} skipped'] if result.dropped else []
         if result.duplicates:
             extras.append(f'{result.duplicates} duplicate(s) dropped')
-        _err.print(written + (f' ({", ".join(extras)})' if extras else '') + '. Next: tandem tune validate ' + str(out))
+        _err.print(
+            escape(written + (f' ({", ".join(extras)})' if extras else '') + f'. Next: tandem tune validate {out}')
+        )
 
     _run(body)()
 
@@ -174,7 +178,7 @@ class _cwd_importable:
 def _print_report(report: DatasetReport) -> None:
     for problem in report.problems:
         colour = 'red' if problem.level == 'error' else 'yellow'
-        _err.print(f'[{colour}]{problem.level}[/] {problem}', highlight=False, soft_wrap=True)
+        _err.print(f'[{colour}]{problem.level}[/] {escape(str(problem))}', highlight=False, soft_wrap=True)
     data = report.as_dict()
     tokens = data['tokens']
     table = Table(title=f'{report.path} for {report.model}', show_header=False, title_justify='left')
@@ -264,7 +268,7 @@ def tune_submit(
                 _print_report(report)
                 raise TandemError(f'{file} has {len(report.errors)} error(s): fix them, then submit again.')
             for warning in report.warnings:
-                _err.print(f'[yellow]warning[/] {warning}', highlight=False)
+                _err.print(f'[yellow]warning[/] {escape(str(warning))}', highlight=False)
             if file == path and report.cost_usd is not None:
                 approx = '' if report.exact_tokens else '≈'
                 _err.print(
@@ -285,7 +289,7 @@ def tune_submit(
             seed=seed,
         )
         sys.stdout.write(job.id + '\n')
-        _err.print(f'submitted fine-tuning job {job.id} on {base} ({job.status}).', highlight=False)
+        _err.print(escape(f'submitted fine-tuning job {job.id} on {base} ({job.status}).'), highlight=False)
         if follow:
             await _follow(settings.home, job.id, interval=interval, once=False, name=None)
         else:
@@ -334,7 +338,7 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
             live.update(view.render())
         else:
             for line in view.take_lines():
-                _err.print(line, highlight=False, soft_wrap=True)
+                _err.print(escape(line), highlight=False, soft_wrap=True)
 
     if live is not None:
         with live:
@@ -345,8 +349,9 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
         registration = register_tuned_model(job, log.find(job_id), base_url=custom_base_url(client), name=name)
         verb = {'added': 'registered', 'replaced': 'updated', 'unchanged': 'already registered'}[registration.action]
         _err.print(
-            f'[green]succeeded:[/] {job.fine_tuned_model} {verb} as backbone [bold]{registration.name}[/] '
-            f'in {registration.path}. Try: tandem ask --backbone {registration.name} "hello"',
+            f'[green]succeeded:[/] {escape(str(job.fine_tuned_model))} {verb} as backbone '
+            f'[bold]{escape(registration.name)}[/] in {escape(str(registration.path))}. '
+            f'Try: tandem ask --backbone {escape(registration.name)} "hello"',
             highlight=False,
             soft_wrap=True,
         )
@@ -355,7 +360,9 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
         reason = f': {job.error.message}' if job.error is not None and job.error.message else ''
         raise TandemError(f'job {job_id} {job.status}{reason}')
     elif once:
-        _err.print(f'job {job_id} is {job.status}; follow it with: tandem tune status {job_id}', highlight=False)
+        _err.print(
+            escape(f'job {job_id} is {job.status}; follow it with: tandem tune status {job_id}'), highlight=False
+        )
 
 
 class _JobView:
@@ -394,21 +401,21 @@ class _JobView:
             self.status, 'yellow'
         )
         head = Table.grid(padding=(0, 2))
-        head.add_row('job', self.job_id)
-        head.add_row('base', self.model or '…')
+        head.add_row('job', Text(self.job_id))
+        head.add_row('base', Text(self.model or '…'))
         head.add_row('status', Text(self.status, style=colour))
         head.add_row('elapsed', f'{time.monotonic() - self.started:,.0f} s')
         step, total = self.metrics.get('step'), self.metrics.get('total_steps')
         if isinstance(step, int) and isinstance(total, int) and total:
             filled = round(20 * step / total)
-            head.add_row('progress', f'[{"█" * filled}{"·" * (20 - filled)}] step {step}/{total}')
+            head.add_row('progress', Text(f'[{"█" * filled}{"·" * (20 - filled)}] step {step}/{total}'))
         losses = ', '.join(
             f'{key} {value:.4g}'
             for key, value in self.metrics.items()
             if 'loss' in key and isinstance(value, int | float)
         )
         if losses:
-            head.add_row('metrics', losses)
+            head.add_row('metrics', Text(losses))
         if self.trained_tokens:
             head.add_row('trained tokens', f'{self.trained_tokens:,}')
         if self.tuned:
@@ -468,7 +475,9 @@ def tune_compare(
             nonlocal done
             done += 1
             mark = {'passed': '[green]✓[/]', 'failed': '[red]✗[/]', 'error': '[bold red]![/]'}[run.status]
-            _err.print(f'{mark} {done}/{3 * len(scenarios)} {run.scenario} · {run.cell.label}', highlight=False)
+            _err.print(
+                f'{mark} {done}/{3 * len(scenarios)} ' + escape(f'{run.scenario} · {run.cell.label}'), highlight=False
+            )
 
         async with open_redis(settings) as redis:
             comparison = await compare(
@@ -495,8 +504,8 @@ def tune_compare(
                 table.add_row(*row)
             _out.print(table)
             sentence = comparison.verdict
-            _out.print(f'[bold]Verdict:[/] {sentence[0].upper()}{sentence[1:]}.', highlight=False)
-        _err.print(f'decision report: {out}' + (f'; runs: {report}' if report else ''), highlight=False)
+            _out.print('[bold]Verdict:[/] ' + escape(f'{sentence[0].upper()}{sentence[1:]}.'), highlight=False)
+        _err.print(escape(f'decision report: {out}' + (f'; runs: {report}' if report else '')), highlight=False)
 
     _run(body)()
 

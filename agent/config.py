@@ -213,6 +213,9 @@ class ServerConfig(BaseModel):
     """Origins browsers may call the service from, e.g. `["https://chat.example.com"]`; `["*"]` allows any."""
     readiness_timeout_seconds: float = Field(default=2.0, gt=0)
     """How long `/readyz` waits for Redis and each backbone."""
+    session_from_user_field: bool = True
+    """A chat completion's `user` field names its session when no `X-Tandem-Session` header does; turn it
+    off for clients that send `user` with every conversation and the whole history each time."""
 
     @field_validator('api_keys', mode='before')
     @classmethod

@@ -257,9 +257,9 @@ async def run_turn(
         run_usage = RunUsage(requests=usage.requests, tool_calls=usage.tool_calls)
         for response in responses:
             run_usage = run_usage + response.usage
-        if history is None:
+        if history is None:  # a stateless turn leaves nothing behind: no session, no facts
             await save_turn(deps, result, run_usage)
-        schedule_extraction(deps, result)  # memory.extract: in the background, off the latency path
+            schedule_extraction(deps, result)  # memory.extract: in the background, off the latency path
         duration = time.perf_counter() - started
         _log.info('turn.end', duration_ms=round(duration * 1000, 1), tokens=usage.total_tokens, tools=usage.tool_calls)
         return TurnResult(

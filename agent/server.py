@@ -27,7 +27,6 @@ Redis Cluster, through a `redis+cluster://` URL) behind a load balancer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -1062,9 +1061,8 @@ async def _chat(
             413, f'over {limits.max_messages} messages in one request.', param='messages', code='too_many_messages'
         )
     for index, message in enumerate(body.messages):
-        if len(json.dumps(message.content) if not isinstance(message.content, str) else message.content) > (
-            limits.max_message_chars
-        ):
+        content = message.content
+        if len(content if isinstance(content, str) else json.dumps(content)) > limits.max_message_chars:
             raise APIError(
                 413,
                 f'messages[{index}] is over {limits.max_message_chars} characters.',
@@ -1077,7 +1075,7 @@ async def _chat(
     text = _text(last.content, f'messages[{len(body.messages) - 1}]')
     backbone = await service.backbone_for(body.model)
     user = user_header or body.user or None
-    session = session_header or body.user or None
+    session = session_header or (body.user if limits.session_from_user_field else None) or None
     history = None if session is not None else openai_to_history(body.messages[:-1])
     options: dict[str, Any] = {
         'session': session,
@@ -1145,8 +1143,9 @@ async def _unless_disconnected(request: Request, work: asyncio.Future[_T]) -> _T
         watcher.cancel()
         if not work.done():
             work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await asyncio.wait({work})
+            if not work.cancelled():
+                work.exception()  # retrieved: the client is gone, nobody is left to report it to
 
 
 async def _stream(

@@ -110,14 +110,16 @@ async def bench_recall_and_save(redis: Redis) -> list[str]:
         cold = (time.perf_counter() - started) * 1000
         queries = [f'{rng.choice(_TOPICS)} {rng.choice(_WORDS)}' for _ in range(200)]
         pending = iter(queries * 3)
-        warm = await _median_ms(lambda store=store, user=user: store.recall('bench', user, next(pending)), 300)
+        warm = await _median_ms(
+            lambda store=store, user=user, pending=pending: store.recall('bench', user, next(pending)), 300
+        )
         label = f'{size // 1000}k' if size >= 1000 else str(size)
         lines.append(line(f'recall_{label}', warm, trip, f'<={target:g}ms', warm <= target))
         cold_target = max(50.0, size * 0.1)  # 100 µs a fact: read, parse, analyze and index it
         lines.append(line(f'recall_cold_{label}', cold, trip, f'<={cold_target:g}ms', cold <= cold_target))
         counter = iter(range(10**6))
         save = await _median_ms(
-            lambda store=store, user=user: store.remember(
+            lambda store=store, user=user, counter=counter: store.remember(
                 'bench', user, f'The user {rng.choice(_WORDS)} saved fact {next(counter)} {rng.choice(_WORDS)}.'
             ),
             100,

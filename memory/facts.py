@@ -240,7 +240,7 @@ def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat().replace('+00:00', 'Z')
 
 
-# --- the lexical index --------------------------------------------------------------------------
+# --- the per-user cache --------------------------------------------------------------------------
 
 
 class _UserCache:

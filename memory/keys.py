@@ -307,6 +307,16 @@ class KnowledgeKeys:
         return self._key('changes')
 
     @property
+    def terms(self) -> str:
+        """Hash of document id to its chunks' BM25 terms (one line per chunk), read in bulk to build the index."""
+        return self._key('terms')
+
+    @property
+    def vectors(self) -> str:
+        """Hash of document id to its chunks' vectors (float32, concatenated), read in bulk to search in process."""
+        return self._key('vectors')
+
+    @property
     def chunk_prefix(self) -> str:
         """What every chunk key starts with; also the prefix a Query Engine index covers."""
         return self._key('chunk') + ':'

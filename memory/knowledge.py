@@ -28,21 +28,24 @@ index can tell an old chunk from a new one without comparing contents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from agent.errors import TandemError
 from memory.connection import RedisClient
-from memory.keys import KnowledgeKeys, knowledge_bases_key, validate_id
+from memory.keys import KnowledgeKeys, knowledge_bases_key, knowledge_key, validate_id
 
 __all__ = (
     'CHUNK_FIELDS',
@@ -56,19 +59,21 @@ __all__ = (
     'WriteConflict',
     'document_id',
     'list_knowledge_bases',
+    'query_engine_available',
 )
 
-CHUNK_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'terms', 'vec')
+CHUNK_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec')
 """The fields of a chunk hash, in the order `put_document` sends them."""
 
 _READ_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok')
 _BATCH = 500
 """Keys per pipelined round trip when reading many chunks."""
 
-# KEYS: meta, docs, changes, then `nold` old chunk keys, then one key per new chunk.
+# KEYS: meta, docs, changes, terms, vectors, then `nold` old chunk keys, then one key per new chunk.
 # ARGV: doc id, expected revision ('' when the document must not exist), new revision ('' to delete),
-#       record JSON ('' to delete), nold, epoch for a new KB, now (ISO), embedding model ('' for none),
-#       dims, then len(CHUNK_FIELDS) values per new chunk ('' for a missing page or vector).
+#       record JSON ('' to delete), nold, epoch for a new KB, now (ISO), embedding model ('' for
+#       none), dims, the document's BM25 terms (a line per chunk), its vectors ('' for none), how many
+#       vectors, how many tokens, then len(CHUNK_FIELDS) values per new chunk ('' for none).
 # Returns the new generation (> 0); 0 on a revision conflict; -1 when this exact write was already
 # applied (a retry whose first reply was lost); -2 when the KB holds vectors of another model;
 # -3 when deleting a document that isn't stored.
@@ -87,24 +92,20 @@ else
   if ARGV[3] == '' then return -3 end
 end
 local nold = tonumber(ARGV[5])
-local nfields = 10
-local first_new = 4 + nold
-local new_vectors = 0
-for i = first_new, #KEYS do
-  local base = 9 + (i - first_new) * nfields
-  if ARGV[base + 10] ~= '' then new_vectors = new_vectors + 1 end
-end
+local first_new = 6 + nold
+local new_vectors = tonumber(ARGV[12])
+local new_tokens = tonumber(ARGV[13])
 if new_vectors > 0 then
   local model = redis.call('HGET', KEYS[1], 'embed_model')
   local vectors = tonumber(redis.call('HGET', KEYS[1], 'vectors') or '0')
   if model and model ~= ARGV[8] and vectors - old_vectors > 0 then return -2 end
   redis.call('HSET', KEYS[1], 'embed_model', ARGV[8], 'dims', ARGV[9])
 end
-for i = 4, 3 + nold do redis.call('DEL', KEYS[i]) end
-local names = {'text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'terms', 'vec'}
-local new_tokens = 0
+for i = 6, 5 + nold do redis.call('DEL', KEYS[i]) end
+local names = {'text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec'}
+local nfields = #names
 for i = first_new, #KEYS do
-  local base = 9 + (i - first_new) * nfields
+  local base = 13 + (i - first_new) * nfields
   local args = {}
   for f = 1, nfields do
     local value = ARGV[base + f]
@@ -114,15 +115,22 @@ for i = first_new, #KEYS do
     end
   end
   redis.call('HSET', KEYS[i], unpack(args))
-  new_tokens = new_tokens + tonumber(ARGV[base + 8])
 end
 local new_chunks = #KEYS - first_new + 1
 local doc_delta = 0
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
   doc_delta = -1
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[10])
+  if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[5], ARGV[1], ARGV[11])
+  else
+    redis.call('HDEL', KEYS[5], ARGV[1])
+  end
   if not current then doc_delta = 1 end
 end
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[6])
@@ -137,10 +145,11 @@ redis.call('ZADD', KEYS[3], gen, ARGV[1])
 return gen
 """
 
-# KEYS: meta, docs, changes. Deletes them when the KB holds no document any more; returns 1 if so.
+# KEYS: meta, docs, changes, terms, vectors. Deletes them when the KB holds no document any more;
+# returns 1 if so.
 _DROP_EMPTY_SCRIPT = """
 if redis.call('HLEN', KEYS[2]) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return 1
 """
 
@@ -327,6 +336,17 @@ class KnowledgeBase:
         return self.keys.kb
 
     @property
+    def _own_keys(self) -> tuple[str, str, str, str, str]:
+        """The KB's own keys, in the order its scripts take them: meta, docs, changes, terms, vectors."""
+        keys = self.keys
+        return (keys.meta, keys.docs, keys.changes, keys.terms, keys.vectors)
+
+    @property
+    def query_engine_index(self) -> str:
+        """The name of the KB's Redis Query Engine vector index (servers with FT.SEARCH only)."""
+        return knowledge_key(self.keys.tenant, self.keys.kb, 'vecidx', user=self.keys.user)
+
+    @property
     def user(self) -> str | None:
         """The owner of a user's own KB, else `None`."""
         return self.keys.user
@@ -414,6 +434,14 @@ class KnowledgeBase:
                 pipe.hmget(self.keys.chunk(chunk_id), list(fields))  # pyright: ignore[reportUnknownMemberType]
             result.extend(cast(list[list[bytes | None]], await pipe.execute()))  # pyright: ignore[reportUnknownMemberType]
         return result
+
+    async def document_fields(self, doc_ids: Sequence[str], which: Literal['terms', 'vectors']) -> list[bytes | None]:
+        """Each document's BM25 terms (a line per chunk) or vectors (float32, concatenated), in bulk."""
+        key = self.keys.terms if which == 'terms' else self.keys.vectors
+        found: list[bytes | None] = []
+        for start in range(0, len(doc_ids), _BATCH):
+            found += cast(list[bytes | None], await self.redis.hmget(key, list(doc_ids[start : start + _BATCH])))  # pyright: ignore[reportUnknownMemberType]
+        return found
 
     async def chunks(self, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
         """The chunks `chunk_ids` with text and metadata, `None` for any that no longer exists."""
@@ -506,8 +534,13 @@ class KnowledgeBase:
         pipe: Any = None if cluster else self.redis.pipeline(transaction=False)
         calls: list[Awaitable[Any]] = []
         epoch = uuid.uuid4().hex
+        # Chunk hashes carry their vector only where the Query Engine can index it; the in-process
+        # search reads every vector of a document at once from the `vectors` hash.
+        chunk_vectors = await query_engine_available(self.redis)
         for record, chunks, previous in writes:
-            dims = next((len(chunk.vector) // 4 for chunk in chunks if chunk.vector is not None), 0)
+            vectors = [chunk.vector for chunk in chunks if chunk.vector is not None]
+            if vectors and len(vectors) != len(chunks):
+                raise ValueError('either every chunk of a document has a vector, or none has')
             argv: list[str | bytes | int] = [
                 record.id,
                 previous.rev if previous is not None else '',
@@ -517,7 +550,11 @@ class KnowledgeBase:
                 epoch,
                 record.ingested_at,
                 embed_model or '',
-                dims,
+                len(vectors[0]) // 4 if vectors else 0,
+                '\n'.join(' '.join(chunk.terms) for chunk in chunks),
+                b''.join(vectors),
+                len(vectors),
+                sum(chunk.tokens for chunk in chunks),
             ]
             for chunk in chunks:
                 argv += [
@@ -529,13 +566,10 @@ class KnowledgeBase:
                     chunk.heading,
                     chunk.page if chunk.page is not None else '',
                     chunk.tokens,
-                    ' '.join(chunk.terms),
-                    chunk.vector if chunk.vector is not None else b'',
+                    chunk.vector if chunk.vector is not None and chunk_vectors else b'',
                 ]
             keys = [
-                self.keys.meta,
-                self.keys.docs,
-                self.keys.changes,
+                *self._own_keys,
                 *(self.keys.chunk(chunk_id) for chunk_id in (previous.chunks if previous is not None else [])),
                 *(self.keys.chunk(chunk_id) for chunk_id in record.chunks),
             ]
@@ -578,12 +612,7 @@ class KnowledgeBase:
             previous = await self.document(doc_id)
             if previous is None:
                 return False
-            keys = [
-                self.keys.meta,
-                self.keys.docs,
-                self.keys.changes,
-                *(self.keys.chunk(chunk_id) for chunk_id in previous.chunks),
-            ]
+            keys = [*self._own_keys, *(self.keys.chunk(chunk_id) for chunk_id in previous.chunks)]
             argv: list[str | int] = [
                 doc_id,
                 previous.rev,
@@ -593,6 +622,10 @@ class KnowledgeBase:
                 uuid.uuid4().hex,
                 _now(),
                 '',
+                0,
+                '',
+                '',
+                0,
                 0,
             ]
             result = int(cast(int, await self._put(keys=keys, args=argv)))  # pyright: ignore[reportUnknownMemberType]
@@ -635,13 +668,15 @@ class KnowledgeBase:
                 break
             for doc_id in ids:
                 removed += await self.remove_document(doc_id)
-        await self.redis.delete(self.keys.meta, self.keys.docs, self.keys.changes)
+        await self.redis.delete(*self._own_keys)
+        with contextlib.suppress(ResponseError):  # no Query Engine, or no index: nothing to drop
+            await self.redis.execute_command('FT.DROPINDEX', self.query_engine_index)  # pyright: ignore[reportUnknownMemberType]
         await self.redis.hdel(self.keys.registry, self.keys.registry_field)  # pyright: ignore[reportUnknownMemberType]
         return removed
 
     async def _drop_if_empty(self) -> None:
         # Keep the KB (and its epoch) while it has documents; forget it once the last one is gone.
-        dropped = await self._drop_empty(keys=[self.keys.meta, self.keys.docs, self.keys.changes])  # pyright: ignore[reportUnknownMemberType]
+        dropped = await self._drop_empty(keys=list(self._own_keys))  # pyright: ignore[reportUnknownMemberType]
         if dropped:
             await self.redis.hdel(self.keys.registry, self.keys.registry_field)  # pyright: ignore[reportUnknownMemberType]
 
@@ -649,6 +684,23 @@ class KnowledgeBase:
         # The registry lives in the tenant's slot, so it is written apart from the KB's own keys;
         # listing skips an entry whose KB has no `meta` (a crash between the two writes).
         await self.redis.hsetnx(self.keys.registry, self.keys.registry_field, str(int(time.time())))  # pyright: ignore[reportUnknownMemberType]
+
+
+_QUERY_ENGINE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+async def query_engine_available(redis: RedisClient) -> bool:
+    """Whether the server has the Redis Query Engine (`FT.SEARCH`): Redis 8, Redis Stack, or the
+    search module. Asked once per client."""
+    known = _QUERY_ENGINE.get(redis)
+    if known is None:
+        try:
+            await redis.execute_command('FT._LIST')  # pyright: ignore[reportUnknownMemberType]
+            known = True
+        except ResponseError:
+            known = False
+        _QUERY_ENGINE[redis] = known
+    return known
 
 
 async def list_knowledge_bases(redis: RedisClient, *, tenant: str, user: str | None = None) -> list[KbInfo]:

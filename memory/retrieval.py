@@ -24,11 +24,11 @@ import asyncio
 import collections
 import dataclasses
 import importlib.util
+import itertools
 import logging
 import math
 import os
 import re
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +41,7 @@ from redis.exceptions import ResponseError
 
 from agent.errors import TandemError
 from memory.connection import RedisClient
-from memory.keys import knowledge_key
-from memory.knowledge import KbState, KnowledgeBase
+from memory.knowledge import DocumentRecord, KbState, KnowledgeBase, query_engine_available
 
 if TYPE_CHECKING:
     from pydantic_ai.embeddings import EmbeddingModel
@@ -321,6 +320,43 @@ class Bm25Index:
         if self._delta_size > max(50_000, self._posting_slots.shape[0] // 4):
             self.finish()
 
+    def add_many(self, chunk_ids: Sequence[str], terms: Sequence[str]) -> None:
+        """Index chunks in bulk, each chunk's terms as one space-separated string; call `finish()`
+        afterwards (loading a whole KB). Vectorised: about ten times faster than `add` per chunk."""
+        self.remove([chunk_id for chunk_id in chunk_ids if chunk_id in self._slot_of])
+        count = len(chunk_ids)
+        if count == 0:
+            return
+        split = [line.split() for line in terms]
+        lengths = np.fromiter(map(len, split), dtype=np.int64, count=count)
+        flat = list(itertools.chain.from_iterable(split))
+        vocab = self._vocab
+        for term in sorted(set(flat).difference(vocab)):
+            vocab[term] = len(vocab)
+        size = len(vocab)
+        term_ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+        # One sort of (chunk, term) pairs gives every chunk's distinct terms and their frequencies.
+        pairs, frequencies = np.unique(
+            np.repeat(np.arange(count, dtype=np.int64), lengths) * size + term_ids, return_counts=True
+        )
+        pair_terms = (pairs % size).astype(np.int32)
+        pair_tfs = frequencies.astype(np.float32)
+        bounds = np.searchsorted(pairs // size, np.arange(1, count))
+        self._df = _grow(self._df, size)
+        self._df[:size] += np.bincount(pair_terms, minlength=size).astype(np.int32)
+        start = len(self._ids)
+        self._slot_terms.extend(np.split(pair_terms, bounds))
+        self._slot_tfs.extend(np.split(pair_tfs, bounds))
+        self._ids.extend(chunk_ids)
+        self._slot_of.update((chunk_id, start + offset) for offset, chunk_id in enumerate(chunk_ids))
+        self._length = _grow(self._length, start + count)
+        self._alive = _grow(self._alive, start + count)
+        self._length[start : start + count] = lengths
+        self._alive[start : start + count] = True
+        self._live += count
+        self._total += float(lengths.sum())
+        self._norm = None
+
     def remove(self, chunk_ids: Iterable[str]) -> None:
         """Unindex chunks; unknown ids are ignored."""
         for chunk_id in chunk_ids:
@@ -436,13 +472,15 @@ class Bm25Index:
 class VectorIndex:
     """Exact nearest neighbours by cosine similarity over unit vectors held in one float32 matrix.
 
-    Rows are appended as chunks arrive and masked when they go; the matrix is compacted when half
-    of it is dead. A search is one matrix-vector product plus a partial sort.
+    The matrix is stored transposed (one column per chunk), which makes the query's product with it
+    a BLAS `sgemv` over contiguous rows, the fastest form on a CPU. Columns are appended as chunks
+    arrive and masked when they go; the matrix is compacted when half of it is dead. A search is
+    that one product plus a partial sort.
     """
 
     def __init__(self, dims: int) -> None:
         self.dims = dims
-        self._matrix: _FloatArray = np.zeros((0, dims), dtype=np.float32)
+        self._matrix: _FloatArray = np.zeros((dims, 0), dtype=np.float32)
         self._ids: list[str | None] = []
         self._row_of: dict[str, int] = {}
         self._alive: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
@@ -451,23 +489,38 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._row_of)
 
+    def _reserve(self, size: int) -> None:
+        capacity = self._matrix.shape[1]
+        if size > capacity:
+            grown = np.zeros((self.dims, max(size, 2 * capacity, 1024)), dtype=np.float32)
+            grown[:, :capacity] = self._matrix
+            self._matrix = grown
+        self._alive = _grow(self._alive, size)
+
     def add(self, chunk_id: str, vector: npt.NDArray[np.float32]) -> None:
         """Index a unit vector for a chunk (replacing any of the same id).
 
         Raises:
             ValueError: The vector has another dimension than the index.
         """
-        if vector.shape != (self.dims,):
-            raise ValueError(f'vector of {vector.shape} for an index of {self.dims} dimensions')
-        if chunk_id in self._row_of:
-            self.remove([chunk_id])
-        row = len(self._ids)
-        self._matrix = _grow(self._matrix, row + 1)
-        self._alive = _grow(self._alive, row + 1)
-        self._matrix[row] = vector
-        self._alive[row] = True
-        self._ids.append(chunk_id)
-        self._row_of[chunk_id] = row
+        self.add_many([chunk_id], vector.reshape(1, -1))
+
+    def add_many(self, chunk_ids: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+        """Index one unit vector per chunk, `vectors` holding them as rows.
+
+        Raises:
+            ValueError: The vectors have another dimension than the index.
+        """
+        if vectors.ndim != 2 or vectors.shape != (len(chunk_ids), self.dims):
+            raise ValueError(f'vectors of {vectors.shape} for {len(chunk_ids)} chunks of {self.dims} dimensions')
+        self.remove([chunk_id for chunk_id in chunk_ids if chunk_id in self._row_of])
+        start = len(self._ids)
+        self._reserve(start + len(chunk_ids))
+        self._matrix[:, start : start + len(chunk_ids)] = vectors.T
+        self._alive[start : start + len(chunk_ids)] = True
+        for offset, chunk_id in enumerate(chunk_ids):
+            self._row_of[chunk_id] = start + offset
+        self._ids.extend(chunk_ids)
 
     def remove(self, chunk_ids: Iterable[str]) -> None:
         """Unindex chunks; unknown ids are ignored."""
@@ -480,7 +533,7 @@ class VectorIndex:
             self._dead += 1
         if self._dead > 1000 and self._dead > len(self._ids) // 2:
             keep = np.flatnonzero(self._alive[: len(self._ids)])
-            self._matrix = np.ascontiguousarray(self._matrix[keep])
+            self._matrix = np.ascontiguousarray(self._matrix[:, keep])
             self._ids = [self._ids[row] for row in keep.tolist()]
             self._row_of = {cast(str, chunk_id): row for row, chunk_id in enumerate(self._ids)}
             self._alive = np.ones(len(self._ids), dtype=np.bool_)
@@ -491,7 +544,7 @@ class VectorIndex:
         rows = len(self._ids)
         if rows - self._dead <= 0:
             return []
-        scores = self._matrix[:rows] @ query.astype(np.float32, copy=False)
+        scores = query.astype(np.float32, copy=False) @ self._matrix[:, :rows]
         if self._dead:
             scores[~self._alive[:rows]] = -np.inf
         return [(cast(str, self._ids[row]), score) for row, score in _top(scores, n) if score > -np.inf]
@@ -524,27 +577,45 @@ class _Synced:
 
 @dataclass(frozen=True)
 class _Kind:
-    """How to build one kind of index from a chunk field."""
+    """How to build one kind of in-process index from the documents' bulk fields."""
 
     name: str
-    field: str
+    field: Literal['terms', 'vectors']
     make: Callable[[int], Any]
     """Makes an empty index, given the vector dimensions (0 when not a vector index)."""
-    add: Callable[[Any, str, bytes, bool], bool]
-    """Adds a chunk from the field's stored value; returns whether it was added. The bool: bulk load."""
+    add: Callable[[Any, Sequence[tuple[DocumentRecord, bytes]], bool], dict[str, list[str]]]
+    """Indexes documents' chunks from the field's stored values; returns each document's chunk ids
+    indexed. The bool: a bulk load (`finish` follows)."""
     finish: Callable[[Any], None]
 
 
-def _add_terms(index: Bm25Index, chunk_id: str, raw: bytes, bulk: bool) -> bool:
-    index.add(chunk_id, raw.decode('utf-8').split(), defer=bulk)
-    return True
+def _add_terms(index: Bm25Index, items: Sequence[tuple[DocumentRecord, bytes]], bulk: bool) -> dict[str, list[str]]:
+    added: dict[str, list[str]] = {}
+    ids: list[str] = []
+    lines: list[str] = []
+    for record, raw in items:
+        terms = raw.decode('utf-8').split('\n')
+        if len(terms) != len(record.chunks):
+            continue  # written by another version of Tandem: the next ingest of it rewrites it
+        added[record.id] = list(record.chunks)
+        if bulk:
+            ids += record.chunks
+            lines += terms
+        else:
+            for chunk_id, line in zip(record.chunks, terms, strict=True):
+                index.add(chunk_id, line.split())
+    if ids:
+        index.add_many(ids, lines)
+    return added
 
 
-def _add_vector(index: VectorIndex, chunk_id: str, raw: bytes, bulk: bool) -> bool:
-    if len(raw) != index.dims * 4:
-        return False  # a vector of another model's size: the KB's meta says which model counts
-    index.add(chunk_id, np.frombuffer(raw, dtype=np.float32))
-    return True
+def _add_vectors(index: VectorIndex, items: Sequence[tuple[DocumentRecord, bytes]], bulk: bool) -> dict[str, list[str]]:
+    # Vectors of another size come from another model: the KB's meta says which model counts.
+    kept = [(record, raw) for record, raw in items if len(raw) == len(record.chunks) * index.dims * 4]
+    if kept:
+        matrix = np.frombuffer(b''.join(raw for _, raw in kept), dtype=np.float32).reshape(-1, index.dims)
+        index.add_many([chunk_id for record, _ in kept for chunk_id in record.chunks], matrix)
+    return {record.id: list(record.chunks) for record, _ in kept}
 
 
 def _finish_bm25(index: Bm25Index) -> None:
@@ -552,7 +623,7 @@ def _finish_bm25(index: Bm25Index) -> None:
 
 
 _BM25 = _Kind('bm25', 'terms', lambda dims: Bm25Index(), cast(Any, _add_terms), cast(Any, _finish_bm25))
-_VECTORS = _Kind('vectors', 'vec', VectorIndex, cast(Any, _add_vector), lambda index: None)
+_VECTORS = _Kind('vectors', 'vectors', VectorIndex, cast(Any, _add_vectors), lambda index: None)
 
 _CACHE: collections.OrderedDict[tuple[str, str], _Synced] = collections.OrderedDict()
 _CACHE_SIZE = 16
@@ -576,24 +647,15 @@ async def _synced(kb: KnowledgeBase, kind: _Kind, state: KbState, *, dims: int =
             if len(changed) <= max(1000, len(current.docs) // 2):
                 base = current.gen
                 records = await kb.documents(changed)
-                new_ids = [chunk_id for record in records if record is not None for chunk_id in record.chunks]
-                values = await kb.chunk_fields(new_ids, [kind.field])
+                values = await kb.document_fields(changed, kind.field)
                 if current.gen != base:
                     continue  # another search applied changes meanwhile: look again
-                cursor = 0
-                for doc_id, record in zip(changed, records, strict=True):
+                for doc_id in changed:
                     old = current.docs.pop(doc_id, None)
                     if old:
                         current.index.remove(old)
-                    if record is None:
-                        continue
-                    added: list[str] = []
-                    for chunk_id in record.chunks:
-                        raw = values[cursor][0]
-                        cursor += 1
-                        if raw and kind.add(current.index, chunk_id, raw, False):
-                            added.append(chunk_id)
-                    current.docs[doc_id] = added
+                present = [(record, raw) for record, raw in zip(records, values, strict=True) if record and raw]
+                current.docs.update(kind.add(current.index, present, False))
                 current.gen = max(current.gen, state.gen)
                 return current
         loaded = await _load(kb, kind, state, dims)
@@ -608,21 +670,14 @@ async def _synced(kb: KnowledgeBase, kind: _Kind, state: KbState, *, dims: int =
 
 
 async def _load(kb: KnowledgeBase, kind: _Kind, state: KbState, dims: int) -> _Synced:
-    """Build the index of `kind` from everything stored (a new process, or a recreated KB)."""
+    """Build the index of `kind` from everything stored (a new process, or a recreated KB): one
+    bulk read per batch of documents, then one bulk build."""
     index = kind.make(dims)
     docs: dict[str, list[str]] = {}
     async for batch in kb.iter_documents():
-        ids = [chunk_id for record in batch for chunk_id in record.chunks]
-        values = await kb.chunk_fields(ids, [kind.field])
-        cursor = 0
-        for record in batch:
-            added: list[str] = []
-            for chunk_id in record.chunks:
-                raw = values[cursor][0]
-                cursor += 1
-                if raw and kind.add(index, chunk_id, raw, True):
-                    added.append(chunk_id)
-            docs[record.id] = added
+        values = await kb.document_fields([record.id for record in batch], kind.field)
+        docs.update({record.id: [] for record in batch})
+        docs.update(kind.add(index, [(record, raw) for record, raw in zip(batch, values, strict=True) if raw], True))
     kind.finish(index)
     return _Synced(epoch=state.epoch, gen=state.gen, docs=docs, index=index)
 
@@ -684,6 +739,7 @@ class DenseRetriever(_RankingRetriever):
         self.embedder = embedder
         self.vector_search = vector_search
         self._warned: set[str] = set()
+        self._expect_vectors = False
 
     @property
     def name(self) -> str:
@@ -692,6 +748,19 @@ class DenseRetriever(_RankingRetriever):
     async def rank(self, query: str, n: int) -> _Ranked:
         if not query.strip():
             return []
+        # Embedding the query is the slow part: when the last search found vectors, start it now,
+        # in parallel with the state checks (and, in a hybrid search, with BM25).
+        early = asyncio.ensure_future(self.embedder.embed_query(query)) if self._expect_vectors else None
+        try:
+            return await self._rank(query, n, early)
+        finally:
+            if early is not None:
+                if early.done():
+                    early.exception() if not early.cancelled() else None  # never "exception was never retrieved"
+                else:
+                    early.cancel()
+
+    async def _rank(self, query: str, n: int, early: asyncio.Future[npt.NDArray[np.float32]] | None) -> _Ranked:
         states = await asyncio.gather(*(kb.state() for kb in self.kbs))
         searchable: list[tuple[KnowledgeBase, KbState]] = []
         for kb, state in zip(self.kbs, states, strict=True):
@@ -708,9 +777,10 @@ class DenseRetriever(_RankingRetriever):
                     )
                 continue
             searchable.append((kb, state))
+        self._expect_vectors = bool(searchable)
         if not searchable:
             return []
-        vector = await self.embedder.embed_query(query)
+        vector = await early if early is not None else await self.embedder.embed_query(query)
         merged: _Ranked = []
         for kb, state in searchable:
             hits = await self._search_kb(kb, state, vector, n)
@@ -800,33 +870,14 @@ async def _gather_tolerant(calls: Sequence[Awaitable[Any]], names: Sequence[str]
 
 # --- the Redis Query Engine ------------------------------------------------------------------------
 
-_QUERY_ENGINE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 _FT_READY: set[tuple[str, str]] = set()
-
-
-async def query_engine_available(redis: RedisClient) -> bool:
-    """Whether the server has the Redis Query Engine (`FT.SEARCH`): Redis 8, Redis Stack, or the
-    search module. Asked once per client."""
-    known = _QUERY_ENGINE.get(redis)
-    if known is None:
-        try:
-            await redis.execute_command('FT._LIST')  # pyright: ignore[reportUnknownMemberType]
-            known = True
-        except ResponseError:
-            known = False
-        _QUERY_ENGINE[redis] = known
-    return known
-
-
-def _ft_index_name(kb: KnowledgeBase) -> str:
-    return knowledge_key(kb.keys.tenant, kb.keys.kb, 'vecidx', user=kb.keys.user)
 
 
 async def _query_engine_search(
     kb: KnowledgeBase, vector: npt.NDArray[np.float32], n: int
 ) -> list[tuple[str, float]] | None:
     """KNN through `FT.SEARCH`; `None` while the index is still being built (search in process then)."""
-    name = _ft_index_name(kb)
+    name = kb.query_engine_index
     if (name, str(vector.shape[0])) not in _FT_READY:
         try:
             info = cast(list[Any], await kb.redis.execute_command('FT.INFO', name))  # pyright: ignore[reportUnknownMemberType]

@@ -93,7 +93,7 @@ class _Bar:
 def _chart(metric: str, bars: Sequence[_Bar], *, scale: float | None = None) -> str:
     """A horizontal bar chart as inline SVG, one bar per cell."""
     label_width, bar_width, row, top = 230, 240, 26, 6
-    width = label_width + bar_width + 90
+    width = label_width + bar_width + 130  # room for the value after the longest bar
     height = top + row * len(bars) + 6
     known = [value for bar in bars for value in (bar.value, bar.mark) if value is not None]
     maximum = scale if scale is not None else (max(known) if known else 0.0)
@@ -253,7 +253,8 @@ def _turn(turn: TurnOutcome) -> str:
         for check in turn.checks
     )
     numbers = (
-        f'{turn.total_tokens:,} tokens · {turn.requests} requests · {_seconds(turn.latency_s)} · {_cost(turn.cost_usd)}'
+        f'{turn.total_tokens:,} tokens · {turn.requests} request{"s" if turn.requests != 1 else ""} · '
+        f'{_seconds(turn.latency_s)} · {_cost(turn.cost_usd)}'
     )
     return (
         f'<div class="turn"><div class="small">turn {turn.index} · session {_e(turn.session)} · {numbers}</div>'

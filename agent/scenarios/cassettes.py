@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -93,18 +94,16 @@ _MESSAGE_NOISE = frozenset(
 _PART_NOISE = frozenset({'timestamp', 'id', 'provider_details', 'provider_name', 'metadata'})
 """Part fields that differ between runs (tool call ids are renumbered instead)."""
 
-_TEXT_NOISE: tuple[tuple[re.Pattern[str], str], ...] = (
-    (
-        re.compile(r'\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?'),
-        '<datetime>',
-    ),
-    (re.compile(r'\b\d{4}-\d{2}-\d{2}\b'), '<date>'),
-    (re.compile(r'\b(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day\b'), '<weekday>'),
-    (re.compile(r'\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b'), '<uuid>'),
-    (re.compile(r'\bscn-[0-9a-f]{16}\b'), '<tenant>'),
-    (re.compile(r'\bf-[0-9a-f]{12}\b'), '<fact>'),  # long-term memory's fact ids, random per run
-    (re.compile('\u200d'), ''),  # zero-width joiners some models' adapters put inside special tokens
+_TEXT_NOISE = re.compile(
+    r'(?P<datetime>\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)'
+    r'|(?P<date>\b\d{4}-\d{2}-\d{2}\b)'
+    r'|(?P<weekday>\b(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day\b)'
+    r'|(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)'
+    r'|(?P<tenant>\bscn-[0-9a-f]{16}\b)'  # a scenario run's tenant id
+    r'|(?P<fact>\bf-[0-9a-f]{12}\b)'  # long-term memory's fact ids, random per run
+    r'|(?P<zwj>\u200d)'  # zero-width joiners some models' adapters put inside special tokens
 )
+"""What varies between runs inside texts; each match becomes `<name>` (a zero-width joiner goes)."""
 
 
 class ReplayMissError(TandemError):
@@ -114,10 +113,15 @@ class ReplayMissError(TandemError):
 # --- normalization -----------------------------------------------------------------------------------
 
 
+def _placeholder(match: re.Match[str]) -> str:
+    kind = match.lastgroup or ''
+    return '' if kind == 'zwj' else f'<{kind}>'
+
+
+@lru_cache(maxsize=1024)
 def _text(value: str) -> str:
-    for pattern, replacement in _TEXT_NOISE:
-        value = pattern.sub(replacement, value)
-    return value
+    # Cached: the same instructions and history come back in every request of a conversation.
+    return _TEXT_NOISE.sub(_placeholder, value)
 
 
 def _scrub(value: Any) -> Any:

@@ -66,7 +66,8 @@ class StepPrinter:
                     detail = f' — {escape(check.detail)}' if check.detail else ''
                     print_(f'  [red]✗ {escape(check.label)}[/]{detail}', highlight=False)
             print_(
-                f'  [dim]{turn.total_tokens:,} tokens · {turn.requests} requests · {format_seconds(turn.latency_s)} · '
+                f'  [dim]{turn.total_tokens:,} tokens · {turn.requests} request{"s" if turn.requests != 1 else ""} · '
+                f'{format_seconds(turn.latency_s)} · '
                 f'{format_cost(turn.cost_usd)}[/]',
                 highlight=False,
             )

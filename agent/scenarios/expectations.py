@@ -8,7 +8,7 @@ own, recorded and replayed like any other).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 from pydantic_ai.models import Model
@@ -19,10 +19,7 @@ from agent.events import short
 from agent.scenarios.results import CheckResult, ToolCallResult
 from agent.scenarios.schema import ArgMatch, Expectations, Judge, ToolCall
 
-__all__ = ['JudgeModel', 'check_turn', 'judge_answer', 'matches_call']
-
-JudgeModel = Callable[[Judge], Model]
-"""Chooses the model that judges a rubric (its `backbone`, else the run's judge, else the backbone under test)."""
+__all__ = ['check_turn', 'judge_answer', 'matches_call']
 
 
 def _text_of(value: Any) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from pydantic import ValidationError
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
 from redis.asyncio import Redis
@@ -41,9 +42,10 @@ from agent.runtime import run_turn, with_session
 from agent.scenarios._yaml import Problem
 from agent.scenarios.cassettes import Cassettes, model_time
 from agent.scenarios.expectations import check_turn, judge_answer
-from agent.scenarios.isolation import Seeder, delete_namespace, new_tenant, seed_scenario
+from agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
 from agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from agent.scenarios.schema import Judge, Scenario, ScenarioFileError
+from agent.turn_state import ToolCallRecord
 from tools.registry import ToolsetPlugin, discover_plugins, select
 
 __all__ = [
@@ -203,7 +205,14 @@ def _run_settings(base: Settings, scenario: Scenario, ablation: Sequence[str]) -
         overrides['memory'] = _merge(cast(dict[str, Any], overrides.get('memory') or {}), {'enabled': False})
     if not overrides:
         return base
-    return type(base).model_validate(_merge(base.model_dump(), overrides))
+    try:
+        return type(base).model_validate(_merge(base.model_dump(), overrides))
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = '.'.join(str(part) for part in first['loc'])
+        raise ScenarioSetupError(
+            f"{scenario.where('setup', 'settings')}: these settings are invalid with the run's: {where}: {first['msg']}"
+        ) from error
 
 
 def _tool_names(
@@ -220,7 +229,7 @@ def _tool_names(
     return [name for name in names if name not in dropped]
 
 
-def _tool_calls(result_calls: Sequence[Any]) -> list[ToolCallResult]:
+def _tool_calls(result_calls: Sequence[ToolCallRecord]) -> list[ToolCallResult]:
     return [
         ToolCallResult(name=call.name, args=dict(call.args), ok=call.ok, result=call.result, duration_s=call.duration_s)
         for call in result_calls

@@ -217,11 +217,6 @@ class Expectations(_Model):
 
     _lists = field_validator('tools', 'tools_not_called', 'contains', 'not_contains', 'regex', mode='before')(_as_list)
 
-    @property
-    def empty(self) -> bool:
-        """Whether nothing is expected."""
-        return self == Expectations()
-
 
 class Turn(_Model):
     """One user message, and what must hold after the assistant's answer."""
@@ -353,15 +348,6 @@ class Scenario(_Model):
         mark = self._source.locate(loc)[0] if self._source is not None else None
         return Problem(path, mark.line if mark else 1, mark.column if mark else 1, dotted(loc), message)
 
-    @property
-    def tools_used(self) -> set[str]:
-        """Every tool named in the expectations."""
-        return {
-            name
-            for turn in self.turns
-            for name in [*(call.name for call in turn.expect.tools), *turn.expect.tools_not_called]
-        }
-
 
 # --- loading ---------------------------------------------------------------------------------------
 
@@ -389,13 +375,8 @@ def _known_keys(loc: Loc) -> list[str] | None:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
-        if field is None:
-            if model is ToolCall and part in ('args',):
-                return None
-            # inside a dict field (tool args, settings): the keys are free
-            return None
-        model = _annotation_fields(field.annotation)
-        if model is ArgMatch:
+        model = _annotation_fields(field.annotation) if field is not None else None
+        if model is ArgMatch:  # below `args`, keys are the tool's argument names: anything goes
             return None
     return list(model.model_fields) if model is not None else None
 

@@ -460,7 +460,7 @@ def report_traces(path: Path, *, only_passing: bool = False, backbone: str | Non
     """The conversations of a scenario report (`SuiteReport` JSON), one trace per session of each run.
 
     Args:
-        path: The report file `tandem run` wrote.
+        path: The report file `tandem run --report DIR` wrote (`DIR/report.json`), or that directory.
         only_passing: Keep only the runs whose every check held.
         backbone: Keep only the runs of this backbone's cells (the "teacher" whose answers to train on).
 
@@ -472,6 +472,8 @@ def report_traces(path: Path, *, only_passing: bool = False, backbone: str | Non
 
     from agent.scenarios.results import SuiteReport
 
+    if path.is_dir():  # `tandem run --report DIR` writes DIR/report.json
+        path = path / 'report.json'
     try:
         report = SuiteReport.model_validate_json(path.read_bytes())
     except OSError as error:

@@ -235,9 +235,9 @@ def test_incremental_bm25_scores_equal_a_bm25s_index_built_from_scratch() -> Non
     words = [f'w{n}' for n in range(200)] + ['redis', 'valkey', 'cluster', 'shard']
     corpus = {f'c{n}': ' '.join(rng.choices(words, k=rng.randint(3, 60))) for n in range(400)}
     index = Bm25Index()
-    for chunk_id, text in list(corpus.items())[:150]:
-        index.add(chunk_id, bm25_terms(text), defer=True)
-    index.finish()
+    first = list(corpus.items())[:150]
+    index.add_many([chunk_id for chunk_id, _ in first], [' '.join(bm25_terms(text)) for _, text in first])
+    index.finish()  # a bulk load, as from Redis; then chunk-by-chunk changes
     for chunk_id, text in list(corpus.items())[150:]:
         index.add(chunk_id, bm25_terms(text))
     for chunk_id in list(corpus)[::5]:

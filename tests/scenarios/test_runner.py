@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -469,3 +470,19 @@ async def test_run_scenario_reports_a_stable_record_of_what_ran(
     assert kinds[:3] == ['RunStarted', 'TurnStarted', 'ToolCallStarted']
     assert kinds.count('TurnFinished') == 2 and 'TextDelta' in kinds
     assert run.tenant.startswith('scn-') and len(run.tenant) == 20
+
+
+async def test_scenario_settings_that_clash_with_the_runs_are_an_error_pointing_at_them(
+    redis: Redis, tmp_path: Path, write_scenario: WriteScenario, plugins: dict[str, ToolsetPlugin]
+) -> None:
+    path = write_scenario('name: clash\nsetup:\n  settings:\n    knowledge: {chunk_overlap: 40}\nturns: [{user: hi}]\n')
+    suite_settings = Settings(home=tmp_path / 'home', knowledge={'chunk_tokens': 64, 'chunk_overlap': 8})  # type: ignore[arg-type]
+    model, script = scripted_model()
+    run = await run_scenario(
+        load_scenario(path), backbone_of(model), settings=suite_settings, redis=redis, plugins=plugins
+    )
+    assert run.status == 'error' and script.seen == []
+    assert run.error == (
+        f"{path}:3: these settings are invalid with the run's: knowledge: "
+        'Value error, knowledge.chunk_overlap must be less than half of knowledge.chunk_tokens'
+    )

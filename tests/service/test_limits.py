@@ -190,3 +190,20 @@ async def test_a_body_that_is_not_json_is_a_400(make_app: MakeApp) -> None:
     assert response.status_code == 400
     assert response.json()['error']['message'].startswith('the body is not valid JSON')
     assert response.json()['error']['param'] is None
+
+
+async def test_the_user_field_can_be_kept_from_naming_sessions(make_app: MakeApp, redis: Redis) -> None:
+    model, script = scripted_model('first', 'second')
+    app = make_app(model, session_from_user_field=False)
+    history = [{'role': 'user', 'content': 'one'}, {'role': 'assistant', 'content': 'first'}]
+    async with asgi(app) as http:
+        await http.post(CHAT, json={**_turn('one'), 'user': 'lib-user'}, headers=AUTH_A)
+        await http.post(
+            CHAT,
+            json={'model': 'scripted', 'messages': [*history, {'role': 'user', 'content': 'two'}], 'user': 'lib-user'},
+            headers=AUTH_A,
+        )
+
+    # Stateless: the client's history is the history, nothing is stored.
+    assert list(render_transcript(script.seen[1][0])) == ['you: one', 'assistant: first', 'you: two']
+    assert [key async for key in redis.scan_iter('*sessions*')] == []

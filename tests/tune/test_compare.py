@@ -216,5 +216,29 @@ def test_cli_compare_writes_the_decision_report(
     report = SuiteReport.model_validate_json((tmp_path / 'runs.json').read_text())
     assert len(report.cells) == 3 and len(report.runs) == 6
 
-    same = runner.invoke(app, ['tune', 'compare', str(SCENARIOS[0]), '--base', 'base', '--tuned', 'base'], env=env)
+    with injected_backbones(_backbone('base', needs_the_full_prompt=True)):
+        same = runner.invoke(app, ['tune', 'compare', str(SCENARIOS[0]), '--base', 'base', '--tuned', 'base'], env=env)
     assert same.exit_code == 1
+    assert 'compare two different ones' in same.stderr
+    unknown = runner.invoke(app, ['tune', 'compare', str(SCENARIOS[0]), '--base', 'nope', '--tuned', 'x'], env=env)
+    assert unknown.exit_code == 1
+    assert "unknown backbone 'nope' (known: none configured): add [backbones.nope] to tandem.toml" in unknown.stderr
+
+    # The runs of the winning arm are the next training set.
+    exported = runner.invoke(
+        app,
+        [
+            'tune',
+            'export',
+            '--report',
+            str(tmp_path / 'runs.json'),
+            '--only-passing',
+            '--backbone',
+            'base',
+            '--out',
+            str(tmp_path / 'next.jsonl'),
+        ],
+        env=env,
+    )
+    assert exported.exit_code == 0, exported.stderr
+    assert 'wrote 2 example(s)' in exported.stderr

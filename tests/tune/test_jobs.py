@@ -187,3 +187,37 @@ def test_status_once_shows_the_state_and_returns(tmp_path: Path, env: dict[str, 
     assert once.exit_code == 0
     assert f'job {job_id} is queued; follow it with: tandem tune status {job_id}' in ' '.join(once.stderr.split())
     assert fake.jobs[job_id]['fine_tuned_model'] is None
+
+
+def test_the_live_view_shows_progress_metrics_and_the_latest_events() -> None:
+    from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
+    from rich.console import Console
+
+    from agent.cli_tune import _JobView
+    from agent.tune.jobs import JobUpdate
+
+    job = FineTuningJob.model_validate(
+        {
+            'id': 'ftjob-1', 'object': 'fine_tuning.job', 'created_at': 0, 'model': 'gpt-4.1-mini-2025-04-14',
+            'organization_id': 'org', 'result_files': [], 'seed': 1, 'status': 'running', 'training_file': 'file-1',
+            'hyperparameters': {'n_epochs': 3},
+        }
+    )  # fmt: skip
+    event = FineTuningJobEvent.model_validate(
+        {
+            'id': 'e1',
+            'object': 'fine_tuning.job.event',
+            'created_at': 60,
+            'level': 'info',
+            'message': 'Step 5/20',
+            'type': 'metrics',
+        }
+    )
+    view = _JobView('ftjob-1')
+    view.update(JobUpdate(job, [event], {'step': 5, 'total_steps': 20, 'train_loss': 0.4321}))
+    console = Console(record=True, width=100)
+    console.print(view.render())
+    screen = console.export_text()
+    assert 'running' in screen and 'step 5/20' in screen and 'train_loss 0.4321' in screen
+    assert '00:01:00 Step 5/20' in screen.replace('  ', ' ')
+    assert view.take_lines() == ['status: running', '00:01:00 Step 5/20'] and view.take_lines() == []
