@@ -47,7 +47,7 @@ from memory.redis_server import EmbeddedRedis  # noqa: E402
 
 CLIENTS = 32
 TURNS = 20
-ROUNDS = 2
+ROUNDS = 3
 KEY = 'sk-bench-key'
 
 

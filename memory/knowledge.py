@@ -669,8 +669,9 @@ class KnowledgeBase:
             for doc_id in ids:
                 removed += await self.remove_document(doc_id)
         await self.redis.delete(*self._own_keys)
-        with contextlib.suppress(ResponseError):  # no Query Engine, or no index: nothing to drop
-            await self.redis.execute_command('FT.DROPINDEX', self.query_engine_index)  # pyright: ignore[reportUnknownMemberType]
+        if await query_engine_available(self.redis):
+            with contextlib.suppress(ResponseError):  # no index was ever made: nothing to drop
+                await self.redis.execute_command('FT.DROPINDEX', self.query_engine_index)  # pyright: ignore[reportUnknownMemberType]
         await self.redis.hdel(self.keys.registry, self.keys.registry_field)  # pyright: ignore[reportUnknownMemberType]
         return removed
 
@@ -691,7 +692,10 @@ _QUERY_ENGINE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary(
 
 async def query_engine_available(redis: RedisClient) -> bool:
     """Whether the server has the Redis Query Engine (`FT.SEARCH`): Redis 8, Redis Stack, or the
-    search module. Asked once per client."""
+    search module. Asked once per client. Always `False` on a Redis Cluster, whose search indexes
+    are per shard: there vectors are searched in process."""
+    if isinstance(redis, RedisCluster):
+        return False
     known = _QUERY_ENGINE.get(redis)
     if known is None:
         try:

@@ -21,7 +21,7 @@ from pydantic_ai.tools import ToolDefinition
 
 from agent.errors import TandemError
 from tests.tools.fake_install import EXAMPLE_PLUGIN_SOURCE, FakeInstall
-from tools import calculator, clock, web
+from tools import calculator, clock, memory_tools, web
 from tools.registry import (
     ENTRY_POINT_GROUP,
     ToolsetPlugin,
@@ -33,7 +33,12 @@ from tools.registry import (
 
 REPO = Path(__file__).resolve().parents[2]
 # What pyproject.toml must declare for the built-ins; the tests below check both agree.
-BUILTIN_ENTRY_POINTS = {'calc': 'tools.calculator:plugin', 'clock': 'tools.clock:plugin', 'web': 'tools.web:plugin'}
+BUILTIN_ENTRY_POINTS = {
+    'calc': 'tools.calculator:plugin',
+    'clock': 'tools.clock:plugin',
+    'web': 'tools.web:plugin',
+    'memory': 'tools.memory_tools:plugin',
+}
 
 
 def test_pyproject_registers_the_builtins() -> None:
@@ -105,7 +110,7 @@ async def test_broken_plugins_are_reported_not_fatal(
     )
     assert len(caplog.records) == 3
     # "Everything" skips them; naming one says why it can't be used.
-    assert [plugin.name for plugin in select(None, plugins)] == ['calc', 'clock', 'web']
+    assert [plugin.name for plugin in select(None, plugins)] == ['calc', 'clock', 'memory', 'web']
     with pytest.raises(TandemError) as raised:
         select(['calc', 'raises'], plugins)
     assert str(raised.value) == snapshot("Tool plugin 'raises' failed to load: RuntimeError: missing API key")
@@ -147,7 +152,7 @@ def test_select_by_name() -> None:
     plugins = discover_plugins()
     assert select(['clock', ' CALC', 'clock'], plugins) == [clock.plugin, calculator.plugin]
     assert select([], plugins) == []
-    assert select(None, plugins) == [calculator.plugin, clock.plugin, web.plugin]
+    assert select(None, plugins) == [calculator.plugin, clock.plugin, memory_tools.plugin, web.plugin]
 
 
 def test_select_unknown_names_lists_known_ones() -> None:

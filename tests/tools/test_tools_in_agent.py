@@ -34,6 +34,10 @@ async def test_test_model_calls_every_discovered_tool(fake_install: FakeInstall)
         # Offline here: the web tools answer with a clear message instead of failing the turn.
         'web_fetch': IsStr(regex=r'^web fetch failed: .*'),
         'web_search': IsStr(regex=r'^web search unavailable: .*'),
+        # Without Tandem's Deps (no identity, no store) the memory tools say memory is off.
+        'remember': IsStr(regex=r'Long-term memory is off.*'),
+        'recall': IsStr(regex=r'Long-term memory is off.*'),
+        'forget': IsStr(regex=r'Long-term memory is off.*'),
     }
 
 
