@@ -425,7 +425,7 @@ def redis_stop() -> None:
 
 import agent.cli_models  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem models`
 import agent.cli_run  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem run`
-import agent.cli_serve  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem serve`
+import agent.cli_serve  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem serve`
 import agent.cli_tune  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem tune`
 from agent.cli_memory import memory_app  # noqa: E402
 

@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent.errors import RedisUnavailableError, TandemError
 from memory.connection import RedisClient
-from memory.keys import SessionKeys, sessions_index_key, validate_id
+from memory.keys import SessionKeys, session_summary_key, sessions_index_key, validate_id
 
 __all__ = ('RedisConversationStore', 'SessionInfo', 'SessionNotFoundError')
 
@@ -387,6 +387,10 @@ class RedisConversationStore(ConversationStore):
         """
         self._check(conversation_id, scope)
         await super().delete(conversation_id, scope=scope)
+        if await self.read_record(conversation_id) is None:
+            # Compaction's running summary lives beside the session; it goes with it.
+            with _unavailable('deleting a session'):
+                await self._redis.delete(session_summary_key(self.tenant, conversation_id))
 
     # -- helpers for the CLI ------------------------------------------------------------------------
 

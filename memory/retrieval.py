@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import importlib.util
 import itertools
@@ -1074,6 +1075,10 @@ def local_embedder(path: str | Path | None = None, *, batch_size: int = 32) -> P
             os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
             from pydantic_ai.embeddings.sentence_transformers import SentenceTransformerEmbeddingModel
 
+            with contextlib.suppress(ImportError, AttributeError):  # no "Loading weights" bar on the terminal
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()
             return SentenceTransformerEmbeddingModel(
                 str(model_dir),
                 settings=cast(
