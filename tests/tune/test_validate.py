@@ -223,7 +223,7 @@ def test_offline_counts_say_they_are_estimates() -> None:
     counter = token_counter('o200k_base')
     assert not counter.exact
     assert 'estimate' in counter.label or 'standing in' in counter.label
-    assert counter.count('abcdefgh') >= 2
+    assert 0 < counter.count('hello world, how are you?') < 20
 
 
 def test_cli_exits_non_zero_on_errors_and_prints_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
