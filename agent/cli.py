@@ -423,13 +423,12 @@ def redis_stop() -> None:
     _out.print('stopped the embedded Redis server')
 
 
-import agent.cli_models  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem models`
-import agent.cli_run  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem run`
-import agent.cli_serve  # noqa: E402  # pyright: ignore[reportUnusedImport] -- registers `tandem serve`
-import agent.cli_tune  # noqa: E402, F401  # pyright: ignore[reportUnusedImport] -- registers `tandem tune`
+# Sub-commands live in their own modules and register on `app` when imported.
+from agent import cli_models, cli_run, cli_serve, cli_tune  # noqa: E402
 from agent.cli_memory import memory_app  # noqa: E402
 
 app.add_typer(memory_app, name='memory')
+_REGISTERED = (cli_models, cli_run, cli_serve, cli_tune)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pydantic_ai.tools import ToolDefinition
 
 from agent.errors import TandemError
 from tests.tools.fake_install import EXAMPLE_PLUGIN_SOURCE, FakeInstall
-from tools import calculator, clock, memory_tools, web
+from tools import calculator, clock, knowledge, memory_tools, web
 from tools.registry import (
     ENTRY_POINT_GROUP,
     ToolsetPlugin,
@@ -38,6 +38,7 @@ BUILTIN_ENTRY_POINTS = {
     'clock': 'tools.clock:plugin',
     'web': 'tools.web:plugin',
     'memory': 'tools.memory_tools:plugin',
+    'knowledge': 'tools.knowledge:plugin',
 }
 
 
@@ -110,7 +111,7 @@ async def test_broken_plugins_are_reported_not_fatal(
     )
     assert len(caplog.records) == 3
     # "Everything" skips them; naming one says why it can't be used.
-    assert [plugin.name for plugin in select(None, plugins)] == ['calc', 'clock', 'memory', 'web']
+    assert [plugin.name for plugin in select(None, plugins)] == ['calc', 'clock', 'knowledge', 'memory', 'web']
     with pytest.raises(TandemError) as raised:
         select(['calc', 'raises'], plugins)
     assert str(raised.value) == snapshot("Tool plugin 'raises' failed to load: RuntimeError: missing API key")
@@ -152,7 +153,7 @@ def test_select_by_name() -> None:
     plugins = discover_plugins()
     assert select(['clock', ' CALC', 'clock'], plugins) == [clock.plugin, calculator.plugin]
     assert select([], plugins) == []
-    assert select(None, plugins) == [calculator.plugin, clock.plugin, memory_tools.plugin, web.plugin]
+    assert select(None, plugins) == [calculator.plugin, clock.plugin, knowledge.plugin, memory_tools.plugin, web.plugin]
 
 
 def test_select_unknown_names_lists_known_ones() -> None:
