@@ -83,6 +83,7 @@ from memory.keys import rate_limit_key, validate_id
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
     from agent.backbones import Backbone
     from memory.knowledge import KbInfo
@@ -246,12 +247,15 @@ class _RateLimiter:
     def __init__(self, limit: int, window_seconds: float) -> None:
         self.limit = limit
         self.window_ms = max(1, round(window_seconds * 1000))
+        self._script: AsyncScript | None = None
 
     async def retry_after(self, redis: Redis, caller: Caller) -> float | None:
         """Log a request by `caller`; `None` if it is allowed, else the seconds until it would be."""
         if self.limit <= 0:
             return None
-        script = redis.register_script(_SLIDING_WINDOW)
+        script = self._script
+        if script is None or script.registered_client is not redis:
+            script = self._script = redis.register_script(_SLIDING_WINDOW)
         reply = cast(
             list[int],
             await script(

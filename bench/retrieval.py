@@ -278,16 +278,21 @@ async def bench_recall(kb: KnowledgeBase, embedder: PydanticAIEmbedder) -> list[
 
     # The same set through the bm25s library, indexed from scratch: the BM25 baseline.
     records = [record async for batch in kb.iter_documents() for record in batch]
-    chunk_ids = [chunk_id for record in records for chunk_id in record.chunks]
-    stored = await kb.chunk_fields(chunk_ids, ['terms', 'source'])
+    stored = await kb.document_fields([record.id for record in records], 'terms')
+    corpus: list[list[str]] = []
+    sources: list[str] = []
+    for record, raw in zip(records, stored, strict=True):
+        for chunk_terms in (raw or b'').decode().split('\n'):
+            corpus.append(chunk_terms.split())
+            sources.append(Path(record.source).name)
     reference = bm25s.BM25()
-    reference.index([(raw or b'').decode().split() for raw, _ in stored], show_progress=False)
+    reference.index(corpus, show_progress=False)
     hits = 0
     for query, answer in QUERIES:
         terms = [term for term in bm25_terms(query) if term in reference.vocab_dict]
-        scores = reference.get_scores(terms) if terms else np.zeros(len(chunk_ids))
+        scores = reference.get_scores(terms) if terms else np.zeros(len(corpus))
         top = np.argsort(-scores, kind='stable')[:10]
-        hits += answer in {Path((stored[i][1] or b'').decode()).name for i in top.tolist() if scores[i] > 0}
+        hits += answer in {sources[i] for i in top.tolist() if scores[i] > 0}
     library = hits / len(QUERIES)
     info = await kb.info()
     notes.append(
