@@ -71,7 +71,16 @@ def test_a_second_process_sends_the_stored_history_instructions_and_tools(
     assert roles == ['system', 'user', 'assistant', 'user']
     assert 'Tandem' in sent['messages'][0]['content']
     assert sent['messages'][1]['content'] == 'Hello, my favourite colour is teal.'
-    assert sorted(tool['function']['name'] for tool in sent['tools']) == ['calculate', 'now', 'web_fetch', 'web_search']
+    assert sorted(tool['function']['name'] for tool in sent['tools']) == [
+        'calculate',
+        'forget',
+        'now',
+        'recall',
+        'remember',
+        'search_knowledge',
+        'web_fetch',
+        'web_search',
+    ]
 
 
 def _openai_deps(redis: Redis, server: FakeOpenAI, home: Path) -> Deps:
