@@ -398,6 +398,10 @@ class Assistant:
         """Close the Redis client this assistant connected (a client passed in is left open)."""
         self._closed = True
         client, self._redis = self._redis, None
+        if client is not None:
+            from agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+
+            await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # they write through this client
         if client is not None and self._owns_redis:
             with contextlib.suppress(Exception):  # closing a client whose server went away must not fail shutdown
                 await client.aclose()
