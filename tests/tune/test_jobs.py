@@ -27,7 +27,9 @@ def fake() -> Iterator[FakeFineTuning]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, fake: FakeFineTuning, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(
+    tmp_path: Path, fake: FakeFineTuning, config_file: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv('TANDEM_BACKBONE', raising=False)
     return {
@@ -35,6 +37,7 @@ def env(tmp_path: Path, fake: FakeFineTuning, config_file: Path, monkeypatch: py
         'OPENAI_BASE_URL': fake.url,
         'TANDEM_HOME': str(tmp_path / 'home'),
         'TANDEM_CONFIG': str(config_file),
+        'TANDEM_REDIS_URL': redis_url,  # the shared test server, not an embedded one left running
     }
 
 
