@@ -235,15 +235,14 @@ async def bench_ingest_bm25(redis: Any, root: Path) -> tuple[list[str], list[str
 
 async def bench_ingest_local(redis: Any, root: Path, embedder: PydanticAIEmbedder) -> tuple[list[str], KnowledgeBase]:
     docs = root / 'local'
-    markdown_files(docs, 40)
+    markdown_files(docs, 24)
     for name, text in DOCUMENTS.items():
         (docs / name).write_text(text)
-    kb = KnowledgeBase(redis, tenant='bench', name='local')
     # Load torch and the weights, and let oneDNN build its kernels for these text lengths, outside
     # the timing of both sides: encode passages like the ones measured (not the same ones).
     await embedder.embed_documents(passages(64))
+    model = (await embedder._get())._model._model  # the SentenceTransformer pydantic-ai loaded
 
-    ingestor = Ingestor(kb, embedder=embedder)
     embedded: list[str] = []
     original = embedder.embed_documents
 
@@ -251,22 +250,31 @@ async def bench_ingest_local(redis: Any, root: Path, embedder: PydanticAIEmbedde
         embedded.extend(texts)
         return await original(texts)
 
-    embedder.embed_documents = recording  # type: ignore[method-assign]
-    try:
-        report = await ingestor.ingest([str(docs)])
-    finally:
-        embedder.embed_documents = original  # type: ignore[method-assign]
-
-    model = (await embedder._get())._model._model  # the SentenceTransformer pydantic-ai loaded
-    started = time.perf_counter()
-    model.encode(embedded, batch_size=32, show_progress_bar=False, convert_to_numpy=True)
-    raw = time.perf_counter() - started
+    # Two rounds, pipeline then raw encode, each side keeping its best: the machine's load varies.
+    pipeline: list[float] = []
+    raw: list[float] = []
+    kb = KnowledgeBase(redis, tenant='bench', name='local')
+    chunks = 0
+    for round_ in range(2):
+        embedded.clear()
+        target = kb if round_ == 0 else KnowledgeBase(redis, tenant='bench', name='local-again')
+        embedder.embed_documents = recording  # type: ignore[method-assign]
+        try:
+            report = await Ingestor(target, embedder=embedder).ingest([str(docs)])
+        finally:
+            embedder.embed_documents = original  # type: ignore[method-assign]
+        pipeline.append(report.seconds)
+        chunks = report.chunks
+        started = time.perf_counter()
+        model.encode(list(embedded), batch_size=32, show_progress_bar=False, convert_to_numpy=True)
+        raw.append(time.perf_counter() - started)
+    best, base = min(pipeline), min(raw)
     notes.append(
-        f'ingest_local_embeddings: {report.chunks} chunks in {report.seconds:.1f} s '
-        f'({report.chunks / report.seconds:.1f} chunks/s); baseline: SentenceTransformer.encode of the same '
-        f'{len(embedded)} texts, batch 32 ({raw:.1f} s, {len(embedded) / raw:.1f} chunks/s)'
+        f'ingest_local_embeddings: {chunks} chunks, best of 2 runs {best:.1f} s ({chunks / best:.1f} chunks/s), '
+        f'whole pipeline (read, chunk, embed, write); baseline: SentenceTransformer.encode of exactly the texts the '
+        f'pipeline embedded, batch 32, best of 2 ({base:.1f} s, {chunks / base:.1f} chunks/s)'
     )
-    return [line('ingest_local_embeddings_time', report.seconds, raw, 1.2, 's')], kb
+    return [line('ingest_local_embeddings_time', best, base, 1.2, 's')], kb
 
 
 async def bench_recall(kb: KnowledgeBase, embedder: PydanticAIEmbedder) -> list[str]:

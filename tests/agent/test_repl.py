@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prompt_toolkit import PromptSession
-from prompt_toolkit.input import create_pipe_input
-from prompt_toolkit.output import DummyOutput
-from rich.console import Console
 
 from agent.config import Settings
 from agent.context import TurnOptions
-from agent.repl import run_repl
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
+from tests.support.repl import drive_repl
 
 
 def script(body: dict[str, Any]) -> Reply:
@@ -37,34 +31,9 @@ def server() -> Iterator[FakeOpenAI]:
 
 
 async def _drive(settings: Settings, keys: str, options: TurnOptions) -> str:
-    """Type `keys` line by line, each once the REPL waits at its prompt, and return the screen."""
-    console_file = io.StringIO()
-    console = Console(file=console_file, width=100, force_terminal=False, color_system=None)
-    lines = [line for line in keys.split('\r') if line]
-    if lines[-1] != '/exit':
-        lines.append('/exit')
-    waiting = asyncio.Event()
-    prompt_async = PromptSession.prompt_async
-
-    async def prompting(self: PromptSession[str], *args: Any, **kwargs: Any) -> str:
-        waiting.set()
-        return await prompt_async(self, *args, **kwargs)
-
-    with create_pipe_input() as pipe, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PromptSession, 'prompt_async', prompting)
-
-        async def type_lines() -> None:
-            for line in lines:
-                await waiting.wait()
-                waiting.clear()
-                pipe.send_text(line + '\r')
-
-        typist = asyncio.ensure_future(type_lines())
-        try:
-            await asyncio.wait_for(run_repl(settings, options, input=pipe, output=DummyOutput(), console=console), 60)
-        finally:
-            typist.cancel()
-    return console_file.getvalue()
+    return await drive_repl(
+        settings, [line for line in keys.split('\r') if line and line != '/exit'], options, width=100
+    )
 
 
 def _settings(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> Settings:

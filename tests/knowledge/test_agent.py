@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prompt_toolkit.input import create_pipe_input
-from prompt_toolkit.output import DummyOutput
-from prompt_toolkit.shortcuts import PromptSession
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
-from rich.console import Console
 
 from agent.config import KnowledgeConfig, Settings
 from agent.context import TurnOptions, build_deps
 from agent.deps import Deps
 from agent.knowledge_context import KnowledgeContextProvider, cited_numbers, sources_table
-from agent.repl import run_repl
 from agent.runtime import run_turn
 from memory.ingest import Ingestor
 from memory.knowledge import KnowledgeBase
@@ -30,6 +23,7 @@ from memory.retrieval import Bm25Retriever, Retriever, build_retriever
 from tests.knowledge.conftest import write_tree
 from tests.support.deps import make_deps, scripted_backbone
 from tests.support.fake_openai import FakeOpenAI, Reply, Text
+from tests.support.repl import drive_repl
 from tests.support.scripted import call, scripted_model
 from tools.knowledge import EMPTY_KB, plugin
 
@@ -215,35 +209,7 @@ async def test_sources_shows_what_the_last_answer_cited(
     assert 'The last answer used no passages from the knowledge base.' in first
     assert 'The last answer cites 1 of the' in rest
     assert str((docs / 'faq.txt').resolve()) in rest and 'Lisbon' in rest
-    print(screen)
 
 
 async def _drive(settings: Settings, lines: list[str]) -> str:
-    """Type `lines` into a REPL, each once it waits at its prompt; return the screen."""
-    console_file = io.StringIO()
-    console = Console(file=console_file, width=400, force_terminal=False, color_system=None)
-    lines = [*lines, '/exit']
-    waiting = asyncio.Event()
-    prompt_async = PromptSession.prompt_async
-
-    async def prompting(self: PromptSession[str], *args: Any, **kwargs: Any) -> str:
-        waiting.set()
-        return await prompt_async(self, *args, **kwargs)
-
-    with create_pipe_input() as pipe, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PromptSession, 'prompt_async', prompting)
-
-        async def type_lines() -> None:
-            for line in lines:
-                await waiting.wait()
-                waiting.clear()
-                pipe.send_text(line + '\r')
-
-        typist = asyncio.ensure_future(type_lines())
-        try:
-            await asyncio.wait_for(
-                run_repl(settings, TurnOptions(session='r1'), input=pipe, output=DummyOutput(), console=console), 60
-            )
-        finally:
-            typist.cancel()
-    return console_file.getvalue()
+    return await drive_repl(settings, lines, width=400)

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from prompt_toolkit import PromptSession
-from prompt_toolkit.input import create_pipe_input
-from prompt_toolkit.output import DummyOutput
 from redis.asyncio import Redis
-from rich.console import Console
 from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.config import Settings
 from agent.context import TurnOptions
-from agent.repl import run_repl
 from memory.connection import connect
 from memory.facts import FactStore
 from tests.support.fake_openai import FakeOpenAI, Text
+from tests.support.repl import drive_repl
 
 runner = CliRunner()
 T = TypeVar('T')
@@ -172,31 +167,7 @@ def test_ask_knows_what_another_session_remembered(env: dict[str, str], redis_ur
 
 
 async def _drive(settings: Settings, lines: list[str], options: TurnOptions) -> str:
-    """Type `lines` one by one, each once the REPL waits at its prompt, and return the screen."""
-    console_file = io.StringIO()
-    console = Console(file=console_file, width=120, force_terminal=False, color_system=None)
-    waiting = asyncio.Event()
-    prompt_async = PromptSession.prompt_async
-
-    async def prompting(self: PromptSession[str], *args: Any, **kwargs: Any) -> str:
-        waiting.set()
-        return await prompt_async(self, *args, **kwargs)
-
-    with create_pipe_input() as pipe, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PromptSession, 'prompt_async', prompting)
-
-        async def type_lines() -> None:
-            for line in [*lines, '/exit']:
-                await waiting.wait()
-                waiting.clear()
-                pipe.send_text(line + '\r')
-
-        typist = asyncio.ensure_future(type_lines())
-        try:
-            await asyncio.wait_for(run_repl(settings, options, input=pipe, output=DummyOutput(), console=console), 30)
-        finally:
-            typist.cancel()
-    return console_file.getvalue()
+    return await drive_repl(settings, lines, options, timeout=30)
 
 
 async def test_repl_memory_list_forget_n_and_forget_all(tmp_path: Path, redis_url: str, redis: Redis) -> None:
