@@ -19,9 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from agent.config import Settings
     from memory.ingest import IngestProgress, IngestReport
-    from memory.knowledge import KbInfo
+    from memory.knowledge import KbInfo, KnowledgeBase
 
 __all__ = ['ingest', 'kb_app']
 
@@ -47,6 +49,20 @@ def _kb_name(settings: Settings, name: str | None) -> str:
     from memory.keys import validate_id
 
     return validate_id('knowledge base', name or settings.knowledge.default_kb)
+
+
+async def _existing_kb(
+    redis: Redis, settings: Settings, kb_name: str, user: str | None
+) -> tuple[KnowledgeBase, KbInfo]:
+    """A knowledge base that must exist, and its summary; a clear error when it doesn't."""
+    from agent.errors import TandemError
+    from memory.knowledge import KnowledgeBase
+
+    base = KnowledgeBase(redis, tenant=settings.tenant, name=kb_name, user=user or None)
+    info = await base.info()
+    if info is None:
+        raise TandemError(f'no knowledge base {base.label!r}: `tandem kb list` shows them.')
+    return base, info
 
 
 # --- ingest ----------------------------------------------------------------------------------------
@@ -262,15 +278,10 @@ def kb_show(
 
     async def body() -> None:
         from agent.context import open_redis
-        from agent.errors import TandemError
-        from memory.knowledge import KnowledgeBase
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:
-            base = KnowledgeBase(redis, tenant=settings.tenant, name=kb_name, user=user or None)
-            info = await base.info()
-            if info is None:
-                raise TandemError(f'no knowledge base {base.label!r}: `tandem kb list` shows them.')
+            base, info = await _existing_kb(redis, settings, kb_name, user)
             records = [record async for batch in base.iter_documents() for record in batch]
         records.sort(key=lambda record: record.source)
         if as_json:
@@ -384,14 +395,10 @@ def kb_rm(
     async def body() -> None:
         from agent.context import open_redis
         from agent.errors import TandemError
-        from memory.knowledge import KnowledgeBase
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:
-            base = KnowledgeBase(redis, tenant=settings.tenant, name=kb_name, user=user or None)
-            info = await base.info()
-            if info is None:
-                raise TandemError(f'no knowledge base {base.label!r}: `tandem kb list` shows them.')
+            base, info = await _existing_kb(redis, settings, kb_name, user)
             if sources:
                 exact, prefixes = _resolve_sources(sources)
                 removed = await base.remove_sources(exact, prefixes=prefixes)
@@ -445,17 +452,12 @@ def kb_stats(
 
     async def body() -> None:
         from agent.context import open_redis
-        from agent.errors import TandemError
         from memory.ingest import token_counter
-        from memory.knowledge import KnowledgeBase
         from memory.retrieval import Bm25Retriever, clear_index_cache, query_engine_available
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:
-            base = KnowledgeBase(redis, tenant=settings.tenant, name=kb_name, user=user or None)
-            info = await base.info()
-            if info is None:
-                raise TandemError(f'no knowledge base {base.label!r}: `tandem kb list` shows them.')
+            base, info = await _existing_kb(redis, settings, kb_name, user)
             engine = await query_engine_available(redis)
             clear_index_cache()
             started = time.perf_counter()

@@ -80,8 +80,53 @@ def echo_script(body: dict[str, Any]) -> Reply:
     return Text(f'You said: {texts[-1] if texts else ""}')
 
 
+class _JsonHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP/1.1 handler that answers JSON."""
+
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Loopback:
+    """Serving a handler on a free loopback port, in a daemon thread."""
+
+    _server: ThreadingHTTPServer | None
+
+    @property
+    def url(self) -> str:
+        """The base URL to give as `base_url` / `OPENAI_BASE_URL`."""
+        assert self._server is not None, 'start() the server first'
+        host, port = self._server.server_address[:2]
+        return f'http://{host!s}:{port}/v1'
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(('127.0.0.1', 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass
-class FakeOpenAI:
+class FakeOpenAI(_Loopback):
     """A scripted OpenAI-compatible server on a free loopback port."""
 
     script: Script | list[Reply] = echo_script
@@ -92,14 +137,6 @@ class FakeOpenAI:
     """Models `/v1/embeddings` serves; their vectors come from `fake_embedding`."""
     embedding_dims: int = 64
     _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL to give as `base_url` / `OPENAI_BASE_URL`."""
-        assert self._server is not None, 'start() the server first'
-        host, port = self._server.server_address[:2]
-        return f'http://{host!s}:{port}/v1'
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -122,20 +159,7 @@ class FakeOpenAI:
         """Serve in a background thread."""
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _json(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header('Content-Type', 'application/json')
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(_JsonHandler):
             def do_GET(self) -> None:
                 if self.path.rstrip('/').endswith('/models'):
                     self._json(200, {'object': 'list', 'data': [{'id': m, 'object': 'model'} for m in fake.models]})
@@ -181,24 +205,11 @@ class FakeOpenAI:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self._server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _usage(body: dict[str, Any], reply: Text | ToolCall) -> dict[str, int]:
@@ -280,7 +291,7 @@ def _chunks(body: dict[str, Any], reply: Text | ToolCall, include_usage: bool) -
 
 
 @dataclass
-class FakeFineTuning:
+class FakeFineTuning(_Loopback):
     """A loopback fake of OpenAI's files and fine-tuning endpoints, on its own free port.
 
     It speaks `POST /v1/files` (multipart upload), `GET /v1/files/ID`, `POST /v1/fine_tuning/jobs`,
@@ -309,13 +320,6 @@ class FakeFineTuning:
     _server: ThreadingHTTPServer | None = None
 
     @property
-    def url(self) -> str:
-        """The base URL, for `OPENAI_BASE_URL`."""
-        assert self._server is not None, 'start() the server first'
-        host, port = self._server.server_address[:2]
-        return f'http://{host!s}:{port}/v1'
-
-    @property
     def tuned_models(self) -> list[str]:
         """The models of the jobs that succeeded."""
         return [job['fine_tuned_model'] for job in self.jobs.values() if job.get('fine_tuned_model')]
@@ -324,20 +328,7 @@ class FakeFineTuning:
         """Serve in a background thread."""
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _json(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header('Content-Type', 'application/json')
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(_JsonHandler):
             def _authorised(self) -> bool:
                 if fake.api_key is None or self.headers.get('Authorization') == f'Bearer {fake.api_key}':
                     return True
@@ -382,23 +373,11 @@ class FakeFineTuning:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self._server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def __enter__(self) -> FakeFineTuning:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- routes --
 
