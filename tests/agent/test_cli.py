@@ -158,3 +158,38 @@ def test_tools_lists_every_tool_with_its_status(env: dict[str, str]) -> None:
     result = runner.invoke(app, ['tools'], env=env)
     assert result.exit_code == 0
     assert 'calculate' in result.stdout and 'now' in result.stdout and 'ok' in result.stdout
+
+
+def test_each_turn_is_logged_as_json_lines_without_contents_or_secrets(env: dict[str, str]) -> None:
+    from tests.support.fake_openai import ToolCall, last_tool_result
+
+    def script(body: dict[str, object]) -> object:
+        return ToolCall.one('calculate', expression='6*7') if last_tool_result(body) is None else Text('It is 42.')
+
+    with FakeOpenAI(script, models=['tiny']) as fake:  # type: ignore[arg-type]
+        result = runner.invoke(
+            app,
+            ['--log-format', 'json', 'ask', '--model', 'openai-chat:tiny', '--session', 'logged', 'my secret phrase'],
+            env={**env, 'OPENAI_BASE_URL': fake.url, 'OPENAI_API_KEY': 'sk-never-logged'},
+        )
+    assert result.exit_code == 0, result.stderr
+
+    log_file = Path(env['TANDEM_HOME']) / 'logs' / 'tandem.log'
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    by_event = {line['event']: line for line in lines}
+    start = by_event['turn.start']
+    assert (start['session'], start['tenant'], start['user'], start['backbone'], start['prompt']) == (
+        'logged',
+        'default',
+        'local',
+        'openai-chat:tiny',
+        'assistant@1',
+    )
+    turn_lines = [line for line in lines if line['event'] in {'turn.start', 'model.request', 'tool.call', 'turn.end'}]
+    assert {line['run_id'] for line in turn_lines} == {start['run_id']}
+    requests = [line for line in lines if line['event'] == 'model.request']
+    assert len(requests) == 2 and all(r['latency_ms'] >= 0 and r['input_tokens'] > 0 for r in requests)
+    assert (by_event['tool.call']['tool'], by_event['tool.call']['ok']) == ('calculate', True)
+    raw = log_file.read_text()
+    assert 'my secret phrase' not in raw and 'It is 42' not in raw and 'sk-never-logged' not in raw
+    assert '"event": "turn.end"' in result.stderr  # --log-format json also logs to stderr
