@@ -196,7 +196,8 @@ class Assistant:
         self._toolsets: dict[tuple[str, ...] | None, list[ToolsetPlugin]] = {}
         self._stores: dict[str, RedisConversationStore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
+        # One lock per lazily made resource; nothing awaited under a lock takes a lock (they are not reentrant).
+        self._locks: dict[str, asyncio.Lock] = {}
         self._portal: BlockingPortal | None = None
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._closed = False
@@ -359,17 +360,18 @@ class Assistant:
         Raises:
             BackboneError: It is unknown, or (for the default) no model can be found.
         """
+        # A configured default is that named backbone: one cache entry, and no call back into this method.
+        if name is None:
+            name = self.settings.backbone
         cached = self._resolved.get(name)
         if cached is not None:
             return cached
-        async with self._guard():
+        async with self._guard('backbone'):
             cached = self._resolved.get(name)
             if cached is not None:
                 return cached
             if name is not None:
                 resolved = self._extra.get(name) or _backbones.configured(self.settings, name)
-            elif self.settings.backbone is not None:
-                resolved = await self.backbone(self.settings.backbone)
             elif self._extra:
                 resolved = next(iter(self._extra.values()))
             else:
@@ -386,7 +388,7 @@ class Assistant:
         """
         self._check_loop()
         if self._redis is None:
-            async with self._guard():
+            async with self._guard('redis'):
                 if self._redis is None:
                     url = self.settings.redis_url
                     self._redis = await connect(
@@ -445,11 +447,9 @@ class Assistant:
                 'its async methods or its *_sync ones, not both.'
             )
 
-    def _guard(self) -> asyncio.Lock:
+    def _guard(self, resource: str) -> asyncio.Lock:
         self._check_loop()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
+        return self._locks.setdefault(resource, asyncio.Lock())
 
     def _blocking_portal(self) -> BlockingPortal:
         if self._loop is not None and self._portal is None:

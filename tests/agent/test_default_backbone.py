@@ -1,0 +1,185 @@
+"""The configured default backbone, through every documented path: `tandem.toml`, `TANDEM_BACKBONE`,
+`Assistant.from_config(backbone=...)`; `chat`, `stream`, `chat_sync`, `stream_sync`; and `tandem serve`
+(`/v1/models`, `/readyz`, a plain chat and a streamed one).
+
+Nothing here passes backbones in by hand: each test configures Tandem as a user would, against a
+loopback OpenAI-compatible server, and every wait is bounded, so a hang fails instead of stalling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent import Assistant
+from agent.api import TurnFinished
+from agent.events import TextDelta
+from tests.support.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+TURN_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=['tiny-chat']) as fake:
+        yield fake
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path, redis_url: str, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding the README's `tandem.toml` shape, pointed at the loopback server."""
+    for name in [name for name in os.environ if name.startswith(('TANDEM_', 'OPENAI_'))]:
+        monkeypatch.delenv(name)
+    (tmp_path / 'tandem.toml').write_text(
+        f'tools = ["calc"]\n\n[backbones.local]\nmodel = "openai-chat:tiny-chat"\nbase_url = "{server.url}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('TANDEM_HOME', str(tmp_path / 'home'))
+    monkeypatch.setenv('TANDEM_REDIS_URL', redis_url)
+    return tmp_path
+
+
+def _set_default_in_toml(user_dir: Path) -> None:
+    toml = user_dir / 'tandem.toml'
+    toml.write_text('backbone = "local"\n' + toml.read_text())
+
+
+async def _chat(assistant: Assistant) -> str:
+    async with assistant:
+        result = await asyncio.wait_for(assistant.chat('hello'), TURN_TIMEOUT)
+        again = await asyncio.wait_for(assistant.chat('and again', session=result.session), TURN_TIMEOUT)
+    assert (result.backbone, again.backbone) == ('local', 'local')
+    return again.answer
+
+
+async def test_the_default_from_tandem_toml_answers(user_dir: Path) -> None:
+    _set_default_in_toml(user_dir)
+    assert await _chat(Assistant.from_config()) == 'You said: and again'
+
+
+async def test_the_default_from_tandem_backbone_answers(user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('TANDEM_BACKBONE', 'local')
+    assert await _chat(Assistant.from_config()) == 'You said: and again'
+
+
+async def test_the_default_from_from_config_answers(user_dir: Path) -> None:
+    assert await _chat(Assistant.from_config(backbone='local')) == 'You said: and again'
+
+
+async def test_the_default_resolves_once_for_concurrent_turns(user_dir: Path) -> None:
+    _set_default_in_toml(user_dir)
+    async with Assistant.from_config() as assistant:
+        results = await asyncio.wait_for(asyncio.gather(*(assistant.chat(f'turn {n}') for n in range(4))), TURN_TIMEOUT)
+        assert await assistant.backbone() is await assistant.backbone('local')
+    assert sorted(result.answer for result in results) == [f'You said: turn {n}' for n in range(4)]
+
+
+async def test_a_stream_on_the_default_yields_the_answer_then_the_result(user_dir: Path) -> None:
+    _set_default_in_toml(user_dir)
+
+    async def events() -> list[object]:
+        async with Assistant.from_config() as assistant:
+            return [event async for event in assistant.stream('hello')]
+
+    received = await asyncio.wait_for(events(), TURN_TIMEOUT)
+    finished = received[-1]
+    assert isinstance(finished, TurnFinished)
+    assert (finished.result.backbone, finished.result.answer) == ('local', 'You said: hello')
+    assert ''.join(event.text for event in received if isinstance(event, TextDelta)) == 'You said: hello'
+
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        "print(assistant.chat_sync('hello').answer)",
+        "print(''.join(e.text for e in assistant.stream_sync('hello') if hasattr(e, 'text')))",
+    ],
+    ids=['chat_sync', 'stream_sync'],
+)
+@pytest.mark.usefixtures('user_dir')
+def test_the_sync_api_with_the_default_answers_in_a_plain_program(call: str) -> None:
+    program = f'from agent import Assistant\nwith Assistant.from_config() as assistant:\n    {call}\n'
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TANDEM_BACKBONE': 'local'}
+    done = subprocess.run(
+        [sys.executable, '-c', program], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, 'You said: hello\n', '')
+
+
+def _streamed_text(response: httpx.Response) -> str:
+    """The answer an SSE chat-completion stream carries, from its `data:` chunks up to `[DONE]`."""
+    assert response.status_code == 200, response.text
+    lines = [line.removeprefix('data: ') for line in response.text.splitlines() if line.startswith('data: ')]
+    assert lines[-1] == '[DONE]'
+    chunks = [json.loads(line) for line in lines[:-1]]
+    return ''.join(choice['delta'].get('content') or '' for chunk in chunks for choice in chunk['choices'])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # start-up, four bounded requests and a graceful stop, each slow on a loaded machine
+def test_tandem_serve_with_the_default_answers_models_readiness_and_chat(user_dir: Path) -> None:
+    _set_default_in_toml(user_dir)
+    port = _free_port()
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TANDEM_API_KEYS': 'sk-default-test:acme'}
+    command = [sys.executable, '-m', 'agent', 'serve', '--port', str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f'http://127.0.0.1:{port}'
+    headers = {'Authorization': 'Bearer sk-default-test'}
+    try:
+        deadline = time.monotonic() + 120  # start-up is mostly imports: slow on a loaded machine
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ''
+            try:
+                if httpx.get(f'{base}/healthz', timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, 'tandem serve did not start'
+            time.sleep(0.1)
+        # Readiness first, as a load balancer asks it: the default is resolved before any backbone by name.
+        ready = httpx.get(f'{base}/readyz', timeout=TURN_TIMEOUT)
+        models = httpx.get(f'{base}/v1/models', headers=headers, timeout=TURN_TIMEOUT)
+        chat = httpx.post(
+            f'{base}/v1/chat/completions',
+            headers=headers,
+            json={'model': 'local', 'messages': [{'role': 'user', 'content': 'hello'}]},
+            timeout=TURN_TIMEOUT,
+        )
+        streamed = httpx.post(
+            f'{base}/v1/chat/completions',
+            headers=headers,
+            json={'model': 'local', 'stream': True, 'messages': [{'role': 'user', 'content': 'streamed'}]},
+            timeout=TURN_TIMEOUT,
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a hung server outlives its graceful-shutdown window: leave nothing running
+            process.wait()
+            raise
+
+    assert [model['id'] for model in models.json()['data']] == ['local']
+    assert (ready.status_code, ready.json()['backbones']) == (200, {'local': 'ok'})
+    assert chat.json()['choices'][0]['message']['content'] == 'You said: hello'
+    assert _streamed_text(streamed) == 'You said: streamed'
+    assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
