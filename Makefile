@@ -1,16 +1,18 @@
-# The two commands a newcomer needs: `make chat` and `make test`. Each bootstraps uv and syncs
-# the locked environment first. Tandem starts its embedded Redis itself when TANDEM_REDIS_URL is unset.
+# The two commands a newcomer needs: `make chat` and `make test`. Each installs uv when it is missing
+# and syncs the locked environment first; Tandem starts its embedded Redis itself when TANDEM_REDIS_URL is unset.
 SHELL := /bin/bash
 PYTHON ?= python3
-# uv from PATH, else the copy pip installs (runnable as `python3 -m uv` wherever pip put it).
-UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+# uv from PATH, else a private copy that pip puts in .tools/uv (pip --target works on any Python,
+# including one marked externally managed, and needs no directory on PATH).
+UV_HOME := $(CURDIR)/.tools/uv
+UV := $(or $(shell command -v uv 2>/dev/null),$(UV_HOME)/bin/uv)
 
 .PHONY: chat test lint sync uv bench browser
 
 uv:
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
-		$(PYTHON) -m pip install --quiet --user uv 2>/dev/null || \
-		$(PYTHON) -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV_HOME)/bin/uv" ] || { \
+		echo "installing uv into .tools/uv (once)"; \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$(UV_HOME)" uv; }
 
 sync: uv
 	@$(UV) sync --locked --all-extras --quiet
@@ -31,9 +33,10 @@ browser:
 		  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		  echo "note: chromium not installed; the HTML-report browser test will be skipped"; }
 
-# pytest exits 5 when it collects no tests; that is not a failure of the suite.
+# pytest exits 5 when it collects no tests (e.g. `make test PYTEST_ARGS='-k nothing'`): not a failure.
 test: lint browser
-	@$(UV) run --locked pytest; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+	@$(UV) run --locked pytest $(PYTEST_ARGS); status=$$?; \
+		if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 bench: sync
 	@for script in bench/*.py; do $(UV) run --locked python $$script || exit $$?; done

@@ -39,8 +39,11 @@ app.add_typer(config_app, name='config')
 app.add_typer(kb_app, name='kb')
 app.command('ingest')(ingest)
 
-_out = Console()
-_err = Console(stderr=True)
+# Rich wraps output at the terminal's width; output that is not a terminal (a pipe, a file, a test)
+# gets a fixed wide console, so messages and tables never depend on COLUMNS or path lengths.
+_NOT_A_TERMINAL_WIDTH = 240
+_out = Console(width=None if sys.stdout.isatty() else _NOT_A_TERMINAL_WIDTH)
+_err = Console(stderr=True, width=None if sys.stderr.isatty() else _NOT_A_TERMINAL_WIDTH)
 
 T = TypeVar('T')
 
@@ -103,9 +106,20 @@ def _run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f'tandem {version("tandem")}')
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option('--debug', help='Show tracebacks and debug logs.')] = False,
+    _version: Annotated[
+        bool, typer.Option('--version', callback=_print_version, is_eager=True, help='Print the version and exit.')
+    ] = False,
     log_format: Annotated[
         str | None, typer.Option('--log-format', help='Also log to stderr, as console or json.')
     ] = None,

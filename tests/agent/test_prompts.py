@@ -78,7 +78,9 @@ def test_front_matter_is_required(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_prompts_ship_inside_the_wheel_and_load_from_it(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    subprocess.run(['uv', 'build', '--wheel', '--out-dir', str(tmp_path), str(root)], check=True, capture_output=True)
+    # The build backend itself (PEP 517), through this interpreter: no `uv` or `pip` needs to be on PATH.
+    build = f'from hatchling.build import build_wheel; build_wheel({str(tmp_path)!r})'
+    subprocess.run([sys.executable, '-c', build], cwd=root, check=True, capture_output=True)
     wheel = next(tmp_path.glob('tandem-*.whl'))
     names = zipfile.ZipFile(wheel).namelist()
     assert 'agent/_bundled_prompts/assistant/1.md.j2' in names
