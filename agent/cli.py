@@ -39,11 +39,19 @@ app.add_typer(config_app, name='config')
 app.add_typer(kb_app, name='kb')
 app.command('ingest')(ingest)
 
-# Rich wraps output at the terminal's width; output that is not a terminal (a pipe, a file, a test)
-# gets a fixed wide console, so messages and tables never depend on COLUMNS or path lengths.
+# Rich wraps output at the terminal's width. Output that is not a terminal (a pipe, a file, a test) is
+# not wrapped at all, and tables get a fixed width: neither depends on COLUMNS or on path lengths.
 _NOT_A_TERMINAL_WIDTH = 240
-_out = Console(width=None if sys.stdout.isatty() else _NOT_A_TERMINAL_WIDTH)
-_err = Console(stderr=True, width=None if sys.stderr.isatty() else _NOT_A_TERMINAL_WIDTH)
+
+
+def _console(*, stderr: bool) -> Console:
+    if (sys.stderr if stderr else sys.stdout).isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=_NOT_A_TERMINAL_WIDTH, soft_wrap=True)
+
+
+_out = _console(stderr=False)
+_err = _console(stderr=True)
 
 T = TypeVar('T')
 

@@ -248,7 +248,9 @@ def test_cli_export_writes_train_and_validation_files_then_validate_passes(
     redis_url: str, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     asyncio.run(_seed_for_cli(redis_url, tmp_path))
-    out = tmp_path / 'out' / 'data.jsonl'
+    # A deep folder, as in a checkout at a long path: the message must not wrap whatever the lengths.
+    deep = tmp_path.joinpath(*['a-rather-long-directory-name'] * 8)
+    out = deep / 'out' / 'data.jsonl'
     result = runner.invoke(
         app,
         [
@@ -267,9 +269,10 @@ def test_cli_export_writes_train_and_validation_files_then_validate_passes(
         env=cli_env,
     )
     assert result.exit_code == 0, result.stderr
-    assert 'wrote 10 example(s)' in result.stderr and 'and 3 to' in result.stderr
-    assert len(_lines(out)) == 10 and len(_lines(tmp_path / 'out' / 'data.validation.jsonl')) == 3
-    assert 'ann@example.com' not in out.read_text() + (tmp_path / 'out' / 'data.validation.jsonl').read_text()
+    held = deep / 'out' / 'data.validation.jsonl'
+    assert f'wrote 10 example(s) to {out} and 3 to {held}' in result.stderr
+    assert len(_lines(out)) == 10 and len(_lines(held)) == 3
+    assert 'ann@example.com' not in out.read_text() + held.read_text()
 
     checked = runner.invoke(app, ['tune', 'validate', str(out)], env=cli_env)
     assert checked.exit_code == 0, checked.stderr
