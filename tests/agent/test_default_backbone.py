@@ -12,10 +12,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from agent import Assistant
 from agent.api import TurnFinished
 from agent.events import TextDelta
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.served import served
 
 ROOT = Path(__file__).resolve().parents[2]
 TURN_TIMEOUT = 30.0
@@ -127,33 +126,14 @@ def _streamed_text(response: httpx.Response) -> str:
     return ''.join(choice['delta'].get('content') or '' for chunk in chunks for choice in chunk['choices'])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # start-up, four bounded requests and a graceful stop, each slow on a loaded machine
 def test_tandem_serve_with_the_default_answers_models_readiness_and_chat(user_dir: Path) -> None:
     _set_default_in_toml(user_dir)
-    port = _free_port()
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TANDEM_API_KEYS': 'sk-default-test:acme'}
-    command = [sys.executable, '-m', 'agent', 'serve', '--port', str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f'http://127.0.0.1:{port}'
     headers = {'Authorization': 'Bearer sk-default-test'}
-    try:
-        deadline = time.monotonic() + 120  # start-up is mostly imports: slow on a loaded machine
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ''
-            try:
-                if httpx.get(f'{base}/healthz', timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, 'tandem serve did not start'
-            time.sleep(0.1)
+    with served(lambda port: [sys.executable, '-m', 'agent', 'serve', '--port', str(port)], env=env) as server:
+        base = server.base_url
         # Readiness first, as a load balancer asks it: the default is resolved before any backbone by name.
         ready = httpx.get(f'{base}/readyz', timeout=TURN_TIMEOUT)
         models = httpx.get(f'{base}/v1/models', headers=headers, timeout=TURN_TIMEOUT)
@@ -169,17 +149,9 @@ def test_tandem_serve_with_the_default_answers_models_readiness_and_chat(user_di
             json={'model': 'local', 'stream': True, 'messages': [{'role': 'user', 'content': 'streamed'}]},
             timeout=TURN_TIMEOUT,
         )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            returncode = process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()  # a hung server outlives its graceful-shutdown window: leave nothing running
-            process.wait()
-            raise
 
-    assert [model['id'] for model in models.json()['data']] == ['local']
     assert (ready.status_code, ready.json()['backbones']) == (200, {'local': 'ok'})
+    assert [model['id'] for model in models.json()['data']] == ['local']
     assert chat.json()['choices'][0]['message']['content'] == 'You said: hello'
     assert _streamed_text(streamed) == 'You said: streamed'
-    assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
+    assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
