@@ -1,6 +1,6 @@
 """The configured default backbone, through every documented path: `tandem.toml`, `TANDEM_BACKBONE`,
 `Assistant.from_config(backbone=...)`; `chat`, `stream`, `chat_sync`, `stream_sync`; and `tandem serve`
-(`/v1/models`, `/readyz`, a plain chat and a streamed one).
+(`/readyz`, `/v1/models`, a plain chat and a streamed one, through the openai SDK).
 
 Nothing here passes backbones in by hand: each test configures Tandem as a user would, against a
 loopback OpenAI-compatible server, and every wait is bounded, so a hang fails instead of stalling.
@@ -9,7 +9,6 @@ loopback OpenAI-compatible server, and every wait is bounded, so a hang fails in
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from agent import Assistant
@@ -117,15 +117,6 @@ def test_the_sync_api_with_the_default_answers_in_a_plain_program(call: str) -> 
     assert (done.returncode, done.stdout, done.stderr) == (0, 'You said: hello\n', '')
 
 
-def _streamed_text(response: httpx.Response) -> str:
-    """The answer an SSE chat-completion stream carries, from its `data:` chunks up to `[DONE]`."""
-    assert response.status_code == 200, response.text
-    lines = [line.removeprefix('data: ') for line in response.text.splitlines() if line.startswith('data: ')]
-    assert lines[-1] == '[DONE]'
-    chunks = [json.loads(line) for line in lines[:-1]]
-    return ''.join(choice['delta'].get('content') or '' for chunk in chunks for choice in chunk['choices'])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # start-up, four bounded requests and a graceful stop, each slow on a loaded machine
 def test_tandem_serve_with_the_default_answers_models_readiness_and_chat(user_dir: Path) -> None:
@@ -133,25 +124,21 @@ def test_tandem_serve_with_the_default_answers_models_readiness_and_chat(user_di
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TANDEM_API_KEYS': 'sk-default-test:acme'}
     headers = {'Authorization': 'Bearer sk-default-test'}
     with served(lambda port: [sys.executable, '-m', 'agent', 'serve', '--port', str(port)], env=env) as server:
-        base = server.base_url
         # Readiness first, as a load balancer asks it: the default is resolved before any backbone by name.
-        ready = httpx.get(f'{base}/readyz', timeout=TURN_TIMEOUT)
-        models = httpx.get(f'{base}/v1/models', headers=headers, timeout=TURN_TIMEOUT)
-        chat = httpx.post(
-            f'{base}/v1/chat/completions',
-            headers=headers,
-            json={'model': 'local', 'messages': [{'role': 'user', 'content': 'hello'}]},
-            timeout=TURN_TIMEOUT,
+        ready = httpx.get(f'{server.base_url}/readyz', timeout=TURN_TIMEOUT)
+        models = httpx.get(f'{server.base_url}/v1/models', headers=headers, timeout=TURN_TIMEOUT)
+        client = openai.OpenAI(
+            base_url=f'{server.base_url}/v1', api_key='sk-default-test', timeout=TURN_TIMEOUT, max_retries=0
         )
-        streamed = httpx.post(
-            f'{base}/v1/chat/completions',
-            headers=headers,
-            json={'model': 'local', 'stream': True, 'messages': [{'role': 'user', 'content': 'streamed'}]},
-            timeout=TURN_TIMEOUT,
-        )
+        with client:
+            chat = client.chat.completions.create(model='local', messages=[{'role': 'user', 'content': 'hello'}])
+            chunks = client.chat.completions.create(
+                model='local', messages=[{'role': 'user', 'content': 'streamed'}], stream=True
+            )
+            streamed = ''.join(chunk.choices[0].delta.content or '' for chunk in chunks if chunk.choices)
 
     assert (ready.status_code, ready.json()['backbones']) == (200, {'local': 'ok'})
     assert [model['id'] for model in models.json()['data']] == ['local']
-    assert chat.json()['choices'][0]['message']['content'] == 'You said: hello'
-    assert _streamed_text(streamed) == 'You said: streamed'
+    assert chat.choices[0].message.content == 'You said: hello'
+    assert streamed == 'You said: streamed'
     assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.loopback_http import free_port
 
 
 @dataclass
@@ -18,12 +20,6 @@ class Served:
 
     base_url: str
     returncode: int | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -43,25 +39,29 @@ def served(
     import httpx
 
     port = free_port()
-    process = subprocess.Popen(command(port), cwd=cwd, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = Served(f'http://127.0.0.1:{port}')
-    try:
-        deadline = time.monotonic() + start_timeout  # start-up is mostly imports: slow on a loaded machine
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ''
-            try:
-                if httpx.get(f'{server.base_url}{ready_path}', timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f'the server did not answer {ready_path} in {start_timeout:.0f} s'
-            time.sleep(0.1)
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
+    # stderr goes to a file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the server.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command(port), cwd=cwd, env=dict(env), stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            server.returncode = process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+            deadline = time.monotonic() + start_timeout  # start-up is mostly imports: slow on a loaded machine
+            while process.poll() is None:
+                try:
+                    if httpx.get(f'{server.base_url}{ready_path}', timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f'the server did not answer {ready_path} in {start_timeout:.0f} s'
+                time.sleep(0.1)
+            else:
+                stderr.seek(0)
+                raise AssertionError(f'the server exited with {process.returncode}: {stderr.read().decode()}')
+            yield server
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                server.returncode = process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()  # a hung server outlives its graceful-shutdown window: leave nothing running
+                process.wait()
+                raise
