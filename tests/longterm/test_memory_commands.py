@@ -68,7 +68,7 @@ def test_list_shows_one_users_facts(env: dict[str, str], redis_url: str, tmp_pat
     ids = _seed(redis_url, tmp_path)
 
     listed = runner.invoke(app, ['memory', 'list', '--user', 'alice', '--json'], env=env)
-    table = runner.invoke(app, ['memory', 'list', '--user', 'alice'], env={**env, 'COLUMNS': '200'})
+    table = runner.invoke(app, ['memory', 'list', '--user', 'alice'], env=env)
     empty = runner.invoke(app, ['memory', 'list', '--user', 'carol'], env=env)
 
     assert listed.exit_code == 0, listed.stderr

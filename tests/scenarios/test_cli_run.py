@@ -28,7 +28,6 @@ def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict
         'TANDEM_HOME': str(tmp_path / 'home'),
         'TANDEM_REDIS_URL': redis_url,
         'XDG_CONFIG_HOME': str(tmp_path),
-        'COLUMNS': '200',
     }
 
 

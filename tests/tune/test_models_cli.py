@@ -31,7 +31,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv('TANDEM_CONFIG', raising=False)
     monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path / 'xdg'))  # where the registration creates the config
-    return {'TANDEM_HOME': str(tmp_path / 'home'), 'COLUMNS': '200'}
+    return {'TANDEM_HOME': str(tmp_path / 'home')}
 
 
 def _ranged(data: bytes) -> object:

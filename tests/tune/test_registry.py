@@ -187,7 +187,7 @@ def test_cli_backbones_add_warns_when_the_server_does_not_answer(config_file: Pa
 
 
 def test_cli_backbones_still_lists_and_probes_with_or_without_list(config_file: Path, tmp_path: Path) -> None:
-    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'COLUMNS': '200'}
+    env = {'TANDEM_HOME': str(tmp_path / 'home')}
     plain = runner.invoke(app, ['backbones', '--timeout', '0.5'], env=env)
     listed = runner.invoke(app, ['backbones', 'list', '--timeout', '0.5'], env=env)
     assert plain.exit_code == 0 and listed.exit_code == 0
