@@ -1,29 +1,48 @@
 # The two commands a newcomer needs: `make chat` and `make test`. Each installs uv when it is missing
 # and syncs the locked environment first; Tandem starts its embedded Redis itself when TANDEM_REDIS_URL is unset.
+#
+# `make chat` installs the core only; `make test` adds every extra and the dev tools, because it tests them.
+# Every sync is --inexact: it adds what a target needs and removes nothing, so `make chat` after
+# `make test` (or the reverse) neither uninstalls nor reinstalls anything.
 SHELL := /bin/bash
 PYTHON ?= python3
 # uv from PATH, else a private copy that pip puts in .tools/uv (pip --target works on any Python,
 # including one marked externally managed, and needs no directory on PATH).
 UV_HOME := $(CURDIR)/.tools/uv
 UV := $(or $(shell command -v uv 2>/dev/null),$(UV_HOME)/bin/uv)
+SYNC := $(UV) sync --locked --inexact --quiet
 
-.PHONY: chat test lint sync uv bench browser
+.PHONY: chat test lint uv core embeddings local dev bench browser
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV_HOME)/bin/uv" ] || { \
 		echo "installing uv into .tools/uv (once)"; \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$(UV_HOME)" uv; }
 
-sync: uv
-	@$(UV) sync --locked --all-extras --quiet
+# The core: about 190 MB in .venv, no PyTorch, nothing to compile.
+core: uv
+	@[ -d .venv ] || echo "setting up .venv with the core (about 190 MB, once)"
+	@$(SYNC) --no-dev
 
-chat: sync
-	@$(UV) run --locked tandem chat
+# The optional extras, on request; Tandem names these targets when a setting or command needs one.
+embeddings: uv
+	@$(SYNC) --no-dev --extra embeddings
 
-lint: sync
-	$(UV) run --locked ruff check .
-	$(UV) run --locked ruff format --check .
-	$(UV) run --locked pyright
+local: uv
+	@echo "installing the local extra: llama-cpp-python compiles llama.cpp (a C++ compiler, a few minutes)"
+	@$(SYNC) --no-dev --extra local
+
+# What the tests need: every extra and the dev tools.
+dev: uv
+	@$(SYNC) --all-extras
+
+chat: core
+	@$(UV) run --no-sync tandem chat
+
+lint: dev
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync pyright
 
 # Headless Chromium checks the HTML scenario report. Installed from Debian when missing and we
 # can (root with apt); elsewhere that one test skips and says why.
@@ -35,8 +54,8 @@ browser:
 
 # pytest exits 5 when it collects no tests (e.g. `make test PYTEST_ARGS='-k nothing'`): not a failure.
 test: lint browser
-	@$(UV) run --locked pytest $(PYTEST_ARGS); status=$$?; \
+	@$(UV) run --no-sync pytest $(PYTEST_ARGS); status=$$?; \
 		if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
-bench: sync
-	@for script in bench/*.py; do $(UV) run --locked python $$script || exit $$?; done
+bench: dev
+	@for script in bench/*.py; do $(UV) run --no-sync python $$script || exit $$?; done

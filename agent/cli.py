@@ -114,9 +114,22 @@ def _run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    """`tandem --version`: Tandem's version, with what a bug report needs beside it."""
+    if value:
+        from importlib.metadata import version
+
+        python = '.'.join(map(str, sys.version_info[:3]))
+        typer.echo(f'tandem {version("tandem")} (pydantic-ai {version("pydantic-ai-slim")}, Python {python})')
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option('--debug', help='Show tracebacks and debug logs.')] = False,
+    _version: Annotated[
+        bool, typer.Option('--version', callback=_print_version, is_eager=True, help='Print the version and exit.')
+    ] = False,
     log_format: Annotated[
         str | None, typer.Option('--log-format', help='Also log to stderr, as console or json.')
     ] = None,

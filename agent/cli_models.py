@@ -5,6 +5,7 @@ Importing this module registers the `models` sub-app on `agent.cli.app`.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -48,7 +49,14 @@ def models_pull(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from agent.config import BackboneConfig
-    from agent.local_models import CATALOG, check_network, download, download_source, models_dir
+    from agent.local_models import (
+        CATALOG,
+        LOCAL_EXTRA_HINT,
+        check_network,
+        download,
+        download_source,
+        models_dir,
+    )
     from agent.tune.registry import register_backbone
 
     _settings()
@@ -80,6 +88,8 @@ def models_pull(
             done = register_backbone(register, BackboneConfig(model=f'llama-cpp:{spec}'), comment=f'pulled {name}')
             _err.print(escape(f'registered backbone {register} in {done.path}'), highlight=False)
         _err.print(escape(f'use it: tandem ask --model llama-cpp:{spec} "hello"'), highlight=False)
+        if importlib.util.find_spec('llama_cpp') is None:
+            _err.print(escape(f'to run it, {LOCAL_EXTRA_HINT}'), highlight=False)
         sys.stdout.write(str(path) + '\n')
 
     _run(body)()

@@ -59,6 +59,7 @@ from agent.errors import BackboneError
 
 __all__ = [
     'CATALOG',
+    'LOCAL_EXTRA_HINT',
     'CatalogEntry',
     'LlamaCppEngine',
     'LlamaCppResolver',
@@ -73,7 +74,11 @@ __all__ = [
 
 _MAX_DEFAULT_CTX = 8192
 _FAKE_BASE_URL = 'http://llama-cpp.in-process/v1'
-_LOCAL_HINT = "install the local extra: uv sync --extra local (or pip install 'tandem[local]')"
+# The exact command, for a checkout (`make chat` installs the core only) and for a pip install.
+LOCAL_EXTRA_HINT = (
+    'install the local extra: `make local` in a Tandem checkout (it compiles llama.cpp: a C++ compiler and a '
+    "few minutes), or `pip install 'tandem[local]'`"
+)
 
 
 @dataclass(frozen=True)
@@ -417,7 +422,7 @@ class LlamaCppEngine:
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as error:
-            raise EngineError(500, f'llama-cpp backbones need llama-cpp-python: {_LOCAL_HINT}') from error
+            raise EngineError(500, f'llama-cpp backbones need llama-cpp-python: {LOCAL_EXTRA_HINT}') from error
         spec = self.spec
         options: dict[str, Any] = {'n_gpu_layers': spec.n_gpu_layers, 'verbose': False}
         if spec.n_threads:
@@ -856,7 +861,7 @@ class LlamaCppResolver:
         from pydantic_ai.providers.openai import OpenAIProvider
 
         if importlib.util.find_spec('llama_cpp') is None:
-            raise BackboneError(f'{config.model}: llama-cpp backbones need llama-cpp-python; {_LOCAL_HINT}.')
+            raise BackboneError(f'{config.model}: llama-cpp backbones need llama-cpp-python; {LOCAL_EXTRA_HINT}.')
         spec = parse_spec(config.model)
         if spec.seed is None and config.settings.get('seed') is not None:
             spec = replace(spec, seed=int(config.settings['seed']))

@@ -1032,7 +1032,7 @@ def _unit_rows(matrix: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.fl
 
 _LOCAL: dict[str, PydanticAIEmbedder] = {}
 _MISSING_EXTRA = (
-    'local embeddings need the embeddings extra: `uv sync --extra embeddings` '
+    'local embeddings need the embeddings extra: `make embeddings` in a Tandem checkout '
     '(or `pip install "tandem[embeddings]"`), or set knowledge.embeddings = "none".'
 )
 

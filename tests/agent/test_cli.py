@@ -193,3 +193,16 @@ def test_each_turn_is_logged_as_json_lines_without_contents_or_secrets(env: dict
     raw = log_file.read_text()
     assert 'my secret phrase' not in raw and 'It is 42' not in raw and 'sk-never-logged' not in raw
     assert '"event": "turn.end"' in result.stderr  # --log-format json also logs to stderr
+
+
+def test_version_prints_tandem_pydantic_ai_and_python_versions() -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / 'tandem'), '--version'], capture_output=True, text=True, check=False
+    )
+    python = '.'.join(map(str, sys.version_info[:3]))
+    assert (done.returncode, done.stderr) == (0, '')
+    assert done.stdout == f'tandem {version("tandem")} (pydantic-ai {version("pydantic-ai-slim")}, Python {python})\n'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -117,3 +118,21 @@ def test_http_errors_and_unknown_names(env: dict[str, str]) -> None:
     assert missing.exit_code == 1 and 'answered HTTP 404' in missing.stderr
     unknown = runner.invoke(app, ['models', 'pull', 'gpt-5'], env=env)
     assert unknown.exit_code == 1 and "unknown model 'gpt-5': pick one of qwen2.5-0.5b-instruct" in unknown.stderr
+
+
+def test_without_the_local_extra_the_pull_still_works_and_names_the_command_to_run_it(
+    gguf_bytes: bytes, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, 'llama_cpp', None)  # as after `make chat`: the core only
+    with LoopbackHTTPServer({ROUTE: _ranged(gguf_bytes)}) as hub:  # type: ignore[dict-item]
+        result = runner.invoke(app, ['models', 'pull', 'qwen2.5-0.5b-instruct'], env=env | {'HF_ENDPOINT': hub.url('')})
+    assert result.exit_code == 0, result.stderr
+    assert 'to run it, install the local extra: `make local` in a Tandem checkout' in result.stderr
+    assert "`pip install 'tandem[local]'`" in result.stderr
+
+
+def test_with_the_local_extra_the_pull_names_no_install_command(gguf_bytes: bytes, env: dict[str, str]) -> None:
+    with LoopbackHTTPServer({ROUTE: _ranged(gguf_bytes)}) as hub:  # type: ignore[dict-item]
+        result = runner.invoke(app, ['models', 'pull', 'qwen2.5-0.5b-instruct'], env=env | {'HF_ENDPOINT': hub.url('')})
+    assert result.exit_code == 0, result.stderr
+    assert 'make local' not in result.stderr

@@ -1,0 +1,53 @@
+"""`make chat` installs the core only: a setting or command that needs an extra names the exact command.
+
+Each test hides the extra's package (as a core-only venv lacks it) and drives the CLI as a person would.
+`.ci/run` checks the same messages in a real core-only venv, right after `make chat`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    monkeypatch.chdir(tmp_path)
+    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
+        monkeypatch.delenv(name, raising=False)
+    yield {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+
+
+def test_a_llama_cpp_backbone_without_the_local_extra_names_make_local(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, 'llama_cpp', None)
+    result = runner.invoke(app, ['ask', '--model', 'llama-cpp:~/models/base.gguf', 'hello'], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        'error: llama-cpp:~/models/base.gguf: llama-cpp backbones need llama-cpp-python; install the local extra: '
+        '`make local` in a Tandem checkout (it compiles llama.cpp: a C++ compiler and a few minutes), or '
+        "`pip install 'tandem[local]'`."
+    ]
+
+
+def test_local_embeddings_without_the_extra_name_make_embeddings(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, 'sentence_transformers', None)
+    (tmp_path / 'tandem.toml').write_text('[knowledge]\nembeddings = "local"\n')
+    (tmp_path / 'refunds.md').write_text('# Refunds\n\nRefunds are paid within 14 days.\n')
+    result = runner.invoke(app, ['ingest', 'refunds.md'], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        'error: local embeddings need the embeddings extra: `make embeddings` in a Tandem checkout '
+        '(or `pip install "tandem[embeddings]"`), or set knowledge.embeddings = "none".'
+    ]
