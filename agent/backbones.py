@@ -34,7 +34,9 @@ NO_MODEL_HELP = """no model is configured. Pick one of:
   1. OpenAI:          export OPENAI_API_KEY=sk-...
   2. a local server:  ollama serve && ollama pull qwen2.5:3b   (or start LM Studio, llama.cpp's server or vLLM)
   3. any OpenAI-compatible URL:
-                      export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 TANDEM_BACKBONE=openai-chat:MODEL_NAME"""
+                      export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 TANDEM_BACKBONE=openai-chat:MODEL_NAME
+  4. a small model inside Tandem (about 1 GB, CPU):
+                      make local && tandem models pull qwen2.5-1.5b-instruct --register local"""
 
 
 class BackboneResolver(Protocol):
@@ -207,20 +209,32 @@ async def resolve(settings: Settings, *, name: str | None = None, model: str | N
     if settings.backbones:
         first = next(iter(settings.backbones))
         return backbone_from_config(first, settings.backbones[first])
-    if os.environ.get('OPENAI_API_KEY'):
-        spec = f'openai:{settings.openai_model}'
-        return backbone_from_config(spec, BackboneConfig(model=spec))
-    if os.environ.get('OPENAI_BASE_URL'):
-        listed = await _listed_models(os.environ['OPENAI_BASE_URL'], timeout=2.0)
+    base_url = os.environ.get('OPENAI_BASE_URL')
+    if base_url and not _is_openai(base_url):
+        # Only OpenAI itself serves the Responses API: other servers get chat completions and their own model.
+        listed = await _listed_models(base_url, timeout=2.0, api_key=os.environ.get('OPENAI_API_KEY'))
         if listed:
             spec = f'openai-chat:{listed[0]}'
             return backbone_from_config(spec, BackboneConfig(model=spec))
+        raise BackboneError(
+            f'OPENAI_BASE_URL={base_url} lists no models (GET /models): start that server, or name its model '
+            'with TANDEM_BACKBONE=openai-chat:MODEL_NAME.'
+        )
+    if os.environ.get('OPENAI_API_KEY'):
+        spec = f'openai:{settings.openai_model}'
+        return backbone_from_config(spec, BackboneConfig(model=spec))
     found = await detect_local_server()
     if found is not None:
         server, base_url, model_name = found
         spec = f'openai-chat:{model_name}'
         return backbone_from_config(f'{server}:{model_name}', BackboneConfig(model=spec, base_url=base_url))
     raise BackboneError(NO_MODEL_HELP)
+
+
+def _is_openai(base_url: str) -> bool:
+    """Whether a base URL is OpenAI's own API."""
+    host = httpx.URL(base_url).host
+    return host == 'api.openai.com' or host.endswith('.openai.azure.com')
 
 
 async def _listed_models(base_url: str, *, timeout: float, api_key: str | None = None) -> list[str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import pydantic_ai
 from pydantic_ai import Agent
 from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset
@@ -16,6 +17,11 @@ from memory.compaction import HistoryCompaction
 if TYPE_CHECKING:
     from agent.deps import Deps
     from tools.registry import ToolsetPlugin
+
+# pydantic-ai prints a first-run banner (a logo and a Logfire offer) into the terminal of a program run
+# from a source checkout. Tandem owns its screen: the REPL, `tandem run` and the service print only Tandem.
+# Every Tandem agent, extraction's and compaction's included, runs in a process that imported this module.
+pydantic_ai.BANNER_ENABLED = False
 
 
 def tool_descriptions(toolsets: Sequence[AbstractToolset[Any]]) -> list[dict[str, str]]:

@@ -136,7 +136,7 @@ def _main(
 ) -> None:
     _State.debug = debug
     if log_format not in (None, 'console', 'json'):
-        _err.print(f'[bold red]error:[/] --log-format must be console or json, not {log_format!r}.')
+        _err.print(f'[bold red]error:[/] --log-format must be console or json, not {escape(repr(log_format))}.')
         raise typer.Exit(2)
     _State.log_format = log_format  # type: ignore[assignment]
 
@@ -204,7 +204,11 @@ def ask(
             sys.stdout.write(json.dumps(payload, indent=2, default=str) + '\n')
         else:
             sys.stdout.write('\n')
-            _err.print(f'[dim]session {result.session} · {result.backbone} · {result.usage.total_tokens} tokens[/]')
+            _err.print(
+                f'session {result.session} · {result.backbone} · {result.usage.total_tokens} tokens',
+                style='dim',
+                markup=False,
+            )
 
     _run(body)()
 
@@ -216,7 +220,7 @@ def config_show() -> None:
 
     settings = _settings()
     source = config_file_path()
-    _err.print(f'[dim]config file: {source or "none (defaults and environment only)"}[/]')
+    _err.print(f'config file: {source or "none (defaults and environment only)"}', style='dim', markup=False)
     sys.stdout.write(json.dumps(settings.masked(), indent=2) + '\n')
 
 
@@ -261,12 +265,14 @@ def backbones_add(
         )
         done = register_backbone(name, config, replace=replace, comment='added by `tandem backbones add`')
         verb = {'added': 'added', 'replaced': 'replaced', 'unchanged': 'already had'}[done.action]
-        _err.print(f'{verb} backbone {name} ({config.model}) in {done.path}', highlight=False)
+        _err.print(f'{verb} backbone {name} ({config.model}) in {done.path}', highlight=False, markup=False)
         if probe and config.model.startswith('openai'):
             result = await backbones.probe(name, config, timeout=3.0)
             if not (result.reachable and result.listed and result.tool_calls):
                 listed = {True: 'yes', False: 'no', None: 'unknown'}[result.listed]
-                _err.print(f'[yellow]warning:[/] probe: {result.detail} (model listed: {listed})', highlight=False)
+                _err.print(
+                    f'[yellow]warning:[/] probe: {escape(result.detail)} (model listed: {listed})', highlight=False
+                )
 
     _run(body)()
 
@@ -280,7 +286,9 @@ def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
 
     async def body() -> None:
         if not settings.backbones:
-            _out.print('No backbones configured. Add a [backbones.NAME] table to tandem.toml; see the README.')
+            _out.print(
+                'No backbones configured. Add a [backbones.NAME] table to tandem.toml; see the README.', markup=False
+            )
             return
         results = await asyncio.gather(
             *(backbones.probe(name, config, timeout=timeout) for name, config in settings.backbones.items())
@@ -289,13 +297,13 @@ def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
         mark = {True: '[green]yes[/]', False: '[red]no[/]', None: '[dim]-[/]'}
         for result in results:
             table.add_row(
-                result.name,
-                result.model,
+                escape(result.name),
+                escape(result.model),
                 result.kind,
                 mark[result.reachable],
                 mark[result.listed],
                 mark[result.tool_calls],
-                result.detail,
+                escape(result.detail),
             )
         _out.print(table)
 
@@ -313,7 +321,7 @@ def tools_list() -> None:
         table = Table('toolset', 'tool', 'status', 'description')
         for row in await tool_statuses(settings):
             table.add_row(row.toolset, row.tool, row.status, row.description)
-        _out.print(table)
+        _out.print(table, markup=False)
 
     _run(body)()
 
@@ -331,7 +339,7 @@ def prompts_list() -> None:
         for name in library.names():
             latest = library.get(name)
             table.add_row(name, ', '.join(library.versions(name)), latest.description)
-        _out.print(table)
+        _out.print(table, markup=False)
 
     _run(body)()
 
@@ -368,7 +376,7 @@ def sessions_list(
         table = Table('session', 'user', 'messages', 'updated')
         for info in infos:
             table.add_row(info.id, info.user or '', str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
-        _out.print(table)
+        _out.print(table, markup=False)
 
     _run(body)()
 
@@ -423,14 +431,45 @@ def sessions_delete(session: Annotated[str, typer.Argument(help='Session id.')])
 
 @redis_app.command('status')
 def redis_status() -> None:
-    """Say which Redis Tandem uses, and whether the embedded server is running."""
+    """Which Redis Tandem uses, and what it holds: server, version, memory, keys, Query Engine."""
+    from memory.connection import connect, mask_url, server_report
     from memory.redis_server import EmbeddedRedis
 
     settings = _settings()
-    if settings.redis_url is not None:
-        _out.print(f'using TANDEM_REDIS_URL = {settings.masked()["redis_url"]}')
-        return
-    _out.print(EmbeddedRedis(settings.home).status())
+    table = Table.grid(padding=(0, 2))
+    url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+    if url is None:
+        embedded = EmbeddedRedis(settings.home).status()
+        table.add_row('server', 'embedded (started by Tandem, one per TANDEM_HOME)')
+        table.add_row('data', str(embedded.data_dir))
+        if not embedded.running or embedded.url is None:
+            table.add_row('state', 'not running: the next tandem command starts it')
+            _out.print(table, markup=False)
+            return
+        table.add_row('state', f'running, pid {embedded.pid}' if embedded.pid else 'running')
+        url = embedded.url
+    else:
+        table.add_row('server', 'TANDEM_REDIS_URL')
+    table.add_row('address', mask_url(url))
+
+    async def body() -> None:
+        redis = await connect(url, home=settings.home, retries=0)
+        try:
+            report = await server_report(redis)
+        finally:
+            await redis.aclose()
+        table.add_row('version', f'{report.product} {report.version}')
+        table.add_row('memory', f'{report.used_memory} used')
+        table.add_row('keys', str(report.keys))
+        table.add_row(
+            'query engine',
+            'yes: vectors are searched in Redis (FT.SEARCH)'
+            if report.query_engine
+            else 'no: vectors are searched in process (Redis 8 or Redis Stack has FT.SEARCH)',
+        )
+        _out.print(table, markup=False)
+
+    _run(body)()
 
 
 @redis_app.command('stop')

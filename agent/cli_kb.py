@@ -311,7 +311,7 @@ def kb_show(
             )
         cli._out.print(table)
         if len(records) > limit:
-            cli._err.print(f'… {len(records) - limit} more (--limit)')
+            cli._err.print(f'… {len(records) - limit} more (--limit)', markup=False)
 
     cli._run(body)()
 
@@ -360,7 +360,9 @@ def kb_search(
             rows = [{'n': n, **passage.__dict__} for n, passage in enumerate(passages, 1)]
             sys.stdout.write(json.dumps(rows, indent=2) + '\n')
             return
-        cli._err.print(f'[dim]{retriever.name} · {len(passages)} passages · {elapsed * 1000:.1f} ms[/]')
+        cli._err.print(
+            f'{retriever.name} · {len(passages)} passages · {elapsed * 1000:.1f} ms', style='dim', markup=False
+        )
         if not passages:
             cli._out.print('No passage matches; try other words.')
         for n, passage in enumerate(passages, 1):
@@ -487,7 +489,8 @@ def kb_stats(
             and not info.embed_model.endswith(configured.split(':')[-1])
         ):
             cli._err.print(
-                f'[yellow]note:[/] the vectors come from {info.embed_model}, but knowledge.embeddings is {configured!r}: '
+                f'[yellow]note:[/] the vectors come from {escape(info.embed_model)}, but knowledge.embeddings is '
+                f'{escape(repr(configured))}: '
                 'dense search skips this knowledge base until they match.'
             )
 

@@ -93,7 +93,7 @@ def memory_list(
         elif not facts:
             _out.print(f'nothing is remembered about user {user_id}', highlight=False)
         else:
-            _out.print(_table(facts))
+            _out.print(_table(facts), markup=False)
 
     _run(body)()
 

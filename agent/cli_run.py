@@ -214,12 +214,12 @@ def run(
         if report is not None:
             html = write_html(outcome, report / 'report.html')
             data = write_json(outcome, report / 'report.json')
-            _err.print(f'[dim]report: {html} · {data}[/]', highlight=False)
+            _err.print(f'report: {html} · {data}', style='dim', highlight=False, markup=False)
         if junit is not None:
-            _err.print(f'[dim]junit: {write_junit(outcome, junit)}[/]', highlight=False)
+            _err.print(f'junit: {write_junit(outcome, junit)}', style='dim', highlight=False, markup=False)
         if cassettes is not None:
             done = f'{cassettes.written} written' if cassettes.mode == 'record' else f'{cassettes.hits} served'
-            _err.print(f'[dim]cassettes in {cassettes.directory}: {done}[/]', highlight=False)
+            _err.print(f'cassettes in {cassettes.directory}: {done}', style='dim', highlight=False, markup=False)
         if not outcome.passed:
             raise typer.Exit(1)
 

@@ -181,7 +181,7 @@ def _print_report(report: DatasetReport) -> None:
         _err.print(f'[{colour}]{problem.level}[/] {escape(str(problem))}', highlight=False, soft_wrap=True)
     data = report.as_dict()
     tokens = data['tokens']
-    table = Table(title=f'{report.path} for {report.model}', show_header=False, title_justify='left')
+    table = Table(title=Text(f'{report.path} for {report.model}'), show_header=False, title_justify='left')
     table.add_column(style='bold')
     table.add_column()
     approx = '' if report.exact_tokens else '≈ '
@@ -203,7 +203,7 @@ def _print_report(report: DatasetReport) -> None:
         )
     else:
         table.add_row('estimated cost', f'unknown: no price for {report.model}; pass --price-per-mtok')
-    _out.print(table)
+    _out.print(table, markup=False)
 
 
 @tune_app.command('validate')
@@ -502,7 +502,7 @@ def tune_compare(
             table = Table(*arm_headers(comparison), title='prompting vs fine-tuning', title_justify='left')
             for row in metric_rows(comparison):
                 table.add_row(*row)
-            _out.print(table)
+            _out.print(table, markup=False)
             sentence = comparison.verdict
             _out.print('[bold]Verdict:[/] ' + escape(f'{sentence[0].upper()}{sentence[1:]}.'), highlight=False)
         _err.print(escape(f'decision report: {out}' + (f'; runs: {report}' if report else '')), highlight=False)

@@ -18,6 +18,7 @@ from prompt_toolkit.output import Output
 from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from agent import backbones
@@ -69,10 +70,12 @@ class _TurnView:
             self._live.update(Markdown(self._text))
         elif isinstance(event, ToolCallStarted):
             self._stop_live()
-            self._console.print(f'[cyan]⚙ {event.name}[/]([dim]{summarize_args(event.args)}[/]) …', highlight=False)
+            self._console.print(
+                f'[cyan]⚙ {escape(event.name)}[/]([dim]{escape(summarize_args(event.args))}[/]) …', highlight=False
+            )
         else:
             mark = '[green]✓[/]' if event.ok else '[red]✗[/]'
-            self._console.print(f'  {mark} {event.name} {event.duration_s * 1000:.0f} ms', highlight=False)
+            self._console.print(f'  {mark} {escape(event.name)} {event.duration_s * 1000:.0f} ms', highlight=False)
 
     def _stop_live(self) -> None:
         if self._live is not None:
@@ -95,8 +98,11 @@ class Repl:
         *,
         console: Console,
         prompt_session: PromptSession[str],
+        no_model: str | None = None,
     ):
         self.settings = settings
+        # Why there is no model yet (the ways to get one), until /backbone picks one: no agent runs before.
+        self.no_model = no_model
         self.console = console
         self.prompt_session = prompt_session
         self.usage = TurnUsage()
@@ -133,7 +139,9 @@ class Repl:
 
     async def run(self) -> None:
         """Read, run, print, until /exit or Ctrl-D."""
-        self.console.print(f'[bold]Tandem[/] · {self.deps.backbone.name} · {self.deps.prompt.ref} · /help for commands')
+        self.console.print(
+            f'[bold]Tandem[/] · {escape(self.deps.backbone.name)} · {escape(self.deps.prompt.ref)} · /help for commands'
+        )
         while True:
             try:
                 # A background error (a stale HTTP connection closing, say) must not take over the prompt.
@@ -154,13 +162,13 @@ class Repl:
                 else:
                     await self._turn(text)
             except TandemError as error:
-                self.console.print(f'[bold red]error:[/] {error}', highlight=False)
+                self.console.print(f'[bold red]error:[/] {escape(str(error))}', highlight=False)
 
     async def _command(self, text: str) -> bool:
         name, _, argument = text.partition(' ')
         handler = self._commands.get(name)
         if handler is None:
-            self.console.print(f'unknown command {name}: /help lists them', highlight=False)
+            self.console.print(f'unknown command {name}: /help lists them', highlight=False, markup=False)
             return True
         return await handler(argument.strip())
 
@@ -177,7 +185,18 @@ class Repl:
         self.console.print('allowed' if approved else 'denied; the model is told so')
         return approved
 
+    def _refuse_without_model(self) -> bool:
+        if self.no_model is None:
+            return False
+        self.console.print(self.no_model, style='yellow', highlight=False, markup=False)
+        self.console.print(
+            'Nothing was sent. Get a model as above, then `/backbone NAME` or `/backbone PROVIDER:MODEL`.'
+        )
+        return True
+
     async def _turn(self, text: str) -> None:
+        if self._refuse_without_model():
+            return
         view = self._view = _TurnView(self.console)
         task = asyncio.ensure_future(run_turn(self.deps, text, on_event=view))
         loop = asyncio.get_running_loop()
@@ -205,7 +224,7 @@ class Repl:
 
     async def _new(self, _: str) -> bool:
         self.deps = with_session(self.deps, new_session_id())
-        self.console.print(f'new session {self.deps.identity.session}')
+        self.console.print(f'new session {self.deps.identity.session}', markup=False)
         return True
 
     async def _sessions(self, _: str) -> bool:
@@ -214,7 +233,7 @@ class Repl:
         for info in infos:
             current = ' ←' if info.id == self.deps.identity.session else ''
             table.add_row(info.id + current, str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
-        self.console.print(table)
+        self.console.print(table, markup=False)
         return True
 
     async def _switch(self, argument: str) -> bool:
@@ -224,26 +243,29 @@ class Repl:
             raise TandemError('usage: /switch SESSION_ID (see /sessions)')
         self.deps = with_session(self.deps, validate_id('session', argument))
         count = await self.deps.conversations.message_count(argument)
-        self.console.print(f'switched to session {argument} ({count} messages)')
+        self.console.print(f'switched to session {argument} ({count} messages)', markup=False)
         return True
 
     async def _backbone(self, argument: str) -> bool:
         if not argument:
             names = ', '.join(sorted(self.settings.backbones)) or 'none configured'
-            self.console.print(f'current: {self.deps.backbone.name}; configured: {names}')
+            self.console.print(f'current: {self.deps.backbone.name}; configured: {names}', markup=False)
             return True
         backbone = backbones.configured(self.settings, argument)
         self.deps = replace(self.deps, backbone=backbone)
-        self.console.print(f'backbone is now {backbone.name}; the history is kept')
+        self.no_model = None
+        self.console.print(f'backbone is now {backbone.name}; the history is kept', markup=False)
         return True
 
     async def _prompt(self, argument: str) -> bool:
         library = PromptLibrary.default(self.settings.prompts_dir)
         if not argument:
-            self.console.print(f'current: {self.deps.prompt.ref}; available: {", ".join(library.names())}')
+            self.console.print(
+                f'current: {self.deps.prompt.ref}; available: {", ".join(library.names())}', markup=False
+            )
             return True
         self.deps = replace(self.deps, prompt=library.get(argument))
-        self.console.print(f'prompt is now {self.deps.prompt.ref}')
+        self.console.print(f'prompt is now {self.deps.prompt.ref}', markup=False)
         return True
 
     async def _tools(self, _: str) -> bool:
@@ -252,7 +274,7 @@ class Repl:
         for row in await tool_statuses(self.settings):
             status = row.status if row.toolset in selected else 'off'
             table.add_row(row.toolset, row.tool, status, row.description)
-        self.console.print(table)
+        self.console.print(table, markup=False)
         return True
 
     async def _usage(self, _: str) -> bool:
@@ -278,9 +300,9 @@ class Repl:
         from agent.knowledge_context import sources_table
 
         headline, table = sources_table(self._last_citations, self._last_answer)
-        self.console.print(headline, highlight=False)
+        self.console.print(headline, highlight=False, markup=False)
         if table is not None:
-            self.console.print(table)
+            self.console.print(table)  # its cells are escaped where they are made
         return True
 
     async def _memory(self, argument: str) -> bool:
@@ -292,6 +314,8 @@ class Repl:
 
         if not argument:
             raise TandemError('usage: /run FILE, a scenario file such as scenarios/calculator.yaml')
+        if self._refuse_without_model():
+            return True
         task = asyncio.ensure_future(run_file(argument, self.deps, self.settings, self.console))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
@@ -346,11 +370,13 @@ async def run_repl(
     async with open_redis(settings) as redis:
         console = console or Console()
         session = options.session or new_session_id()
+        no_model: str | None = None
         try:
             deps = await build_deps(settings, redis, options, session=session)
         except BackboneError as error:
             # Open anyway: the person can pick a backbone with /backbone once they have one.
-            console.print(f'[yellow]{error}[/]', highlight=False)
+            no_model = str(error)
+            console.print(no_model, style='yellow', highlight=False, markup=False)
             console.print('The REPL is open; `/backbone NAME` or `/backbone PROVIDER:MODEL` picks a model.')
             deps = await build_deps(
                 settings, redis, options, session=session, backbone=backbones.unconfigured(str(error))
@@ -360,5 +386,6 @@ async def run_repl(
             settings,
             console=console,
             prompt_session=make_prompt_session(settings, input=input, output=output),
+            no_model=no_model,
         )
         await repl.run()

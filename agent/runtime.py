@@ -149,6 +149,27 @@ def _cost(deps: Deps, responses: list[ModelResponse], input_tokens: int, output_
     return float(total)
 
 
+def _not_found_message(deps: Deps, error: ai_errors.ModelNotFoundError) -> str:
+    """Tell "no such model" from "no such API": a server without the endpoint also answers 404."""
+    name, model = deps.backbone.name, deps.backbone.config.model
+    body = str(error.body or '').lower()
+    if 'model' in body:
+        return (
+            f'backbone {name!r}: the server does not know model {model!r} (HTTP 404): '
+            'check the model name; `tandem backbones` shows what each server lists.'
+        )
+    prefix, _, model_name = model.partition(':')
+    if prefix in ('openai', 'openai-responses'):
+        return (
+            f"backbone {name!r}: the server has no Responses API (POST /responses answered 404), which '{prefix}:' "
+            f"models use; OpenAI-compatible servers speak chat completions: use 'openai-chat:{model_name}'."
+        )
+    return (
+        f'backbone {name!r}: the server has no chat-completions API (POST /chat/completions answered 404): '
+        "check its base_url, which usually ends in '/v1'."
+    )
+
+
 def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
     """The user-facing error for a model-side failure, or `None` to let it propagate."""
     name = deps.backbone.name
@@ -156,10 +177,7 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
         key = deps.backbone.config.api_key_env or 'OPENAI_API_KEY'
         return BackboneError(f'backbone {name!r} rejected the API key (HTTP 401): check {key}.')
     if isinstance(error, ai_errors.ModelNotFoundError):
-        return BackboneError(
-            f'backbone {name!r}: the server does not know model {deps.backbone.config.model!r} (HTTP 404): '
-            'check the model name; `tandem backbones` shows what each server lists.'
-        )
+        return BackboneError(_not_found_message(deps, error))
     if isinstance(error, ai_errors.ModelConnectionError):
         where = deps.backbone.config.base_url or 'the OpenAI API (or OPENAI_BASE_URL)'
         return BackboneError(f'cannot reach backbone {name!r} at {where}: start the server or fix its base_url.')

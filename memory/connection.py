@@ -15,8 +15,9 @@ No URL starts (or attaches to) the embedded server of the Tandem home; see `memo
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, cast
+from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -30,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agent.errors import ConfigError, RedisUnavailableError
 from memory.redis_server import EmbeddedRedis
 
-__all__ = ('RedisClient', 'connect', 'mask_url')
+__all__ = ('RedisClient', 'ServerReport', 'connect', 'mask_url', 'server_report')
 
 RedisClient: TypeAlias = Redis | RedisCluster
 """Either client: both offer the commands, scripts and non-transactional pipelines the stores use."""
@@ -81,6 +82,38 @@ async def connect(url: str | None, *, home: Path, retries: int = 3) -> Redis:
         )
         raise RedisUnavailableError(f'cannot reach Redis at {mask_url(url)}: {_reason(exc)}. {hint}') from exc
     return cast(Redis, client)
+
+
+@dataclass(frozen=True)
+class ServerReport:
+    """What `tandem redis status` shows of a server that answers."""
+
+    product: str
+    """`redis` or `valkey`."""
+    version: str
+    used_memory: str
+    """As the server words it, e.g. `1.02M`."""
+    keys: int
+    """In the connected database (summed over the primaries of a cluster)."""
+    query_engine: bool
+    """Whether `FT.SEARCH` is there (Redis 8, Redis Stack), so vectors are searched in Redis."""
+
+
+async def server_report(redis: RedisClient) -> ServerReport:
+    """Ask a connected server what it is, how much memory and how many keys it holds, and its modules."""
+    from memory.knowledge import query_engine_available
+
+    info: dict[str, Any] = await redis.info()  # pyright: ignore[reportUnknownMemberType]
+    product = 'valkey' if 'valkey_version' in info else 'redis'
+    version = str(info.get('valkey_version') or info.get('redis_version') or '?')
+    keys = int(await redis.dbsize())  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    return ServerReport(
+        product=product,
+        version=version,
+        used_memory=str(info.get('used_memory_human', '?')),
+        keys=keys,
+        query_engine=await query_engine_available(redis),
+    )
 
 
 def mask_url(url: str) -> str:

@@ -91,7 +91,10 @@ def caption(summary: CellSummary) -> str:
 def cell_table(report: SuiteReport, summary: CellSummary) -> Table:
     """The table of one cell: each scenario, its result and failing expectations, tokens, latency and cost."""
     table = Table(
-        title=f'[bold]{summary.cell.label}[/]', caption=caption(summary), caption_justify='left', expand=False
+        title=Text(summary.cell.label, style='bold'),
+        caption=Text(caption(summary)),
+        caption_justify='left',
+        expand=False,
     )
     table.add_column('scenario', no_wrap=True)
     table.add_column('result', no_wrap=True)
@@ -101,7 +104,7 @@ def cell_table(report: SuiteReport, summary: CellSummary) -> Table:
     table.add_column('cost', justify='right')
     for run in report.runs_of(summary.cell):
         table.add_row(
-            run.scenario,
+            Text(run.scenario),
             _status(run),
             Text(_problems(run), style='red' if run.status != 'passed' else ''),
             f'{run.total_tokens:,}',
@@ -124,7 +127,7 @@ def comparison_table(report: SuiteReport) -> Table:
             change = summary.pass_rate - first.pass_rate
             delta = f' {change:+.0%}' if change else ''
         table.add_row(
-            label,
+            Text(label),
             f'{_percent(summary.pass_rate)}{delta}',
             _percent(summary.tool_accuracy),
             f'{summary.tokens_per_turn:,.0f}',

@@ -104,14 +104,41 @@ async def test_with_nothing_configured_a_local_server_is_found(tmp_path: Path, m
         assert chosen.config.base_url == server.url
 
 
+async def test_a_local_openai_base_url_means_chat_completions_and_the_servers_first_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenAI(models=['qwen2.5-3b', 'other']) as server:
+        monkeypatch.setenv('OPENAI_API_KEY', 'sk-local')  # the usual setup for a local server: both are set
+        monkeypatch.setenv('OPENAI_BASE_URL', server.url)
+        chosen = await backbones.resolve(_settings(tmp_path))
+    assert isinstance(chosen.model, OpenAIChatModel)
+    assert (chosen.name, chosen.model.model_name) == ('openai-chat:qwen2.5-3b', 'qwen2.5-3b')
+
+
+async def test_a_local_openai_base_url_that_lists_nothing_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv('OPENAI_BASE_URL', f'http://127.0.0.1:{_closed_port()}/v1')
+    with pytest.raises(BackboneError, match=r'lists no models \(GET /models\).*TANDEM_BACKBONE=openai-chat:'):
+        await backbones.resolve(_settings(tmp_path))
+
+
+async def test_openais_own_base_url_keeps_the_responses_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-test')
+    monkeypatch.setenv('OPENAI_BASE_URL', 'https://api.openai.com/v1')
+    chosen = await backbones.resolve(_settings(tmp_path))
+    assert isinstance(chosen.model, OpenAIResponsesModel)
+
+
 @pytest.mark.usefixtures('no_local_servers')
-async def test_with_nothing_at_all_the_message_names_three_ways(tmp_path: Path) -> None:
+async def test_with_nothing_at_all_the_message_names_four_ways(tmp_path: Path) -> None:
     with pytest.raises(BackboneError) as caught:
         await backbones.resolve(_settings(tmp_path))
     message = str(caught.value)
     assert 'export OPENAI_API_KEY' in message
     assert 'ollama serve' in message
     assert 'OPENAI_BASE_URL=' in message
+    assert 'make local && tandem models pull qwen2.5-1.5b-instruct --register local' in message
 
 
 async def test_probe_reports_reachability_listing_and_tool_calls() -> None:

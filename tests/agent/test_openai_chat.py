@@ -119,3 +119,18 @@ async def test_a_404_model_becomes_a_clear_error(redis: Redis, tmp_path: Path) -
         with pytest.raises(BackboneError, match=r'does not know model .*missing.*404'):
             await run_turn(deps, 'hi')
     assert await deps.conversations.read_record('s1') is None
+
+
+async def test_a_server_without_the_responses_api_says_which_api_it_lacks(redis: Redis, tmp_path: Path) -> None:
+    from agent.backbones import backbone_from_config
+    from agent.errors import BackboneError
+
+    with FakeOpenAI(models=['tiny-chat']) as server:  # like vLLM or Ollama: chat completions only
+        deps = _openai_deps(redis, server, tmp_path)
+        deps.backbone = backbone_from_config('local', BackboneConfig(model='openai:tiny-chat', base_url=server.url))
+        with pytest.raises(BackboneError) as caught:
+            await run_turn(deps, 'hi')
+    assert str(caught.value) == (
+        "backbone 'local': the server has no Responses API (POST /responses answered 404), which 'openai:' models "
+        "use; OpenAI-compatible servers speak chat completions: use 'openai-chat:tiny-chat'."
+    )

@@ -92,24 +92,6 @@ async def test_errors_inside_the_repl_are_one_line_and_the_repl_goes_on(
     assert 'Traceback' not in screen
 
 
-async def test_with_no_model_the_repl_still_opens_and_a_backbone_can_be_picked(
-    tmp_path: Path, redis_url: str, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from agent import backbones
-
-    monkeypatch.delenv('OPENAI_API_KEY', raising=False)
-    monkeypatch.delenv('OPENAI_BASE_URL', raising=False)
-    monkeypatch.setattr(backbones, '_LOCAL_SERVERS', ())
-    settings = Settings(home=tmp_path, redis_url=redis_url)  # type: ignore[arg-type]
-
-    screen = await _drive(settings, 'hi\r/help\r', TurnOptions(session='n1'))
-
-    assert screen.startswith('no model is configured')
-    assert 'The REPL is open' in screen
-    assert 'error: no model is configured' in screen  # the turn is refused, with the ways out
-    assert '/backbone NAME' in screen
-
-
 async def test_an_injected_instruction_from_a_fetched_page_is_shown_for_approval(
     tmp_path: Path, redis_url: str, redis: Any
 ) -> None:
