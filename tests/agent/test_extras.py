@@ -42,7 +42,7 @@ def test_a_llama_cpp_backbone_without_the_local_extra_names_make_local(
 def test_local_embeddings_without_the_extra_name_make_embeddings(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, 'sentence_transformers', None)
+    monkeypatch.setitem(sys.modules, 'tokenizers', None)
     (tmp_path / 'tandem.toml').write_text('[knowledge]\nembeddings = "local"\n')
     (tmp_path / 'refunds.md').write_text('# Refunds\n\nRefunds are paid within 14 days.\n')
     result = runner.invoke(app, ['ingest', 'refunds.md'], env=env)

