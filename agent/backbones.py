@@ -30,13 +30,17 @@ _LOCAL_SERVERS: tuple[tuple[str, int], ...] = (
     ('vLLM', 8000),
 )
 
+# Each line fits an 80-column terminal, so the commands can be copied whole.
 NO_MODEL_HELP = """no model is configured. Pick one of:
-  1. OpenAI:          export OPENAI_API_KEY=sk-...
-  2. a local server:  ollama serve && ollama pull qwen2.5:3b   (or start LM Studio, llama.cpp's server or vLLM)
-  3. any OpenAI-compatible URL:
-                      export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 TANDEM_BACKBONE=openai-chat:MODEL_NAME
-  4. a small model inside Tandem (about 1 GB, CPU):
-                      make local && tandem models pull qwen2.5-1.5b-instruct --register local"""
+  1. OpenAI:
+       export OPENAI_API_KEY=sk-...
+  2. a local server (or start LM Studio, llama.cpp's server or vLLM):
+       ollama serve && ollama pull qwen2.5:3b
+  3. any OpenAI-compatible server:
+       export OPENAI_BASE_URL=http://127.0.0.1:8000/v1
+       export TANDEM_BACKBONE=openai-chat:MODEL_NAME
+  4. a small model inside Tandem (about 1 GB, runs on the CPU):
+       make local && tandem models pull qwen2.5-1.5b-instruct --register local"""
 
 
 class BackboneResolver(Protocol):

@@ -23,14 +23,6 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    monkeypatch.chdir(tmp_path)
-    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
-        monkeypatch.delenv(name, raising=False)
-    yield {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
-
-
-@pytest.fixture
 def server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(models=['tiny']) as fake:
         yield fake

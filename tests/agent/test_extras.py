@@ -7,7 +7,6 @@ Each test hides the extra's package (as a core-only venv lacks it) and drives th
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from typer.testing import CliRunner
 from agent.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    monkeypatch.chdir(tmp_path)
-    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
-        monkeypatch.delenv(name, raising=False)
-    yield {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
 
 
 def test_a_llama_cpp_backbone_without_the_local_extra_names_make_local(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,6 @@ def bracket_script(body: dict[str, Any]) -> Reply:
     if 'compute' in user_texts(body)[-1]:
         return ToolCall.one('calculate', expression='[1] + [bold]2')
     return Text(f'You said: {user_texts(body)[-1]}')
-
-
-@pytest.fixture
-def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    monkeypatch.chdir(tmp_path)
-    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
-        monkeypatch.delenv(name, raising=False)
-    yield {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
 
 
 def _settings(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> Settings:
