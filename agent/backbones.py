@@ -165,8 +165,16 @@ def backbone_from_config(name: str, config: BackboneConfig) -> Backbone:
     return Backbone(name=name, config=config, model=build_model(config))
 
 
-def unconfigured(reason: str) -> Backbone:
-    """A stand-in backbone for a REPL opened with no model: every turn fails with `reason`."""
+@dataclass(frozen=True)
+class Unconfigured(Backbone):
+    """The stand-in backbone of a REPL opened with no model; `reason` says how to get one."""
+
+    reason: str = ''
+
+
+def unconfigured(reason: str) -> Unconfigured:
+    """A stand-in backbone for a REPL opened with no model. The REPL runs no turn on it; a model
+    call that reaches it anyway fails with `reason`."""
     from pydantic_ai.messages import ModelMessage, ModelResponse
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -178,7 +186,7 @@ def unconfigured(reason: str) -> Backbone:
         yield ''  # pragma: no cover - makes this an async generator
 
     model = FunctionModel(refuse, stream_function=refuse_streaming, model_name='none')
-    return Backbone(name='(no model)', config=BackboneConfig(model='none:'), model=model)
+    return Unconfigured(name='(no model)', config=BackboneConfig(model='none:'), model=model, reason=reason)
 
 
 def configured(settings: Settings, name: str) -> Backbone:

@@ -98,11 +98,8 @@ class Repl:
         *,
         console: Console,
         prompt_session: PromptSession[str],
-        no_model: str | None = None,
     ):
         self.settings = settings
-        # Why there is no model yet (the ways to get one), until /backbone picks one: no agent runs before.
-        self.no_model = no_model
         self.console = console
         self.prompt_session = prompt_session
         self.usage = TurnUsage()
@@ -186,9 +183,11 @@ class Repl:
         return approved
 
     def _refuse_without_model(self) -> bool:
-        if self.no_model is None:
+        """On the stand-in backbone of a REPL opened with no model, say how to get one, and run nothing."""
+        backbone = self.deps.backbone
+        if not isinstance(backbone, backbones.Unconfigured):
             return False
-        self.console.print(self.no_model, style='yellow', highlight=False, markup=False)
+        self.console.print(backbone.reason, style='yellow', highlight=False, markup=False)
         self.console.print(
             'Nothing was sent. Get a model as above, then `/backbone NAME` or `/backbone PROVIDER:MODEL`.'
         )
@@ -253,7 +252,6 @@ class Repl:
             return True
         backbone = backbones.configured(self.settings, argument)
         self.deps = replace(self.deps, backbone=backbone)
-        self.no_model = None
         self.console.print(f'backbone is now {backbone.name}; the history is kept', markup=False)
         return True
 
@@ -370,13 +368,11 @@ async def run_repl(
     async with open_redis(settings) as redis:
         console = console or Console()
         session = options.session or new_session_id()
-        no_model: str | None = None
         try:
             deps = await build_deps(settings, redis, options, session=session)
         except BackboneError as error:
             # Open anyway: the person can pick a backbone with /backbone once they have one.
-            no_model = str(error)
-            console.print(no_model, style='yellow', highlight=False, markup=False)
+            console.print(str(error), style='yellow', highlight=False, markup=False)
             console.print('The REPL is open; `/backbone NAME` or `/backbone PROVIDER:MODEL` picks a model.')
             deps = await build_deps(
                 settings, redis, options, session=session, backbone=backbones.unconfigured(str(error))
@@ -386,6 +382,5 @@ async def run_repl(
             settings,
             console=console,
             prompt_session=make_prompt_session(settings, input=input, output=output),
-            no_model=no_model,
         )
         await repl.run()

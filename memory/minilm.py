@@ -82,6 +82,11 @@ class MiniLMEncoder:
         self.eps = float(config['layer_norm_eps'])
         self.max_tokens = max_tokens
         self.tokenizer = Tokenizer.from_file(str(model_dir / 'tokenizer.json'))
+        # Counting uses a copy without the cut: switching the shared one off and on again would race
+        # with an encode running in another thread.
+        self._counter = Tokenizer.from_str(self.tokenizer.to_str())
+        self._counter.no_truncation()
+        self._counter.no_padding()
         self.tokenizer.enable_truncation(max_tokens)  # pyright: ignore[reportUnknownMemberType]
         # Padded to the longest text of each batch.
         self.tokenizer.enable_padding(pad_id=int(config['pad_token_id']), pad_token='[PAD]')  # pyright: ignore[reportUnknownMemberType]
@@ -115,11 +120,7 @@ class MiniLMEncoder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` as the model sees it, [CLS] and [SEP] included (before the cut at `max_tokens`)."""
-        self.tokenizer.no_truncation()
-        try:
-            return len(self.tokenizer.encode(text).ids)
-        finally:
-            self.tokenizer.enable_truncation(self.max_tokens)  # pyright: ignore[reportUnknownMemberType]
+        return len(self._counter.encode(text).ids)
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> Array:
         """Unit-length vectors, one row per text, in the order given."""

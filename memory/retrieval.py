@@ -1071,6 +1071,9 @@ def local_embedder(path: str | Path | None = None, *, batch_size: int = 32) -> P
     if key not in _LOCAL:
 
         def load() -> EmbeddingModel:
+            # The Rust tokenizer's thread pool does not survive a fork (a pre-fork server, a worker pool):
+            # off, it neither warns nor deadlocks there, and batches are encoded in one thread anyway.
+            os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
             from memory.minilm import MiniLMEmbeddingModel
 
             return MiniLMEmbeddingModel(model_dir, name=model_id.removeprefix('local:'))

