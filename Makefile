@@ -39,10 +39,12 @@ dev: uv
 chat: core
 	@$(UV) run --no-sync tandem chat
 
+# Pyright reads a copy of the packages laid out under their import names (see tool.pyright in pyproject.toml).
 lint: dev
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
-	$(UV) run --no-sync pyright
+	@rm -rf build/typing && mkdir -p build/typing/tandem && cp -R agent tools memory build/typing/tandem/
+	@set -o pipefail; $(UV) run --no-sync pyright | sed 's|build/typing/tandem/||'
 
 # Headless Chromium checks the HTML scenario report. Installed from Debian when missing and we
 # can (root with apt); elsewhere that one test skips and says why.

@@ -8,21 +8,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.api import Assistant
-    from agent.deps import Deps, Identity
-    from agent.errors import TandemError
-    from agent.runtime import TurnResult, TurnUsage, run_turn
+    from tandem.agent.api import Assistant
+    from tandem.agent.deps import Deps, Identity
+    from tandem.agent.errors import TandemError
+    from tandem.agent.runtime import TurnResult, TurnUsage, run_turn
 
 __all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
 
 _EXPORTS = {
-    'Assistant': 'agent.api',
-    'Deps': 'agent.deps',
-    'Identity': 'agent.deps',
-    'TandemError': 'agent.errors',
-    'TurnResult': 'agent.runtime',
-    'TurnUsage': 'agent.runtime',
-    'run_turn': 'agent.runtime',
+    'Assistant': 'tandem.agent.api',
+    'Deps': 'tandem.agent.deps',
+    'Identity': 'tandem.agent.deps',
+    'TandemError': 'tandem.agent.errors',
+    'TurnResult': 'tandem.agent.runtime',
+    'TurnUsage': 'tandem.agent.runtime',
+    'run_turn': 'tandem.agent.runtime',
 }
 
 

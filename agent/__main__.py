@@ -1,5 +1,5 @@
-"""`python -m agent` runs the `tandem` command line."""
+"""`python -m tandem.agent` runs the `tandem` command line."""
 
-from agent.cli import main
+from tandem.agent.cli import main
 
 main()

@@ -12,9 +12,9 @@ from pydantic_ai.exceptions import ApprovalRequired, ModelRetry
 from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.tools import RunContext, ToolDefinition
 
-from agent.events import short
-from agent.log import get_logger
-from agent.turn_state import ToolCallRecord
+from tandem.agent.events import short
+from tandem.agent.log import get_logger
+from tandem.agent.turn_state import ToolCallRecord
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import (
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     )
     from pydantic_ai.models import ModelRequestContext
 
-    from agent.deps import Deps
+    from tandem.agent.deps import Deps
 
 _log = get_logger('tandem.turn')
 

@@ -10,8 +10,8 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage
 
-from agent.deps import Deps
-from agent.errors import TandemError
+from tandem.agent.deps import Deps
+from tandem.agent.errors import TandemError
 
 _SAVE_ATTEMPTS = 8
 

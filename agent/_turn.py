@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic_ai.toolsets import AbstractToolset
 
-from agent.builder import tool_descriptions
-from agent.deps import Deps
+from tandem.agent.builder import tool_descriptions
+from tandem.agent.deps import Deps
 
 
 def prompt_variables(

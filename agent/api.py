@@ -1,7 +1,7 @@
 """The Python API: Tandem inside another program, with the same runtime as the CLI and the HTTP service.
 
 ```python
-from agent import Assistant
+from tandem.agent import Assistant
 
 async with Assistant.from_config() as assistant:
     result = await assistant.chat('What is 2**100?', session='s1', user='alice')
@@ -33,26 +33,26 @@ from pydantic_ai.conversation import Conversation
 from pydantic_ai.conversation_store import ConversationConflict
 from pydantic_ai.messages import ModelMessage
 
-from agent import backbones as _backbones
-from agent.backbones import Backbone
-from agent.builder import AgentFactory
-from agent.config import Settings, load_settings
-from agent.context import TurnOptions, build_deps, selected_toolsets
-from agent.deps import Deps
-from agent.errors import TandemError
-from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
-from agent.log import get_logger
-from agent.prompts import PromptLibrary, PromptTemplate
-from agent.runtime import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
-from memory.connection import connect
-from memory.conversations import RedisConversationStore, SessionInfo, SessionNotFoundError
-from memory.keys import validate_id
+from tandem.agent import backbones as _backbones
+from tandem.agent.backbones import Backbone
+from tandem.agent.builder import AgentFactory
+from tandem.agent.config import Settings, load_settings
+from tandem.agent.context import TurnOptions, build_deps, selected_toolsets
+from tandem.agent.deps import Deps
+from tandem.agent.errors import TandemError
+from tandem.agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from tandem.agent.log import get_logger
+from tandem.agent.prompts import PromptLibrary, PromptTemplate
+from tandem.agent.runtime import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
+from tandem.memory.connection import connect
+from tandem.memory.conversations import RedisConversationStore, SessionInfo, SessionNotFoundError
+from tandem.memory.keys import validate_id
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
     from redis.asyncio import Redis
 
-    from tools.registry import ToolsetPlugin
+    from tandem.tools.registry import ToolsetPlugin
 
 _log = get_logger('tandem.api')
 
@@ -401,7 +401,7 @@ class Assistant:
         self._closed = True
         client, self._redis = self._redis, None
         if client is not None:
-            from agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+            from tandem.agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
 
             await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # they write through this client
         if client is not None and self._owns_redis:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolDefinition, ToolDenied
 
-from agent.log import get_logger
-from tools.registry import has_side_effects
+from tandem.agent.log import get_logger
+from tandem.tools.registry import has_side_effects
 
 if TYPE_CHECKING:
-    from agent.deps import Deps
+    from tandem.agent.deps import Deps
 
 _log = get_logger('tandem.approvals')
 

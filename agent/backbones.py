@@ -20,8 +20,8 @@ import httpx
 from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 
-from agent.config import BackboneConfig, Settings
-from agent.errors import BackboneError
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.errors import BackboneError
 
 _LOCAL_SERVERS: tuple[tuple[str, int], ...] = (
     ('Ollama', 11434),

@@ -10,13 +10,13 @@ from pydantic_ai import Agent
 from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset
 
-from agent._guard import TurnGuard
-from agent.approvals import needs_approval, resolve_approvals
-from memory.compaction import HistoryCompaction
+from tandem.agent._guard import TurnGuard
+from tandem.agent.approvals import needs_approval, resolve_approvals
+from tandem.memory.compaction import HistoryCompaction
 
 if TYPE_CHECKING:
-    from agent.deps import Deps
-    from tools.registry import ToolsetPlugin
+    from tandem.agent.deps import Deps
+    from tandem.tools.registry import ToolsetPlugin
 
 # pydantic-ai prints a first-run banner (a logo and a Logfire offer) into the terminal of a program run
 # from a source checkout. Tandem owns its screen: the REPL, `tandem run` and the service print only Tandem.
@@ -39,7 +39,7 @@ def tool_descriptions(toolsets: Sequence[AbstractToolset[Any]]) -> list[dict[str
 
 def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[Deps, str]:
     """The agent for `deps`: its backbone's model and settings, the toolsets, and Tandem's capabilities."""
-    from agent.deps import Deps
+    from tandem.agent.deps import Deps
 
     return Agent(
         deps.backbone.model,

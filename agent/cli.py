@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.cli_kb import ingest, kb_app
-from agent.config import Settings, load_settings
-from agent.errors import TandemError
-from agent.log import LogFormat, configure_logging
+from tandem.agent.cli_kb import ingest, kb_app
+from tandem.agent.config import Settings, load_settings
+from tandem.agent.errors import TandemError
+from tandem.agent.log import LogFormat, configure_logging
 
 app = typer.Typer(
     name='tandem',
@@ -151,8 +151,8 @@ def chat(
     tools: ToolsOpt = None,
 ) -> None:
     """Talk with the assistant in an interactive REPL (Ctrl-C cancels a turn, Ctrl-D exits)."""
-    from agent.context import TurnOptions
-    from agent.repl import run_repl
+    from tandem.agent.context import TurnOptions
+    from tandem.agent.repl import run_repl
 
     options = TurnOptions(
         session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=_tools(tools)
@@ -174,8 +174,8 @@ def ask(
     ] = False,
 ) -> None:
     """Ask one question and print the answer. Without --session, each ask is a new session."""
-    from agent.context import TurnOptions, build_deps, open_redis
-    from agent.runtime import TextDelta, new_session_id, run_turn
+    from tandem.agent.context import TurnOptions, build_deps, open_redis
+    from tandem.agent.runtime import TextDelta, new_session_id, run_turn
 
     settings = _settings()
     options = TurnOptions(
@@ -216,7 +216,7 @@ def ask(
 @config_app.command('show')
 def config_show() -> None:
     """Print the effective configuration, secrets masked, and where it came from."""
-    from agent.config import config_file_path
+    from tandem.agent.config import config_file_path
 
     settings = _settings()
     source = config_file_path()
@@ -253,12 +253,12 @@ def backbones_add(
     probe: Annotated[bool, typer.Option('--probe/--no-probe', help='Probe the server once added.')] = True,
 ) -> None:
     """Register a backbone (a LoRA adapter on vLLM, an Ollama model, ...) in the config file."""
-    from agent.tune.registry import local_backbone_config, register_backbone
+    from tandem.agent.tune.registry import local_backbone_config, register_backbone
 
     _settings()
 
     async def body() -> None:
-        from agent import backbones
+        from tandem.agent import backbones
 
         config = local_backbone_config(
             model, base_url=base_url, fine_tuned_from=fine_tuned_from, api_key_env=api_key_env
@@ -280,7 +280,7 @@ def backbones_add(
 @backbones_app.command('list')
 def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
     """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
-    from agent import backbones
+    from tandem.agent import backbones
 
     settings = _settings()
 
@@ -313,7 +313,7 @@ def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
 @app.command('tools')
 def tools_list() -> None:
     """List every installed tool with its status."""
-    from agent.tool_status import tool_statuses
+    from tandem.agent.tool_status import tool_statuses
 
     settings = _settings()
 
@@ -329,7 +329,7 @@ def tools_list() -> None:
 @app.command('prompts')
 def prompts_list() -> None:
     """List the prompt templates and their versions."""
-    from agent.prompts import PromptLibrary
+    from tandem.agent.prompts import PromptLibrary
 
     settings = _settings()
 
@@ -351,8 +351,8 @@ def sessions_list(
     as_json: Annotated[bool, typer.Option('--json')] = False,
 ) -> None:
     """List stored sessions, newest first."""
-    from agent.context import open_conversations
-    from memory.keys import validate_id
+    from tandem.agent.context import open_conversations
+    from tandem.memory.keys import validate_id
 
     settings = _settings()
 
@@ -383,7 +383,7 @@ def sessions_list(
 
 def _session_messages(session: str) -> list[ModelMessage]:
     """A stored session's messages, for `show` and `export`."""
-    from agent.context import open_conversations
+    from tandem.agent.context import open_conversations
 
     settings = _settings()
 
@@ -397,7 +397,7 @@ def _session_messages(session: str) -> list[ModelMessage]:
 @sessions_app.command('show')
 def sessions_show(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
     """Print a session's transcript."""
-    from agent.transcript import render_transcript
+    from tandem.agent.transcript import render_transcript
 
     for line in render_transcript(_session_messages(session)):
         _out.print(line, highlight=False, markup=False)
@@ -415,7 +415,7 @@ def sessions_export(session: Annotated[str, typer.Argument(help='Session id.')])
 @sessions_app.command('delete')
 def sessions_delete(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
     """Delete a session and its messages."""
-    from agent.context import open_conversations
+    from tandem.agent.context import open_conversations
 
     settings = _settings()
 
@@ -432,8 +432,8 @@ def sessions_delete(session: Annotated[str, typer.Argument(help='Session id.')])
 @redis_app.command('status')
 def redis_status() -> None:
     """Which Redis Tandem uses, and what it holds: server, version, memory, keys, Query Engine."""
-    from memory.connection import connect, mask_url, server_report
-    from memory.redis_server import EmbeddedRedis
+    from tandem.memory.connection import connect, mask_url, server_report
+    from tandem.memory.redis_server import EmbeddedRedis
 
     settings = _settings()
     table = Table.grid(padding=(0, 2))
@@ -475,7 +475,7 @@ def redis_status() -> None:
 @redis_app.command('stop')
 def redis_stop() -> None:
     """Stop the embedded Redis server cleanly (its data stays in TANDEM_HOME)."""
-    from memory.redis_server import EmbeddedRedis
+    from tandem.memory.redis_server import EmbeddedRedis
 
     settings = _settings()
     server = EmbeddedRedis(settings.home)
@@ -487,8 +487,8 @@ def redis_stop() -> None:
 
 
 # Sub-commands live in their own modules and register on `app` when imported.
-from agent import cli_models, cli_run, cli_serve, cli_tune  # noqa: E402
-from agent.cli_memory import memory_app  # noqa: E402
+from tandem.agent import cli_models, cli_run, cli_serve, cli_tune  # noqa: E402
+from tandem.agent.cli_memory import memory_app  # noqa: E402
 
 app.add_typer(memory_app, name='memory')
 _REGISTERED = (cli_models, cli_run, cli_serve, cli_tune)

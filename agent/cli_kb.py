@@ -21,9 +21,9 @@ from rich.table import Table
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from agent.config import Settings
-    from memory.ingest import IngestProgress, IngestReport
-    from memory.knowledge import KbInfo, KnowledgeBase
+    from tandem.agent.config import Settings
+    from tandem.memory.ingest import IngestProgress, IngestReport
+    from tandem.memory.knowledge import KbInfo, KnowledgeBase
 
 __all__ = ['ingest', 'kb_app']
 
@@ -40,13 +40,13 @@ Mode = Literal['auto', 'bm25', 'dense', 'hybrid']
 
 
 def _cli() -> Any:
-    from agent import cli
+    from tandem.agent import cli
 
     return cli
 
 
 def _kb_name(settings: Settings, name: str | None) -> str:
-    from memory.keys import validate_id
+    from tandem.memory.keys import validate_id
 
     return validate_id('knowledge base', name or settings.knowledge.default_kb)
 
@@ -55,8 +55,8 @@ async def _existing_kb(
     redis: Redis, settings: Settings, kb_name: str, user: str | None
 ) -> tuple[KnowledgeBase, KbInfo]:
     """A knowledge base that must exist, and its summary; a clear error when it doesn't."""
-    from agent.errors import TandemError
-    from memory.knowledge import KnowledgeBase
+    from tandem.agent.errors import TandemError
+    from tandem.memory.knowledge import KnowledgeBase
 
     base = KnowledgeBase(redis, tenant=settings.tenant, name=kb_name, user=user or None)
     info = await base.info()
@@ -92,11 +92,11 @@ def ingest(
     settings: Settings = cli._settings()
 
     async def body() -> None:
-        from agent.context import open_redis
-        from memory.ingest import IngestOptions, Ingestor, ingest_error
-        from memory.keys import validate_id
-        from memory.knowledge import KnowledgeBase
-        from memory.retrieval import make_embedder
+        from tandem.agent.context import open_redis
+        from tandem.memory.ingest import IngestOptions, Ingestor, ingest_error
+        from tandem.memory.keys import validate_id
+        from tandem.memory.knowledge import KnowledgeBase
+        from tandem.memory.retrieval import make_embedder
 
         tenant = validate_id('tenant', settings.tenant)
         owner = validate_id('user', user) if user else None
@@ -243,8 +243,8 @@ def kb_list(
     settings: Settings = cli._settings()
 
     async def body() -> None:
-        from agent.context import open_redis
-        from memory.knowledge import list_knowledge_bases
+        from tandem.agent.context import open_redis
+        from tandem.memory.knowledge import list_knowledge_bases
 
         async with open_redis(settings) as redis:
             infos = await list_knowledge_bases(redis, tenant=settings.tenant, user='*' if all_users else user or None)
@@ -277,7 +277,7 @@ def kb_show(
     settings: Settings = cli._settings()
 
     async def body() -> None:
-        from agent.context import open_redis
+        from tandem.agent.context import open_redis
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:
@@ -332,9 +332,9 @@ def kb_search(
     settings: Settings = cli._settings()
 
     async def body() -> None:
-        from agent.context import open_redis
-        from agent.errors import TandemError
-        from memory.retrieval import build_retriever
+        from tandem.agent.context import open_redis
+        from tandem.agent.errors import TandemError
+        from tandem.memory.retrieval import build_retriever
 
         if mode not in ('auto', 'bm25', 'dense', 'hybrid'):
             raise TandemError(f'--mode must be auto, bm25, dense or hybrid, not {mode!r}.')
@@ -395,8 +395,8 @@ def kb_rm(
     settings: Settings = cli._settings()
 
     async def body() -> None:
-        from agent.context import open_redis
-        from agent.errors import TandemError
+        from tandem.agent.context import open_redis
+        from tandem.agent.errors import TandemError
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:
@@ -453,9 +453,9 @@ def kb_stats(
     settings: Settings = cli._settings()
 
     async def body() -> None:
-        from agent.context import open_redis
-        from memory.ingest import token_counter
-        from memory.retrieval import Bm25Retriever, clear_index_cache, query_engine_available
+        from tandem.agent.context import open_redis
+        from tandem.memory.ingest import token_counter
+        from tandem.memory.retrieval import Bm25Retriever, clear_index_cache, query_engine_available
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:

@@ -23,13 +23,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.errors import TandemError
-from memory.facts import Fact, FactStore
+from tandem.agent.errors import TandemError
+from tandem.memory.facts import Fact, FactStore
 
 if TYPE_CHECKING:
-    from agent.config import Settings
-    from agent.deps import Deps
-    from memory.connection import RedisClient
+    from tandem.agent.config import Settings
+    from tandem.agent.deps import Deps
+    from tandem.memory.connection import RedisClient
 
 __all__ = ['MemoryCommands', 'memory_app']
 
@@ -54,7 +54,7 @@ def _store(settings: Settings, redis: RedisClient) -> FactStore:
 
 
 def _ids(settings: Settings, user: str | None) -> tuple[str, str]:
-    from memory.keys import validate_id
+    from tandem.memory.keys import validate_id
 
     return validate_id('tenant', settings.tenant), validate_id('user', user or settings.user)
 
@@ -79,8 +79,8 @@ def memory_list(
     as_json: Annotated[bool, typer.Option('--json', help='Print the facts as JSON.')] = False,
 ) -> None:
     """List what is remembered about a user, oldest first."""
-    from agent.cli import _out, _run, _settings
-    from agent.context import open_redis
+    from tandem.agent.cli import _out, _run, _settings
+    from tandem.agent.context import open_redis
 
     settings = _settings()
 
@@ -106,8 +106,8 @@ def memory_forget(
     yes: Annotated[bool, typer.Option('--yes', '-y', help='Do not ask before forgetting everything.')] = False,
 ) -> None:
     """Forget facts by id, or every fact of the user with --all."""
-    from agent.cli import _err, _fail, _run, _settings
-    from agent.context import open_redis
+    from tandem.agent.cli import _err, _fail, _run, _settings
+    from tandem.agent.context import open_redis
 
     settings = _settings()
     if forget_all == bool(fact_ids):
@@ -144,8 +144,8 @@ def memory_export(
     ] = None,
 ) -> None:
     """Export a user's facts as JSON (for backup, or `tandem memory import`)."""
-    from agent.cli import _err, _run, _settings
-    from agent.context import open_redis
+    from tandem.agent.cli import _err, _run, _settings
+    from tandem.agent.context import open_redis
 
     settings = _settings()
 
@@ -172,8 +172,8 @@ def memory_import(
     user: UserOpt = None,
 ) -> None:
     """Import facts into a user's memory; facts the user already has are updated, not duplicated."""
-    from agent.cli import _err, _run, _settings
-    from agent.context import open_redis
+    from tandem.agent.cli import _err, _run, _settings
+    from tandem.agent.context import open_redis
 
     settings = _settings()
 

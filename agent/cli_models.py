@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from agent.cli import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.cli import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
 
 models_app = typer.Typer(help='Download small GGUF models for in-process llama-cpp backbones.', no_args_is_help=True)
 app.add_typer(models_app, name='models')
@@ -23,7 +23,7 @@ app.add_typer(models_app, name='models')
 @models_app.command('list')
 def models_list() -> None:
     """The models `tandem models pull` knows, and which are downloaded."""
-    from agent.local_models import CATALOG, models_dir
+    from tandem.agent.local_models import CATALOG, models_dir
 
     _settings()
     folder = models_dir()
@@ -48,8 +48,8 @@ def models_pull(
     """Download a small instruct GGUF, with a progress bar; says so plainly when there is no network."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from agent.config import BackboneConfig
-    from agent.local_models import (
+    from tandem.agent.config import BackboneConfig
+    from tandem.agent.local_models import (
         CATALOG,
         LOCAL_EXTRA_HINT,
         check_network,
@@ -57,7 +57,7 @@ def models_pull(
         download_source,
         models_dir,
     )
-    from agent.tune.registry import register_backbone
+    from tandem.agent.tune.registry import register_backbone
 
     _settings()
 

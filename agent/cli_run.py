@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from agent.backbones import Backbone
-from agent.cli import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
-from agent.config import BackboneConfig, Settings
-from agent.errors import BackboneError, TandemError
+from tandem.agent.backbones import Backbone
+from tandem.agent.cli import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.errors import BackboneError, TandemError
 
 if TYPE_CHECKING:
-    from agent.scenarios.cassettes import Cassettes
-    from agent.scenarios.results import Cell, ScenarioRun
-    from agent.scenarios.schema import Scenario
+    from tandem.agent.scenarios.cassettes import Cassettes
+    from tandem.agent.scenarios.results import Cell, ScenarioRun
+    from tandem.agent.scenarios.schema import Scenario
 
 __all__ = ['injected_backbones', 'run']
 
@@ -67,7 +67,7 @@ async def _backbones(
     settings: Settings, names: Sequence[str], specs: Sequence[str], cassettes: Cassettes | None
 ) -> list[Backbone]:
     """The backbone dimension: `--backbone` names, then `--model` specs; in replay, never a live model."""
-    from agent import backbones as registry
+    from tandem.agent import backbones as registry
 
     chosen: list[Backbone] = []
     if cassettes is not None and cassettes.mode == 'replay':
@@ -92,7 +92,7 @@ async def _backbones(
 
 
 def _judge(settings: Settings, name: str | None, cassettes: Cassettes | None) -> Backbone | None:
-    from agent import backbones as registry
+    from tandem.agent import backbones as registry
 
     if name is None:
         return None
@@ -143,11 +143,11 @@ def run(
     ] = None,
 ) -> None:
     """Run scenario suites over backbones × prompts × ablations; exit 1 when anything fails."""
-    from agent.context import open_redis
-    from agent.scenarios.cassettes import Cassettes
-    from agent.scenarios.report import print_report, write_html, write_json, write_junit
-    from agent.scenarios.runner import parse_ablations, run_suite
-    from agent.scenarios.schema import load_scenarios, select_scenarios
+    from tandem.agent.context import open_redis
+    from tandem.agent.scenarios.cassettes import Cassettes
+    from tandem.agent.scenarios.report import print_report, write_html, write_json, write_junit
+    from tandem.agent.scenarios.runner import parse_ablations, run_suite
+    from tandem.agent.scenarios.schema import load_scenarios, select_scenarios
 
     settings = _settings()
 

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from agent.cli import _fail, _settings, _State, app  # pyright: ignore[reportPrivateUsage]
-from agent.config import Settings, load_settings
-from agent.errors import ConfigError, TandemError
+from tandem.agent.cli import _fail, _settings, _State, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.config import Settings, load_settings
+from tandem.agent.errors import ConfigError, TandemError
 
-DEFAULT_FACTORY = 'agent.server:worker_app'
+DEFAULT_FACTORY = 'tandem.agent.server:worker_app'
 
 
 def serve(
@@ -45,7 +45,7 @@ def serve(
     """
     import uvicorn
 
-    from agent.server import SERVE_OPTIONS_ENV, is_loopback, load_api_keys
+    from tandem.agent.server import SERVE_OPTIONS_ENV, is_loopback, load_api_keys
 
     settings = settings or load_settings()
     if workers < 1:

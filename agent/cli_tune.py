@@ -18,12 +18,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agent.cli import _err, _out, _run, _settings, _tools, app  # pyright: ignore[reportPrivateUsage]
-from agent.errors import TandemError
+from tandem.agent.cli import _err, _out, _run, _settings, _tools, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.errors import TandemError
 
 if TYPE_CHECKING:
-    from agent.tune.jobs import JobUpdate
-    from agent.tune.validate import DatasetReport
+    from tandem.agent.tune.jobs import JobUpdate
+    from tandem.agent.tune.validate import DatasetReport
 
 tune_app = typer.Typer(
     help='The prompting-vs-fine-tuning loop: export traces, validate, fine-tune, follow, compare.',
@@ -83,8 +83,8 @@ def tune_export(
     ] = None,
 ) -> None:
     """Export stored sessions (or a scenario report's runs) as OpenAI chat fine-tuning JSONL."""
-    from agent.context import open_redis, selected_toolsets
-    from agent.tune.export import (
+    from tandem.agent.context import open_redis, selected_toolsets
+    from tandem.agent.tune.export import (
         ExportOptions,
         SessionQuery,
         Trace,
@@ -95,7 +95,7 @@ def tune_export(
         validation_path,
         write_jsonl,
     )
-    from agent.tune.scrub import BUILTIN_SCRUBBER, Scrubber, load_scrubber
+    from tandem.agent.tune.scrub import BUILTIN_SCRUBBER, Scrubber, load_scrubber
 
     settings = _settings()
 
@@ -218,8 +218,8 @@ def tune_validate(
     as_json: Annotated[bool, typer.Option('--json', help='Print the findings as JSON.')] = False,
 ) -> None:
     """Check every line (roles, tool-call ids, JSON arguments, last message), count tokens, estimate the cost."""
-    from agent.tune.pricing import DEFAULT_BASE_MODEL
-    from agent.tune.validate import validate_file
+    from tandem.agent.tune.pricing import DEFAULT_BASE_MODEL
+    from tandem.agent.tune.validate import validate_file
 
     _settings()
 
@@ -256,8 +256,8 @@ def tune_submit(
     interval: Annotated[float, typer.Option(help='Seconds between polls when following.')] = 10.0,
 ) -> None:
     """Validate, upload and start an OpenAI fine-tuning job (`tandem tune status` follows it)."""
-    from agent.tune.jobs import JobLog, openai_client, submit_job
-    from agent.tune.validate import validate_file
+    from tandem.agent.tune.jobs import JobLog, openai_client, submit_job
+    from tandem.agent.tune.validate import validate_file
 
     settings = _settings()
 
@@ -306,7 +306,7 @@ def tune_status(
     name: Annotated[str | None, typer.Option('--name', help='Register the tuned model under this name.')] = None,
 ) -> None:
     """Follow a fine-tuning job's events live; when it succeeds, register the tuned model as a backbone."""
-    from agent.tune.jobs import JobLog
+    from tandem.agent.tune.jobs import JobLog
 
     settings = _settings()
 
@@ -325,7 +325,7 @@ def tune_status(
 async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name: str | None) -> None:
     from rich.live import Live
 
-    from agent.tune.jobs import JobLog, custom_base_url, follow_job, openai_client, register_tuned_model
+    from tandem.agent.tune.jobs import JobLog, custom_base_url, follow_job, openai_client, register_tuned_model
 
     client = openai_client()
     log = JobLog(home)
@@ -453,9 +453,9 @@ def tune_compare(
     as_json: Annotated[bool, typer.Option('--json', help='Print the numbers and the verdict as JSON.')] = False,
 ) -> None:
     """Run your scenarios on base + full prompting + RAG, base + short prompt, and tuned + short prompt; decide."""
-    from agent.context import open_redis
-    from agent.scenarios.schema import load_scenarios, select_scenarios
-    from agent.tune.compare import arm_headers, compare, metric_rows, render_markdown
+    from tandem.agent.context import open_redis
+    from tandem.agent.scenarios.schema import load_scenarios, select_scenarios
+    from tandem.agent.tune.compare import arm_headers, compare, metric_rows, render_markdown
 
     settings = _settings()
 
@@ -512,13 +512,13 @@ def tune_compare(
 
 def _named_backbone(settings: Any, name: str) -> Any:
     """A backbone by config name or model string; the scenario CLI's test hook (`injected_backbones`) first."""
-    from agent import backbones as registry
-    from agent.cli_run import _injected  # pyright: ignore[reportPrivateUsage]
+    from tandem.agent import backbones as registry
+    from tandem.agent.cli_run import _injected  # pyright: ignore[reportPrivateUsage]
 
     return _injected.get(name) or registry.configured(settings, name)
 
 
 def _write_text(path: Path, text: str) -> None:
-    from agent.tune.export import write_text
+    from tandem.agent.tune.export import write_text
 
     write_text(path, text)

@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent.errors import ConfigError
+from tandem.agent.errors import ConfigError
 
 _toml_file: ContextVar[Path | None] = ContextVar('_toml_file', default=None)
 

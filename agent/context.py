@@ -8,18 +8,18 @@ from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
 
-from agent import backbones
-from agent.backbones import Backbone
-from agent.builder import AgentFactory
-from agent.config import Settings
-from agent.deps import Deps, Identity
-from agent.knowledge_context import KnowledgeContextProvider, knowledge_retriever
-from agent.memory_context import MemoryContext, fact_store_for
-from agent.prompts import PromptLibrary, PromptTemplate
-from memory.connection import connect
-from memory.conversations import RedisConversationStore
-from memory.keys import validate_id
-from tools.registry import ToolsetPlugin, discover_plugins, select
+from tandem.agent import backbones
+from tandem.agent.backbones import Backbone
+from tandem.agent.builder import AgentFactory
+from tandem.agent.config import Settings
+from tandem.agent.deps import Deps, Identity
+from tandem.agent.knowledge_context import KnowledgeContextProvider, knowledge_retriever
+from tandem.agent.memory_context import MemoryContext, fact_store_for
+from tandem.agent.prompts import PromptLibrary, PromptTemplate
+from tandem.memory.connection import connect
+from tandem.memory.conversations import RedisConversationStore
+from tandem.memory.keys import validate_id
+from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
     try:
         yield client
     finally:
-        from agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+        from tandem.agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
 
         await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # memory.extract runs after the answer
         await client.aclose()

@@ -6,19 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.backbones import Backbone
-from agent.builder import AgentFactory
-from agent.config import Settings
-from agent.prompts import PromptTemplate
-from agent.turn_state import ToolCallRecord, TurnState
+from tandem.agent.backbones import Backbone
+from tandem.agent.builder import AgentFactory
+from tandem.agent.config import Settings
+from tandem.agent.prompts import PromptTemplate
+from tandem.agent.turn_state import ToolCallRecord, TurnState
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from agent.approvals import Approver
-    from agent.turn_context import TurnContextProvider
-    from memory.conversations import RedisConversationStore
-    from tools.registry import ToolsetPlugin
+    from tandem.agent.approvals import Approver
+    from tandem.agent.turn_context import TurnContextProvider
+    from tandem.memory.conversations import RedisConversationStore
+    from tandem.tools.registry import ToolsetPlugin
 
 
 @dataclass(frozen=True)

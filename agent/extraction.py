@@ -31,14 +31,14 @@ from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
-from agent.log import get_logger
-from agent.prompts import PromptLibrary
-from memory.facts import MAX_FACT_CHARS, FactStore, RememberResult, looks_like_secret
+from tandem.agent.log import get_logger
+from tandem.agent.prompts import PromptLibrary
+from tandem.memory.facts import MAX_FACT_CHARS, FactStore, RememberResult, looks_like_secret
 
 if TYPE_CHECKING:
     from pydantic_ai.run import AgentRunResult
 
-    from agent.deps import Deps
+    from tandem.agent.deps import Deps
 
 __all__ = ['EXTRACTION_TIMEOUT', 'ExtractedFact', 'ExtractedFacts', 'schedule_extraction', 'wait_for_extractions']
 

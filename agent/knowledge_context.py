@@ -20,17 +20,17 @@ from redis.exceptions import RedisError
 from rich.markup import escape
 from rich.table import Column, Table
 
-from agent.errors import TandemError
-from agent.log import get_logger
-from agent.turn_state import Citation
-from memory.connection import RedisClient
-from memory.retrieval import EmbeddingsUnavailable, Retriever, build_retriever
-from tools.knowledge import format_passages
-from tools.untrusted import wrap_untrusted
+from tandem.agent.errors import TandemError
+from tandem.agent.log import get_logger
+from tandem.agent.turn_state import Citation
+from tandem.memory.connection import RedisClient
+from tandem.memory.retrieval import EmbeddingsUnavailable, Retriever, build_retriever
+from tandem.tools.knowledge import format_passages
+from tandem.tools.untrusted import wrap_untrusted
 
 if TYPE_CHECKING:
-    from agent.config import Settings
-    from agent.deps import Deps
+    from tandem.agent.config import Settings
+    from tandem.agent.deps import Deps
 
 __all__ = ['KnowledgeContextProvider', 'cited_numbers', 'knowledge_retriever', 'sources_table']
 

@@ -54,8 +54,8 @@ from urllib.parse import parse_qsl
 import httpx
 from pydantic_ai.models import Model
 
-from agent.config import BackboneConfig
-from agent.errors import BackboneError
+from tandem.agent.config import BackboneConfig
+from tandem.agent.errors import BackboneError
 
 __all__ = [
     'CATALOG',
@@ -119,8 +119,8 @@ CATALOG: dict[str, CatalogEntry] = {
 
 def models_dir() -> Path:
     """Where pulled models live: `TANDEM_HOME/models`."""
-    from agent.config import default_home, load_settings
-    from agent.errors import TandemError
+    from tandem.agent.config import default_home, load_settings
+    from tandem.agent.errors import TandemError
 
     try:
         home = load_settings().home

@@ -20,14 +20,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from memory.compaction import TokenCounter, default_counter
-from memory.facts import Fact, FactSnapshot, FactStore
-from tools.untrusted import wrap_untrusted
+from tandem.memory.compaction import TokenCounter, default_counter
+from tandem.memory.facts import Fact, FactSnapshot, FactStore
+from tandem.tools.untrusted import wrap_untrusted
 
 if TYPE_CHECKING:
-    from agent.config import Settings
-    from agent.deps import Deps
-    from memory.connection import RedisClient
+    from tandem.agent.config import Settings
+    from tandem.agent.deps import Deps
+    from tandem.memory.connection import RedisClient
 
 __all__ = ['MemoryContext', 'fact_store_for', 'render_facts', 'select_facts', 'user_name_from']
 

@@ -16,17 +16,18 @@ from typing import Any
 import jinja2
 import yaml
 
-from agent.errors import PromptError
+from tandem.agent.errors import PromptError
 
 _FRONT_MATTER = re.compile(r'\A---\s*\n(?P<meta>.*?)\n---\s*\n(?P<body>.*)\Z', re.DOTALL)
 _SUFFIX = '.md.j2'
 
 
 def bundled_prompts_dir() -> Path:
-    """The prompts shipped with Tandem: inside the wheel, or `prompts/` in a source checkout."""
-    package_dir = Path(__file__).resolve().parent
-    in_wheel = package_dir / '_bundled_prompts'
-    return in_wheel if in_wheel.is_dir() else package_dir.parent / 'prompts'
+    """The prompts shipped with Tandem: `tandem/prompts` in the wheel, `prompts/` in a source checkout.
+
+    Both sit beside this package's folder (`package-dir` in pyproject.toml maps one layout onto the other).
+    """
+    return Path(__file__).resolve().parent.parent / 'prompts'
 
 
 def _version_key(version: str) -> tuple[int | str, ...]:

@@ -21,19 +21,19 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from agent import backbones
-from agent.approvals import ApprovalRequest
-from agent.cli_memory import MemoryCommands
-from agent.config import Settings
-from agent.context import TurnOptions, build_deps, open_redis
-from agent.deps import Deps
-from agent.errors import BackboneError, TandemError
-from agent.events import TextDelta, ToolCallStarted, TurnEvent
-from agent.prompts import PromptLibrary
-from agent.runtime import TurnUsage, new_session_id, run_turn, summarize_args, with_session
-from agent.tool_status import tool_statuses
-from agent.transcript import render_transcript
-from agent.turn_state import Citation
+from tandem.agent import backbones
+from tandem.agent.approvals import ApprovalRequest
+from tandem.agent.cli_memory import MemoryCommands
+from tandem.agent.config import Settings
+from tandem.agent.context import TurnOptions, build_deps, open_redis
+from tandem.agent.deps import Deps
+from tandem.agent.errors import BackboneError, TandemError
+from tandem.agent.events import TextDelta, ToolCallStarted, TurnEvent
+from tandem.agent.prompts import PromptLibrary
+from tandem.agent.runtime import TurnUsage, new_session_id, run_turn, summarize_args, with_session
+from tandem.agent.tool_status import tool_statuses
+from tandem.agent.transcript import render_transcript
+from tandem.agent.turn_state import Citation
 
 HELP = """\
 /help              this help
@@ -236,7 +236,7 @@ class Repl:
         return True
 
     async def _switch(self, argument: str) -> bool:
-        from memory.keys import validate_id
+        from tandem.memory.keys import validate_id
 
         if not argument:
             raise TandemError('usage: /switch SESSION_ID (see /sessions)')
@@ -295,7 +295,7 @@ class Repl:
         return True
 
     async def _sources(self, _: str) -> bool:
-        from agent.knowledge_context import sources_table
+        from tandem.agent.knowledge_context import sources_table
 
         headline, table = sources_table(self._last_citations, self._last_answer)
         self.console.print(headline, highlight=False, markup=False)
@@ -308,7 +308,7 @@ class Repl:
         return True
 
     async def _run_scenario(self, argument: str) -> bool:
-        from agent.scenarios.console import run_file
+        from tandem.agent.scenarios.console import run_file
 
         if not argument:
             raise TandemError('usage: /run FILE, a scenario file such as scenarios/calculator.yaml')

@@ -30,13 +30,13 @@ from pydantic_ai.messages import (
 from pydantic_ai.tools import RunContext
 from pydantic_ai.usage import RunUsage, UsageLimits
 
-from agent._persist import load_conversation, save_turn
-from agent._turn import render_instructions
-from agent.deps import Deps, ToolCallRecord, TurnState
-from agent.errors import BackboneError, TandemError
-from agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
-from agent.extraction import schedule_extraction
-from agent.log import get_logger
+from tandem.agent._persist import load_conversation, save_turn
+from tandem.agent._turn import render_instructions
+from tandem.agent.deps import Deps, ToolCallRecord, TurnState
+from tandem.agent.errors import BackboneError, TandemError
+from tandem.agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
+from tandem.agent.extraction import schedule_extraction
+from tandem.agent.log import get_logger
 
 EventSink = Callable[[TurnEvent], Awaitable[None] | None]
 

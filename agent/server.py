@@ -65,9 +65,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.api import Assistant, SessionExistsError, TurnFinished, TurnStream
-from agent.config import ApiKeyConfig, Settings, load_settings, parse_api_keys
-from agent.errors import (
+from tandem.agent.api import Assistant, SessionExistsError, TurnFinished, TurnStream
+from tandem.agent.config import ApiKeyConfig, Settings, load_settings, parse_api_keys
+from tandem.agent.errors import (
     BackboneError,
     ConfigError,
     InvalidIdError,
@@ -75,19 +75,19 @@ from agent.errors import (
     RedisUnavailableError,
     TandemError,
 )
-from agent.events import TextDelta
-from agent.log import configure_logging, get_logger
-from agent.runtime import TurnResult, TurnUsage
-from memory.conversations import SessionInfo, SessionNotFoundError
-from memory.keys import rate_limit_key, validate_id
+from tandem.agent.events import TextDelta
+from tandem.agent.log import configure_logging, get_logger
+from tandem.agent.runtime import TurnResult, TurnUsage
+from tandem.memory.conversations import SessionInfo, SessionNotFoundError
+from tandem.memory.keys import rate_limit_key, validate_id
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-    from agent.backbones import Backbone
-    from memory.knowledge import KbInfo
-    from memory.retrieval import TextEmbedder
+    from tandem.agent.backbones import Backbone
+    from tandem.memory.knowledge import KbInfo
+    from tandem.memory.retrieval import TextEmbedder
 
 __all__ = ['API_KEYS_ENV', 'Caller', 'create_app', 'is_loopback', 'load_api_keys', 'worker_app']
 
@@ -605,7 +605,7 @@ class _Service:
     def embedder(self) -> TextEmbedder | None:
         """The embedder `knowledge.embeddings` configures, made once per worker (`None`: BM25 only)."""
         if not self._embedder_made:
-            from memory.retrieval import make_embedder
+            from tandem.memory.retrieval import make_embedder
 
             self._embedder = make_embedder(self.settings.knowledge)
             self._embedder_made = True
@@ -916,7 +916,7 @@ def create_app(
         user: Annotated[str | None, Query(description="Also this user's own knowledge bases.")] = None,
     ) -> dict[str, Any]:
         """The tenant's knowledge bases (and one user's own, when named)."""
-        from memory.knowledge import list_knowledge_bases
+        from tandem.memory.knowledge import list_knowledge_bases
 
         redis = await service.assistant.redis()
         infos = await list_knowledge_bases(redis, tenant=who.tenant, user=user or user_header)
@@ -930,7 +930,7 @@ def create_app(
         user: Annotated[str | None, Query(description="A user's own knowledge base, not the shared one.")] = None,
     ) -> dict[str, Any]:
         """One knowledge base's summary; 404 when the tenant has none of that name."""
-        from memory.knowledge import KnowledgeBase
+        from tandem.memory.knowledge import KnowledgeBase
 
         redis = await service.assistant.redis()
         info = await KnowledgeBase(redis, tenant=who.tenant, name=kb, user=user or user_header).info()
@@ -990,8 +990,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 async def _upload(
     service: _Service, request: Request, caller: Caller, filename: str, kb: str | None, user: str | None
 ) -> Response:
-    from memory.ingest import IngestOptions, Ingestor
-    from memory.knowledge import EmbeddingModelMismatch, KnowledgeBase
+    from tandem.memory.ingest import IngestOptions, Ingestor
+    from tandem.memory.knowledge import EmbeddingModelMismatch, KnowledgeBase
 
     name = filename.replace('\\', '/').rsplit('/', 1)[-1].strip()
     if not name or name in ('.', '..') or any(ord(char) < 32 or ord(char) == 127 for char in name):

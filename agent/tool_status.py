@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from agent.builder import tool_descriptions
-from agent.config import Settings
-from tools.registry import discover_plugins, plugin_status
+from tandem.agent.builder import tool_descriptions
+from tandem.agent.config import Settings
+from tandem.tools.registry import discover_plugins, plugin_status
 
 
 @dataclass(frozen=True)

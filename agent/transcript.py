@@ -13,7 +13,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 
-from agent.events import short
+from tandem.agent.events import short
 
 
 def render_transcript(messages: Sequence[ModelMessage]) -> Iterator[str]:

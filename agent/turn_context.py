@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from agent.deps import Deps
+    from tandem.agent.deps import Deps
 
 
 class TurnContextProvider(Protocol):

@@ -36,17 +36,17 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from agent.backbones import Backbone
-from agent.config import BackboneConfig, Settings
-from agent.deps import Deps, Identity
-from agent.prompts import PromptLibrary
-from agent.runtime import run_turn
-from memory.compaction import HistoryCompaction, default_counter
-from memory.connection import connect
-from memory.conversations import RedisConversationStore
-from memory.facts import Fact, FactStore, _digest, normalize_fact
-from memory.keys import UserFactKeys
-from memory.redis_server import EmbeddedRedis
+from tandem.agent.backbones import Backbone
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.deps import Deps, Identity
+from tandem.agent.prompts import PromptLibrary
+from tandem.agent.runtime import run_turn
+from tandem.memory.compaction import HistoryCompaction, default_counter
+from tandem.memory.connection import connect
+from tandem.memory.conversations import RedisConversationStore
+from tandem.memory.facts import Fact, FactStore, _digest, normalize_fact
+from tandem.memory.keys import UserFactKeys
+from tandem.memory.redis_server import EmbeddedRedis
 
 _WORDS = [f'{a}{b}' for a in ('ka', 'lo', 'mi', 'ne', 'po', 'ru', 'sa', 'te', 'vu', 'zo') for b in range(500)]
 _TOPICS = ['tea', 'jazz', 'rust', 'cats', 'hiking', 'chess', 'piano', 'berlin', 'metric', 'teal']
@@ -95,7 +95,7 @@ async def _seed(redis: Redis, user: str, count: int, rng: random.Random) -> None
 
 
 async def bench_recall_and_save(redis: Redis) -> list[str]:
-    import memory.retrieval  # noqa: F401  # pyright: ignore[reportUnusedImport] -- numpy and bm25s: once per process, not per load
+    import tandem.memory.retrieval  # noqa: F401  # pyright: ignore[reportUnusedImport] -- numpy and bm25s: once per process, not per load
 
     rng = random.Random(7)
     trip = await _round_trip_ms(redis)

@@ -36,11 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory.connection import connect
-from memory.ingest import Ingestor, chunk_blocks, parse_document, token_counter
-from memory.knowledge import ChunkData, KnowledgeBase
-from memory.redis_server import EmbeddedRedis
-from memory.retrieval import (
+from tandem.memory.connection import connect
+from tandem.memory.ingest import Ingestor, chunk_blocks, parse_document, token_counter
+from tandem.memory.knowledge import ChunkData, KnowledgeBase
+from tandem.memory.redis_server import EmbeddedRedis
+from tandem.memory.retrieval import (
     Bm25Index,
     Bm25Retriever,
     DenseRetriever,

@@ -46,10 +46,10 @@ from pydantic import SecretStr  # noqa: E402
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart  # noqa: E402
 from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
 
-from agent.api import Assistant  # noqa: E402
-from agent.backbones import Backbone  # noqa: E402
-from agent.config import BackboneConfig, Settings  # noqa: E402
-from memory.redis_server import EmbeddedRedis  # noqa: E402
+from tandem.agent.api import Assistant  # noqa: E402
+from tandem.agent.backbones import Backbone  # noqa: E402
+from tandem.agent.config import BackboneConfig, Settings  # noqa: E402
+from tandem.memory.redis_server import EmbeddedRedis  # noqa: E402
 
 CLIENTS = 32
 TURNS = 20
@@ -68,7 +68,7 @@ def instant_backbone() -> Backbone:
 
 def instant_app() -> FastAPI:
     """The uvicorn factory each worker process calls: `tandem serve`'s worker app, plus the instant backbone."""
-    from agent.server import worker_app
+    from tandem.agent.server import worker_app
 
     return worker_app({'instant': instant_backbone()})
 
@@ -292,7 +292,7 @@ async def main() -> None:
         try:
             for workers in (1, 2):
                 servers[f'http{workers}'] = _start_server(
-                    'from agent.cli_serve import serve; '
+                    'from tandem.agent.cli_serve import serve; '
                     f"serve('127.0.0.1', PORT, workers={workers}, factory='bench.service:instant_app')",
                     env,
                 )

@@ -60,16 +60,16 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import RunContext
 from redis.commands.core import AsyncScript
 
-from agent.log import get_logger
-from agent.prompts import PromptLibrary, PromptTemplate
-from memory.connection import RedisClient
-from memory.keys import session_summary_key
+from tandem.agent.log import get_logger
+from tandem.agent.prompts import PromptLibrary, PromptTemplate
+from tandem.memory.connection import RedisClient
+from tandem.memory.keys import session_summary_key
 
 if TYPE_CHECKING:
     import tiktoken
     from pydantic_ai.models import ModelRequestContext
 
-    from agent.deps import Deps
+    from tandem.agent.deps import Deps
 
 __all__ = (
     'EstimatingCounter',

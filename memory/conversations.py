@@ -49,9 +49,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agent.errors import RedisUnavailableError, TandemError
-from memory.connection import RedisClient
-from memory.keys import SessionKeys, session_summary_key, sessions_index_key, validate_id
+from tandem.agent.errors import RedisUnavailableError, TandemError
+from tandem.memory.connection import RedisClient
+from tandem.memory.keys import SessionKeys, session_summary_key, sessions_index_key, validate_id
 
 __all__ = ('RedisConversationStore', 'SessionInfo', 'SessionNotFoundError')
 

@@ -55,12 +55,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agent.errors import RedisUnavailableError, TandemError
-from memory.connection import RedisClient
-from memory.keys import UserFactKeys, validate_id
+from tandem.agent.errors import RedisUnavailableError, TandemError
+from tandem.memory.connection import RedisClient
+from tandem.memory.keys import UserFactKeys, validate_id
 
 if TYPE_CHECKING:
-    from memory.retrieval import Bm25Index
+    from tandem.memory.retrieval import Bm25Index
 
 __all__ = (
     'EXPORT_FORMAT',
@@ -323,7 +323,7 @@ class _UserCache:
         if not terms or not self.facts or k <= 0:
             return []
         if self._lexical is None:
-            from memory.retrieval import Bm25Index  # numpy and bm25s: imported on first search
+            from tandem.memory.retrieval import Bm25Index  # numpy and bm25s: imported on first search
 
             index = Bm25Index()
             for fact in self.facts.values():

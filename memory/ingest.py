@@ -50,9 +50,9 @@ from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
-from agent.errors import TandemError
-from memory.knowledge import ChunkData, DocumentRecord, EmbeddingModelMismatch, KnowledgeBase, document_id
-from memory.retrieval import ANALYZER, TextEmbedder, bm25_terms
+from tandem.agent.errors import TandemError
+from tandem.memory.knowledge import ChunkData, DocumentRecord, EmbeddingModelMismatch, KnowledgeBase, document_id
+from tandem.memory.retrieval import ANALYZER, TextEmbedder, bm25_terms
 
 __all__ = (
     'CHUNKER_VERSION',
@@ -373,7 +373,7 @@ def parse_document(data: bytes, *, name: str, kind: Kind, base_url: str = '') ->
         return _pdf(data, name)
     text = _clean(_decode_text(data))
     if kind == 'html':
-        from tools._fetch import _html_to_text  # pyright: ignore[reportPrivateUsage]
+        from tandem.tools._fetch import _html_to_text  # pyright: ignore[reportPrivateUsage]
 
         title, text = _html_to_text(text, base_url or 'http://localhost/')
         heading_title, blocks = _markdown_blocks(text)
@@ -826,7 +826,7 @@ class Ingestor:
         await self._process([_Item(source=str(path), name=path.name, kind=kind, path=path, size=_size(path))])
 
     async def _fetch(self, url: str) -> _Item | None:
-        from tools._fetch import Fetcher, FetchError, parse_allowed_hosts
+        from tandem.tools._fetch import Fetcher, FetchError, parse_allowed_hosts
 
         fetcher = Fetcher(
             allowed_hosts=parse_allowed_hosts(self.options.allowed_hosts, strict=False),

@@ -43,9 +43,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from agent.errors import TandemError
-from memory.connection import RedisClient
-from memory.keys import KnowledgeKeys, knowledge_bases_key, knowledge_key, validate_id
+from tandem.agent.errors import TandemError
+from tandem.memory.connection import RedisClient
+from tandem.memory.keys import KnowledgeKeys, knowledge_bases_key, knowledge_key, validate_id
 
 __all__ = (
     'CHUNK_FIELDS',

@@ -39,14 +39,14 @@ import numpy.typing as npt
 from bm25s.stopwords import STOPWORDS_EN  # pyright: ignore[reportMissingTypeStubs]
 from redis.exceptions import ResponseError
 
-from agent.errors import TandemError
-from memory.connection import RedisClient
-from memory.knowledge import DocumentRecord, KbState, KnowledgeBase, query_engine_available
+from tandem.agent.errors import TandemError
+from tandem.memory.connection import RedisClient
+from tandem.memory.knowledge import DocumentRecord, KbState, KnowledgeBase, query_engine_available
 
 if TYPE_CHECKING:
     from pydantic_ai.embeddings import EmbeddingModel
 
-    from agent.config import KnowledgeConfig
+    from tandem.agent.config import KnowledgeConfig
 
 __all__ = (
     'ANALYZER',
@@ -1074,7 +1074,7 @@ def local_embedder(path: str | Path | None = None, *, batch_size: int = 32) -> P
             # The Rust tokenizer's thread pool does not survive a fork (a pre-fork server, a worker pool):
             # off, it neither warns nor deadlocks there, and batches are encoded in one thread anyway.
             os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-            from memory.minilm import MiniLMEmbeddingModel
+            from tandem.memory.minilm import MiniLMEmbeddingModel
 
             return MiniLMEmbeddingModel(model_dir, name=model_id.removeprefix('local:'))
 
@@ -1126,7 +1126,7 @@ def make_embedder(config: KnowledgeConfig) -> TextEmbedder | None:
         EmbeddingsUnavailable: The extra is missing, or a key is.
         ConfigError: The value is none of those.
     """
-    from agent.errors import ConfigError
+    from tandem.agent.errors import ConfigError
 
     spec = config.embeddings.strip()
     if spec in ('', 'none'):

@@ -28,8 +28,8 @@ import pytest_asyncio
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from memory.connection import connect
-from memory.redis_server import find_server_binary
+from tandem.memory.connection import connect
+from tandem.memory.redis_server import find_server_binary
 
 _START_TIMEOUT = 5.0
 

@@ -31,7 +31,7 @@ from pydantic_ai.common_tools.duckduckgo import duckduckgo_ta
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from memory.keys import tenant_key
+from tandem.memory.keys import tenant_key
 
 __all__ = ['DEFAULT_SEARCH_URL', 'SearchHit', 'SearchUnavailable', 'Searcher', 'TimeLimit', 'search_cache_key']
 

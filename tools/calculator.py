@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeGuard
 from pydantic import Field
 from pydantic_ai import FunctionToolset, ModelRetry
 
-from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 
 __all__ = ['MAX_EXPRESSION_CHARS', 'calculate', 'calculator_toolset', 'plugin']
 

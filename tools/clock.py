@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic_ai import FunctionToolset, ModelRetry
 
-from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 
 __all__ = ['clock_toolset', 'plugin']
 

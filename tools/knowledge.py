@@ -21,11 +21,11 @@ from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from pydantic_ai.tools import ToolDefinition
 from redis.exceptions import RedisError
 
-from agent.errors import TandemError
-from agent.turn_state import Citation, TurnState
-from memory.retrieval import Passage, Retriever
-from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
-from tools.untrusted import wrap_untrusted
+from tandem.agent.errors import TandemError
+from tandem.agent.turn_state import Citation, TurnState
+from tandem.memory.retrieval import Passage, Retriever
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.tools.untrusted import wrap_untrusted
 
 __all__ = [
     'EMPTY_KB',

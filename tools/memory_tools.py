@@ -16,10 +16,17 @@ from __future__ import annotations
 from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from pydantic_ai.messages import ModelRequest, UserPromptPart
 
-from agent.deps import Deps
-from agent.memory_context import render_facts
-from memory.facts import FACT_ID_PATTERN, MAX_FACT_CHARS, FactLimitError, FactSource, FactStore, looks_like_secret
-from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.agent.deps import Deps
+from tandem.agent.memory_context import render_facts
+from tandem.memory.facts import (
+    FACT_ID_PATTERN,
+    MAX_FACT_CHARS,
+    FactLimitError,
+    FactSource,
+    FactStore,
+    looks_like_secret,
+)
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 
 __all__ = ['memory_toolset', 'plugin']
 

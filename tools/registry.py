@@ -6,7 +6,7 @@ holds a `ToolsetPlugin`:
 
 ```toml
 [project.entry-points."tandem.tools"]
-calc = "tools.calculator:plugin"
+calc = "tandem.tools.calculator:plugin"
 ```
 
 Side effects are declared per tool, not per plugin: a tool that changes anything outside the
@@ -30,7 +30,7 @@ from typing import Any
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
-from agent.errors import TandemError
+from tandem.agent.errors import TandemError
 
 __all__ = [
     'ENTRY_POINT_GROUP',

@@ -30,10 +30,10 @@ from pydantic import Field
 from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from redis.asyncio import Redis
 
-from tools._fetch import Fetcher, FetchError, HostRule, Page, netloc_of, parse_allowed_hosts
-from tools._search import DEFAULT_SEARCH_URL, Searcher, SearchHit, SearchUnavailable, TimeLimit
-from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
-from tools.untrusted import wrap_untrusted
+from tandem.tools._fetch import Fetcher, FetchError, HostRule, Page, netloc_of, parse_allowed_hosts
+from tandem.tools._search import DEFAULT_SEARCH_URL, Searcher, SearchHit, SearchUnavailable, TimeLimit
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.tools.untrusted import wrap_untrusted
 
 __all__ = [
     'DEFAULT_MAX_BYTES',

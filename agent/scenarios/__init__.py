@@ -1,7 +1,7 @@
 """Scripted task scenarios: YAML suites run over a matrix of backbones, prompts and ablations.
 
 ```python
-from agent.scenarios import load_scenarios, parse_ablations, run_suite
+from tandem.agent.scenarios import load_scenarios, parse_ablations, run_suite
 
 scenarios = load_scenarios([Path('scenarios')])
 report = await run_suite(scenarios, settings=settings, redis=redis, backbones=[base, tuned],
@@ -16,7 +16,7 @@ print(report.passed, [(cell.cell.label, cell.pass_rate) for cell in report.cells
 - `results` and `report`: the numbers, rich tables, JSON, HTML with charts, JUnit XML;
 - `console`: one scenario step by step (the REPL's `/run FILE`).
 
-Imports are lazy, so `import agent.scenarios` stays cheap.
+Imports are lazy, so `import tandem.agent.scenarios` stays cheap.
 """
 
 from __future__ import annotations
@@ -24,10 +24,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.scenarios.cassettes import CassetteModel, Cassettes, ReplayMissError
-    from agent.scenarios.results import Cell, CellSummary, CheckResult, ScenarioRun, SuiteReport, TurnOutcome
-    from agent.scenarios.runner import build_matrix, parse_ablations, run_scenario, run_suite
-    from agent.scenarios.schema import Scenario, ScenarioFileError, load_scenario, load_scenarios, select_scenarios
+    from tandem.agent.scenarios.cassettes import CassetteModel, Cassettes, ReplayMissError
+    from tandem.agent.scenarios.results import Cell, CellSummary, CheckResult, ScenarioRun, SuiteReport, TurnOutcome
+    from tandem.agent.scenarios.runner import build_matrix, parse_ablations, run_scenario, run_suite
+    from tandem.agent.scenarios.schema import (
+        Scenario,
+        ScenarioFileError,
+        load_scenario,
+        load_scenarios,
+        select_scenarios,
+    )
 
 __all__ = [
     'CassetteModel',
@@ -51,24 +57,24 @@ __all__ = [
 ]
 
 _EXPORTS = {
-    'CassetteModel': 'agent.scenarios.cassettes',
-    'Cassettes': 'agent.scenarios.cassettes',
-    'ReplayMissError': 'agent.scenarios.cassettes',
-    'Cell': 'agent.scenarios.results',
-    'CellSummary': 'agent.scenarios.results',
-    'CheckResult': 'agent.scenarios.results',
-    'ScenarioRun': 'agent.scenarios.results',
-    'SuiteReport': 'agent.scenarios.results',
-    'TurnOutcome': 'agent.scenarios.results',
-    'build_matrix': 'agent.scenarios.runner',
-    'parse_ablations': 'agent.scenarios.runner',
-    'run_scenario': 'agent.scenarios.runner',
-    'run_suite': 'agent.scenarios.runner',
-    'Scenario': 'agent.scenarios.schema',
-    'ScenarioFileError': 'agent.scenarios.schema',
-    'load_scenario': 'agent.scenarios.schema',
-    'load_scenarios': 'agent.scenarios.schema',
-    'select_scenarios': 'agent.scenarios.schema',
+    'CassetteModel': 'tandem.agent.scenarios.cassettes',
+    'Cassettes': 'tandem.agent.scenarios.cassettes',
+    'ReplayMissError': 'tandem.agent.scenarios.cassettes',
+    'Cell': 'tandem.agent.scenarios.results',
+    'CellSummary': 'tandem.agent.scenarios.results',
+    'CheckResult': 'tandem.agent.scenarios.results',
+    'ScenarioRun': 'tandem.agent.scenarios.results',
+    'SuiteReport': 'tandem.agent.scenarios.results',
+    'TurnOutcome': 'tandem.agent.scenarios.results',
+    'build_matrix': 'tandem.agent.scenarios.runner',
+    'parse_ablations': 'tandem.agent.scenarios.runner',
+    'run_scenario': 'tandem.agent.scenarios.runner',
+    'run_suite': 'tandem.agent.scenarios.runner',
+    'Scenario': 'tandem.agent.scenarios.schema',
+    'ScenarioFileError': 'tandem.agent.scenarios.schema',
+    'load_scenario': 'tandem.agent.scenarios.schema',
+    'load_scenarios': 'tandem.agent.scenarios.schema',
+    'select_scenarios': 'tandem.agent.scenarios.schema',
 }
 
 

@@ -10,7 +10,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport, TurnOutcome
+from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport, TurnOutcome
 
 __all__ = ['render_html']
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from agent.config import Settings
-from agent.deps import Deps
-from agent.events import ToolCallFinished, ToolCallStarted, short
-from agent.runtime import summarize_args
-from agent.scenarios.report import format_cost, format_seconds
-from agent.scenarios.results import ScenarioRun
-from agent.scenarios.runner import RunStarted, Step, TurnFinished, TurnStarted, run_scenario
-from agent.scenarios.schema import Scenario, load_scenario
+from tandem.agent.config import Settings
+from tandem.agent.deps import Deps
+from tandem.agent.events import ToolCallFinished, ToolCallStarted, short
+from tandem.agent.runtime import summarize_args
+from tandem.agent.scenarios.report import format_cost, format_seconds
+from tandem.agent.scenarios.results import ScenarioRun
+from tandem.agent.scenarios.runner import RunStarted, Step, TurnFinished, TurnStarted, run_scenario
+from tandem.agent.scenarios.schema import Scenario, load_scenario
 
 __all__ = ['StepPrinter', 'run_file']
 

@@ -15,9 +15,9 @@ from pydantic_ai.models import Model
 from pydantic_evals.evaluators import EvaluationReason, EvaluatorContext, LLMJudge
 from pydantic_evals.otel import SpanTree
 
-from agent.events import short
-from agent.scenarios.results import CheckResult, ToolCallResult
-from agent.scenarios.schema import ArgMatch, Expectations, Judge, ToolCall
+from tandem.agent.events import short
+from tandem.agent.scenarios.results import CheckResult, ToolCallResult
+from tandem.agent.scenarios.schema import ArgMatch, Expectations, Judge, ToolCall
 
 __all__ = ['check_turn', 'judge_answer', 'matches_call']
 

@@ -18,11 +18,11 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from agent.deps import Deps
-from agent.errors import TandemError
-from agent.scenarios.schema import Document, Scenario
-from memory.connection import RedisClient
-from memory.keys import tenant_key_patterns, validate_id
+from tandem.agent.deps import Deps
+from tandem.agent.errors import TandemError
+from tandem.agent.scenarios.schema import Document, Scenario
+from tandem.memory.connection import RedisClient
+from tandem.memory.keys import tenant_key_patterns, validate_id
 
 __all__ = [
     'ScenarioSetupError',
@@ -105,7 +105,7 @@ async def seed_facts(deps: Deps, scenario: Scenario) -> None:
     facts = scenario.setup.facts
     if not facts:
         return
-    from memory.facts import FactStore
+    from tandem.memory.facts import FactStore
 
     store: Any = deps.facts
     if not isinstance(store, FactStore):
@@ -155,9 +155,9 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
     documents = scenario.setup.documents
     if not documents:
         return
-    from memory.ingest import IngestOptions, Ingestor
-    from memory.knowledge import KnowledgeBase
-    from memory.retrieval import make_embedder
+    from tandem.memory.ingest import IngestOptions, Ingestor
+    from tandem.memory.knowledge import KnowledgeBase
+    from tandem.memory.retrieval import make_embedder
 
     config = deps.settings.knowledge
     kb = KnowledgeBase(deps.redis, tenant=deps.identity.tenant, name=config.default_kb)

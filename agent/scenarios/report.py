@@ -24,9 +24,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from agent.events import short
-from agent.scenarios._html import render_html, short_labels
-from agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
+from tandem.agent.events import short
+from tandem.agent.scenarios._html import render_html, short_labels
+from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
 
 __all__ = ['format_cost', 'format_seconds', 'print_report', 'render_html', 'write_html', 'write_json', 'write_junit']
 

@@ -28,25 +28,25 @@ from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
 from redis.asyncio import Redis
 
-from agent import backbones as backbone_registry
-from agent.backbones import Backbone
-from agent.builder import AgentFactory
-from agent.config import BackboneConfig, Settings
-from agent.context import TurnOptions, build_deps
-from agent.deps import Deps
-from agent.errors import BackboneError, PromptError, TandemError
-from agent.events import TurnEvent
-from agent.log import get_logger
-from agent.prompts import PromptLibrary, PromptTemplate
-from agent.runtime import run_turn, with_session
-from agent.scenarios._yaml import Problem
-from agent.scenarios.cassettes import Cassettes, model_time
-from agent.scenarios.expectations import check_turn, judge_answer
-from agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
-from agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
-from agent.scenarios.schema import Judge, Scenario, ScenarioFileError
-from agent.turn_state import ToolCallRecord
-from tools.registry import ToolsetPlugin, discover_plugins, select
+from tandem.agent import backbones as backbone_registry
+from tandem.agent.backbones import Backbone
+from tandem.agent.builder import AgentFactory
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.context import TurnOptions, build_deps
+from tandem.agent.deps import Deps
+from tandem.agent.errors import BackboneError, PromptError, TandemError
+from tandem.agent.events import TurnEvent
+from tandem.agent.log import get_logger
+from tandem.agent.prompts import PromptLibrary, PromptTemplate
+from tandem.agent.runtime import run_turn, with_session
+from tandem.agent.scenarios._yaml import Problem
+from tandem.agent.scenarios.cassettes import Cassettes, model_time
+from tandem.agent.scenarios.expectations import check_turn, judge_answer
+from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
+from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
+from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError
+from tandem.agent.turn_state import ToolCallRecord
+from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 
 __all__ = [
     'ABLATIONS',

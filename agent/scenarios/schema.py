@@ -44,10 +44,10 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config import Settings
-from agent.errors import TandemError
-from agent.scenarios._yaml import Loc, Problem, SourceMap, YamlFileError, dotted, load_yaml
-from memory.keys import validate_id
+from tandem.agent.config import Settings
+from tandem.agent.errors import TandemError
+from tandem.agent.scenarios._yaml import Loc, Problem, SourceMap, YamlFileError, dotted, load_yaml
+from tandem.memory.keys import validate_id
 
 __all__ = [
     'ArgMatch',

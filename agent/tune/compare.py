@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent.errors import TandemError
+from tandem.agent.errors import TandemError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from agent.backbones import Backbone
-    from agent.config import Settings
-    from agent.scenarios.results import Cell, CellSummary, ScenarioRun, SuiteReport
-    from agent.scenarios.schema import Scenario
+    from tandem.agent.backbones import Backbone
+    from tandem.agent.config import Settings
+    from tandem.agent.scenarios.results import Cell, CellSummary, ScenarioRun, SuiteReport
+    from tandem.agent.scenarios.schema import Scenario
 
 __all__ = ['ARM_LABELS', 'Arm', 'Comparison', 'compare', 'comparison_of', 'render_markdown', 'verdict']
 
@@ -223,7 +223,7 @@ def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
 
 
 def _arm_cells(base: str, tuned: str, full_prompt: str | None, short_prompt: str, short_rag: bool) -> list[Cell]:
-    from agent.scenarios.results import Cell
+    from tandem.agent.scenarios.results import Cell
 
     ablation: tuple[str, ...] = () if short_rag else ('rag',)
     return [
@@ -265,9 +265,9 @@ async def compare(
         TandemError: The two backbones share a name, a prompt does not exist, or no scenario was given.
         ScenarioFileError: A scenario names a prompt, toolset or judge that does not exist.
     """
-    from agent.prompts import PromptLibrary
-    from agent.scenarios.results import SuiteReport
-    from agent.scenarios.runner import run_suite
+    from tandem.agent.prompts import PromptLibrary
+    from tandem.agent.scenarios.results import SuiteReport
+    from tandem.agent.scenarios.runner import run_suite
 
     if not scenarios:
         raise TandemError('no scenarios to compare on: give scenario files or folders.')
@@ -311,14 +311,14 @@ async def _warm_up(scenario: Scenario, *, settings: Settings, redis: Redis) -> N
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-    from agent.backbones import Backbone
-    from agent.config import BackboneConfig
-    from agent.scenarios.runner import run_suite
+    from tandem.agent.backbones import Backbone
+    from tandem.agent.config import BackboneConfig
+    from tandem.agent.scenarios.runner import run_suite
 
     def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         return ModelResponse(parts=[TextPart('ok')])
 
-    from agent.scenarios.schema import Expectations
+    from tandem.agent.scenarios.schema import Expectations
 
     stand_in = Backbone(name='warm-up', config=BackboneConfig(model='test:warm-up'), model=FunctionModel(answer))
     # Its first turn only, expecting nothing: no judge is ever asked, so no model but the stand-in runs.

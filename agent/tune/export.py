@@ -43,10 +43,10 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.toolsets import FunctionToolset
 
-from agent.errors import TandemError
-from agent.prompts import PromptLibrary
-from agent.tune.scrub import Scrubber
-from agent.tune.validate import check_example
+from tandem.agent.errors import TandemError
+from tandem.agent.prompts import PromptLibrary
+from tandem.agent.tune.scrub import Scrubber
+from tandem.agent.tune.validate import check_example
 
 __all__ = [
     'ExportOptions',
@@ -141,8 +141,8 @@ async def session_traces(redis: Any, query: SessionQuery) -> list[Trace]:
         SessionNotFoundError: A session named in `query.sessions` does not exist (for that user).
         RedisUnavailableError: Redis cannot be reached.
     """
-    from memory.conversations import RedisConversationStore
-    from memory.keys import validate_id
+    from tandem.memory.conversations import RedisConversationStore
+    from tandem.memory.keys import validate_id
 
     store = RedisConversationStore(redis, tenant=query.tenant)
     user = validate_id('user', query.user) if query.user else None
@@ -360,7 +360,7 @@ def _example(trace: Trace, options: ExportOptions, result: ExportResult) -> dict
     if system:
         messages.insert(0, {'role': 'system', 'content': system})
     if options.scrubbers:
-        from agent.tune.scrub import compose
+        from tandem.agent.tune.scrub import compose
 
         _scrub(messages, compose(options.scrubbers))
     _renumber_calls(messages)
@@ -470,7 +470,7 @@ def report_traces(path: Path, *, only_passing: bool = False, backbone: str | Non
     from pydantic import ValidationError
     from pydantic_ai.messages import ModelMessagesTypeAdapter
 
-    from agent.scenarios.results import SuiteReport
+    from tandem.agent.scenarios.results import SuiteReport
 
     if path.is_dir():  # `tandem run --report DIR` writes DIR/report.json
         path = path / 'report.json'

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from agent.config import BackboneConfig
-from agent.errors import ConfigError, TandemError
-from agent.tune.pricing import price_for
-from agent.tune.registry import BACKBONE_NAME_PATTERN, Registration, register_backbone
+from tandem.agent.config import BackboneConfig
+from tandem.agent.errors import ConfigError, TandemError
+from tandem.agent.tune.pricing import price_for
+from tandem.agent.tune.registry import BACKBONE_NAME_PATTERN, Registration, register_backbone
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

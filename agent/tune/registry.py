@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from agent.config import BackboneConfig, config_file_path
-from agent.errors import ConfigError
+from tandem.agent.config import BackboneConfig, config_file_path
+from tandem.agent.errors import ConfigError
 
 __all__ = [
     'BACKBONE_NAME_PATTERN',

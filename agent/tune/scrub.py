@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
-from agent.errors import TandemError
+from tandem.agent.errors import TandemError
 
 __all__ = ['BUILTIN_SCRUBBER', 'Scrubber', 'compose', 'load_scrubber', 'scrub_pii']
 
@@ -25,7 +25,7 @@ class Scrubber(Protocol):
         ...
 
 
-BUILTIN_SCRUBBER = 'agent.tune.scrub:scrub_pii'
+BUILTIN_SCRUBBER = 'tandem.agent.tune.scrub:scrub_pii'
 """The `module:function` path of the built-in scrubber, for `--scrub`."""
 
 _EMAIL = re.compile(r'(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])')

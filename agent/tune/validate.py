@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from agent.errors import TandemError
-from agent.tune.pricing import DEFAULT_BASE_MODEL, price_for
-from agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
+from tandem.agent.errors import TandemError
+from tandem.agent.tune.pricing import DEFAULT_BASE_MODEL, price_for
+from tandem.agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
 
 __all__ = [
     'MIN_EXAMPLES',

@@ -20,9 +20,9 @@ import httpx
 import openai
 import pytest
 
-from agent import Assistant
-from agent.api import TurnFinished
-from agent.events import TextDelta
+from tandem.agent import Assistant
+from tandem.agent.api import TurnFinished
+from tandem.agent.events import TextDelta
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.served import served
 
@@ -109,7 +109,7 @@ async def test_a_stream_on_the_default_yields_the_answer_then_the_result(user_di
 )
 @pytest.mark.usefixtures('user_dir')
 def test_the_sync_api_with_the_default_answers_in_a_plain_program(call: str) -> None:
-    program = f'from agent import Assistant\nwith Assistant.from_config() as assistant:\n    {call}\n'
+    program = f'from tandem.agent import Assistant\nwith Assistant.from_config() as assistant:\n    {call}\n'
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TANDEM_BACKBONE': 'local'}
     done = subprocess.run(
         [sys.executable, '-c', program], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -123,7 +123,7 @@ def test_tandem_serve_with_the_default_answers_models_readiness_and_chat(user_di
     _set_default_in_toml(user_dir)
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TANDEM_API_KEYS': 'sk-default-test:acme'}
     headers = {'Authorization': 'Bearer sk-default-test'}
-    with served(lambda port: [sys.executable, '-m', 'agent', 'serve', '--port', str(port)], env=env) as server:
+    with served(lambda port: [sys.executable, '-m', 'tandem.agent', 'serve', '--port', str(port)], env=env) as server:
         # Readiness first, as a load balancer asks it: the default is resolved before any backbone by name.
         ready = httpx.get(f'{server.base_url}/readyz', timeout=TURN_TIMEOUT)
         models = httpx.get(f'{server.base_url}/v1/models', headers=headers, timeout=TURN_TIMEOUT)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from agent.errors import PromptError
-from agent.prompts import PromptLibrary
+from tandem.agent.errors import PromptError
+from tandem.agent.prompts import PromptLibrary
 
 VARIABLES = {'date': '2026-11-28', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
 
@@ -73,27 +70,3 @@ def test_front_matter_is_required(tmp_path: Path) -> None:
     (tmp_path / 'bad' / '1.md.j2').write_text('no front matter')
     with pytest.raises(PromptError, match='no front matter'):
         PromptLibrary([tmp_path])
-
-
-@pytest.mark.slow
-def test_prompts_ship_inside_the_wheel_and_load_from_it(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
-    # The build backend itself (PEP 517), through this interpreter: no `uv` or `pip` needs to be on PATH.
-    build = f'from hatchling.build import build_wheel; build_wheel({str(tmp_path)!r})'
-    subprocess.run([sys.executable, '-c', build], cwd=root, check=True, capture_output=True)
-    wheel = next(tmp_path.glob('tandem-*.whl'))
-    names = zipfile.ZipFile(wheel).namelist()
-    assert 'agent/_bundled_prompts/assistant/1.md.j2' in names
-    unpacked = tmp_path / 'site'
-    zipfile.ZipFile(wheel).extractall(unpacked)
-    code = 'from agent.prompts import PromptLibrary, bundled_prompts_dir; print(bundled_prompts_dir()); print(PromptLibrary.default().get("assistant").ref)'
-    out = subprocess.run(
-        [sys.executable, '-c', code],
-        cwd=tmp_path,
-        env={'PYTHONPATH': str(unpacked)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    location, ref = out.stdout.split()
-    assert location.startswith(str(unpacked)) and ref == 'assistant@1'

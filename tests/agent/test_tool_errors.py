@@ -9,12 +9,12 @@ from pydantic_ai import RunContext
 from pydantic_ai.toolsets import FunctionToolset
 from redis.asyncio import Redis
 
-from agent.deps import Deps
-from agent.runtime import run_turn
-from agent.transcript import render_transcript
+from tandem.agent.deps import Deps
+from tandem.agent.runtime import run_turn
+from tandem.agent.transcript import render_transcript
+from tandem.tools.registry import ToolsetPlugin
 from tests.support.deps import make_deps
 from tests.support.scripted import call, scripted_model
-from tools.registry import ToolsetPlugin
 
 
 def _recording_plugin(ran: list[str], *, delay: float = 0.0) -> ToolsetPlugin:

@@ -12,20 +12,20 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
 
-from agent.config import KnowledgeConfig, Settings
-from agent.context import TurnOptions, build_deps
-from agent.deps import Deps
-from agent.knowledge_context import KnowledgeContextProvider, cited_numbers, sources_table
-from agent.runtime import run_turn
-from memory.ingest import Ingestor
-from memory.knowledge import KnowledgeBase
-from memory.retrieval import Bm25Retriever, Retriever, build_retriever
+from tandem.agent.config import KnowledgeConfig, Settings
+from tandem.agent.context import TurnOptions, build_deps
+from tandem.agent.deps import Deps
+from tandem.agent.knowledge_context import KnowledgeContextProvider, cited_numbers, sources_table
+from tandem.agent.runtime import run_turn
+from tandem.memory.ingest import Ingestor
+from tandem.memory.knowledge import KnowledgeBase
+from tandem.memory.retrieval import Bm25Retriever, Retriever, build_retriever
+from tandem.tools.knowledge import EMPTY_KB, plugin
 from tests.knowledge.conftest import write_tree
 from tests.support.deps import make_deps, scripted_backbone
 from tests.support.fake_openai import FakeOpenAI, Reply, Text
 from tests.support.repl import drive_repl
 from tests.support.scripted import call, scripted_model
-from tools.knowledge import EMPTY_KB, plugin
 
 FAQ = 'Frequently asked questions.\n\nThe office is in Lisbon, next to the river.\n\nSupport answers within a day.'
 GUIDE = '# Guide\n\n## Keys\n\nRevoke the old API key within 24 hours of deploying the new one.'

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from memory.ingest import (
+from tandem.memory.ingest import (
     Block,
     IngestOptions,
     Ingestor,
@@ -21,8 +21,8 @@ from memory.ingest import (
     parse_document,
     token_counter,
 )
-from memory.knowledge import KnowledgeBase
-from memory.retrieval import Bm25Retriever
+from tandem.memory.knowledge import KnowledgeBase
+from tandem.memory.retrieval import Bm25Retriever
 from tests.knowledge.conftest import make_pdf, write_tree
 from tests.support.loopback_http import LoopbackHTTPServer, html_reply, text_reply
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memory.ingest import Ingestor
-from memory.knowledge import KnowledgeBase
-from memory.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Retriever, local_embedder
+from tandem.memory.ingest import Ingestor
+from tandem.memory.knowledge import KnowledgeBase
+from tandem.memory.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Retriever, local_embedder
 from tests.knowledge.conftest import needs_local_embeddings, write_tree
 from tests.knowledge.labelled import DOCUMENTS, QUERIES
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-import memory.retrieval as retrieval
-from memory.connection import connect
-from memory.ingest import IngestOptions, Ingestor
-from memory.knowledge import EmbeddingModelMismatch, KnowledgeBase, document_id
-from memory.retrieval import (
+import tandem.memory.retrieval as retrieval
+from tandem.memory.connection import connect
+from tandem.memory.ingest import IngestOptions, Ingestor
+from tandem.memory.knowledge import EmbeddingModelMismatch, KnowledgeBase, document_id
+from tandem.memory.retrieval import (
     Bm25Retriever,
     DenseRetriever,
     HybridRetriever,

@@ -10,11 +10,11 @@ import bm25s
 import pytest
 from redis.asyncio import Redis
 
-import memory.retrieval as retrieval
-from memory.connection import connect
-from memory.ingest import IngestOptions, Ingestor
-from memory.knowledge import KnowledgeBase, document_id, list_knowledge_bases
-from memory.retrieval import Bm25Index, Bm25Retriever, bm25_terms
+import tandem.memory.retrieval as retrieval
+from tandem.memory.connection import connect
+from tandem.memory.ingest import IngestOptions, Ingestor
+from tandem.memory.knowledge import KnowledgeBase, document_id, list_knowledge_bases
+from tandem.memory.retrieval import Bm25Index, Bm25Retriever, bm25_terms
 from tests.conftest import RedisTestServer
 from tests.knowledge.conftest import write_tree
 

@@ -13,12 +13,12 @@ from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
 
-from agent.deps import Deps
-from agent.memory_context import MemoryContext, fact_store_for
-from memory.facts import FactStore
+from tandem.agent.deps import Deps
+from tandem.agent.memory_context import MemoryContext, fact_store_for
+from tandem.memory.facts import FactStore
+from tandem.tools.memory_tools import plugin as memory_plugin
 from tests.support.deps import make_deps
 from tests.support.loopback_http import LoopbackHTTPServer, html_reply
-from tools.memory_tools import plugin as memory_plugin
 
 
 def memory_deps(

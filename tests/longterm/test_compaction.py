@@ -21,11 +21,11 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from agent.deps import Deps
-from agent.runtime import run_turn
-from agent.transcript import render_transcript
-from memory.compaction import SummaryState, count_message_tokens, load_summary
-from memory.keys import session_summary_key
+from tandem.agent.deps import Deps
+from tandem.agent.runtime import run_turn
+from tandem.agent.transcript import render_transcript
+from tandem.memory.compaction import SummaryState, count_message_tokens, load_summary
+from tandem.memory.keys import session_summary_key
 from tests.support.deps import make_deps
 
 FILLER = 'The quick brown fox jumps over the lazy dog near the riverbank at dawn. ' * 5
@@ -216,7 +216,7 @@ async def test_the_summary_expires_with_the_session(redis: Redis, tmp_path: Path
 def test_inconsistent_budgets_are_refused(tmp_path: Path, settings: dict[str, Any], error: str) -> None:
     from pydantic import ValidationError
 
-    from agent.config import Settings
+    from tandem.agent.config import Settings
 
     with pytest.raises(ValidationError, match=error):
         Settings(home=tmp_path, memory=settings)  # type: ignore[arg-type]
@@ -226,8 +226,8 @@ async def test_deleting_a_session_deletes_its_summary(redis: Redis) -> None:
     from pydantic_ai.conversation import Conversation
     from pydantic_ai.messages import ModelRequest, UserPromptPart
 
-    from memory.conversations import RedisConversationStore
-    from memory.keys import session_summary_key
+    from tandem.memory.conversations import RedisConversationStore
+    from tandem.memory.keys import session_summary_key
 
     store = RedisConversationStore(redis, tenant='acme')
     await store.save(

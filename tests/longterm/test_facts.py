@@ -11,9 +11,9 @@ import pytest
 from dirty_equals import IsDatetime, IsStr
 from redis.asyncio import Redis
 
-from memory.connection import connect
-from memory.facts import FACT_ID_PATTERN, FactLimitError, FactStore, normalize_fact, text_similarity
-from memory.keys import UserFactKeys
+from tandem.memory.connection import connect
+from tandem.memory.facts import FACT_ID_PATTERN, FactLimitError, FactStore, normalize_fact, text_similarity
+from tandem.memory.keys import UserFactKeys
 from tests.conftest import RedisTestServer
 
 

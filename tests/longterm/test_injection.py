@@ -10,10 +10,10 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from agent.approvals import ApprovalRequest
-from agent.runtime import run_turn
-from agent.transcript import render_transcript
-from memory.facts import FactStore
+from tandem.agent.approvals import ApprovalRequest
+from tandem.agent.runtime import run_turn
+from tandem.agent.transcript import render_transcript
+from tandem.memory.facts import FactStore
 from tests.longterm.helpers import injection_site, memory_deps
 from tests.support.scripted import call, scripted_model
 

@@ -12,11 +12,11 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.config import Settings
-from agent.context import TurnOptions
-from memory.connection import connect
-from memory.facts import FactStore
+from tandem.agent.cli import app
+from tandem.agent.config import Settings
+from tandem.agent.context import TurnOptions
+from tandem.memory.connection import connect
+from tandem.memory.facts import FactStore
 from tests.support.fake_openai import FakeOpenAI, Text
 from tests.support.repl import drive_repl
 

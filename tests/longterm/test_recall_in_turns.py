@@ -8,17 +8,17 @@ from pathlib import Path
 from pydantic_ai.messages import ModelRequest
 from redis.asyncio import Redis
 
-from agent.approvals import ApprovalRequest
-from agent.config import Settings
-from agent.memory_context import MemoryContext
-from agent.runtime import run_turn
-from memory.compaction import default_counter
-from memory.facts import FactStore
+from tandem.agent.approvals import ApprovalRequest
+from tandem.agent.config import Settings
+from tandem.agent.memory_context import MemoryContext
+from tandem.agent.runtime import run_turn
+from tandem.memory.compaction import default_counter
+from tandem.memory.facts import FactStore
+from tandem.tools.memory_tools import memory_toolset
+from tandem.tools.registry import has_side_effects
 from tests.longterm.helpers import instructions_of, memory_deps
 from tests.support.deps import scripted_backbone
 from tests.support.scripted import call, scripted_model
-from tools.memory_tools import memory_toolset
-from tools.registry import has_side_effects
 
 TEAL = "The user's favourite colour is teal."
 
@@ -180,7 +180,7 @@ async def test_the_tools_refuse_secrets_and_bad_ids_and_declare_side_effects(red
 
 
 async def test_build_deps_wires_memory_for_every_front_end(redis: Redis, tmp_path: Path) -> None:
-    from agent.context import TurnOptions, build_deps
+    from tandem.agent.context import TurnOptions, build_deps
 
     model, _ = scripted_model()
     backbone = scripted_backbone(model)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from agent.errors import ConfigError, RedisUnavailableError
-from memory.connection import connect, mask_url
-from memory.conversations import RedisConversationStore
+from tandem.agent.errors import ConfigError, RedisUnavailableError
+from tandem.memory.connection import connect, mask_url
+from tandem.memory.conversations import RedisConversationStore
 from tests.conftest import RedisTestServer
 
 

@@ -30,10 +30,10 @@ from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RequestUsage, RunUsage
 from redis.asyncio import Redis
 
-from agent.errors import RedisUnavailableError
-from memory.connection import connect
-from memory.conversations import RedisConversationStore, SessionNotFoundError
-from memory.keys import SessionKeys, sessions_index_key
+from tandem.agent.errors import RedisUnavailableError
+from tandem.memory.connection import connect
+from tandem.memory.conversations import RedisConversationStore, SessionNotFoundError
+from tandem.memory.keys import SessionKeys, sessions_index_key
 from tests.conftest import RedisTestServer
 
 TENANT = 'acme'
@@ -153,8 +153,8 @@ async def test_history_reloads_in_a_fresh_process(store: RedisConversationStore,
         import asyncio, sys
         from pathlib import Path
         from pydantic_ai.messages import ModelMessagesTypeAdapter
-        from memory.connection import connect
-        from memory.conversations import RedisConversationStore
+        from tandem.memory.connection import connect
+        from tandem.memory.conversations import RedisConversationStore
 
         async def main():
             redis = await connect(sys.argv[1], home=Path('.'))
@@ -283,8 +283,8 @@ async def test_two_processes_appending_to_one_session_lose_nothing(
         from pydantic_ai.conversation import Conversation
         from pydantic_ai.conversation_store import ConversationConflict, ConversationEntry, ConversationRecord
         from pydantic_ai.messages import ModelRequest
-        from memory.connection import connect
-        from memory.conversations import RedisConversationStore
+        from tandem.memory.connection import connect
+        from tandem.memory.conversations import RedisConversationStore
 
         async def main(url, name):
             store = RedisConversationStore(await connect(url, home=Path('.')), tenant='acme')

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from memory.connection import connect
-from memory.redis_server import EmbeddedRedis
+from tandem.memory.connection import connect
+from tandem.memory.redis_server import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ async def test_concurrent_processes_start_exactly_one_server(
 ) -> None:
     embedded(short_home)  # stops it after the test
     code = (
-        'import sys; from pathlib import Path; from memory.redis_server import EmbeddedRedis; '
+        'import sys; from pathlib import Path; from tandem.memory.redis_server import EmbeddedRedis; '
         'print(EmbeddedRedis(Path(sys.argv[1])).ensure_running())'
     )
 

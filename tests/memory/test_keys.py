@@ -10,9 +10,9 @@ from pydantic_ai.conversation import Conversation
 from pydantic_ai.conversation_store import ConversationRecord
 from redis.crc import key_slot
 
-from agent.errors import InvalidIdError, TandemError
-from memory.conversations import RedisConversationStore
-from memory.keys import SessionKeys, session_key, sessions_index_key, tenant_key, user_key, validate_id
+from tandem.agent.errors import InvalidIdError, TandemError
+from tandem.memory.conversations import RedisConversationStore
+from tandem.memory.keys import SessionKeys, session_key, sessions_index_key, tenant_key, user_key, validate_id
 
 REJECTED = [
     pytest.param('', id='empty'),

@@ -290,9 +290,9 @@ def _run_openai_client_example(block: Block, sandbox: Sandbox) -> None:
 
 def _run_scenarios_api_example(block: Block, sandbox: Sandbox) -> None:
     """The Python API of `tandem run`, with the names the block leaves to the reader."""
-    from agent.backbones import backbone_from_config
-    from agent.config import BackboneConfig, load_settings
-    from memory.connection import connect
+    from tandem.agent.backbones import backbone_from_config
+    from tandem.agent.config import BackboneConfig, load_settings
+    from tandem.memory.connection import connect
 
     def backbone(name: str) -> Any:
         return backbone_from_config(
@@ -321,7 +321,7 @@ def _run_scenarios_api_example(block: Block, sandbox: Sandbox) -> None:
 def _run_toml(block: Block, sandbox: Sandbox) -> None:
     data = tomllib.loads(block.text)
     if block.first_line == '# tandem.toml':
-        from agent.config import load_settings
+        from tandem.agent.config import load_settings
 
         Path('tandem.toml').write_text(sandbox.substitute(block.text))
         settings = load_settings()
@@ -330,8 +330,8 @@ def _run_toml(block: Block, sandbox: Sandbox) -> None:
         plugin = tomllib.loads((ROOT / 'tests/plugins/tandem_example_plugin/pyproject.toml').read_text())
         assert data['project']['entry-points'] == plugin['project']['entry-points']
     elif '[[server.api_keys]]' in block.text:
-        from agent.config import load_settings
-        from agent.server import load_api_keys
+        from tandem.agent.config import load_settings
+        from tandem.agent.server import load_api_keys
 
         digest = hashlib.sha256(b'sk-readme').hexdigest()
         config = Path('keys.toml')
@@ -346,7 +346,7 @@ def _run_toml(block: Block, sandbox: Sandbox) -> None:
 
 
 def _run_jinja(block: Block, sandbox: Sandbox) -> None:
-    from agent.prompts import PromptLibrary
+    from tandem.agent.prompts import PromptLibrary
 
     folder = sandbox.root / 'my-prompts' / 'assistant'
     folder.mkdir(parents=True, exist_ok=True)
@@ -356,7 +356,7 @@ def _run_jinja(block: Block, sandbox: Sandbox) -> None:
 
 
 def _run_yaml(block: Block, sandbox: Sandbox) -> None:
-    from agent.scenarios import load_scenarios
+    from tandem.agent.scenarios import load_scenarios
 
     folder = sandbox.root / 'my-scenarios'
     (folder / 'docs').mkdir(parents=True, exist_ok=True)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Settings
-from tools.registry import ToolsetPlugin, discover_plugins
+from tandem.agent.config import Settings
+from tandem.tools.registry import ToolsetPlugin, discover_plugins
 
 STARTER = Path(__file__).resolve().parents[2] / 'scenarios'
 """The starter suite shipped at the top of the repository."""
 
 # The knowledge and memory toolsets live in this tree; until their `tandem.tools` entry points are
 # installed (pyproject.toml, then `uv sync`), the tests add them from their modules.
-_IN_TREE = {'knowledge': 'tools.knowledge', 'memory': 'tools.memory_tools'}
+_IN_TREE = {'knowledge': 'tandem.tools.knowledge', 'memory': 'tandem.tools.memory_tools'}
 
 
 def toolset_plugins() -> dict[str, ToolsetPlugin]:

@@ -38,8 +38,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from agent.backbones import Backbone
-from agent.config import BackboneConfig
+from tandem.agent.backbones import Backbone
+from tandem.agent.config import BackboneConfig
 
 __all__ = ['judge_backbone', 'policy', 'scripted_backbone', 'scripted_model']
 

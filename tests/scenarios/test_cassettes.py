@@ -21,17 +21,17 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import ModelRequestParameters
 from redis.asyncio import Redis
 
-from agent.backbones import Backbone, backbone_from_config
-from agent.config import BackboneConfig, Settings
-from agent.errors import TandemError
-from agent.events import TextDelta
-from agent.scenarios.cassettes import CASSETTE_FORMAT, Cassettes, normalize_request, request_key
-from agent.scenarios.results import SuiteReport
-from agent.scenarios.runner import run_scenario, run_suite
-from agent.scenarios.schema import load_scenario
+from tandem.agent.backbones import Backbone, backbone_from_config
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.errors import TandemError
+from tandem.agent.events import TextDelta
+from tandem.agent.scenarios.cassettes import CASSETTE_FORMAT, Cassettes, normalize_request, request_key
+from tandem.agent.scenarios.results import SuiteReport
+from tandem.agent.scenarios.runner import run_scenario, run_suite
+from tandem.agent.scenarios.schema import load_scenario
+from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import WriteScenario
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
-from tools.registry import ToolsetPlugin
 
 
 def _script(body: dict[str, Any]) -> Reply:

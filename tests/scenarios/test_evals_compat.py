@@ -25,11 +25,11 @@ from pydantic_evals import Case, Dataset
 from pydantic_evals.evaluators import EvaluationReason, EvaluatorContext, LLMJudge
 from pydantic_evals.otel import SpanTree
 
-from agent.backbones import Backbone
-from agent.config import BackboneConfig
-from agent.scenarios.cassettes import Cassettes
-from agent.scenarios.expectations import judge_answer
-from agent.scenarios.schema import Judge
+from tandem.agent.backbones import Backbone
+from tandem.agent.config import BackboneConfig
+from tandem.agent.scenarios.cassettes import Cassettes
+from tandem.agent.scenarios.expectations import judge_answer
+from tandem.agent.scenarios.schema import Judge
 
 
 class _Judge:

@@ -14,12 +14,12 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from agent.config import Settings
-from agent.deps import Deps
-from agent.errors import TandemError
-from agent.scenarios.isolation import ScenarioSetupError, count_namespace, delete_namespace, seed_scenario
-from agent.scenarios.results import ScenarioRun
-from agent.scenarios.runner import (
+from tandem.agent.config import Settings
+from tandem.agent.deps import Deps
+from tandem.agent.errors import TandemError
+from tandem.agent.scenarios.isolation import ScenarioSetupError, count_namespace, delete_namespace, seed_scenario
+from tandem.agent.scenarios.results import ScenarioRun
+from tandem.agent.scenarios.runner import (
     RunStarted,
     Step,
     TurnFinished,
@@ -29,12 +29,12 @@ from agent.scenarios.runner import (
     run_scenario,
     run_suite,
 )
-from agent.scenarios.schema import Scenario, ScenarioFileError, load_scenario, load_scenarios
+from tandem.agent.scenarios.schema import Scenario, ScenarioFileError, load_scenario, load_scenarios
+from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import STARTER, WriteScenario
 from tests.scenarios.scripted_backbone import scripted_backbone
 from tests.support.deps import scripted_backbone as backbone_of
 from tests.support.scripted import call, scripted_model
-from tools.registry import ToolsetPlugin
 
 
 async def _tandem_keys(redis: Redis) -> list[bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from inline_snapshot import snapshot
 
-from agent.scenarios.schema import (
+from tandem.agent.scenarios.schema import (
     ScenarioFileError,
     discover_files,
     load_scenario,

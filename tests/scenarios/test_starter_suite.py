@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from agent.config import Settings
-from agent.scenarios.runner import run_suite
-from agent.scenarios.schema import load_scenarios
+from tandem.agent.config import Settings
+from tandem.agent.scenarios.runner import run_suite
+from tandem.agent.scenarios.schema import load_scenarios
+from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import STARTER
 from tests.scenarios.scripted_backbone import scripted_backbone
-from tools.registry import ToolsetPlugin
 
 
 async def test_every_starter_scenario_passes_on_the_scripted_backbone(

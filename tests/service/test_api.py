@@ -13,15 +13,15 @@ from pydantic import SecretStr
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-import agent
-from agent import Assistant
-from agent.api import SessionExistsError, TurnFinished
-from agent.config import LimitsConfig, Settings
-from agent.errors import TandemError
-from agent.events import TextDelta, ToolCallFinished, ToolCallStarted
-from agent.runtime import TurnUsage
-from agent.transcript import render_transcript
-from memory.conversations import SessionNotFoundError
+from tandem import agent
+from tandem.agent import Assistant
+from tandem.agent.api import SessionExistsError, TurnFinished
+from tandem.agent.config import LimitsConfig, Settings
+from tandem.agent.errors import TandemError
+from tandem.agent.events import TextDelta, ToolCallFinished, ToolCallStarted
+from tandem.agent.runtime import TurnUsage
+from tandem.agent.transcript import render_transcript
+from tandem.memory.conversations import SessionNotFoundError
 from tests.support.deps import scripted_backbone
 from tests.support.scripted import call, scripted_model
 

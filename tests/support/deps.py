@@ -9,13 +9,13 @@ from typing import Any
 from pydantic_ai.models import Model
 from redis.asyncio import Redis
 
-from agent.approvals import Approver
-from agent.backbones import Backbone
-from agent.config import BackboneConfig, Settings
-from agent.deps import Deps, Identity
-from agent.prompts import PromptLibrary
-from memory.conversations import RedisConversationStore
-from tools.registry import ToolsetPlugin, discover_plugins, select
+from tandem.agent.approvals import Approver
+from tandem.agent.backbones import Backbone
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.deps import Deps, Identity
+from tandem.agent.prompts import PromptLibrary
+from tandem.memory.conversations import RedisConversationStore
+from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 
 
 def scripted_backbone(model: Model, name: str = 'scripted') -> Backbone:

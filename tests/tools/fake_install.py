@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.registry import ENTRY_POINT_GROUP
+from tandem.tools.registry import ENTRY_POINT_GROUP
 
 EXAMPLE_PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / 'plugins' / 'tandem_example_plugin'
 

@@ -8,7 +8,7 @@ import pytest
 from inline_snapshot import snapshot
 from pydantic_ai import ModelRetry
 
-from tools.calculator import MAX_EXPRESSION_CHARS, calculate, calculator_toolset, plugin
+from tandem.tools.calculator import MAX_EXPRESSION_CHARS, calculate, calculator_toolset, plugin
 
 
 def outcome(expression: str) -> str:

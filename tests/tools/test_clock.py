@@ -10,8 +10,8 @@ import pytest
 from inline_snapshot import snapshot
 from pydantic_ai import FunctionToolset, ModelRetry
 
-from tools.clock import clock_toolset, plugin
-from tools.registry import plugin_status
+from tandem.tools.clock import clock_toolset, plugin
+from tandem.tools.registry import plugin_status
 
 # A Friday, after the US (but before the EU) switched to daylight saving time.
 FIXED = datetime(2025, 3, 14, 13, 26, 53, 987654, tzinfo=UTC)

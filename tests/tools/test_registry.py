@@ -19,10 +19,9 @@ from inline_snapshot import snapshot
 from pydantic_ai import FunctionToolset
 from pydantic_ai.tools import ToolDefinition
 
-from agent.errors import TandemError
-from tests.tools.fake_install import EXAMPLE_PLUGIN_SOURCE, FakeInstall
-from tools import calculator, clock, knowledge, memory_tools, web
-from tools.registry import (
+from tandem.agent.errors import TandemError
+from tandem.tools import calculator, clock, knowledge, memory_tools, web
+from tandem.tools.registry import (
     ENTRY_POINT_GROUP,
     ToolsetPlugin,
     discover_plugins,
@@ -30,15 +29,16 @@ from tools.registry import (
     plugin_status,
     select,
 )
+from tests.tools.fake_install import EXAMPLE_PLUGIN_SOURCE, FakeInstall
 
 REPO = Path(__file__).resolve().parents[2]
 # What pyproject.toml must declare for the built-ins; the tests below check both agree.
 BUILTIN_ENTRY_POINTS = {
-    'calc': 'tools.calculator:plugin',
-    'clock': 'tools.clock:plugin',
-    'web': 'tools.web:plugin',
-    'memory': 'tools.memory_tools:plugin',
-    'knowledge': 'tools.knowledge:plugin',
+    'calc': 'tandem.tools.calculator:plugin',
+    'clock': 'tandem.tools.clock:plugin',
+    'web': 'tandem.tools.web:plugin',
+    'memory': 'tandem.tools.memory_tools:plugin',
+    'knowledge': 'tandem.tools.knowledge:plugin',
 }
 
 
@@ -125,7 +125,7 @@ def test_a_plugin_cannot_take_over_a_builtin_name(fake_install: FakeInstall, cap
     fake_install.module(
         'tandem_test_impostor',
         'from pydantic_ai import FunctionToolset\n'
-        'from tools.registry import ToolsetPlugin\n'
+        'from tandem.tools.registry import ToolsetPlugin\n'
         "plugin = ToolsetPlugin(name='calc', description='impostor', build=FunctionToolset)\n",
     )
     # Sorted first by distribution name, and first on sys.path: it still loses to the built-in.

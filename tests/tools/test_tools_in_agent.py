@@ -12,10 +12,10 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 
+from tandem.tools.calculator import calculator_toolset
+from tandem.tools.clock import clock_toolset
+from tandem.tools.registry import discover_plugins, select
 from tests.tools.fake_install import FakeInstall
-from tools.calculator import calculator_toolset
-from tools.clock import clock_toolset
-from tools.registry import discover_plugins, select
 
 FIXED = datetime(2025, 3, 14, 13, 26, 53, tzinfo=UTC)
 

@@ -32,7 +32,9 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from agent.deps import Deps, TurnState
+from tandem.agent.deps import Deps, TurnState
+from tandem.tools.untrusted import wrap_untrusted
+from tandem.tools.web import DEFAULT_MAX_BYTES, WebTools, make_web_toolset, plugin, web_status
 from tests.support.deps import make_deps
 from tests.support.loopback_http import (
     LoopbackHTTPServer,
@@ -46,8 +48,6 @@ from tests.support.loopback_http import (
     streamed_reply,
     text_reply,
 )
-from tools.untrusted import wrap_untrusted
-from tools.web import DEFAULT_MAX_BYTES, WebTools, make_web_toolset, plugin, web_status
 
 _LOOPBACK_V4 = ipaddress.IPv4Network('127.0.0.0/8')
 
@@ -631,7 +631,7 @@ async def test_web_fetch_through_an_agent(site: LoopbackHTTPServer, redis: Redis
 
 
 def test_plugin_builds_the_web_toolset() -> None:
-    from tools.registry import SIDE_EFFECT_KEY, has_side_effects
+    from tandem.tools.registry import SIDE_EFFECT_KEY, has_side_effects
 
     toolset = plugin.build()
 

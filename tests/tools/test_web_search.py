@@ -29,7 +29,9 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from agent.deps import Deps, TurnState
+from tandem.agent.deps import Deps, TurnState
+from tandem.tools._search import search_cache_key
+from tandem.tools.web import WebTools, make_web_toolset
 from tests.support.deps import make_deps
 from tests.support.loopback_http import (
     LoopbackHTTPServer,
@@ -40,8 +42,6 @@ from tests.support.loopback_http import (
     slow_reply,
     text_reply,
 )
-from tools._search import search_cache_key
-from tools.web import WebTools, make_web_toolset
 
 _RESULTS = [
     (

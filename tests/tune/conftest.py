@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.tune import tokens
+from tandem.agent.tune import tokens
 
 
 @pytest.fixture(autouse=True)

@@ -11,15 +11,15 @@ from pydantic_ai.usage import RequestUsage
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from agent.backbones import Backbone
-from agent.cli import app
-from agent.cli_run import injected_backbones
-from agent.config import BackboneConfig, Settings
-from agent.scenarios.results import Cell, CellSummary, SuiteReport
-from agent.scenarios.schema import load_scenarios
-from agent.tune.compare import Arm, compare, render_markdown, verdict
-from agent.tune.export import ExportOptions, build_examples, report_traces, write_jsonl
-from agent.tune.validate import validate_file
+from tandem.agent.backbones import Backbone
+from tandem.agent.cli import app
+from tandem.agent.cli_run import injected_backbones
+from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.scenarios.results import Cell, CellSummary, SuiteReport
+from tandem.agent.scenarios.schema import load_scenarios
+from tandem.agent.tune.compare import Arm, compare, render_markdown, verdict
+from tandem.agent.tune.export import ExportOptions, build_examples, report_traces, write_jsonl
+from tandem.agent.tune.validate import validate_file
 from tests.scenarios.scripted_backbone import policy
 
 SCENARIOS = [Path(__file__).parents[2] / 'scenarios' / name for name in ('calculator.yaml', 'clock.yaml')]

@@ -12,9 +12,9 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.runtime import run_turn, with_session
-from agent.tune.export import (
+from tandem.agent.cli import app
+from tandem.agent.runtime import run_turn, with_session
+from tandem.agent.tune.export import (
     ExportOptions,
     SessionQuery,
     build_examples,
@@ -23,12 +23,12 @@ from agent.tune.export import (
     tool_definitions,
     write_jsonl,
 )
-from agent.tune.scrub import scrub_pii
-from agent.tune.validate import validate_file
-from memory.connection import connect
+from tandem.agent.tune.scrub import scrub_pii
+from tandem.agent.tune.validate import validate_file
+from tandem.memory.connection import connect
+from tandem.tools.registry import discover_plugins
 from tests.support.deps import make_deps
 from tests.support.scripted import Call, call, scripted_model
-from tools.registry import discover_plugins
 
 runner = CliRunner()
 
@@ -172,7 +172,7 @@ async def test_duplicates_are_dropped_and_the_split_is_seeded(redis: Redis, tmp_
 def test_a_conversation_that_cannot_be_an_example_is_reported_not_written() -> None:
     from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart, UserPromptPart
 
-    from agent.tune.export import Trace
+    from tandem.agent.tune.export import Trace
 
     dangling = [
         ModelRequest(parts=[UserPromptPart('go')]),

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.config import load_settings
+from tandem.agent.cli import app
+from tandem.agent.config import load_settings
 from tests.support.fake_openai import FakeFineTuning
 
 runner = CliRunner()
@@ -196,8 +196,8 @@ def test_the_live_view_shows_progress_metrics_and_the_latest_events() -> None:
     from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
     from rich.console import Console
 
-    from agent.cli_tune import _JobView
-    from agent.tune.jobs import JobUpdate
+    from tandem.agent.cli_tune import _JobView
+    from tandem.agent.tune.jobs import JobUpdate
 
     job = FineTuningJob.model_validate(
         {

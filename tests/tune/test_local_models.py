@@ -19,13 +19,13 @@ from openai import AsyncOpenAI
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from agent import backbones
-from agent.backbones import Backbone
-from agent.cli import app
-from agent.config import BackboneConfig
-from agent.errors import BackboneError
-from agent.events import TextDelta
-from agent.local_models import (
+from tandem.agent import backbones
+from tandem.agent.backbones import Backbone
+from tandem.agent.cli import app
+from tandem.agent.config import BackboneConfig
+from tandem.agent.errors import BackboneError
+from tandem.agent.events import TextDelta
+from tandem.agent.local_models import (
     InProcessTransport,
     LlamaCppResolver,
     StreamSplitter,
@@ -33,7 +33,7 @@ from agent.local_models import (
     parse_spec,
     parse_tool_calls,
 )
-from agent.runtime import run_turn
+from tandem.agent.runtime import run_turn
 from tests.support.deps import make_deps
 from tests.tune.gguf_model import write_tiny_llama, write_tiny_lora
 

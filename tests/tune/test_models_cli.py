@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent import backbones
-from agent.cli import app
-from agent.config import load_settings
-from agent.local_models import CATALOG, LlamaCppResolver
+from tandem.agent import backbones
+from tandem.agent.cli import app
+from tandem.agent.config import load_settings
+from tandem.agent.local_models import CATALOG, LlamaCppResolver
 from tests.support.loopback_http import LoopbackHTTPServer, RecordedRequest, Reply, free_port, text_reply
 from tests.tune.gguf_model import write_tiny_llama
 

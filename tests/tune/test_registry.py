@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.config import BackboneConfig, load_settings
-from agent.errors import ConfigError
-from agent.tune.registry import backbone_table, config_target, local_backbone_config, register_backbone
+from tandem.agent.cli import app
+from tandem.agent.config import BackboneConfig, load_settings
+from tandem.agent.errors import ConfigError
+from tandem.agent.tune.registry import backbone_table, config_target, local_backbone_config, register_backbone
 from tests.support.fake_openai import FakeOpenAI, ToolCall
 
 runner = CliRunner()

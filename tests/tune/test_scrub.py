@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import TandemError
-from agent.tune.scrub import BUILTIN_SCRUBBER, compose, load_scrubber, scrub_pii
+from tandem.agent.errors import TandemError
+from tandem.agent.tune.scrub import BUILTIN_SCRUBBER, compose, load_scrubber, scrub_pii
 
 
 @pytest.mark.parametrize(
@@ -40,13 +40,13 @@ def test_arithmetic_dates_and_plain_numbers_are_left_alone(text: str) -> None:
 
 def test_hooks_load_by_module_and_function() -> None:
     assert load_scrubber(BUILTIN_SCRUBBER) is scrub_pii
-    assert load_scrubber('agent.tune.scrub:compose') is compose
+    assert load_scrubber('tandem.agent.tune.scrub:compose') is compose
     with pytest.raises(TandemError, match='must be written module:function'):
-        load_scrubber('agent.tune.scrub')
+        load_scrubber('tandem.agent.tune.scrub')
     with pytest.raises(TandemError, match="has no attribute 'nope'"):
-        load_scrubber('agent.tune.scrub:nope')
+        load_scrubber('tandem.agent.tune.scrub:nope')
     with pytest.raises(TandemError, match='is not callable'):
-        load_scrubber('agent.tune.scrub:BUILTIN_SCRUBBER')
+        load_scrubber('tandem.agent.tune.scrub:BUILTIN_SCRUBBER')
 
 
 def test_composed_scrubbers_run_in_order_and_must_return_text() -> None:

@@ -10,10 +10,10 @@ import pytest
 import tiktoken
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.tune.pricing import price_for
-from agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
-from agent.tune.validate import auto_epochs, validate_file
+from tandem.agent.cli import app
+from tandem.agent.tune.pricing import price_for
+from tandem.agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
+from tandem.agent.tune.validate import auto_epochs, validate_file
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic_ai import FunctionToolset
 
-from tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 
 __all__ = ['build_toolset', 'plugin', 'shout']
 
