@@ -9,20 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tandem.agent.api import Assistant
-    from tandem.agent.deps import Deps, Identity
-    from tandem.agent.errors import TandemError
-    from tandem.agent.runtime import TurnResult, TurnUsage, run_turn
+    from tandem.agent.core.errors import TandemError
+    from tandem.agent.turn.deps import Deps, Identity
+    from tandem.agent.turn.run import TurnResult, TurnUsage, run_turn
 
 __all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
 
 _EXPORTS = {
     'Assistant': 'tandem.agent.api',
-    'Deps': 'tandem.agent.deps',
-    'Identity': 'tandem.agent.deps',
-    'TandemError': 'tandem.agent.errors',
-    'TurnResult': 'tandem.agent.runtime',
-    'TurnUsage': 'tandem.agent.runtime',
-    'run_turn': 'tandem.agent.runtime',
+    'Deps': 'tandem.agent.turn.deps',
+    'Identity': 'tandem.agent.turn.deps',
+    'TandemError': 'tandem.agent.core.errors',
+    'TurnResult': 'tandem.agent.turn.run',
+    'TurnUsage': 'tandem.agent.turn.run',
+    'run_turn': 'tandem.agent.turn.run',
 }
 
 

@@ -1,5 +1,5 @@
 """`python -m tandem.agent` runs the `tandem` command line."""
 
-from tandem.agent.cli import main
+from tandem.agent.cli.main import main
 
 main()

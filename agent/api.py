@@ -15,7 +15,7 @@ the same coroutines on a private event-loop thread.
 
 An `Assistant` keeps what a long-running program should make once: the Redis client, the resolved
 backbones, the prompt templates, the tool plugins and the built agents (one `AgentFactory`). Every
-turn still goes through `build_deps` and `agent.runtime.run_turn`, so it is loaded, run and saved
+turn still goes through `build_deps` and `agent.turn.run.run_turn`, so it is loaded, run and saved
 exactly as a `tandem ask` turn is. It is bound to the event loop it is first used on.
 """
 
@@ -33,17 +33,17 @@ from pydantic_ai.conversation import Conversation
 from pydantic_ai.conversation_store import ConversationConflict
 from pydantic_ai.messages import ModelMessage
 
-from tandem.agent import backbones as _backbones
-from tandem.agent.backbones import Backbone
-from tandem.agent.builder import AgentFactory
-from tandem.agent.config import Settings, load_settings
-from tandem.agent.context import TurnOptions, build_deps, selected_toolsets
-from tandem.agent.deps import Deps
-from tandem.agent.errors import TandemError
-from tandem.agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
-from tandem.agent.log import get_logger
-from tandem.agent.prompts import PromptLibrary, PromptTemplate
-from tandem.agent.runtime import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
+from tandem.agent.backbones import base as _backbones
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import Settings, load_settings
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from tandem.agent.core.log import get_logger
+from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
+from tandem.agent.turn.build import TurnOptions, build_deps, selected_toolsets
+from tandem.agent.turn.builder import AgentFactory
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore, SessionInfo, SessionNotFoundError
 from tandem.memory.keys import validate_id
@@ -401,7 +401,7 @@ class Assistant:
         self._closed = True
         client, self._redis = self._redis, None
         if client is not None:
-            from tandem.agent.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+            from tandem.agent.turn.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
 
             await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # they write through this client
         if client is not None and self._owns_redis:

@@ -36,12 +36,12 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.backbones import Backbone
-from tandem.agent.config import BackboneConfig, Settings
-from tandem.agent.deps import Deps, Identity
-from tandem.agent.prompts import PromptLibrary
-from tandem.agent.runtime import run_turn
-from tandem.memory.compaction import HistoryCompaction, default_counter
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig, Settings
+from tandem.agent.core.prompts import PromptLibrary
+from tandem.agent.turn.compaction import HistoryCompaction, default_counter
+from tandem.agent.turn.deps import Deps, Identity
+from tandem.agent.turn.run import run_turn
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore
 from tandem.memory.facts import Fact, FactStore, _digest, normalize_fact
@@ -95,7 +95,7 @@ async def _seed(redis: Redis, user: str, count: int, rng: random.Random) -> None
 
 
 async def bench_recall_and_save(redis: Redis) -> list[str]:
-    import tandem.memory.retrieval  # noqa: F401  # pyright: ignore[reportUnusedImport] -- numpy and bm25s: once per process, not per load
+    import tandem.memory.knowledge.retrieval  # noqa: F401  # pyright: ignore[reportUnusedImport] -- numpy and bm25s: once per process, not per load
 
     rng = random.Random(7)
     trip = await _round_trip_ms(redis)

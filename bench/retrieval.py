@@ -37,10 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tandem.memory.connection import connect
-from tandem.memory.ingest import Ingestor, chunk_blocks, parse_document, token_counter
-from tandem.memory.knowledge import ChunkData, KnowledgeBase
-from tandem.memory.redis_server import EmbeddedRedis
-from tandem.memory.retrieval import (
+from tandem.memory.knowledge.ingest import Ingestor, chunk_blocks, parse_document, token_counter
+from tandem.memory.knowledge.retrieval import (
     Bm25Index,
     Bm25Retriever,
     DenseRetriever,
@@ -50,6 +48,8 @@ from tandem.memory.retrieval import (
     clear_index_cache,
     local_embedder,
 )
+from tandem.memory.knowledge.store import ChunkData, KnowledgeBase
+from tandem.memory.redis_server import EmbeddedRedis
 from tests.knowledge.labelled import DOCUMENTS, QUERIES
 
 RNG = np.random.default_rng(42)

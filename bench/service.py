@@ -17,7 +17,7 @@ turn does not, and it is what throughput comes down to once the server is the bo
 
 The instant model is a pydantic-ai `FunctionModel`. Worker processes build their own: `serve()` is
 given `factory='bench.service:instant_app'`, a uvicorn factory in this module that each worker
-imports, and that passes the backbone to `agent.server.worker_app` (no entry point needed). An
+imports, and that passes the backbone to `agent.server.app.worker_app` (no entry point needed). An
 embedding program serves a model of its own the same way.
 """
 
@@ -47,8 +47,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart  # noqa: 
 from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
 
 from tandem.agent.api import Assistant  # noqa: E402
-from tandem.agent.backbones import Backbone  # noqa: E402
-from tandem.agent.config import BackboneConfig, Settings  # noqa: E402
+from tandem.agent.backbones.base import Backbone  # noqa: E402
+from tandem.agent.core.config import BackboneConfig, Settings  # noqa: E402
 from tandem.memory.redis_server import EmbeddedRedis  # noqa: E402
 
 CLIENTS = 32
@@ -68,7 +68,7 @@ def instant_backbone() -> Backbone:
 
 def instant_app() -> FastAPI:
     """The uvicorn factory each worker process calls: `tandem serve`'s worker app, plus the instant backbone."""
-    from tandem.agent.server import worker_app
+    from tandem.agent.server.app import worker_app
 
     return worker_app({'instant': instant_backbone()})
 
@@ -292,7 +292,7 @@ async def main() -> None:
         try:
             for workers in (1, 2):
                 servers[f'http{workers}'] = _start_server(
-                    'from tandem.agent.cli_serve import serve; '
+                    'from tandem.agent.cli.serve import serve; '
                     f"serve('127.0.0.1', PORT, workers={workers}, factory='bench.service:instant_app')",
                     env,
                 )

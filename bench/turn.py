@@ -23,12 +23,12 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.backbones import Backbone
-from tandem.agent.builder import AgentFactory
-from tandem.agent.config import BackboneConfig, Settings
-from tandem.agent.deps import Deps, Identity
-from tandem.agent.prompts import PromptLibrary
-from tandem.agent.runtime import run_turn
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig, Settings
+from tandem.agent.core.prompts import PromptLibrary
+from tandem.agent.turn.builder import AgentFactory
+from tandem.agent.turn.deps import Deps, Identity
+from tandem.agent.turn.run import run_turn
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore
 from tandem.memory.redis_server import EmbeddedRedis
@@ -176,7 +176,7 @@ def bench_import() -> list[str]:
     baseline = _import_time('pydantic_ai')
     return [
         line('import_agent', _import_time('agent'), baseline, 1.2, 's'),
-        line('import_agent_runtime', _import_time('tandem.agent.runtime'), baseline, 1.2, 's'),
+        line('import_agent_runtime', _import_time('tandem.agent.turn.run'), baseline, 1.2, 's'),
     ]
 
 

@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tandem.agent.errors import ConfigError, RedisUnavailableError
+from tandem.agent.core.errors import ConfigError, RedisUnavailableError
 from tandem.memory.redis_server import EmbeddedRedis
 
 __all__ = ('RedisClient', 'ServerReport', 'connect', 'mask_url', 'server_report')
@@ -101,7 +101,7 @@ class ServerReport:
 
 async def server_report(redis: RedisClient) -> ServerReport:
     """Ask a connected server what it is, how much memory and how many keys it holds, and its modules."""
-    from tandem.memory.knowledge import query_engine_available
+    from tandem.memory.knowledge.store import query_engine_available
 
     info: dict[str, Any] = await redis.info()  # pyright: ignore[reportUnknownMemberType]
     product = 'valkey' if 'valkey_version' in info else 'redis'

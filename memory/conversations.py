@@ -49,7 +49,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tandem.agent.errors import RedisUnavailableError, TandemError
+from tandem.agent.core.errors import RedisUnavailableError, TandemError
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import SessionKeys, session_summary_key, sessions_index_key, validate_id
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tandem.agent.errors import InvalidIdError
+from tandem.agent.core.errors import InvalidIdError
 
 __all__ = (
     'ID_PATTERN',

@@ -35,7 +35,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tandem.agent.errors import RedisUnavailableError
+from tandem.agent.core.errors import RedisUnavailableError
 
 __all__ = ('EmbeddedRedis', 'EmbeddedStatus', 'find_server_binary')
 

@@ -96,7 +96,7 @@ def _run_without_site(code: str, wheel: Path, cwd: Path, env: dict[str, str] | N
 
 def test_the_bundled_prompts_load_from_the_wheel(unpacked_wheel: Path, tmp_path: Path) -> None:
     code = (
-        'from tandem.agent.prompts import PromptLibrary, bundled_prompts_dir\n'
+        'from tandem.agent.core.prompts import PromptLibrary, bundled_prompts_dir\n'
         'print(bundled_prompts_dir()); print(PromptLibrary.default().get("assistant").ref)\n'
     )
     location, ref = _run_without_site(code, unpacked_wheel, tmp_path).split()

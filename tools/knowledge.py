@@ -1,6 +1,6 @@
 """`search_knowledge`: passages from the user's own documents, numbered for citation.
 
-The tool asks `ctx.deps.retriever` (built by `agent.context.build_deps` from the `[knowledge]`
+The tool asks `ctx.deps.retriever` (built by `agent.turn.build.build_deps` from the `[knowledge]`
 settings: BM25, or hybrid BM25 + dense when embeddings are configured) for the best passages,
 numbers them `[n]` (a passage keeps its number for the rest of the turn, and numbers continue
 across calls), records each in `ctx.deps.turn.citations` (what `/sources` shows), and returns
@@ -21,9 +21,9 @@ from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from pydantic_ai.tools import ToolDefinition
 from redis.exceptions import RedisError
 
-from tandem.agent.errors import TandemError
-from tandem.agent.turn_state import Citation, TurnState
-from tandem.memory.retrieval import Passage, Retriever
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.turn_state import Citation, TurnState
+from tandem.memory.knowledge.retrieval import Passage, Retriever
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 from tandem.tools.untrusted import wrap_untrusted
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from pydantic_ai.messages import ModelRequest, UserPromptPart
 
-from tandem.agent.deps import Deps
-from tandem.agent.memory_context import render_facts
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.providers.memory import render_facts
 from tandem.memory.facts import (
     FACT_ID_PATTERN,
     MAX_FACT_CHARS,

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 
 __all__ = [
     'ENTRY_POINT_GROUP',

@@ -30,7 +30,7 @@ from pydantic import Field
 from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from redis.asyncio import Redis
 
-from tandem.tools._fetch import Fetcher, FetchError, HostRule, Page, netloc_of, parse_allowed_hosts
+from tandem.agent.core.fetch import Fetcher, FetchError, HostRule, Page, netloc_of, parse_allowed_hosts
 from tandem.tools._search import DEFAULT_SEARCH_URL, Searcher, SearchHit, SearchUnavailable, TimeLimit
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 from tandem.tools.untrusted import wrap_untrusted

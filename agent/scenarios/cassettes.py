@@ -44,10 +44,10 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import RunContext, ToolDefinition
 
-from tandem.agent.backbones import Backbone
-from tandem.agent.config import BackboneConfig
-from tandem.agent.errors import BackboneError, TandemError
-from tandem.agent.events import short
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig
+from tandem.agent.core.errors import BackboneError, TandemError
+from tandem.agent.core.events import short
 
 __all__ = [
     'CASSETTE_FORMAT',

@@ -12,14 +12,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from tandem.agent.config import Settings
-from tandem.agent.deps import Deps
-from tandem.agent.events import ToolCallFinished, ToolCallStarted, short
-from tandem.agent.runtime import summarize_args
+from tandem.agent.core.config import Settings
+from tandem.agent.core.events import ToolCallFinished, ToolCallStarted, short
 from tandem.agent.scenarios.report import format_cost, format_seconds
 from tandem.agent.scenarios.results import ScenarioRun
 from tandem.agent.scenarios.runner import RunStarted, Step, TurnFinished, TurnStarted, run_scenario
 from tandem.agent.scenarios.schema import Scenario, load_scenario
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import summarize_args
 
 __all__ = ['StepPrinter', 'run_file']
 

@@ -15,7 +15,7 @@ from pydantic_ai.models import Model
 from pydantic_evals.evaluators import EvaluationReason, EvaluatorContext, LLMJudge
 from pydantic_evals.otel import SpanTree
 
-from tandem.agent.events import short
+from tandem.agent.core.events import short
 from tandem.agent.scenarios.results import CheckResult, ToolCallResult
 from tandem.agent.scenarios.schema import ArgMatch, Expectations, Judge, ToolCall
 

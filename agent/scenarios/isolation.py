@@ -18,9 +18,9 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from tandem.agent.deps import Deps
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 from tandem.agent.scenarios.schema import Document, Scenario
+from tandem.agent.turn.deps import Deps
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import tenant_key_patterns, validate_id
 
@@ -155,9 +155,9 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
     documents = scenario.setup.documents
     if not documents:
         return
-    from tandem.memory.ingest import IngestOptions, Ingestor
-    from tandem.memory.knowledge import KnowledgeBase
-    from tandem.memory.retrieval import make_embedder
+    from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
+    from tandem.memory.knowledge.retrieval import make_embedder
+    from tandem.memory.knowledge.store import KnowledgeBase
 
     config = deps.settings.knowledge
     kb = KnowledgeBase(deps.redis, tenant=deps.identity.tenant, name=config.default_kb)

@@ -24,7 +24,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tandem.agent.events import short
+from tandem.agent.core.events import short
 from tandem.agent.scenarios._html import render_html, short_labels
 from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
 

@@ -1,8 +1,8 @@
 """Running scenarios: the matrix of scenario × backbone × prompt × ablation, each run isolated.
 
-The runner is thin on purpose. For every run it builds `Deps` with `agent.context.build_deps`
+The runner is thin on purpose. For every run it builds `Deps` with `agent.turn.build.build_deps`
 (in a tenant of its own, see `agent.scenarios.isolation`), seeds the setup, sends each turn through
-`agent.runtime.run_turn` exactly as `tandem ask` would, checks the expectations, and deletes the
+`agent.turn.run.run_turn` exactly as `tandem ask` would, checks the expectations, and deletes the
 namespace. Everything a front end needs comes back as data (`SuiteReport`) and, while it runs, as
 steps (`RunStarted`, `TurnStarted`, the runtime's `TurnEvent`s, `TurnFinished`).
 
@@ -28,24 +28,24 @@ from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
 from redis.asyncio import Redis
 
-from tandem.agent import backbones as backbone_registry
-from tandem.agent.backbones import Backbone
-from tandem.agent.builder import AgentFactory
-from tandem.agent.config import BackboneConfig, Settings
-from tandem.agent.context import TurnOptions, build_deps
-from tandem.agent.deps import Deps
-from tandem.agent.errors import BackboneError, PromptError, TandemError
-from tandem.agent.events import TurnEvent
-from tandem.agent.log import get_logger
-from tandem.agent.prompts import PromptLibrary, PromptTemplate
-from tandem.agent.runtime import run_turn, with_session
+from tandem.agent.backbones import base as backbone_registry
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig, Settings
+from tandem.agent.core.errors import BackboneError, PromptError, TandemError
+from tandem.agent.core.events import TurnEvent
+from tandem.agent.core.log import get_logger
+from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
+from tandem.agent.core.turn_state import ToolCallRecord
 from tandem.agent.scenarios._yaml import Problem
 from tandem.agent.scenarios.cassettes import Cassettes, model_time
 from tandem.agent.scenarios.expectations import check_turn, judge_answer
 from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
 from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError
-from tandem.agent.turn_state import ToolCallRecord
+from tandem.agent.turn.build import TurnOptions, build_deps
+from tandem.agent.turn.builder import AgentFactory
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import run_turn, with_session
 from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 
 __all__ = [

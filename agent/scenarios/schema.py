@@ -44,8 +44,8 @@ from pydantic import (
     model_validator,
 )
 
-from tandem.agent.config import Settings
-from tandem.agent.errors import TandemError
+from tandem.agent.core.config import Settings
+from tandem.agent.core.errors import TandemError
 from tandem.agent.scenarios._yaml import Loc, Problem, SourceMap, YamlFileError, dotted, load_yaml
 from tandem.memory.keys import validate_id
 

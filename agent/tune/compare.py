@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from tandem.agent.backbones import Backbone
-    from tandem.agent.config import Settings
+    from tandem.agent.backbones.base import Backbone
+    from tandem.agent.core.config import Settings
     from tandem.agent.scenarios.results import Cell, CellSummary, ScenarioRun, SuiteReport
     from tandem.agent.scenarios.schema import Scenario
 
@@ -265,7 +265,7 @@ async def compare(
         TandemError: The two backbones share a name, a prompt does not exist, or no scenario was given.
         ScenarioFileError: A scenario names a prompt, toolset or judge that does not exist.
     """
-    from tandem.agent.prompts import PromptLibrary
+    from tandem.agent.core.prompts import PromptLibrary
     from tandem.agent.scenarios.results import SuiteReport
     from tandem.agent.scenarios.runner import run_suite
 
@@ -311,8 +311,8 @@ async def _warm_up(scenario: Scenario, *, settings: Settings, redis: Redis) -> N
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-    from tandem.agent.backbones import Backbone
-    from tandem.agent.config import BackboneConfig
+    from tandem.agent.backbones.base import Backbone
+    from tandem.agent.core.config import BackboneConfig
     from tandem.agent.scenarios.runner import run_suite
 
     def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:

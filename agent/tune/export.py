@@ -43,8 +43,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.toolsets import FunctionToolset
 
-from tandem.agent.errors import TandemError
-from tandem.agent.prompts import PromptLibrary
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.tune.scrub import Scrubber
 from tandem.agent.tune.validate import check_example
 

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from tandem.agent.config import BackboneConfig
-from tandem.agent.errors import ConfigError, TandemError
+from tandem.agent.core.config import BackboneConfig
+from tandem.agent.core.errors import ConfigError, TandemError
 from tandem.agent.tune.pricing import price_for
 from tandem.agent.tune.registry import BACKBONE_NAME_PATTERN, Registration, register_backbone
 

@@ -1,7 +1,7 @@
 """The registry of backbones: `[backbones.NAME]` tables written back into the user's TOML config.
 
 `tandem backbones add` and a succeeded `tandem tune status` both register a backbone here. The file
-is the one Tandem reads (`agent.config.config_file_path`), or, when there is none, `$TANDEM_CONFIG`
+is the one Tandem reads (`agent.core.config.config_file_path`), or, when there is none, `$TANDEM_CONFIG`
 or `~/.config/tandem/config.toml`, created on first use.
 
 The edit is textual, so comments, ordering and formatting of everything else survive: a new table is
@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from tandem.agent.config import BackboneConfig, config_file_path
-from tandem.agent.errors import ConfigError
+from tandem.agent.core.config import BackboneConfig, config_file_path
+from tandem.agent.core.errors import ConfigError
 
 __all__ = [
     'BACKBONE_NAME_PATTERN',

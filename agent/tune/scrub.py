@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 
 __all__ = ['BUILTIN_SCRUBBER', 'Scrubber', 'compose', 'load_scrubber', 'scrub_pii']
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 from tandem.agent.tune.pricing import DEFAULT_BASE_MODEL, price_for
 from tandem.agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
 

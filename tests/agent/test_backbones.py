@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
 
-from tandem.agent import backbones
-from tandem.agent.config import BackboneConfig, Settings
-from tandem.agent.errors import BackboneError
+from tandem.agent.backbones import base as backbones
+from tandem.agent.core.config import BackboneConfig, Settings
+from tandem.agent.core.errors import BackboneError
 from tests.support.fake_openai import FakeOpenAI, Text
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
+from tandem.agent.cli.main import app
 from tests.support.fake_openai import Error, FakeOpenAI, Text
 
 runner = CliRunner()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tandem.agent.config import load_settings
-from tandem.agent.errors import ConfigError
+from tandem.agent.core.config import load_settings
+from tandem.agent.core.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

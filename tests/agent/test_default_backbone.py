@@ -22,7 +22,7 @@ import pytest
 
 from tandem.agent import Assistant
 from tandem.agent.api import TurnFinished
-from tandem.agent.events import TextDelta
+from tandem.agent.core.events import TextDelta
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.served import served
 

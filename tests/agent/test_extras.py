@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
+from tandem.agent.cli.main import app
 
 runner = CliRunner()
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
-from tandem.agent.config import Settings
-from tandem.agent.context import TurnOptions
+from tandem.agent.cli.main import app
+from tandem.agent.core.config import Settings
+from tandem.agent.turn.build import TurnOptions
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
 from tests.support.repl import drive_repl
 
@@ -152,7 +152,7 @@ def test_a_server_without_the_responses_api_is_named_as_such(env: dict[str, str]
 
 @pytest.fixture
 def nothing_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tandem.agent import backbones
+    from tandem.agent.backbones import base as backbones
 
     monkeypatch.delenv('OPENAI_API_KEY', raising=False)
     monkeypatch.delenv('OPENAI_BASE_URL', raising=False)
@@ -163,7 +163,7 @@ def nothing_configured(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_with_no_model_the_repl_runs_no_agent_and_names_models_pull(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tandem.agent import repl
+    from tandem.agent.cli import repl
 
     async def no_agent(*args: object, **kwargs: object) -> None:
         raise AssertionError('an agent ran with no model')

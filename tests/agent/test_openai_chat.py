@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tandem.agent.config import BackboneConfig
-from tandem.agent.deps import Deps
-from tandem.agent.events import TextDelta, ToolCallFinished, TurnEvent
-from tandem.agent.runtime import run_turn
+from tandem.agent.core.config import BackboneConfig
+from tandem.agent.core.events import TextDelta, ToolCallFinished, TurnEvent
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import run_turn
 from tests.support.deps import make_deps
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
 
@@ -84,7 +84,7 @@ def test_a_second_process_sends_the_stored_history_instructions_and_tools(
 
 
 def _openai_deps(redis: Redis, server: FakeOpenAI, home: Path) -> Deps:
-    from tandem.agent.backbones import backbone_from_config
+    from tandem.agent.backbones.base import backbone_from_config
 
     backbone = backbone_from_config('local', BackboneConfig(model='openai-chat:tiny-chat', base_url=server.url))
     deps = make_deps(redis, backbone.model, home=home)
@@ -110,8 +110,8 @@ async def test_streaming_with_a_tool_call_over_http(redis: Redis, tmp_path: Path
 
 
 async def test_a_404_model_becomes_a_clear_error(redis: Redis, tmp_path: Path) -> None:
-    from tandem.agent.backbones import backbone_from_config
-    from tandem.agent.errors import BackboneError
+    from tandem.agent.backbones.base import backbone_from_config
+    from tandem.agent.core.errors import BackboneError
 
     with FakeOpenAI(models=['other']) as server:
         deps = _openai_deps(redis, server, tmp_path)
@@ -122,8 +122,8 @@ async def test_a_404_model_becomes_a_clear_error(redis: Redis, tmp_path: Path) -
 
 
 async def test_a_server_without_the_responses_api_says_which_api_it_lacks(redis: Redis, tmp_path: Path) -> None:
-    from tandem.agent.backbones import backbone_from_config
-    from tandem.agent.errors import BackboneError
+    from tandem.agent.backbones.base import backbone_from_config
+    from tandem.agent.core.errors import BackboneError
 
     with FakeOpenAI(models=['tiny-chat']) as server:  # like vLLM or Ollama: chat completions only
         deps = _openai_deps(redis, server, tmp_path)

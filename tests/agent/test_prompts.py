@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tandem.agent.errors import PromptError
-from tandem.agent.prompts import PromptLibrary
+from tandem.agent.core.errors import PromptError
+from tandem.agent.core.prompts import PromptLibrary
 
 VARIABLES = {'date': '2026-11-28', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
 

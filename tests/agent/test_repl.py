@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tandem.agent.config import Settings
-from tandem.agent.context import TurnOptions
+from tandem.agent.core.config import Settings
+from tandem.agent.turn.build import TurnOptions
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
 from tests.support.repl import drive_repl
 

@@ -13,10 +13,10 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Syst
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.errors import TandemError
-from tandem.agent.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
-from tandem.agent.runtime import run_turn
-from tandem.agent.transcript import render_transcript
+from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from tandem.agent.turn.run import run_turn
 from tests.support.deps import make_deps
 from tests.support.scripted import call, scripted_model
 

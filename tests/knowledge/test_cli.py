@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
+from tandem.agent.cli.main import app
 from tests.knowledge.conftest import make_pdf, write_tree
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.memory.ingest import (
+from tandem.memory.knowledge.ingest import (
     Block,
     IngestOptions,
     Ingestor,
@@ -21,8 +21,8 @@ from tandem.memory.ingest import (
     parse_document,
     token_counter,
 )
-from tandem.memory.knowledge import KnowledgeBase
-from tandem.memory.retrieval import Bm25Retriever
+from tandem.memory.knowledge.retrieval import Bm25Retriever
+from tandem.memory.knowledge.store import KnowledgeBase
 from tests.knowledge.conftest import make_pdf, write_tree
 from tests.support.loopback_http import LoopbackHTTPServer, html_reply, text_reply
 

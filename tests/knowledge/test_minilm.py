@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tandem.memory.minilm import MiniLMEncoder
+from tandem.memory.knowledge.minilm import MiniLMEncoder
 from tests.knowledge.conftest import needs_local_embeddings
 
 pytestmark = needs_local_embeddings
@@ -53,7 +53,7 @@ def test_texts_are_cut_at_256_tokens_as_sentence_transformers_does(encoder: Mini
 async def test_the_local_embedder_needs_no_pytorch(tmp_path: Path) -> None:
     import sys
 
-    from tandem.memory.retrieval import local_embedder
+    from tandem.memory.knowledge.retrieval import local_embedder
 
     vector = await local_embedder().embed_query(REFERENCE['texts'][0])
     assert np.abs(vector - np.asarray(REFERENCE['vectors'][0], dtype=np.float32)).max() < 1e-5

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-import tandem.memory.retrieval as retrieval
+import tandem.memory.knowledge.retrieval as retrieval
 from tandem.memory.connection import connect
-from tandem.memory.ingest import IngestOptions, Ingestor
-from tandem.memory.knowledge import EmbeddingModelMismatch, KnowledgeBase, document_id
-from tandem.memory.retrieval import (
+from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
+from tandem.memory.knowledge.retrieval import (
     Bm25Retriever,
     DenseRetriever,
     HybridRetriever,
@@ -25,6 +24,7 @@ from tandem.memory.retrieval import (
     query_engine_available,
     reciprocal_rank_fusion,
 )
+from tandem.memory.knowledge.store import EmbeddingModelMismatch, KnowledgeBase, document_id
 from tests.knowledge.conftest import write_tree
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.loopback_http import free_port

@@ -10,11 +10,11 @@ import bm25s
 import pytest
 from redis.asyncio import Redis
 
-import tandem.memory.retrieval as retrieval
+import tandem.memory.knowledge.retrieval as retrieval
 from tandem.memory.connection import connect
-from tandem.memory.ingest import IngestOptions, Ingestor
-from tandem.memory.knowledge import KnowledgeBase, document_id, list_knowledge_bases
-from tandem.memory.retrieval import Bm25Index, Bm25Retriever, bm25_terms
+from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
+from tandem.memory.knowledge.retrieval import Bm25Index, Bm25Retriever, bm25_terms
+from tandem.memory.knowledge.store import KnowledgeBase, document_id, list_knowledge_bases
 from tests.conftest import RedisTestServer
 from tests.knowledge.conftest import write_tree
 

@@ -1,4 +1,4 @@
-"""Deps with long-term memory wired in the way `agent.context.build_deps` wires it, around a scripted model."""
+"""Deps with long-term memory wired in the way `agent.turn.build.build_deps` wires it, around a scripted model."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
 
-from tandem.agent.deps import Deps
-from tandem.agent.memory_context import MemoryContext, fact_store_for
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.providers.memory import MemoryContext, fact_store_for
 from tandem.memory.facts import FactStore
 from tandem.tools.memory_tools import plugin as memory_plugin
 from tests.support.deps import make_deps

@@ -21,10 +21,10 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.deps import Deps
-from tandem.agent.runtime import run_turn
-from tandem.agent.transcript import render_transcript
-from tandem.memory.compaction import SummaryState, count_message_tokens, load_summary
+from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.turn.compaction import SummaryState, count_message_tokens, load_summary
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import run_turn
 from tandem.memory.keys import session_summary_key
 from tests.support.deps import make_deps
 
@@ -216,7 +216,7 @@ async def test_the_summary_expires_with_the_session(redis: Redis, tmp_path: Path
 def test_inconsistent_budgets_are_refused(tmp_path: Path, settings: dict[str, Any], error: str) -> None:
     from pydantic import ValidationError
 
-    from tandem.agent.config import Settings
+    from tandem.agent.core.config import Settings
 
     with pytest.raises(ValidationError, match=error):
         Settings(home=tmp_path, memory=settings)  # type: ignore[arg-type]

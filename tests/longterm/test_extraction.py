@@ -9,8 +9,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.extraction import wait_for_extractions
-from tandem.agent.runtime import run_turn
+from tandem.agent.turn.extraction import wait_for_extractions
+from tandem.agent.turn.run import run_turn
 from tandem.memory.facts import FactStore
 from tests.longterm.helpers import injection_site, memory_deps
 from tests.support.scripted import Script, call, scripted_model

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from tandem.agent.approvals import ApprovalRequest
-from tandem.agent.runtime import run_turn
-from tandem.agent.transcript import render_transcript
+from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.turn.approvals import ApprovalRequest
+from tandem.agent.turn.run import run_turn
 from tandem.memory.facts import FactStore
 from tests.longterm.helpers import injection_site, memory_deps
 from tests.support.scripted import call, scripted_model

@@ -12,9 +12,9 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
-from tandem.agent.config import Settings
-from tandem.agent.context import TurnOptions
+from tandem.agent.cli.main import app
+from tandem.agent.core.config import Settings
+from tandem.agent.turn.build import TurnOptions
 from tandem.memory.connection import connect
 from tandem.memory.facts import FactStore
 from tests.support.fake_openai import FakeOpenAI, Text

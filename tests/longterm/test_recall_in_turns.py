@@ -8,11 +8,11 @@ from pathlib import Path
 from pydantic_ai.messages import ModelRequest
 from redis.asyncio import Redis
 
-from tandem.agent.approvals import ApprovalRequest
-from tandem.agent.config import Settings
-from tandem.agent.memory_context import MemoryContext
-from tandem.agent.runtime import run_turn
-from tandem.memory.compaction import default_counter
+from tandem.agent.core.config import Settings
+from tandem.agent.turn.approvals import ApprovalRequest
+from tandem.agent.turn.compaction import default_counter
+from tandem.agent.turn.providers.memory import MemoryContext
+from tandem.agent.turn.run import run_turn
 from tandem.memory.facts import FactStore
 from tandem.tools.memory_tools import memory_toolset
 from tandem.tools.registry import has_side_effects
@@ -180,7 +180,7 @@ async def test_the_tools_refuse_secrets_and_bad_ids_and_declare_side_effects(red
 
 
 async def test_build_deps_wires_memory_for_every_front_end(redis: Redis, tmp_path: Path) -> None:
-    from tandem.agent.context import TurnOptions, build_deps
+    from tandem.agent.turn.build import TurnOptions, build_deps
 
     model, _ = scripted_model()
     backbone = scripted_backbone(model)

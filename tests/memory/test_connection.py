@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.agent.errors import ConfigError, RedisUnavailableError
+from tandem.agent.core.errors import ConfigError, RedisUnavailableError
 from tandem.memory.connection import connect, mask_url
 from tandem.memory.conversations import RedisConversationStore
 from tests.conftest import RedisTestServer

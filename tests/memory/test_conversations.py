@@ -30,7 +30,7 @@ from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RequestUsage, RunUsage
 from redis.asyncio import Redis
 
-from tandem.agent.errors import RedisUnavailableError
+from tandem.agent.core.errors import RedisUnavailableError
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore, SessionNotFoundError
 from tandem.memory.keys import SessionKeys, sessions_index_key

@@ -10,7 +10,7 @@ from pydantic_ai.conversation import Conversation
 from pydantic_ai.conversation_store import ConversationRecord
 from redis.crc import key_slot
 
-from tandem.agent.errors import InvalidIdError, TandemError
+from tandem.agent.core.errors import InvalidIdError, TandemError
 from tandem.memory.conversations import RedisConversationStore
 from tandem.memory.keys import SessionKeys, session_key, sessions_index_key, tenant_key, user_key, validate_id
 

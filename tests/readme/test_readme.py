@@ -44,7 +44,7 @@ BIN = Path(sys.executable).parent
 # their shape. Keyed by README and the block's first line.
 NOT_COMMANDS: dict[tuple[str, str], str] = {
     ('README.md', '$ make chat'): 'a REPL transcript (tests/agent/test_repl.py drives the REPL)',
-    ('README.md', 'front ends     agent/cli.py + cli_*.py (typer) · agent/repl.py (prompt-toolkit + rich)'): (
+    ('README.md', 'front ends     agent/cli/main.py + cli_*.py (typer) · agent/cli/repl.py (prompt-toolkit + rich)'): (
         'an architecture diagram'
     ),
     ('scenarios/README.md', 'scenarios/calc.yaml:9:7: turns[0].expect.max_tool_call: unknown key; did you mean '
@@ -290,8 +290,8 @@ def _run_openai_client_example(block: Block, sandbox: Sandbox) -> None:
 
 def _run_scenarios_api_example(block: Block, sandbox: Sandbox) -> None:
     """The Python API of `tandem run`, with the names the block leaves to the reader."""
-    from tandem.agent.backbones import backbone_from_config
-    from tandem.agent.config import BackboneConfig, load_settings
+    from tandem.agent.backbones.base import backbone_from_config
+    from tandem.agent.core.config import BackboneConfig, load_settings
     from tandem.memory.connection import connect
 
     def backbone(name: str) -> Any:
@@ -321,7 +321,7 @@ def _run_scenarios_api_example(block: Block, sandbox: Sandbox) -> None:
 def _run_toml(block: Block, sandbox: Sandbox) -> None:
     data = tomllib.loads(block.text)
     if block.first_line == '# tandem.toml':
-        from tandem.agent.config import load_settings
+        from tandem.agent.core.config import load_settings
 
         Path('tandem.toml').write_text(sandbox.substitute(block.text))
         settings = load_settings()
@@ -330,8 +330,8 @@ def _run_toml(block: Block, sandbox: Sandbox) -> None:
         plugin = tomllib.loads((ROOT / 'tests/plugins/tandem_example_plugin/pyproject.toml').read_text())
         assert data['project']['entry-points'] == plugin['project']['entry-points']
     elif '[[server.api_keys]]' in block.text:
-        from tandem.agent.config import load_settings
-        from tandem.agent.server import load_api_keys
+        from tandem.agent.core.config import load_settings
+        from tandem.agent.server.app import load_api_keys
 
         digest = hashlib.sha256(b'sk-readme').hexdigest()
         config = Path('keys.toml')
@@ -346,7 +346,7 @@ def _run_toml(block: Block, sandbox: Sandbox) -> None:
 
 
 def _run_jinja(block: Block, sandbox: Sandbox) -> None:
-    from tandem.agent.prompts import PromptLibrary
+    from tandem.agent.core.prompts import PromptLibrary
 
     folder = sandbox.root / 'my-prompts' / 'assistant'
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.agent.config import Settings
+from tandem.agent.core.config import Settings
 from tandem.tools.registry import ToolsetPlugin, discover_plugins
 
 STARTER = Path(__file__).resolve().parents[2] / 'scenarios'

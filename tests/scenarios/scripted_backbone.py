@@ -15,7 +15,7 @@ reasons when an ingredient is ablated:
   output, or must not when the rubric says "not" or "never" before it.
 
 Expose it as a backbone with `scripted_backbone()`; the runner and `tandem run` take it like any other
-(`run_suite(..., backbones=[scripted_backbone()])`, or `agent.cli_run.injected_backbones` for the CLI).
+(`run_suite(..., backbones=[scripted_backbone()])`, or `agent.cli.run.injected_backbones` for the CLI).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from tandem.agent.backbones import Backbone
-from tandem.agent.config import BackboneConfig
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig
 
 __all__ = ['judge_backbone', 'policy', 'scripted_backbone', 'scripted_model']
 

@@ -21,10 +21,10 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import ModelRequestParameters
 from redis.asyncio import Redis
 
-from tandem.agent.backbones import Backbone, backbone_from_config
-from tandem.agent.config import BackboneConfig, Settings
-from tandem.agent.errors import TandemError
-from tandem.agent.events import TextDelta
+from tandem.agent.backbones.base import Backbone, backbone_from_config
+from tandem.agent.core.config import BackboneConfig, Settings
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.events import TextDelta
 from tandem.agent.scenarios.cassettes import CASSETTE_FORMAT, Cassettes, normalize_request, request_key
 from tandem.agent.scenarios.results import SuiteReport
 from tandem.agent.scenarios.runner import run_scenario, run_suite

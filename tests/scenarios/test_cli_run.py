@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
-from tandem.agent.cli_run import injected_backbones
+from tandem.agent.cli.main import app
+from tandem.agent.cli.run import injected_backbones
 from tests.scenarios.conftest import WriteScenario
 from tests.scenarios.scripted_backbone import judge_backbone, scripted_backbone
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts

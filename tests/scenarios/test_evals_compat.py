@@ -25,8 +25,8 @@ from pydantic_evals import Case, Dataset
 from pydantic_evals.evaluators import EvaluationReason, EvaluatorContext, LLMJudge
 from pydantic_evals.otel import SpanTree
 
-from tandem.agent.backbones import Backbone
-from tandem.agent.config import BackboneConfig
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig
 from tandem.agent.scenarios.cassettes import Cassettes
 from tandem.agent.scenarios.expectations import judge_answer
 from tandem.agent.scenarios.schema import Judge

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.agent.context import TurnOptions
+from tandem.agent.turn.build import TurnOptions
 from tests.agent.test_repl import _drive, _settings, script
 from tests.scenarios.conftest import WriteScenario
 from tests.support.fake_openai import FakeOpenAI

@@ -14,13 +14,13 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 from rich.console import Console
 
-from tandem.agent.config import Settings
-from tandem.agent.deps import Deps
+from tandem.agent.core.config import Settings
 from tandem.agent.scenarios.isolation import ScenarioSetupError, seed_scenario
 from tandem.agent.scenarios.report import print_report, write_html, write_json, write_junit
 from tandem.agent.scenarios.results import SuiteReport
 from tandem.agent.scenarios.runner import parse_ablations, run_suite
 from tandem.agent.scenarios.schema import Scenario, load_scenario, load_scenarios
+from tandem.agent.turn.deps import Deps
 from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import STARTER, WriteScenario
 from tests.scenarios.scripted_backbone import judge_backbone, scripted_backbone

@@ -14,9 +14,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.config import Settings
-from tandem.agent.deps import Deps
-from tandem.agent.errors import TandemError
+from tandem.agent.core.config import Settings
+from tandem.agent.core.errors import TandemError
 from tandem.agent.scenarios.isolation import ScenarioSetupError, count_namespace, delete_namespace, seed_scenario
 from tandem.agent.scenarios.results import ScenarioRun
 from tandem.agent.scenarios.runner import (
@@ -30,6 +29,7 @@ from tandem.agent.scenarios.runner import (
     run_suite,
 )
 from tandem.agent.scenarios.schema import Scenario, ScenarioFileError, load_scenario, load_scenarios
+from tandem.agent.turn.deps import Deps
 from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import STARTER, WriteScenario
 from tests.scenarios.scripted_backbone import scripted_backbone

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from tandem.agent.config import Settings
+from tandem.agent.core.config import Settings
 from tandem.agent.scenarios.runner import run_suite
 from tandem.agent.scenarios.schema import load_scenarios
 from tandem.tools.registry import ToolsetPlugin

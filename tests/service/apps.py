@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from tandem.agent.server import worker_app
+from tandem.agent.server.app import worker_app
 from tests.support.deps import scripted_backbone
 
 

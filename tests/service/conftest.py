@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from pydantic_ai.models import Model
 
-from tandem.agent.config import ApiKeyConfig, ServerConfig, Settings
-from tandem.agent.server import create_app
+from tandem.agent.core.config import ApiKeyConfig, ServerConfig, Settings
+from tandem.agent.server.app import create_app
 from tests.support.deps import scripted_backbone
 
 KEY_A = 'sk-acme-0123456789'

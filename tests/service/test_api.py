@@ -16,11 +16,11 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from tandem import agent
 from tandem.agent import Assistant
 from tandem.agent.api import SessionExistsError, TurnFinished
-from tandem.agent.config import LimitsConfig, Settings
-from tandem.agent.errors import TandemError
-from tandem.agent.events import TextDelta, ToolCallFinished, ToolCallStarted
-from tandem.agent.runtime import TurnUsage
-from tandem.agent.transcript import render_transcript
+from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.core.config import LimitsConfig, Settings
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted
+from tandem.agent.turn.run import TurnUsage
 from tandem.memory.conversations import SessionNotFoundError
 from tests.support.deps import scripted_backbone
 from tests.support.scripted import call, scripted_model

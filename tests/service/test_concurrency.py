@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from tandem.agent.server import create_app
+from tandem.agent.server.app import create_app
 from tests.conftest import RedisTestServer
 from tests.service.conftest import AUTH_A, MakeApp, asgi, service_settings
 from tests.support.deps import scripted_backbone

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tandem.agent.config import ApiKeyConfig, BackboneConfig, ServerConfig, Settings
-from tandem.agent.server import create_app
+from tandem.agent.core.config import ApiKeyConfig, BackboneConfig, ServerConfig, Settings
+from tandem.agent.server.app import create_app
 from tests.conftest import RedisTestServer
 from tests.service.conftest import AUTH_A, KEY_A, MakeApp, asgi
 from tests.support.fake_openai import FakeOpenAI

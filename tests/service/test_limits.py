@@ -11,7 +11,7 @@ import pytest
 from dirty_equals import IsStr
 from redis.asyncio import Redis
 
-from tandem.agent.transcript import render_transcript
+from tandem.agent.cli.transcript import render_transcript
 from tandem.memory.keys import rate_limit_key
 from tests.service.conftest import AUTH_A, AUTH_B, KEY_A, KEY_B, MakeApp, asgi
 from tests.support.scripted import scripted_model

@@ -8,7 +8,7 @@ import redis as sync_redis
 from dirty_equals import IsInt, IsStr
 from pydantic_ai.messages import ModelRequest, ModelResponse, SystemPromptPart, ToolReturnPart, UserPromptPart
 
-from tandem.agent.transcript import render_transcript
+from tandem.agent.cli.transcript import render_transcript
 from tests.service.conftest import KEY_A, MakeApp, live
 from tests.support.scripted import call, scripted_model
 

@@ -27,7 +27,7 @@ def test_two_workers_share_sessions_through_redis_and_stop_cleanly(redis_url: st
     }
 
     def command(port: int) -> list[str]:
-        code = f"from tandem.agent.cli_serve import serve; serve('127.0.0.1', {port}, workers=2, factory='tests.service.apps:echo_app')"
+        code = f"from tandem.agent.cli.serve import serve; serve('127.0.0.1', {port}, workers=2, factory='tests.service.apps:echo_app')"
         return [sys.executable, '-c', code]
 
     with served(command, env=env, cwd=tmp_path, ready_path='/readyz') as server:

@@ -9,11 +9,11 @@ from typing import Any
 from pydantic_ai.models import Model
 from redis.asyncio import Redis
 
-from tandem.agent.approvals import Approver
-from tandem.agent.backbones import Backbone
-from tandem.agent.config import BackboneConfig, Settings
-from tandem.agent.deps import Deps, Identity
-from tandem.agent.prompts import PromptLibrary
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import BackboneConfig, Settings
+from tandem.agent.core.prompts import PromptLibrary
+from tandem.agent.turn.approvals import Approver
+from tandem.agent.turn.deps import Deps, Identity
 from tandem.memory.conversations import RedisConversationStore
 from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 

@@ -13,9 +13,9 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from tandem.agent.config import Settings
-from tandem.agent.context import TurnOptions
-from tandem.agent.repl import run_repl
+from tandem.agent.cli.repl import run_repl
+from tandem.agent.core.config import Settings
+from tandem.agent.turn.build import TurnOptions
 
 
 async def drive_repl(

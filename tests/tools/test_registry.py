@@ -19,7 +19,7 @@ from inline_snapshot import snapshot
 from pydantic_ai import FunctionToolset
 from pydantic_ai.tools import ToolDefinition
 
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 from tandem.tools import calculator, clock, knowledge, memory_tools, web
 from tandem.tools.registry import (
     ENTRY_POINT_GROUP,

@@ -32,7 +32,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.deps import Deps, TurnState
+from tandem.agent.turn.deps import Deps, TurnState
 from tandem.tools.untrusted import wrap_untrusted
 from tandem.tools.web import DEFAULT_MAX_BYTES, WebTools, make_web_toolset, plugin, web_status
 from tests.support.deps import make_deps
@@ -96,7 +96,7 @@ class _Settings:
 
 @dataclass
 class _Deps:
-    """The parts of `agent.deps.Deps` the web tools read."""
+    """The parts of `agent.turn.deps.Deps` the web tools read."""
 
     settings: Any = field(default_factory=_Settings)
     turn: TurnState = field(default_factory=TurnState)

@@ -29,7 +29,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.deps import Deps, TurnState
+from tandem.agent.turn.deps import Deps, TurnState
 from tandem.tools._search import search_cache_key
 from tandem.tools.web import WebTools, make_web_toolset
 from tests.support.deps import make_deps
@@ -95,7 +95,7 @@ class _Identity:
 
 @dataclass
 class _Deps:
-    """The parts of `agent.deps.Deps` the web tools read."""
+    """The parts of `agent.turn.deps.Deps` the web tools read."""
 
     redis: Any = None
     identity: _Identity = field(default_factory=_Identity)

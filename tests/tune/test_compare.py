@@ -11,10 +11,10 @@ from pydantic_ai.usage import RequestUsage
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from tandem.agent.backbones import Backbone
-from tandem.agent.cli import app
-from tandem.agent.cli_run import injected_backbones
-from tandem.agent.config import BackboneConfig, Settings
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.cli.main import app
+from tandem.agent.cli.run import injected_backbones
+from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.scenarios.results import Cell, CellSummary, SuiteReport
 from tandem.agent.scenarios.schema import load_scenarios
 from tandem.agent.tune.compare import Arm, compare, render_markdown, verdict

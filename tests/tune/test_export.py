@@ -12,8 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
-from tandem.agent.runtime import run_turn, with_session
+from tandem.agent.cli.main import app
 from tandem.agent.tune.export import (
     ExportOptions,
     SessionQuery,
@@ -25,6 +24,7 @@ from tandem.agent.tune.export import (
 )
 from tandem.agent.tune.scrub import scrub_pii
 from tandem.agent.tune.validate import validate_file
+from tandem.agent.turn.run import run_turn, with_session
 from tandem.memory.connection import connect
 from tandem.tools.registry import discover_plugins
 from tests.support.deps import make_deps

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
-from tandem.agent.config import load_settings
+from tandem.agent.cli.main import app
+from tandem.agent.core.config import load_settings
 from tests.support.fake_openai import FakeFineTuning
 
 runner = CliRunner()
@@ -196,7 +196,7 @@ def test_the_live_view_shows_progress_metrics_and_the_latest_events() -> None:
     from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
     from rich.console import Console
 
-    from tandem.agent.cli_tune import _JobView
+    from tandem.agent.cli.tune import _JobView
     from tandem.agent.tune.jobs import JobUpdate
 
     job = FineTuningJob.model_validate(

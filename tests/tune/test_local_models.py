@@ -19,13 +19,9 @@ from openai import AsyncOpenAI
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from tandem.agent import backbones
-from tandem.agent.backbones import Backbone
-from tandem.agent.cli import app
-from tandem.agent.config import BackboneConfig
-from tandem.agent.errors import BackboneError
-from tandem.agent.events import TextDelta
-from tandem.agent.local_models import (
+from tandem.agent.backbones import base as backbones
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.backbones.llama_cpp import (
     InProcessTransport,
     LlamaCppResolver,
     StreamSplitter,
@@ -33,7 +29,11 @@ from tandem.agent.local_models import (
     parse_spec,
     parse_tool_calls,
 )
-from tandem.agent.runtime import run_turn
+from tandem.agent.cli.main import app
+from tandem.agent.core.config import BackboneConfig
+from tandem.agent.core.errors import BackboneError
+from tandem.agent.core.events import TextDelta
+from tandem.agent.turn.run import run_turn
 from tests.support.deps import make_deps
 from tests.tune.gguf_model import write_tiny_llama, write_tiny_lora
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent import backbones
-from tandem.agent.cli import app
-from tandem.agent.config import load_settings
-from tandem.agent.local_models import CATALOG, LlamaCppResolver
+from tandem.agent.backbones import base as backbones
+from tandem.agent.backbones.llama_cpp import CATALOG, LlamaCppResolver
+from tandem.agent.cli.main import app
+from tandem.agent.core.config import load_settings
 from tests.support.loopback_http import LoopbackHTTPServer, RecordedRequest, Reply, free_port, text_reply
 from tests.tune.gguf_model import write_tiny_llama
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
-from tandem.agent.config import BackboneConfig, load_settings
-from tandem.agent.errors import ConfigError
+from tandem.agent.cli.main import app
+from tandem.agent.core.config import BackboneConfig, load_settings
+from tandem.agent.core.errors import ConfigError
 from tandem.agent.tune.registry import backbone_table, config_target, local_backbone_config, register_backbone
 from tests.support.fake_openai import FakeOpenAI, ToolCall
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.agent.errors import TandemError
+from tandem.agent.core.errors import TandemError
 from tandem.agent.tune.scrub import BUILTIN_SCRUBBER, compose, load_scrubber, scrub_pii
 
 

@@ -10,7 +10,7 @@ import pytest
 import tiktoken
 from typer.testing import CliRunner
 
-from tandem.agent.cli import app
+from tandem.agent.cli.main import app
 from tandem.agent.tune.pricing import price_for
 from tandem.agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
 from tandem.agent.tune.validate import auto_epochs, validate_file

@@ -1,0 +1,1 @@
+"""The `tandem` command line and the REPL: a thin front end over the turn layer."""

@@ -1,0 +1,386 @@
+"""`tandem chat`: the interactive REPL. It renders runtime events; the turn itself is `run_turn`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.formatted_text import HTML
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.output import Output
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.markup import escape
+from rich.table import Table
+
+from tandem.agent.backbones import base as backbones
+from tandem.agent.cli.memory import MemoryCommands
+from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.core.config import Settings
+from tandem.agent.core.errors import BackboneError, TandemError
+from tandem.agent.core.events import TextDelta, ToolCallStarted, TurnEvent
+from tandem.agent.core.prompts import PromptLibrary
+from tandem.agent.core.turn_state import Citation
+from tandem.agent.turn.approvals import ApprovalRequest
+from tandem.agent.turn.build import TurnOptions, build_deps, open_redis
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.run import TurnUsage, new_session_id, run_turn, summarize_args, with_session
+from tandem.agent.turn.tool_status import tool_statuses
+
+HELP = """\
+/help              this help
+/new               start a new session
+/sessions          list your sessions
+/switch ID         continue session ID
+/backbone NAME     switch backbone, keeping the history
+/prompt NAME@V     switch prompt template
+/tools             tools and their status
+/usage             tokens and cost so far
+/history           this session's transcript
+/sources           the sources the last answer cited
+/memory            what is remembered about you
+/memory forget N   forget fact N of /memory (or all)
+/run FILE          run one scenario, showing each step (for debugging it)
+/exit              leave (or Ctrl-D)
+Enter sends; Alt-Enter (Esc then Enter) adds a line. Ctrl-C cancels the running turn."""
+
+
+class _TurnView:
+    """Renders one turn's events: tool calls as lines, the answer as live markdown."""
+
+    def __init__(self, console: Console):
+        self._console = console
+        self._text = ''
+        self._live: Live | None = None
+
+    def __call__(self, event: TurnEvent) -> None:
+        if isinstance(event, TextDelta):
+            self._text += event.text
+            if self._live is None:
+                self._live = Live(console=self._console, refresh_per_second=12, vertical_overflow='visible')
+                self._live.start()
+            self._live.update(Markdown(self._text))
+        elif isinstance(event, ToolCallStarted):
+            self._stop_live()
+            self._console.print(
+                f'[cyan]⚙ {escape(event.name)}[/]([dim]{escape(summarize_args(event.args))}[/]) …', highlight=False
+            )
+        else:
+            mark = '[green]✓[/]' if event.ok else '[red]✗[/]'
+            self._console.print(f'  {mark} {escape(event.name)} {event.duration_s * 1000:.0f} ms', highlight=False)
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._text = ''
+
+    def close(self) -> None:
+        """Stop the live display, leaving the answer on screen."""
+        self._stop_live()
+
+
+class Repl:
+    """One REPL: a prompt-toolkit session in front of `run_turn`."""
+
+    def __init__(
+        self,
+        deps: Deps,
+        settings: Settings,
+        *,
+        console: Console,
+        prompt_session: PromptSession[str],
+    ):
+        self.settings = settings
+        self.console = console
+        self.prompt_session = prompt_session
+        self.usage = TurnUsage()
+        self._view: _TurnView | None = None
+        self._confirm: PromptSession[str] = PromptSession(input=prompt_session.input, output=prompt_session.output)
+        self.deps = replace(deps, approver=self.approve)
+        self._memory_commands = MemoryCommands(console)
+        self._last_citations: dict[int, Citation] = {}
+        self._last_answer = ''
+        self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
+            '/help': self._help,
+            '/new': self._new,
+            '/sessions': self._sessions,
+            '/switch': self._switch,
+            '/backbone': self._backbone,
+            '/prompt': self._prompt,
+            '/tools': self._tools,
+            '/usage': self._usage,
+            '/history': self._history,
+            '/sources': self._sources,
+            '/memory': self._memory,
+            '/run': self._run_scenario,
+            '/exit': self._exit,
+            '/quit': self._exit,
+        }
+
+    def status_line(self) -> HTML:
+        """The bottom toolbar: backbone, prompt version and session."""
+        deps = self.deps
+        return HTML(
+            f' <b>{_escape(deps.backbone.name)}</b> · {_escape(deps.prompt.ref)} · session {_escape(deps.identity.session)}'
+            f' · {self.usage.total_tokens} tokens'
+        )
+
+    async def run(self) -> None:
+        """Read, run, print, until /exit or Ctrl-D."""
+        self.console.print(
+            f'[bold]Tandem[/] · {escape(self.deps.backbone.name)} · {escape(self.deps.prompt.ref)} · /help for commands'
+        )
+        while True:
+            try:
+                # A background error (a stale HTTP connection closing, say) must not take over the prompt.
+                line = await self.prompt_session.prompt_async(
+                    'you › ', bottom_toolbar=self.status_line, set_exception_handler=False
+                )
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                if text.startswith('/'):
+                    if not await self._command(text):
+                        return
+                else:
+                    await self._turn(text)
+            except TandemError as error:
+                self.console.print(f'[bold red]error:[/] {escape(str(error))}', highlight=False)
+
+    async def _command(self, text: str) -> bool:
+        name, _, argument = text.partition(' ')
+        handler = self._commands.get(name)
+        if handler is None:
+            self.console.print(f'unknown command {name}: /help lists them', highlight=False, markup=False)
+            return True
+        return await handler(argument.strip())
+
+    async def approve(self, request: ApprovalRequest) -> bool:
+        """Show a held tool call and ask whether it may run."""
+        if self._view is not None:
+            self._view.close()
+        self.console.print(
+            '[yellow]Untrusted content entered this turn; the model wants to run a tool with side effects:[/]'
+        )
+        self.console.print(f'  {request.describe()}', highlight=False, markup=False)
+        answer = await self._confirm.prompt_async('Allow it? [y/N] ', set_exception_handler=False)
+        approved = answer.strip().lower() in {'y', 'yes'}
+        self.console.print('allowed' if approved else 'denied; the model is told so')
+        return approved
+
+    def _refuse_without_model(self) -> bool:
+        """On the stand-in backbone of a REPL opened with no model, say how to get one, and run nothing."""
+        backbone = self.deps.backbone
+        if not isinstance(backbone, backbones.Unconfigured):
+            return False
+        self.console.print(backbone.reason, style='yellow', highlight=False, markup=False)
+        self.console.print(
+            'Nothing was sent. Get a model as above, then `/backbone NAME` or `/backbone PROVIDER:MODEL`.'
+        )
+        return True
+
+    async def _turn(self, text: str) -> None:
+        if self._refuse_without_model():
+            return
+        view = self._view = _TurnView(self.console)
+        task = asyncio.ensure_future(run_turn(self.deps, text, on_event=view))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            view.close()
+            if not task.cancelled():
+                raise
+            self.console.print('[yellow]turn cancelled; nothing from it was saved[/]')
+            return
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            view.close()
+            self._view = None
+        self.usage = self.usage + result.usage
+        self._last_citations, self._last_answer = dict(self.deps.turn.citations), result.answer
+
+    async def _help(self, _: str) -> bool:
+        self.console.print(HELP, highlight=False, markup=False)
+        return True
+
+    async def _new(self, _: str) -> bool:
+        self.deps = with_session(self.deps, new_session_id())
+        self.console.print(f'new session {self.deps.identity.session}', markup=False)
+        return True
+
+    async def _sessions(self, _: str) -> bool:
+        infos = await self.deps.conversations.list_sessions(user=self.deps.identity.user, limit=20)
+        table = Table('session', 'messages', 'updated')
+        for info in infos:
+            current = ' ←' if info.id == self.deps.identity.session else ''
+            table.add_row(info.id + current, str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+        self.console.print(table, markup=False)
+        return True
+
+    async def _switch(self, argument: str) -> bool:
+        from tandem.memory.keys import validate_id
+
+        if not argument:
+            raise TandemError('usage: /switch SESSION_ID (see /sessions)')
+        self.deps = with_session(self.deps, validate_id('session', argument))
+        count = await self.deps.conversations.message_count(argument)
+        self.console.print(f'switched to session {argument} ({count} messages)', markup=False)
+        return True
+
+    async def _backbone(self, argument: str) -> bool:
+        if not argument:
+            names = ', '.join(sorted(self.settings.backbones)) or 'none configured'
+            self.console.print(f'current: {self.deps.backbone.name}; configured: {names}', markup=False)
+            return True
+        backbone = backbones.configured(self.settings, argument)
+        self.deps = replace(self.deps, backbone=backbone)
+        self.console.print(f'backbone is now {backbone.name}; the history is kept', markup=False)
+        return True
+
+    async def _prompt(self, argument: str) -> bool:
+        library = PromptLibrary.default(self.settings.prompts_dir)
+        if not argument:
+            self.console.print(
+                f'current: {self.deps.prompt.ref}; available: {", ".join(library.names())}', markup=False
+            )
+            return True
+        self.deps = replace(self.deps, prompt=library.get(argument))
+        self.console.print(f'prompt is now {self.deps.prompt.ref}', markup=False)
+        return True
+
+    async def _tools(self, _: str) -> bool:
+        table = Table('toolset', 'tool', 'status', 'description')
+        selected = {plugin.name for plugin in self.deps.toolsets}
+        for row in await tool_statuses(self.settings):
+            status = row.status if row.toolset in selected else 'off'
+            table.add_row(row.toolset, row.tool, status, row.description)
+        self.console.print(table, markup=False)
+        return True
+
+    async def _usage(self, _: str) -> bool:
+        usage = self.usage
+        cost = f'${usage.cost_usd:.4f}' if usage.cost_usd is not None else 'unknown (no price for this backbone)'
+        self.console.print(
+            f'{usage.requests} requests · {usage.input_tokens} in + {usage.output_tokens} out = '
+            f'{usage.total_tokens} tokens · {usage.tool_calls} tool calls · cost {cost}',
+            highlight=False,
+        )
+        return True
+
+    async def _history(self, _: str) -> bool:
+        conversation = await self.deps.conversations.load(self.deps.identity.session, scope=self.deps.identity.user)
+        messages = conversation.messages if conversation is not None else []
+        if not messages:
+            self.console.print('(no messages yet)')
+        for line in render_transcript(messages):
+            self.console.print(line, highlight=False, markup=False)
+        return True
+
+    async def _sources(self, _: str) -> bool:
+        from tandem.agent.turn.providers.knowledge import sources_table
+
+        headline, table = sources_table(self._last_citations, self._last_answer)
+        self.console.print(headline, highlight=False, markup=False)
+        if table is not None:
+            self.console.print(table)  # its cells are escaped where they are made
+        return True
+
+    async def _memory(self, argument: str) -> bool:
+        await self._memory_commands.run(self.deps, argument)
+        return True
+
+    async def _run_scenario(self, argument: str) -> bool:
+        from tandem.agent.scenarios.console import run_file
+
+        if not argument:
+            raise TandemError('usage: /run FILE, a scenario file such as scenarios/calculator.yaml')
+        if self._refuse_without_model():
+            return True
+        task = asyncio.ensure_future(run_file(argument, self.deps, self.settings, self.console))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            self.console.print('[yellow]scenario cancelled; its namespace was deleted[/]')
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+        return True
+
+    async def _exit(self, _: str) -> bool:
+        return False
+
+
+def _escape(text: str) -> str:
+    return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+
+
+def _key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add('escape', 'enter')
+    def _newline(event: KeyPressEvent) -> None:  # pyright: ignore[reportUnusedFunction]
+        event.current_buffer.insert_text('\n')
+
+    return bindings
+
+
+def make_prompt_session(
+    settings: Settings, *, input: Input | None = None, output: Output | None = None
+) -> PromptSession[str]:
+    """A prompt-toolkit session with a history file in `TANDEM_HOME` (in memory for piped input)."""
+    history: Any = InMemoryHistory() if input is not None else FileHistory(str(settings.home / 'repl_history'))
+    return PromptSession(history=history, key_bindings=_key_bindings(), input=input, output=output, multiline=False)
+
+
+async def run_repl(
+    settings: Settings,
+    options: TurnOptions,
+    *,
+    input: Input | None = None,
+    output: Output | None = None,
+    console: Console | None = None,
+) -> None:
+    """Open Redis, build `Deps`, and run the REPL until the user leaves."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    async with open_redis(settings) as redis:
+        console = console or Console()
+        session = options.session or new_session_id()
+        try:
+            deps = await build_deps(settings, redis, options, session=session)
+        except BackboneError as error:
+            # Open anyway: the person can pick a backbone with /backbone once they have one.
+            console.print(str(error), style='yellow', highlight=False, markup=False)
+            console.print('The REPL is open; `/backbone NAME` or `/backbone PROVIDER:MODEL` picks a model.')
+            deps = await build_deps(
+                settings, redis, options, session=session, backbone=backbones.unconfigured(str(error))
+            )
+        repl = Repl(
+            deps,
+            settings,
+            console=console,
+            prompt_session=make_prompt_session(settings, input=input, output=output),
+        )
+        await repl.run()

@@ -1,0 +1,1 @@
+"""`tandem serve`: the OpenAI-compatible HTTP service."""

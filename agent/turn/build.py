@@ -1,0 +1,109 @@
+"""Building `Deps` from settings: what every front end does before calling the runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+from redis.asyncio import Redis
+
+from tandem.agent.backbones import base as backbones
+from tandem.agent.backbones.base import Backbone
+from tandem.agent.core.config import Settings
+from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
+from tandem.agent.turn.builder import AgentFactory
+from tandem.agent.turn.deps import Deps, Identity
+from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, knowledge_retriever
+from tandem.agent.turn.providers.memory import MemoryContext, fact_store_for
+from tandem.memory.connection import connect
+from tandem.memory.conversations import RedisConversationStore
+from tandem.memory.keys import validate_id
+from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """What a front end may choose per command: every field falls back to the settings."""
+
+    session: str | None = None
+    user: str | None = None
+    tenant: str | None = None
+    backbone: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    tools: Sequence[str] | None = None
+
+
+def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[ToolsetPlugin]:
+    """The tool plugins a turn gets: `names`, else the config's `tools`, else every installed one."""
+    available = discover_plugins()
+    wanted = names if names is not None else settings.tools
+    return select(wanted, available)
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
+    """A Redis client for `settings`, closed on exit; starts the embedded server when no URL is set."""
+    url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+    client = await connect(url, home=settings.home)
+    try:
+        yield client
+    finally:
+        from tandem.agent.turn.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+
+        await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # memory.extract runs after the answer
+        await client.aclose()
+
+
+@asynccontextmanager
+async def open_conversations(settings: Settings) -> AsyncGenerator[RedisConversationStore]:
+    """The settings' tenant's conversation store, its Redis client closed on exit."""
+    tenant = validate_id('tenant', settings.tenant)
+    async with open_redis(settings) as redis:
+        yield RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds)
+
+
+async def build_deps(
+    settings: Settings,
+    redis: Redis,
+    options: TurnOptions,
+    *,
+    session: str,
+    agents: AgentFactory | None = None,
+    backbone: Backbone | None = None,
+    prompt: PromptTemplate | None = None,
+    toolsets: Sequence[ToolsetPlugin] | None = None,
+) -> Deps:
+    """`Deps` for one session, with ids validated before anything touches Redis.
+
+    Pass the same `agents` to every call in a long-running front end, so agents are built once;
+    such a front end may also pass the `backbone`, `prompt` and `toolsets` it resolved once, in
+    place of `options.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds).
+    """
+    tenant = validate_id('tenant', options.tenant or settings.tenant)
+    user = validate_id('user', options.user or settings.user)
+    session = validate_id('session', session)
+    if prompt is None:
+        prompt = PromptLibrary.default(settings.prompts_dir).get(options.prompt or settings.prompt)
+    if backbone is None:
+        backbone = await backbones.resolve(settings, name=options.backbone, model=options.model)
+    facts = fact_store_for(settings, redis)
+    return Deps(
+        settings=settings,
+        identity=Identity(tenant=tenant, user=user, session=session),
+        backbone=backbone,
+        prompt=prompt,
+        redis=redis,
+        conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
+        toolsets=selected_toolsets(settings, options.tools) if toolsets is None else toolsets,
+        agents=agents or AgentFactory(),
+        facts=facts,
+        retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),
+        context_providers=(*((MemoryContext(),) if facts is not None else ()), KnowledgeContextProvider()),
+    )
+
+
+def switch_backbone(deps: Deps, backbone: Backbone) -> Deps:
+    """The same session and history on another backbone."""
+    return replace(deps, backbone=backbone)

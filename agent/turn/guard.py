@@ -1,0 +1,106 @@
+"""A capability that bounds, times and logs model requests and tool calls, and records tool calls on the turn."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import ApprovalRequired, ModelRetry
+from pydantic_ai.messages import ModelResponse, ToolCallPart
+from pydantic_ai.tools import RunContext, ToolDefinition
+
+from tandem.agent.core.events import short
+from tandem.agent.core.log import get_logger
+from tandem.agent.core.turn_state import ToolCallRecord
+
+if TYPE_CHECKING:
+    from pydantic_ai.capabilities.abstract import (
+        RawToolArgs,
+        ValidatedToolArgs,
+        WrapModelRequestHandler,
+        WrapToolExecuteHandler,
+    )
+    from pydantic_ai.models import ModelRequestContext
+
+    from tandem.agent.turn.deps import Deps
+
+_log = get_logger('tandem.turn')
+
+
+class TurnGuard(AbstractCapability['Deps']):
+    """Logs each model request (latency, tokens) and tool call (duration, outcome); never message contents.
+
+    It also bounds every tool call, whichever toolset it comes from: oversized arguments are refused
+    before they are parsed, so the tool never runs on them; a call that outlives
+    `limits.tool_timeout_seconds` is cancelled, so an async tool's side effect never lands late.
+    Either way the model gets a tool error it can act on.
+    """
+
+    async def before_tool_validate(
+        self,
+        ctx: RunContext[Deps],
+        *,
+        call: ToolCallPart,
+        tool_def: ToolDefinition,
+        args: RawToolArgs,
+    ) -> RawToolArgs:
+        limit = ctx.deps.settings.limits.tool_argument_bytes
+        size = len(args.encode()) if isinstance(args, str) else len(json.dumps(args, default=str).encode())
+        if size > limit:
+            _log.warning('tool.arguments_too_large', tool=call.tool_name, bytes=size)
+            raise ModelRetry(f'The arguments to {call.tool_name} are {size} bytes; the limit is {limit}. Send less.')
+        return args
+
+    async def wrap_model_request(
+        self,
+        ctx: RunContext[Deps],
+        *,
+        request_context: ModelRequestContext,
+        handler: WrapModelRequestHandler,
+    ) -> ModelResponse:
+        started = time.perf_counter()
+        response = await handler(request_context)
+        _log.info(
+            'model.request',
+            model=response.model_name,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+        )
+        return response
+
+    async def wrap_tool_execute(
+        self,
+        ctx: RunContext[Deps],
+        *,
+        call: ToolCallPart,
+        tool_def: ToolDefinition,
+        args: ValidatedToolArgs,
+        handler: WrapToolExecuteHandler,
+    ) -> Any:
+        record = ctx.deps.turn.find_call(call.tool_call_id)
+        if record is None:  # a call resumed after approval keeps its record
+            record = ToolCallRecord(call_id=call.tool_call_id, name=call.tool_name, args=call.args_as_dict())
+            ctx.deps.turn.tool_calls.append(record)
+        started = time.perf_counter()
+        timeout = ctx.deps.settings.limits.tool_timeout_seconds
+        try:
+            try:
+                with anyio.fail_after(timeout):
+                    result = await handler(args)
+            except TimeoutError:
+                raise ModelRetry(f'{call.tool_name} timed out after {timeout:g} seconds and was cancelled.') from None
+        except ApprovalRequired:
+            record.ok, record.result = False, 'held for approval'
+            raise
+        except Exception as error:
+            record.ok, record.result = False, short(f'{type(error).__name__}: {error}', 200)
+            raise
+        finally:
+            record.duration_s = time.perf_counter() - started
+            _log.info('tool.call', tool=call.tool_name, duration_ms=round(record.duration_s * 1000, 1), ok=record.ok)
+        record.ok, record.result = True, short(result, 200)
+        return result

@@ -1,0 +1,1 @@
+"""Turn context providers: what fills the prompt's memory and retrieval slots before each turn."""

@@ -1,0 +1,309 @@
+"""The one runtime every front end calls: load history, run (streaming events), persist, report.
+
+The REPL, `tandem ask`, the HTTP service and the scenario runner differ only in how they build
+`Deps` and render the `TurnEvent`s; the turn itself always goes through `run_turn`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from pydantic_ai import exceptions as ai_errors
+from pydantic_ai.conversation import Conversation
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
+    ModelMessage,
+    ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+)
+from pydantic_ai.tools import RunContext
+from pydantic_ai.usage import RunUsage, UsageLimits
+
+from tandem.agent.core.errors import BackboneError, TandemError
+from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
+from tandem.agent.core.log import get_logger
+from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
+from tandem.agent.turn.extraction import schedule_extraction
+from tandem.agent.turn.persist import load_conversation, save_turn
+from tandem.agent.turn.prepare import render_instructions
+
+EventSink = Callable[[TurnEvent], Awaitable[None] | None]
+
+_log = get_logger('tandem.runtime')
+
+
+@dataclass(frozen=True)
+class TurnUsage:
+    """What one turn spent."""
+
+    requests: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    """`None` when the backbone's price is unknown."""
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: TurnUsage) -> TurnUsage:
+        cost = (
+            None if self.cost_usd is None and other.cost_usd is None else (self.cost_usd or 0) + (other.cost_usd or 0)
+        )
+        return TurnUsage(
+            requests=self.requests + other.requests,
+            tool_calls=self.tool_calls + other.tool_calls,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost_usd=cost,
+        )
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """The outcome of one turn."""
+
+    answer: str
+    session: str
+    backbone: str
+    prompt: str
+    run_id: str
+    usage: TurnUsage
+    duration_s: float
+    tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
+
+
+async def _emit(sink: EventSink | None, event: TurnEvent) -> None:
+    if sink is None:
+        return
+    outcome = sink(event)
+    if outcome is not None:
+        await outcome
+
+
+def _stream_handler(
+    sink: EventSink, deps: Deps
+) -> Callable[[RunContext[Deps], AsyncIterable[AgentStreamEvent]], Awaitable[None]]:
+    async def handle(ctx: RunContext[Deps], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async for event in events:
+            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart) and event.part.content:
+                await _emit(sink, TextDelta(event.part.content))
+            elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                if event.delta.content_delta:
+                    await _emit(sink, TextDelta(event.delta.content_delta))
+            elif isinstance(event, FunctionToolCallEvent):
+                part = event.part
+                await _emit(sink, ToolCallStarted(part.tool_call_id, part.tool_name, part.args_as_dict()))
+            elif isinstance(event, FunctionToolResultEvent):
+                part = event.part
+                record = deps.turn.find_call(part.tool_call_id)
+                await _emit(
+                    sink,
+                    ToolCallFinished(
+                        call_id=part.tool_call_id,
+                        name=part.tool_name,
+                        duration_s=record.duration_s if record else 0.0,
+                        ok=part.outcome == 'success',
+                        result=short(part.model_response_str(wrap_if_error=False), 200),
+                    ),
+                )
+
+    return handle
+
+
+def _turn_usage(deps: Deps, responses: list[ModelResponse]) -> TurnUsage:
+    input_tokens = sum(response.usage.input_tokens for response in responses)
+    output_tokens = sum(response.usage.output_tokens for response in responses)
+    return TurnUsage(
+        requests=len(responses),
+        tool_calls=len(deps.turn.tool_calls),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=_cost(deps, responses, input_tokens, output_tokens),
+    )
+
+
+def _cost(deps: Deps, responses: list[ModelResponse], input_tokens: int, output_tokens: int) -> float | None:
+    config = deps.backbone.config
+    if config.input_price_per_mtok is not None and config.output_price_per_mtok is not None:
+        return (input_tokens * config.input_price_per_mtok + output_tokens * config.output_price_per_mtok) / 1e6
+    total = Decimal(0)
+    for response in responses:
+        try:
+            total += response.cost().total_price
+        except Exception:  # noqa: BLE001 - genai-prices knows no price for local and fine-tuned models
+            return None
+    return float(total)
+
+
+def _not_found_message(deps: Deps, error: ai_errors.ModelNotFoundError) -> str:
+    """Tell "no such model" from "no such API": a server without the endpoint also answers 404."""
+    name, model = deps.backbone.name, deps.backbone.config.model
+    body = str(error.body or '').lower()
+    if 'model' in body:
+        return (
+            f'backbone {name!r}: the server does not know model {model!r} (HTTP 404): '
+            'check the model name; `tandem backbones` shows what each server lists.'
+        )
+    prefix, _, model_name = model.partition(':')
+    if prefix in ('openai', 'openai-responses'):
+        return (
+            f"backbone {name!r}: the server has no Responses API (POST /responses answered 404), which '{prefix}:' "
+            f"models use; OpenAI-compatible servers speak chat completions: use 'openai-chat:{model_name}'."
+        )
+    return (
+        f'backbone {name!r}: the server has no chat-completions API (POST /chat/completions answered 404): '
+        "check its base_url, which usually ends in '/v1'."
+    )
+
+
+def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
+    """The user-facing error for a model-side failure, or `None` to let it propagate."""
+    name = deps.backbone.name
+    if isinstance(error, ai_errors.ModelAuthenticationError):
+        key = deps.backbone.config.api_key_env or 'OPENAI_API_KEY'
+        return BackboneError(f'backbone {name!r} rejected the API key (HTTP 401): check {key}.')
+    if isinstance(error, ai_errors.ModelNotFoundError):
+        return BackboneError(_not_found_message(deps, error))
+    if isinstance(error, ai_errors.ModelConnectionError):
+        where = deps.backbone.config.base_url or 'the OpenAI API (or OPENAI_BASE_URL)'
+        return BackboneError(f'cannot reach backbone {name!r} at {where}: start the server or fix its base_url.')
+    if isinstance(error, ai_errors.ModelHTTPError):
+        return BackboneError(f'backbone {name!r} answered HTTP {error.status_code}: {short(error.body, 160)}')
+    if isinstance(error, ai_errors.ModelAPIError):
+        return BackboneError(f'backbone {name!r} failed: {short(str(error), 160)}')
+    if isinstance(error, ai_errors.UsageLimitExceeded):
+        limits = deps.settings.limits
+        # pydantic-ai names the limit it checked, which counts from the session's earlier turns.
+        over = [
+            f'the {name} of {value} per turn (limits.{setting})'
+            for name, setting, value in (
+                ('request_limit', 'requests', limits.requests),
+                ('tool_calls_limit', 'tool_calls', limits.tool_calls),
+                ('total_tokens_limit', 'total_tokens', limits.total_tokens),
+            )
+            if name in str(error)
+        ]
+        return TandemError(
+            f'turn stopped and not saved: it would exceed {" and ".join(over) or "its limits"}. '
+            'Raise the [limits] table in tandem.toml if it needs more.'
+        )
+    if isinstance(error, ai_errors.UnexpectedModelBehavior):
+        return BackboneError(f'backbone {name!r} misbehaved: {short(str(error), 160)}')
+    return None
+
+
+def usage_limits(deps: Deps, spent: RunUsage | None = None) -> UsageLimits:
+    """The per-turn limits from the config, on top of what the conversation had `spent` before the turn.
+
+    pydantic-ai checks the limits against the run's usage, which starts from the conversation's:
+    without the offset, a session would hit the per-turn limits after a few turns in all.
+    """
+    limits = deps.settings.limits
+    spent = spent or RunUsage()
+    return UsageLimits(
+        request_limit=spent.requests + limits.requests,
+        tool_calls_limit=spent.tool_calls + limits.tool_calls,
+        total_tokens_limit=spent.total_tokens + limits.total_tokens,
+    )
+
+
+async def run_turn(
+    deps: Deps, text: str, *, on_event: EventSink | None = None, history: Sequence[ModelMessage] | None = None
+) -> TurnResult:
+    """Run one turn of the session in `deps`: load its history, run, persist, report.
+
+    The turn is saved whole or not at all: a failure or a cancellation (Ctrl-C, a client that
+    disconnects) before the final save leaves the stored session as it was.
+
+    Args:
+        deps: Who the turn is for and what it runs on. Its `turn` state is replaced by a fresh one.
+        text: The user's message.
+        on_event: Called with text deltas and tool-call events as they happen; when given, the
+            model is asked to stream.
+        history: Run on these messages instead of the session's, and save nothing: a stateless
+            turn (the HTTP service's requests that name no session).
+
+    Raises:
+        TandemError: A user-facing failure (backbone, Redis, limits), with an actionable message.
+    """
+    run_id = str(uuid.uuid4())
+    deps.turn = TurnState(run_id=run_id)
+    identity = deps.identity
+    structlog.contextvars.bind_contextvars(
+        run_id=run_id, tenant=identity.tenant, user=identity.user, session=identity.session
+    )
+    started = time.perf_counter()
+    try:
+        _log.info('turn.start', backbone=deps.backbone.name, prompt=deps.prompt.ref)
+        if history is None:
+            conversation = await load_conversation(deps)
+        else:
+            conversation = Conversation(conversation_id=identity.session, messages=list(history))
+        agent, toolsets = deps.agents.get(deps)
+        try:
+            result = await agent.run(
+                text,
+                conversation=conversation,
+                deps=deps,
+                instructions=await render_instructions(deps, toolsets, text),
+                usage_limits=usage_limits(deps, conversation.usage),
+                event_stream_handler=_stream_handler(on_event, deps) if on_event is not None else None,
+                run_id=run_id,
+            )
+        except Exception as error:
+            mapped = _as_tandem_error(deps, error)
+            _log.warning('turn.failed', error=type(error).__name__)
+            if mapped is None:
+                raise
+            raise mapped from error
+        responses = [m for m in result.new_messages() if isinstance(m, ModelResponse)]
+        usage = _turn_usage(deps, responses)
+        run_usage = RunUsage(requests=usage.requests, tool_calls=usage.tool_calls)
+        for response in responses:
+            run_usage = run_usage + response.usage
+        if history is None:  # a stateless turn leaves nothing behind: no session, no facts
+            await save_turn(deps, result, run_usage)
+            schedule_extraction(deps, result)  # memory.extract: in the background, off the latency path
+        duration = time.perf_counter() - started
+        _log.info('turn.end', duration_ms=round(duration * 1000, 1), tokens=usage.total_tokens, tools=usage.tool_calls)
+        return TurnResult(
+            answer=result.output,
+            session=identity.session,
+            backbone=deps.backbone.name,
+            prompt=deps.prompt.ref,
+            run_id=run_id,
+            usage=usage,
+            duration_s=duration,
+            tool_calls=list(deps.turn.tool_calls),
+        )
+    finally:
+        structlog.contextvars.unbind_contextvars('run_id', 'tenant', 'user', 'session')
+
+
+def with_session(deps: Deps, session: str) -> Deps:
+    """A copy of `deps` for another session of the same user."""
+    return replace(deps, identity=replace(deps.identity, session=session), turn=TurnState())
+
+
+def new_session_id() -> str:
+    """A fresh session id: short, sortable by creation time, and valid as a Redis key part."""
+    return time.strftime('%Y%m%d-%H%M%S-') + uuid.uuid4().hex[:6]
+
+
+def summarize_args(args: dict[str, Any]) -> str:
+    """Tool arguments as a short one-liner for the REPL."""
+    return short(', '.join(f'{key}={value!r}' for key, value in args.items()), 60)

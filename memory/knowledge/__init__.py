@@ -1,0 +1,1 @@
+"""The knowledge base: documents stored in Redis, ingested, indexed and searched with citations."""
