@@ -15,6 +15,7 @@ No URL starts (or attaches to) the embedded server of the Tandem home; see `memo
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, cast
@@ -25,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry  # not redis.retry.Retry: that one cannot retry a coroutine
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tandem.agent.core.errors import ConfigError, RedisUnavailableError
@@ -99,10 +100,28 @@ class ServerReport:
     """Whether `FT.SEARCH` is there (Redis 8, Redis Stack), so vectors are searched in Redis."""
 
 
+_QUERY_ENGINE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+async def query_engine_available(redis: RedisClient) -> bool:
+    """Whether the server has the Redis Query Engine (`FT.SEARCH`): Redis 8, Redis Stack, or the
+    search module. Asked once per client. Always `False` on a Redis Cluster, whose search indexes
+    are per shard: there vectors are searched in process."""
+    if isinstance(redis, RedisCluster):
+        return False
+    known = _QUERY_ENGINE.get(redis)
+    if known is None:
+        try:
+            await redis.execute_command('FT._LIST')  # pyright: ignore[reportUnknownMemberType]
+            known = True
+        except ResponseError:
+            known = False
+        _QUERY_ENGINE[redis] = known
+    return known
+
+
 async def server_report(redis: RedisClient) -> ServerReport:
     """Ask a connected server what it is, how much memory and how many keys it holds, and its modules."""
-    from tandem.memory.knowledge.store import query_engine_available
-
     info: dict[str, Any] = await redis.info()  # pyright: ignore[reportUnknownMemberType]
     product = 'valkey' if 'valkey_version' in info else 'redis'
     version = str(info.get('valkey_version') or info.get('redis_version') or '?')

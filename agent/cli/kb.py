@@ -454,8 +454,9 @@ def kb_stats(
 
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
+        from tandem.memory.connection import query_engine_available
         from tandem.memory.knowledge.ingest import token_counter
-        from tandem.memory.knowledge.retrieval import Bm25Retriever, clear_index_cache, query_engine_available
+        from tandem.memory.knowledge.retrieval import Bm25Retriever, clear_index_cache
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:

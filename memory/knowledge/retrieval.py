@@ -40,8 +40,8 @@ from bm25s.stopwords import STOPWORDS_EN  # pyright: ignore[reportMissingTypeStu
 from redis.exceptions import ResponseError
 
 from tandem.agent.core.errors import TandemError
-from tandem.memory.connection import RedisClient
-from tandem.memory.knowledge.store import DocumentRecord, KbState, KnowledgeBase, query_engine_available
+from tandem.memory.connection import RedisClient, query_engine_available
+from tandem.memory.knowledge.store import DocumentRecord, KbState, KnowledgeBase
 
 if TYPE_CHECKING:
     from pydantic_ai.embeddings import EmbeddingModel
@@ -67,7 +67,6 @@ __all__ = (
     'local_embedder',
     'make_embedder',
     'openai_embedder',
-    'query_engine_available',
     'reciprocal_rank_fusion',
 )
 

@@ -33,7 +33,6 @@ import hashlib
 import json
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from tandem.agent.core.errors import TandemError
-from tandem.memory.connection import RedisClient
+from tandem.memory.connection import RedisClient, query_engine_available
 from tandem.memory.keys import KnowledgeKeys, knowledge_bases_key, knowledge_key, validate_id
 
 __all__ = (
@@ -59,7 +58,6 @@ __all__ = (
     'WriteConflict',
     'document_id',
     'list_knowledge_bases',
-    'query_engine_available',
 )
 
 CHUNK_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec')
@@ -685,26 +683,6 @@ class KnowledgeBase:
         # The registry lives in the tenant's slot, so it is written apart from the KB's own keys;
         # listing skips an entry whose KB has no `meta` (a crash between the two writes).
         await self.redis.hsetnx(self.keys.registry, self.keys.registry_field, str(int(time.time())))  # pyright: ignore[reportUnknownMemberType]
-
-
-_QUERY_ENGINE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-
-
-async def query_engine_available(redis: RedisClient) -> bool:
-    """Whether the server has the Redis Query Engine (`FT.SEARCH`): Redis 8, Redis Stack, or the
-    search module. Asked once per client. Always `False` on a Redis Cluster, whose search indexes
-    are per shard: there vectors are searched in process."""
-    if isinstance(redis, RedisCluster):
-        return False
-    known = _QUERY_ENGINE.get(redis)
-    if known is None:
-        try:
-            await redis.execute_command('FT._LIST')  # pyright: ignore[reportUnknownMemberType]
-            known = True
-        except ResponseError:
-            known = False
-        _QUERY_ENGINE[redis] = known
-    return known
 
 
 async def list_knowledge_bases(redis: RedisClient, *, tenant: str, user: str | None = None) -> list[KbInfo]:

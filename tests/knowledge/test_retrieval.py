@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 import tandem.memory.knowledge.retrieval as retrieval
-from tandem.memory.connection import connect
+from tandem.memory.connection import connect, query_engine_available
 from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
 from tandem.memory.knowledge.retrieval import (
     Bm25Retriever,
@@ -21,7 +21,6 @@ from tandem.memory.knowledge.retrieval import (
     HybridRetriever,
     VectorIndex,
     openai_embedder,
-    query_engine_available,
     reciprocal_rank_fusion,
 )
 from tandem.memory.knowledge.store import EmbeddingModelMismatch, KnowledgeBase, document_id
