@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tandem.agent.cli import _app as cli
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -37,12 +39,6 @@ KbUserOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option('--json', help='Print JSON on stdout.')]
 Mode = Literal['auto', 'bm25', 'dense', 'hybrid']
-
-
-def _cli() -> Any:
-    from tandem.agent.cli import main as cli
-
-    return cli
 
 
 def _kb_name(settings: Settings, name: str | None) -> str:
@@ -88,8 +84,7 @@ def ingest(
 
     Unchanged documents are skipped; changed ones replace their old chunks atomically.
     """
-    cli = _cli()
-    settings: Settings = cli._settings()
+    settings: Settings = cli.cli_settings()
 
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
@@ -129,7 +124,7 @@ def ingest(
         if report.missing_targets:
             raise typer.Exit(1)
 
-    cli._run(body)()
+    cli.async_command(body)()
 
 
 class _NoProgress:
@@ -146,7 +141,7 @@ class _ProgressBar:
         self._task: Any = None
 
     def __enter__(self) -> tuple[Any, Any]:
-        console = _cli()._err
+        console = cli.stderr
         if self._quiet or not console.is_terminal:
             return _NoProgress(), None
         self._progress = Progress(
@@ -182,11 +177,10 @@ class _ProgressBar:
 
 
 def _print_report(report: IngestReport, label: str, as_json: bool) -> None:
-    cli = _cli()
     if as_json:
         sys.stdout.write(json.dumps({'kb': label, **report.as_dict()}, indent=2) + '\n')
         return
-    err = cli._err
+    err = cli.stderr
     rate = f' ({report.chunks / report.seconds:.0f} chunks/s)' if report.seconds > 0 and report.chunks else ''
     status = '[yellow]interrupted[/] — ' if report.interrupted else ''
     removed = f', {report.removed} removed' if report.removed else ''
@@ -239,8 +233,7 @@ def kb_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List the knowledge bases: the tenant's shared ones, and a user's own with --user."""
-    cli = _cli()
-    settings: Settings = cli._settings()
+    settings: Settings = cli.cli_settings()
 
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
@@ -252,7 +245,7 @@ def kb_list(
             sys.stdout.write(json.dumps([_info_row(info) for info in infos], indent=2) + '\n')
             return
         if not infos:
-            cli._out.print('No knowledge bases yet: `tandem ingest PATH_OR_URL` creates one.')
+            cli.stdout.print('No knowledge bases yet: `tandem ingest PATH_OR_URL` creates one.')
             return
         table = Table('kb', 'docs', 'chunks', 'tokens', 'vectors', 'updated')
         for info in infos:
@@ -260,9 +253,9 @@ def kb_list(
             table.add_row(
                 escape(info.label), str(info.docs), str(info.chunks), str(info.tokens), vectors, info.updated_at
             )
-        cli._out.print(table)
+        cli.stdout.print(table)
 
-    cli._run(body)()
+    cli.async_command(body)()
 
 
 @kb_app.command('show')
@@ -273,8 +266,7 @@ def kb_show(
     as_json: JsonOpt = False,
 ) -> None:
     """List a knowledge base's documents: title, source, chunks, when ingested."""
-    cli = _cli()
-    settings: Settings = cli._settings()
+    settings: Settings = cli.cli_settings()
 
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
@@ -300,7 +292,7 @@ def kb_show(
             ]
             sys.stdout.write(json.dumps({**_info_row(info), 'documents': rows}, indent=2) + '\n')
             return
-        cli._err.print(
+        cli.stderr.print(
             f'[bold]{escape(base.label)}[/]: {info.docs} documents, {info.chunks} chunks, {info.tokens} tokens',
             highlight=False,
         )
@@ -309,11 +301,11 @@ def kb_show(
             table.add_row(
                 escape(record.title), escape(record.source), record.kind, str(len(record.chunks)), record.ingested_at
             )
-        cli._out.print(table)
+        cli.stdout.print(table)
         if len(records) > limit:
-            cli._err.print(f'… {len(records) - limit} more (--limit)', markup=False)
+            cli.stderr.print(f'… {len(records) - limit} more (--limit)', markup=False)
 
-    cli._run(body)()
+    cli.async_command(body)()
 
 
 @kb_app.command('search')
@@ -328,8 +320,7 @@ def kb_search(
     as_json: JsonOpt = False,
 ) -> None:
     """Search a knowledge base as the assistant would, and print the passages with their sources."""
-    cli = _cli()
-    settings: Settings = cli._settings()
+    settings: Settings = cli.cli_settings()
 
     async def body() -> None:
         from tandem.agent.core.errors import TandemError
@@ -360,24 +351,24 @@ def kb_search(
             rows = [{'n': n, **passage.__dict__} for n, passage in enumerate(passages, 1)]
             sys.stdout.write(json.dumps(rows, indent=2) + '\n')
             return
-        cli._err.print(
+        cli.stderr.print(
             f'{retriever.name} · {len(passages)} passages · {elapsed * 1000:.1f} ms', style='dim', markup=False
         )
         if not passages:
-            cli._out.print('No passage matches; try other words.')
+            cli.stdout.print('No passage matches; try other words.')
         for n, passage in enumerate(passages, 1):
             where = ' · '.join(
                 part for part in (passage.heading, f'page {passage.page}' if passage.page else '') if part
             )
-            cli._out.print(
+            cli.stdout.print(
                 f'[bold][{n}][/] {escape(passage.title)} [dim]— {escape(passage.source)}'
                 f'{" · " + escape(where) if where else ""} · {passage.score:.3f}[/]',
                 highlight=False,
             )
             snippet = ' '.join(passage.text.split())
-            cli._out.print(f'    {escape(snippet[:300])}{"…" if len(snippet) > 300 else ""}', highlight=False)
+            cli.stdout.print(f'    {escape(snippet[:300])}{"…" if len(snippet) > 300 else ""}', highlight=False)
 
-    cli._run(body)()
+    cli.async_command(body)()
 
 
 @kb_app.command('rm')
@@ -391,8 +382,7 @@ def kb_rm(
     yes: Annotated[bool, typer.Option('--yes', '-y', help='Remove a whole knowledge base without asking.')] = False,
 ) -> None:
     """Remove a knowledge base, or some of its documents; each document goes atomically."""
-    cli = _cli()
-    settings: Settings = cli._settings()
+    settings: Settings = cli.cli_settings()
 
     async def body() -> None:
         from tandem.agent.core.errors import TandemError
@@ -408,7 +398,7 @@ def kb_rm(
                     raise TandemError(
                         f'none of those documents is in {base.label!r}: `tandem kb show {kb_name}` lists them.'
                     )
-                cli._err.print(
+                cli.stderr.print(
                     f'removed {len(removed)} document{"s" if len(removed) != 1 else ""} from {escape(base.label)}'
                 )
                 return
@@ -419,9 +409,9 @@ def kb_rm(
                     )
                 typer.confirm(f'Remove knowledge base {base.label!r} and its {info.docs} documents?', abort=True)
             removed_count = await base.drop()
-            cli._err.print(f'removed knowledge base {escape(base.label)} ({removed_count} documents)')
+            cli.stderr.print(f'removed knowledge base {escape(base.label)} ({removed_count} documents)')
 
-    cli._run(body)()
+    cli.async_command(body)()
 
 
 def _resolve_sources(sources: list[str]) -> tuple[list[str], list[str]]:
@@ -449,8 +439,7 @@ def kb_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Sizes, embedding model, where vectors are searched, and how long the search index takes to load."""
-    cli = _cli()
-    settings: Settings = cli._settings()
+    settings: Settings = cli.cli_settings()
 
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
@@ -483,16 +472,16 @@ def kb_stats(
         table = Table('', '', show_header=False)
         for key, value in stats.items():
             table.add_row(key, escape(str(value)))
-        cli._out.print(table)
+        cli.stdout.print(table)
         if (
             info.embed_model
             and configured not in ('none', '')
             and not info.embed_model.endswith(configured.split(':')[-1])
         ):
-            cli._err.print(
+            cli.stderr.print(
                 f'[yellow]note:[/] the vectors come from {escape(info.embed_model)}, but knowledge.embeddings is '
                 f'{escape(repr(configured))}: '
                 'dense search skips this knowledge base until they match.'
             )
 
-    cli._run(body)()
+    cli.async_command(body)()

@@ -79,10 +79,10 @@ def memory_list(
     as_json: Annotated[bool, typer.Option('--json', help='Print the facts as JSON.')] = False,
 ) -> None:
     """List what is remembered about a user, oldest first."""
-    from tandem.agent.cli.main import _out, _run, _settings
+    from tandem.agent.cli._app import async_command, cli_settings, stdout
     from tandem.agent.turn.build import open_redis
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         tenant, user_id = _ids(settings, user)
@@ -91,11 +91,11 @@ def memory_list(
         if as_json:
             sys.stdout.write(json.dumps([fact.model_dump(mode='json') for fact in facts], indent=2) + '\n')
         elif not facts:
-            _out.print(f'nothing is remembered about user {user_id}', highlight=False)
+            stdout.print(f'nothing is remembered about user {user_id}', highlight=False)
         else:
-            _out.print(_table(facts), markup=False)
+            stdout.print(_table(facts), markup=False)
 
-    _run(body)()
+    async_command(body)()
 
 
 @memory_app.command('forget')
@@ -106,12 +106,12 @@ def memory_forget(
     yes: Annotated[bool, typer.Option('--yes', '-y', help='Do not ask before forgetting everything.')] = False,
 ) -> None:
     """Forget facts by id, or every fact of the user with --all."""
-    from tandem.agent.cli.main import _err, _fail, _run, _settings
+    from tandem.agent.cli._app import async_command, cli_settings, fail, stderr
     from tandem.agent.turn.build import open_redis
 
-    settings = _settings()
+    settings = cli_settings()
     if forget_all == bool(fact_ids):
-        raise _fail(TandemError('name the fact ids to forget, or pass --all (not both).'))
+        raise fail(TandemError('name the fact ids to forget, or pass --all (not both).'))
 
     async def body() -> None:
         tenant, user_id = _ids(settings, user)
@@ -119,21 +119,21 @@ def memory_forget(
             store = _store(settings, redis)
             if forget_all:
                 if not yes and not typer.confirm(f'Forget everything remembered about user {user_id}?'):
-                    _err.print('nothing was forgotten')
+                    stderr.print('nothing was forgotten')
                     return
                 count = await store.forget_all(tenant, user_id)
-                _err.print(f'forgot {count} fact{"" if count == 1 else "s"} of user {user_id}', highlight=False)
+                stderr.print(f'forgot {count} fact{"" if count == 1 else "s"} of user {user_id}', highlight=False)
                 return
             forgotten = await store.forget_many(tenant, user_id, fact_ids or [])
         for fact in forgotten:
-            _err.print(f'forgot {fact.id}: {fact.text}', highlight=False, markup=False)
+            stderr.print(f'forgot {fact.id}: {fact.text}', highlight=False, markup=False)
         missing = [fact_id for fact_id in fact_ids or [] if fact_id not in {fact.id for fact in forgotten}]
         if missing:
             raise TandemError(
                 f'user {user_id} has no fact {", ".join(missing)}: `tandem memory list --user {user_id}` shows the ids.'
             )
 
-    _run(body)()
+    async_command(body)()
 
 
 @memory_app.command('export')
@@ -144,10 +144,10 @@ def memory_export(
     ] = None,
 ) -> None:
     """Export a user's facts as JSON (for backup, or `tandem memory import`)."""
-    from tandem.agent.cli.main import _err, _run, _settings
+    from tandem.agent.cli._app import async_command, cli_settings, stderr
     from tandem.agent.turn.build import open_redis
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         tenant, user_id = _ids(settings, user)
@@ -159,9 +159,9 @@ def memory_export(
             return
         _write_atomically(output, text)
         count = len(data['facts'])
-        _err.print(f'exported {count} fact{"" if count == 1 else "s"} of user {user_id} to {output}', highlight=False)
+        stderr.print(f'exported {count} fact{"" if count == 1 else "s"} of user {user_id} to {output}', highlight=False)
 
-    _run(body)()
+    async_command(body)()
 
 
 @memory_app.command('import')
@@ -172,23 +172,23 @@ def memory_import(
     user: UserOpt = None,
 ) -> None:
     """Import facts into a user's memory; facts the user already has are updated, not duplicated."""
-    from tandem.agent.cli.main import _err, _run, _settings
+    from tandem.agent.cli._app import async_command, cli_settings, stderr
     from tandem.agent.turn.build import open_redis
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         tenant, user_id = _ids(settings, user)
         data = _read_json(source)
         async with open_redis(settings) as redis:
             report = await _store(settings, redis).import_facts(tenant, user_id, data)
-        _err.print(
+        stderr.print(
             f'imported into user {user_id}: {report.created} new, {report.updated} already known (updated), '
             f'{report.skipped} skipped (expired or invalid)',
             highlight=False,
         )
 
-    _run(body)()
+    async_command(body)()
 
 
 def _read_json(source: str) -> Any:

@@ -1,6 +1,6 @@
 """`tandem models`: small instruct GGUF models for `llama-cpp:` backbones.
 
-Importing this module registers the `models` sub-app on `agent.cli.main.app`.
+`agent/cli/main.py` registers `models_app` as `tandem models`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tandem.agent.cli.main import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.cli._app import async_command, cli_settings, stderr, stdout
 
 models_app = typer.Typer(help='Download small GGUF models for in-process llama-cpp backbones.', no_args_is_help=True)
-app.add_typer(models_app, name='models')
 
 
 @models_app.command('list')
@@ -25,13 +24,13 @@ def models_list() -> None:
     """The models `tandem models pull` knows, and which are downloaded."""
     from tandem.agent.backbones.llama_cpp import CATALOG, models_dir
 
-    _settings()
+    cli_settings()
     folder = models_dir()
     table = Table('name', 'size', 'downloaded', 'about')
     for name, entry in CATALOG.items():
         table.add_row(name, entry.size, 'yes' if (folder / entry.file).is_file() else '', entry.description)
-    _out.print(table)
-    _err.print(f'[dim]models folder: {escape(str(folder))}[/]', highlight=False)
+    stdout.print(table)
+    stderr.print(f'[dim]models folder: {escape(str(folder))}[/]', highlight=False)
 
 
 @models_app.command('pull')
@@ -59,7 +58,7 @@ def models_pull(
     from tandem.agent.core.config import BackboneConfig
     from tandem.agent.tune.registry import register_backbone
 
-    _settings()
+    cli_settings()
 
     async def body() -> None:
         source = download_source(name)
@@ -72,7 +71,7 @@ def models_pull(
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=_err,
+            console=stderr,
             transient=False,
         )
         task = progress.add_task(source.file, total=None)
@@ -83,13 +82,13 @@ def models_pull(
         with progress:
             path = download(source, folder, on_progress=show, force=force)
         spec = name if name in CATALOG and directory is None else str(path)
-        _err.print(escape(f'saved {path}'), highlight=False)
+        stderr.print(escape(f'saved {path}'), highlight=False)
         if register:
             done = register_backbone(register, BackboneConfig(model=f'llama-cpp:{spec}'), comment=f'pulled {name}')
-            _err.print(escape(f'registered backbone {register} in {done.path}'), highlight=False)
-        _err.print(escape(f'use it: tandem ask --model llama-cpp:{spec} "hello"'), highlight=False)
+            stderr.print(escape(f'registered backbone {register} in {done.path}'), highlight=False)
+        stderr.print(escape(f'use it: tandem ask --model llama-cpp:{spec} "hello"'), highlight=False)
         if importlib.util.find_spec('llama_cpp') is None:
-            _err.print(escape(f'to run it, {LOCAL_EXTRA_HINT}'), highlight=False)
+            stderr.print(escape(f'to run it, {LOCAL_EXTRA_HINT}'), highlight=False)
         sys.stdout.write(str(path) + '\n')
 
-    _run(body)()
+    async_command(body)()

@@ -25,7 +25,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tandem.agent.backbones.base import Backbone
-from tandem.agent.cli.main import _err, _out, _run, _settings, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.cli._app import async_command, cli_settings, stderr, stdout
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.errors import BackboneError, TandemError
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from tandem.agent.scenarios.results import Cell, ScenarioRun
     from tandem.agent.scenarios.schema import Scenario
 
-__all__ = ['injected_backbones', 'run']
+__all__ = ['commands', 'injected_backbone', 'injected_backbones', 'run']
 
 _injected: dict[str, Backbone] = {}
 
@@ -49,6 +49,11 @@ def injected_backbones(*backbones: Backbone) -> Generator[None]:
     finally:
         _injected.clear()
         _injected.update(before)
+
+
+def injected_backbone(name: str) -> Backbone | None:
+    """The backbone `injected_backbones` put under `name`, if any."""
+    return _injected.get(name)
 
 
 def _replay_config(settings: Settings, name: str, recorded: dict[str, BackboneConfig]) -> BackboneConfig:
@@ -104,7 +109,11 @@ def _judge(settings: Settings, name: str | None, cassettes: Cassettes | None) ->
     return registry.configured(settings, name)
 
 
-@app.command('run')
+commands = typer.Typer()
+"""`tandem run`, merged into the root app by `main.py`."""
+
+
+@commands.command('run')
 def run(
     paths: Annotated[list[Path], typer.Argument(help='Scenario files, or directories searched for *.yaml.')],
     backbone: Annotated[
@@ -149,7 +158,7 @@ def run(
     from tandem.agent.scenarios.schema import load_scenarios, select_scenarios
     from tandem.agent.turn.build import open_redis
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         if record is not None and replay is not None:
@@ -175,7 +184,7 @@ def run(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=_err,
+            console=stderr,
             transient=True,
         )
         task = progress.add_task('running scenarios', total=total)
@@ -210,17 +219,17 @@ def run(
         finally:
             if progress.live.is_started:
                 progress.stop()
-        print_report(outcome, _out)
+        print_report(outcome, stdout)
         if report is not None:
             html = write_html(outcome, report / 'report.html')
             data = write_json(outcome, report / 'report.json')
-            _err.print(f'report: {html} · {data}', style='dim', highlight=False, markup=False)
+            stderr.print(f'report: {html} · {data}', style='dim', highlight=False, markup=False)
         if junit is not None:
-            _err.print(f'junit: {write_junit(outcome, junit)}', style='dim', highlight=False, markup=False)
+            stderr.print(f'junit: {write_junit(outcome, junit)}', style='dim', highlight=False, markup=False)
         if cassettes is not None:
             done = f'{cassettes.written} written' if cassettes.mode == 'record' else f'{cassettes.hits} served'
-            _err.print(f'cassettes in {cassettes.directory}: {done}', style='dim', highlight=False, markup=False)
+            stderr.print(f'cassettes in {cassettes.directory}: {done}', style='dim', highlight=False, markup=False)
         if not outcome.passed:
             raise typer.Exit(1)
 
-    _run(body)()
+    async_command(body)()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tandem.agent.cli.main import _fail, _settings, _State, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.cli._app import CliState, cli_settings, fail
 from tandem.agent.core.config import Settings, load_settings
 from tandem.agent.core.errors import ConfigError, TandemError
 
@@ -77,7 +77,11 @@ def serve(
     )
 
 
-@app.command('serve')
+commands = typer.Typer()
+"""`tandem serve`, merged into the root app by `main.py`."""
+
+
+@commands.command('serve')
 def serve_command(
     host: Annotated[str, typer.Option(help='Address to bind; anything but loopback needs API keys.')] = '127.0.0.1',
     port: Annotated[int, typer.Option(help='Port to bind.')] = 8000,
@@ -87,8 +91,8 @@ def serve_command(
     ] = False,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API (chat completions, models, sessions) with uvicorn."""
-    settings = _settings()  # a bad config fails here, in one line, before uvicorn starts
+    settings = cli_settings()  # a bad config fails here, in one line, before uvicorn starts
     try:
-        serve(host, port, workers=workers, no_auth=no_auth, log_format=_State.log_format, settings=settings)
+        serve(host, port, workers=workers, no_auth=no_auth, log_format=CliState.log_format, settings=settings)
     except TandemError as error:
-        raise _fail(error) from None
+        raise fail(error) from None

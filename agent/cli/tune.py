@@ -1,6 +1,6 @@
 """`tandem tune`: export traces, validate them, fine-tune, follow the job, and compare base with tuned.
 
-Importing this module registers the `tune` sub-app on `agent.cli.main.app`.
+`agent/cli/main.py` registers `tune_app` as `tandem tune`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from tandem.agent.cli.main import _err, _out, _run, _settings, _tools, app  # pyright: ignore[reportPrivateUsage]
+from tandem.agent.cli._app import async_command, cli_settings, parse_tools, stderr, stdout
 from tandem.agent.core.errors import TandemError
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ tune_app = typer.Typer(
     help='The prompting-vs-fine-tuning loop: export traces, validate, fine-tune, follow, compare.',
     no_args_is_help=True,
 )
-app.add_typer(tune_app, name='tune')
 
 _SYSTEM_MODES = ('keep', 'short', 'drop')
 
@@ -97,7 +96,7 @@ def tune_export(
     from tandem.agent.tune.scrub import BUILTIN_SCRUBBER, Scrubber, load_scrubber
     from tandem.agent.turn.build import open_redis, selected_toolsets
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         if system not in _SYSTEM_MODES:
@@ -107,7 +106,7 @@ def tune_export(
         scrubbers: list[Scrubber] = [load_scrubber(BUILTIN_SCRUBBER)] if scrub_pii else []
         with _cwd_importable():
             scrubbers += [load_scrubber(path) for path in scrub or []]
-        toolsets = [plugin.build() for plugin in selected_toolsets(settings, _tools(tools))]
+        toolsets = [plugin.build() for plugin in selected_toolsets(settings, parse_tools(tools))]
         options = ExportOptions(
             tools=tool_definitions(toolsets),
             system=system,  # type: ignore[arg-type]  # checked above
@@ -136,10 +135,10 @@ def tune_export(
             origin = f'tenant {query.tenant}' + (f', user {user}' if user else '')
         result = build_examples(traces, options)
         for source, reason in result.dropped:
-            _err.print(f'[yellow]skipped[/] {escape(source)}: {escape(reason)}', highlight=False)
+            stderr.print(f'[yellow]skipped[/] {escape(source)}: {escape(reason)}', highlight=False)
         if result.undefined_tools:
             names = ', '.join(sorted(result.undefined_tools))
-            _err.print(
+            stderr.print(
                 f'[yellow]note:[/] no definition for tool(s) {escape(names)}: given a bare one; '
                 'pass --tools to include theirs.',
                 highlight=False,
@@ -155,11 +154,11 @@ def tune_export(
         extras = [f'{len(result.dropped)} skipped'] if result.dropped else []
         if result.duplicates:
             extras.append(f'{result.duplicates} duplicate(s) dropped')
-        _err.print(
+        stderr.print(
             escape(written + (f' ({", ".join(extras)})' if extras else '') + f'. Next: tandem tune validate {out}')
         )
 
-    _run(body)()
+    async_command(body)()
 
 
 class _cwd_importable:
@@ -178,7 +177,7 @@ class _cwd_importable:
 def _print_report(report: DatasetReport) -> None:
     for problem in report.problems:
         colour = 'red' if problem.level == 'error' else 'yellow'
-        _err.print(f'[{colour}]{problem.level}[/] {escape(str(problem))}', highlight=False, soft_wrap=True)
+        stderr.print(f'[{colour}]{problem.level}[/] {escape(str(problem))}', highlight=False, soft_wrap=True)
     data = report.as_dict()
     tokens = data['tokens']
     table = Table(title=Text(f'{report.path} for {report.model}'), show_header=False, title_justify='left')
@@ -203,7 +202,7 @@ def _print_report(report: DatasetReport) -> None:
         )
     else:
         table.add_row('estimated cost', f'unknown: no price for {report.model}; pass --price-per-mtok')
-    _out.print(table, markup=False)
+    stdout.print(table, markup=False)
 
 
 @tune_app.command('validate')
@@ -221,7 +220,7 @@ def tune_validate(
     from tandem.agent.tune.pricing import DEFAULT_BASE_MODEL
     from tandem.agent.tune.validate import validate_file
 
-    _settings()
+    cli_settings()
 
     async def body() -> None:
         report = validate_file(
@@ -238,7 +237,7 @@ def tune_validate(
         if not report.ok:
             raise TandemError(f'{path} has {len(report.errors)} error(s); each names its line above.')
 
-    _run(body)()
+    async_command(body)()
 
 
 @tune_app.command('submit')
@@ -259,7 +258,7 @@ def tune_submit(
     from tandem.agent.tune.jobs import JobLog, openai_client, submit_job
     from tandem.agent.tune.validate import validate_file
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         for file in (path, *([validation_file] if validation_file else [])):
@@ -268,10 +267,10 @@ def tune_submit(
                 _print_report(report)
                 raise TandemError(f'{file} has {len(report.errors)} error(s): fix them, then submit again.')
             for warning in report.warnings:
-                _err.print(f'[yellow]warning[/] {escape(str(warning))}', highlight=False)
+                stderr.print(f'[yellow]warning[/] {escape(str(warning))}', highlight=False)
             if file == path and report.cost_usd is not None:
                 approx = '' if report.exact_tokens else '≈'
-                _err.print(
+                stderr.print(
                     f'{report.examples} examples, {approx}{report.training_tokens:,} training tokens, '
                     f'estimated {approx}${report.cost_usd:,.2f}',
                     highlight=False,
@@ -289,13 +288,13 @@ def tune_submit(
             seed=seed,
         )
         sys.stdout.write(job.id + '\n')
-        _err.print(escape(f'submitted fine-tuning job {job.id} on {base} ({job.status}).'), highlight=False)
+        stderr.print(escape(f'submitted fine-tuning job {job.id} on {base} ({job.status}).'), highlight=False)
         if follow:
             await _follow(settings.home, job.id, interval=interval, once=False, name=None)
         else:
-            _err.print(f'follow it with: tandem tune status {job.id}', highlight=False)
+            stderr.print(f'follow it with: tandem tune status {job.id}', highlight=False)
 
-    _run(body)()
+    async_command(body)()
 
 
 @tune_app.command('status')
@@ -308,7 +307,7 @@ def tune_status(
     """Follow a fine-tuning job's events live; when it succeeds, register the tuned model as a backbone."""
     from tandem.agent.tune.jobs import JobLog
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         chosen = job_id
@@ -319,7 +318,7 @@ def tune_status(
             chosen = latest.job_id
         await _follow(settings.home, chosen, interval=interval, once=once, name=name)
 
-    _run(body)()
+    async_command(body)()
 
 
 async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name: str | None) -> None:
@@ -330,7 +329,7 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
     client = openai_client()
     log = JobLog(home)
     view = _JobView(job_id)
-    live = Live(view.render(), console=_err, refresh_per_second=4, transient=False) if _err.is_terminal else None
+    live = Live(view.render(), console=stderr, refresh_per_second=4, transient=False) if stderr.is_terminal else None
 
     def show(update: JobUpdate) -> None:
         view.update(update)
@@ -338,7 +337,7 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
             live.update(view.render())
         else:
             for line in view.take_lines():
-                _err.print(escape(line), highlight=False, soft_wrap=True)
+                stderr.print(escape(line), highlight=False, soft_wrap=True)
 
     if live is not None:
         with live:
@@ -348,7 +347,7 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
     if job.status == 'succeeded':
         registration = register_tuned_model(job, log.find(job_id), base_url=custom_base_url(client), name=name)
         verb = {'added': 'registered', 'replaced': 'updated', 'unchanged': 'already registered'}[registration.action]
-        _err.print(
+        stderr.print(
             f'[green]succeeded:[/] {escape(str(job.fine_tuned_model))} {verb} as backbone '
             f'[bold]{escape(registration.name)}[/] in {escape(str(registration.path))}. '
             f'Try: tandem ask --backbone {escape(registration.name)} "hello"',
@@ -360,7 +359,7 @@ async def _follow(home: Path, job_id: str, *, interval: float, once: bool, name:
         reason = f': {job.error.message}' if job.error is not None and job.error.message else ''
         raise TandemError(f'job {job_id} {job.status}{reason}')
     elif once:
-        _err.print(
+        stderr.print(
             escape(f'job {job_id} is {job.status}; follow it with: tandem tune status {job_id}'), highlight=False
         )
 
@@ -457,7 +456,7 @@ def tune_compare(
     from tandem.agent.tune.compare import arm_headers, compare, metric_rows, render_markdown
     from tandem.agent.turn.build import open_redis
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def body() -> None:
         scenarios = select_scenarios(load_scenarios(paths), keyword or [])
@@ -475,7 +474,7 @@ def tune_compare(
             nonlocal done
             done += 1
             mark = {'passed': '[green]✓[/]', 'failed': '[red]✗[/]', 'error': '[bold red]![/]'}[run.status]
-            _err.print(
+            stderr.print(
                 f'{mark} {done}/{3 * len(scenarios)} ' + escape(f'{run.scenario} · {run.cell.label}'), highlight=False
             )
 
@@ -502,20 +501,20 @@ def tune_compare(
             table = Table(*arm_headers(comparison), title='prompting vs fine-tuning', title_justify='left')
             for row in metric_rows(comparison):
                 table.add_row(*row)
-            _out.print(table, markup=False)
+            stdout.print(table, markup=False)
             sentence = comparison.verdict
-            _out.print('[bold]Verdict:[/] ' + escape(f'{sentence[0].upper()}{sentence[1:]}.'), highlight=False)
-        _err.print(escape(f'decision report: {out}' + (f'; runs: {report}' if report else '')), highlight=False)
+            stdout.print('[bold]Verdict:[/] ' + escape(f'{sentence[0].upper()}{sentence[1:]}.'), highlight=False)
+        stderr.print(escape(f'decision report: {out}' + (f'; runs: {report}' if report else '')), highlight=False)
 
-    _run(body)()
+    async_command(body)()
 
 
 def _named_backbone(settings: Any, name: str) -> Any:
     """A backbone by config name or model string; the scenario CLI's test hook (`injected_backbones`) first."""
     from tandem.agent.backbones import base as registry
-    from tandem.agent.cli.run import _injected  # pyright: ignore[reportPrivateUsage]
+    from tandem.agent.cli.run import injected_backbone
 
-    return _injected.get(name) or registry.configured(settings, name)
+    return injected_backbone(name) or registry.configured(settings, name)
 
 
 def _write_text(path: Path, text: str) -> None:

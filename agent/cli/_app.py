@@ -1,0 +1,129 @@
+"""The root `tandem` app and what every command shares: consoles, global flags, settings, one-line errors.
+
+Command modules import this one and nothing else of the CLI; `main.py` registers them on `app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from tandem.agent.core.config import Settings, load_settings
+from tandem.agent.core.errors import TandemError
+from tandem.agent.core.log import LogFormat, configure_logging
+
+app = typer.Typer(
+    name='tandem',
+    help='Tandem: a tool-using assistant on the backbone of your choice, with Redis memory.',
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Rich wraps output at the terminal's width. Output that is not a terminal (a pipe, a file, a test) is
+# not wrapped at all, and tables get a fixed width: neither depends on COLUMNS or on path lengths.
+_NOT_A_TERMINAL_WIDTH = 240
+
+
+def _console(*, stderr: bool) -> Console:
+    if (sys.stderr if stderr else sys.stdout).isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=_NOT_A_TERMINAL_WIDTH, soft_wrap=True)
+
+
+stdout = _console(stderr=False)
+stderr = _console(stderr=True)
+
+T = TypeVar('T')
+
+BackboneOpt = Annotated[str | None, typer.Option('--backbone', '-b', help='A backbone name from the config.')]
+ModelOpt = Annotated[str | None, typer.Option('--model', '-m', help='A model string, e.g. openai-chat:qwen2.5.')]
+PromptOpt = Annotated[str | None, typer.Option('--prompt', '-p', help='NAME or NAME@VERSION.')]
+SessionOpt = Annotated[str | None, typer.Option('--session', '-s', help='Session id; a new one when omitted.')]
+UserOpt = Annotated[str | None, typer.Option('--user', '-u', help='User id.')]
+ToolsOpt = Annotated[str | None, typer.Option('--tools', help='Comma-separated toolsets, e.g. calc,clock,web.')]
+
+
+class CliState:
+    """Global flags, set by the app callback."""
+
+    debug: bool = False
+    log_format: LogFormat | None = None
+
+
+def parse_tools(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(',') if part.strip()]
+
+
+def fail(error: Exception) -> typer.Exit:
+    """Print `error` as one line (a traceback only with --debug) and return the exit to raise."""
+    if CliState.debug:
+        raise error
+    stderr.print(f'[bold red]error:[/] {escape(str(error))}', highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def cli_settings() -> Settings:
+    try:
+        settings = load_settings()
+        configure_logging(settings.home, 'DEBUG' if CliState.debug else settings.log_level, CliState.log_format)
+    except TandemError as error:
+        raise fail(error) from None
+    except OSError as error:
+        raise fail(TandemError(f'cannot write to TANDEM_HOME: {error}')) from None
+    return settings
+
+
+def async_command(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body, turning user-facing failures into one line and a non-zero exit."""
+
+    @functools.wraps(coroutine_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import redis.exceptions
+
+        try:
+            return asyncio.run(coroutine_fn(*args, **kwargs))
+        except TandemError as error:
+            raise fail(error) from None
+        except redis.exceptions.RedisError as error:
+            message = f'Redis failed: {error}. Check TANDEM_REDIS_URL, or `tandem redis status`.'
+            raise fail(TandemError(message)) from None
+        except KeyboardInterrupt:
+            stderr.print('interrupted')
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _print_version(value: bool) -> None:
+    """`tandem --version`: Tandem's version, with what a bug report needs beside it."""
+    if value:
+        from importlib.metadata import version
+
+        python = '.'.join(map(str, sys.version_info[:3]))
+        typer.echo(f'tandem {version("tandem")} (pydantic-ai {version("pydantic-ai-slim")}, Python {python})')
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option('--debug', help='Show tracebacks and debug logs.')] = False,
+    _version: Annotated[
+        bool, typer.Option('--version', callback=_print_version, is_eager=True, help='Print the version and exit.')
+    ] = False,
+    log_format: Annotated[
+        str | None, typer.Option('--log-format', help='Also log to stderr, as console or json.')
+    ] = None,
+) -> None:
+    CliState.debug = debug
+    if log_format not in (None, 'console', 'json'):
+        stderr.print(f'[bold red]error:[/] --log-format must be console or json, not {escape(repr(log_format))}.')
+        raise typer.Exit(2)
+    CliState.log_format = log_format  # type: ignore[assignment]

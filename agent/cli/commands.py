@@ -1,0 +1,381 @@
+"""The core commands: `chat`, `ask`, and inspecting config, backbones, tools, prompts, sessions and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from pydantic_ai.messages import ModelMessage
+from rich.markup import escape
+from rich.table import Table
+
+from tandem.agent.cli._app import (
+    BackboneOpt,
+    ModelOpt,
+    PromptOpt,
+    SessionOpt,
+    ToolsOpt,
+    UserOpt,
+    async_command,
+    cli_settings,
+    parse_tools,
+    stderr,
+    stdout,
+)
+from tandem.agent.core.errors import TandemError
+
+commands = typer.Typer()
+"""`chat`, `ask`, `tools` and `prompts`, merged into the root app by `main.py`."""
+sessions_app = typer.Typer(help='List, show, export and delete stored sessions.', no_args_is_help=True)
+config_app = typer.Typer(help='Inspect the effective configuration.', no_args_is_help=True)
+redis_app = typer.Typer(
+    help='The embedded Redis server Tandem starts when TANDEM_REDIS_URL is unset.', no_args_is_help=True
+)
+
+
+@commands.command()
+def chat(
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    backbone: BackboneOpt = None,
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    tools: ToolsOpt = None,
+) -> None:
+    """Talk with the assistant in an interactive REPL (Ctrl-C cancels a turn, Ctrl-D exits)."""
+    from tandem.agent.cli.repl import run_repl
+    from tandem.agent.turn.build import TurnOptions
+
+    options = TurnOptions(
+        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
+    )
+    async_command(run_repl)(cli_settings(), options)
+
+
+@commands.command()
+def ask(
+    text: Annotated[str, typer.Argument(help='Your message.')],
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    backbone: BackboneOpt = None,
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    tools: ToolsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option('--json', help='Print answer, session, tool_calls and usage as JSON.')
+    ] = False,
+) -> None:
+    """Ask one question and print the answer. Without --session, each ask is a new session."""
+    from tandem.agent.turn.build import TurnOptions, build_deps, open_redis
+    from tandem.agent.turn.run import TextDelta, new_session_id, run_turn
+
+    settings = cli_settings()
+    options = TurnOptions(
+        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
+    )
+
+    async def body() -> None:
+        async with open_redis(settings) as redis:
+            deps = await build_deps(settings, redis, options, session=session or new_session_id())
+
+            def show(event: object) -> None:
+                if isinstance(event, TextDelta):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+
+            result = await run_turn(deps, text, on_event=None if as_json else show)
+        if as_json:
+            payload = {
+                'answer': result.answer,
+                'session': result.session,
+                'backbone': result.backbone,
+                'prompt': result.prompt,
+                'tool_calls': [asdict(call) for call in result.tool_calls],
+                'usage': {**asdict(result.usage), 'total_tokens': result.usage.total_tokens},
+            }
+            sys.stdout.write(json.dumps(payload, indent=2, default=str) + '\n')
+        else:
+            sys.stdout.write('\n')
+            stderr.print(
+                f'session {result.session} · {result.backbone} · {result.usage.total_tokens} tokens',
+                style='dim',
+                markup=False,
+            )
+
+    async_command(body)()
+
+
+@config_app.command('show')
+def config_show() -> None:
+    """Print the effective configuration, secrets masked, and where it came from."""
+    from tandem.agent.core.config import config_file_path
+
+    settings = cli_settings()
+    source = config_file_path()
+    stderr.print(f'config file: {source or "none (defaults and environment only)"}', style='dim', markup=False)
+    sys.stdout.write(json.dumps(settings.masked(), indent=2) + '\n')
+
+
+backbones_app = typer.Typer(help='List, probe and add backbones.', invoke_without_command=True)
+TimeoutOpt = Annotated[float, typer.Option(help='Seconds to wait for each backbone.')]
+
+
+@backbones_app.callback()
+def backbones_main(ctx: typer.Context, timeout: TimeoutOpt = 5.0) -> None:
+    """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
+    if ctx.invoked_subcommand is None:
+        backbones_list(timeout)
+
+
+@backbones_app.command('add')
+def backbones_add(
+    name: Annotated[str, typer.Argument(help='The backbone name, for --backbone NAME.')],
+    model: Annotated[
+        str, typer.Option('--model', '-m', help='The served model or adapter name, or a model string (llama-cpp:PATH).')
+    ],
+    base_url: Annotated[
+        str | None, typer.Option(help='The OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.')
+    ] = None,
+    fine_tuned_from: Annotated[
+        str | None, typer.Option(help='The base model it was tuned from (marks it fine-tuned).')
+    ] = None,
+    api_key_env: Annotated[str | None, typer.Option(help='The environment variable holding its API key.')] = None,
+    replace: Annotated[bool, typer.Option('--replace', help='Overwrite a different backbone of that name.')] = False,
+    probe: Annotated[bool, typer.Option('--probe/--no-probe', help='Probe the server once added.')] = True,
+) -> None:
+    """Register a backbone (a LoRA adapter on vLLM, an Ollama model, ...) in the config file."""
+    from tandem.agent.tune.registry import local_backbone_config, register_backbone
+
+    cli_settings()
+
+    async def body() -> None:
+        from tandem.agent.backbones import base as backbones
+
+        config = local_backbone_config(
+            model, base_url=base_url, fine_tuned_from=fine_tuned_from, api_key_env=api_key_env
+        )
+        done = register_backbone(name, config, replace=replace, comment='added by `tandem backbones add`')
+        verb = {'added': 'added', 'replaced': 'replaced', 'unchanged': 'already had'}[done.action]
+        stderr.print(f'{verb} backbone {name} ({config.model}) in {done.path}', highlight=False, markup=False)
+        if probe and config.model.startswith('openai'):
+            result = await backbones.probe(name, config, timeout=3.0)
+            if not (result.reachable and result.listed and result.tool_calls):
+                listed = {True: 'yes', False: 'no', None: 'unknown'}[result.listed]
+                stderr.print(
+                    f'[yellow]warning:[/] probe: {escape(result.detail)} (model listed: {listed})', highlight=False
+                )
+
+    async_command(body)()
+
+
+@backbones_app.command('list')
+def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
+    """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
+    from tandem.agent.backbones import base as backbones
+
+    settings = cli_settings()
+
+    async def body() -> None:
+        if not settings.backbones:
+            stdout.print(
+                'No backbones configured. Add a [backbones.NAME] table to tandem.toml; see the README.', markup=False
+            )
+            return
+        results = await asyncio.gather(
+            *(backbones.probe(name, config, timeout=timeout) for name, config in settings.backbones.items())
+        )
+        table = Table('name', 'model', 'kind', 'reachable', 'listed', 'tool calls', 'detail')
+        mark = {True: '[green]yes[/]', False: '[red]no[/]', None: '[dim]-[/]'}
+        for result in results:
+            table.add_row(
+                escape(result.name),
+                escape(result.model),
+                result.kind,
+                mark[result.reachable],
+                mark[result.listed],
+                mark[result.tool_calls],
+                escape(result.detail),
+            )
+        stdout.print(table)
+
+    async_command(body)()
+
+
+@commands.command('tools')
+def tools_list() -> None:
+    """List every installed tool with its status."""
+    from tandem.agent.turn.tool_status import tool_statuses
+
+    settings = cli_settings()
+
+    async def body() -> None:
+        table = Table('toolset', 'tool', 'status', 'description')
+        for row in await tool_statuses(settings):
+            table.add_row(row.toolset, row.tool, row.status, row.description)
+        stdout.print(table, markup=False)
+
+    async_command(body)()
+
+
+@commands.command('prompts')
+def prompts_list() -> None:
+    """List the prompt templates and their versions."""
+    from tandem.agent.core.prompts import PromptLibrary
+
+    settings = cli_settings()
+
+    async def body() -> None:
+        library = PromptLibrary.default(settings.prompts_dir)
+        table = Table('name', 'versions', 'latest description')
+        for name in library.names():
+            latest = library.get(name)
+            table.add_row(name, ', '.join(library.versions(name)), latest.description)
+        stdout.print(table, markup=False)
+
+    async_command(body)()
+
+
+@sessions_app.command('list')
+def sessions_list(
+    user: UserOpt = None,
+    limit: Annotated[int, typer.Option(help='At most this many, newest first.')] = 50,
+    as_json: Annotated[bool, typer.Option('--json')] = False,
+) -> None:
+    """List stored sessions, newest first."""
+    from tandem.agent.turn.build import open_conversations
+    from tandem.memory.keys import validate_id
+
+    settings = cli_settings()
+
+    async def body() -> None:
+        scope = validate_id('user', user) if user else None
+        async with open_conversations(settings) as store:
+            infos = await store.list_sessions(user=scope, limit=limit)
+        if as_json:
+            rows = [
+                {
+                    'session': info.id,
+                    'user': info.user,
+                    'messages': info.message_count,
+                    'updated_at': info.updated_at.isoformat(),
+                    'total_tokens': info.usage.total_tokens,
+                }
+                for info in infos
+            ]
+            sys.stdout.write(json.dumps(rows, indent=2) + '\n')
+            return
+        table = Table('session', 'user', 'messages', 'updated')
+        for info in infos:
+            table.add_row(info.id, info.user or '', str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+        stdout.print(table, markup=False)
+
+    async_command(body)()
+
+
+def _session_messages(session: str) -> list[ModelMessage]:
+    """A stored session's messages, for `show` and `export`."""
+    from tandem.agent.turn.build import open_conversations
+
+    settings = cli_settings()
+
+    async def body() -> list[ModelMessage]:
+        async with open_conversations(settings) as store:
+            return await store.export_messages(session)
+
+    return async_command(body)()
+
+
+@sessions_app.command('show')
+def sessions_show(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Print a session's transcript."""
+    from tandem.agent.cli.transcript import render_transcript
+
+    for line in render_transcript(_session_messages(session)):
+        stdout.print(line, highlight=False, markup=False)
+
+
+@sessions_app.command('export')
+def sessions_export(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Print a session's messages as pydantic-ai message JSON, losslessly."""
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+    messages = _session_messages(session)
+    sys.stdout.write(ModelMessagesTypeAdapter.dump_json(messages, indent=2).decode() + '\n')
+
+
+@sessions_app.command('delete')
+def sessions_delete(session: Annotated[str, typer.Argument(help='Session id.')]) -> None:
+    """Delete a session and its messages."""
+    from tandem.agent.turn.build import open_conversations
+
+    settings = cli_settings()
+
+    async def body() -> None:
+        async with open_conversations(settings) as store:
+            if await store.read_record(session) is None:
+                raise TandemError(f'no session {session!r}: `tandem sessions list` shows the stored ones.')
+            await store.delete(session)
+        stderr.print(f'deleted session {session}')
+
+    async_command(body)()
+
+
+@redis_app.command('status')
+def redis_status() -> None:
+    """Which Redis Tandem uses, and what it holds: server, version, memory, keys, Query Engine."""
+    from tandem.memory.connection import connect, mask_url, server_report
+    from tandem.memory.redis_server import EmbeddedRedis
+
+    settings = cli_settings()
+    table = Table.grid(padding=(0, 2))
+    url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+    if url is None:
+        embedded = EmbeddedRedis(settings.home).status()
+        table.add_row('server', 'embedded (started by Tandem, one per TANDEM_HOME)')
+        table.add_row('data', str(embedded.data_dir))
+        if not embedded.running or embedded.url is None:
+            table.add_row('state', 'not running: the next tandem command starts it')
+            stdout.print(table, markup=False)
+            return
+        table.add_row('state', f'running, pid {embedded.pid}' if embedded.pid else 'running')
+        url = embedded.url
+    else:
+        table.add_row('server', 'TANDEM_REDIS_URL')
+    table.add_row('address', mask_url(url))
+
+    async def body() -> None:
+        redis = await connect(url, home=settings.home, retries=0)
+        try:
+            report = await server_report(redis)
+        finally:
+            await redis.aclose()
+        table.add_row('version', f'{report.product} {report.version}')
+        table.add_row('memory', f'{report.used_memory} used')
+        table.add_row('keys', str(report.keys))
+        table.add_row(
+            'query engine',
+            'yes: vectors are searched in Redis (FT.SEARCH)'
+            if report.query_engine
+            else 'no: vectors are searched in process (Redis 8 or Redis Stack has FT.SEARCH)',
+        )
+        stdout.print(table, markup=False)
+
+    async_command(body)()
+
+
+@redis_app.command('stop')
+def redis_stop() -> None:
+    """Stop the embedded Redis server cleanly (its data stays in TANDEM_HOME)."""
+    from tandem.memory.redis_server import EmbeddedRedis
+
+    settings = cli_settings()
+    server = EmbeddedRedis(settings.home)
+    if not server.is_running():
+        stdout.print('the embedded Redis server is not running')
+        return
+    server.stop()
+    stdout.print('stopped the embedded Redis server')
