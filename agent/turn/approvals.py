@@ -9,18 +9,15 @@ back to the model and logged.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolDefinition, ToolDenied
 
 from tandem.agent.core.log import get_logger
+from tandem.agent.turn.deps import ApprovalRequest, Approver, Deps
 from tandem.tools.registry import has_side_effects
 
-if TYPE_CHECKING:
-    from tandem.agent.turn.deps import Deps
+__all__ = ['ApprovalRequest', 'Approver', 'needs_approval', 'resolve_approvals']
 
 _log = get_logger('tandem.approvals')
 
@@ -29,23 +26,6 @@ DENIED_UNATTENDED = (
     "person's approval, and none is present. Do not retry; tell the user what you wanted to do."
 )
 DENIED_BY_USER = 'Denied by the user. Do not retry; ask the user what they want instead.'
-
-
-@dataclass(frozen=True)
-class ApprovalRequest:
-    """A held tool call, as shown to the person asked to approve it."""
-
-    tool_name: str
-    args: dict[str, Any]
-
-    def describe(self) -> str:
-        """The exact call, e.g. `remember(fact="...")`."""
-        arguments = ', '.join(f'{key}={json.dumps(value, ensure_ascii=False)}' for key, value in self.args.items())
-        return f'{self.tool_name}({arguments})'
-
-
-Approver = Callable[[ApprovalRequest], Awaitable[bool]]
-"""Asks a person; returns whether the call may run."""
 
 
 def needs_approval(ctx: RunContext[Deps], tool_def: ToolDefinition, args: dict[str, Any]) -> bool:

@@ -12,10 +12,10 @@ from pydantic_ai.toolsets import AbstractToolset
 
 from tandem.agent.turn.approvals import needs_approval, resolve_approvals
 from tandem.agent.turn.compaction import HistoryCompaction
+from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.guard import TurnGuard
 
 if TYPE_CHECKING:
-    from tandem.agent.turn.deps import Deps
     from tandem.tools.registry import ToolsetPlugin
 
 # pydantic-ai prints a first-run banner (a logo and a Logfire offer) into the terminal of a program run
@@ -39,8 +39,6 @@ def tool_descriptions(toolsets: Sequence[AbstractToolset[Any]]) -> list[dict[str
 
 def build_agent(deps: Deps, toolsets: Sequence[AbstractToolset[Any]]) -> Agent[Deps, str]:
     """The agent for `deps`: its backbone's model and settings, the toolsets, and Tandem's capabilities."""
-    from tandem.agent.turn.deps import Deps
-
     return Agent(
         deps.backbone.model,
         deps_type=Deps,

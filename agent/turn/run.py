@@ -33,6 +33,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 from tandem.agent.core.errors import BackboneError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.log import get_logger
+from tandem.agent.turn.builder import AgentFactory
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
 from tandem.agent.turn.persist import load_conversation, save_turn
@@ -253,6 +254,8 @@ async def run_turn(
             conversation = await load_conversation(deps)
         else:
             conversation = Conversation(conversation_id=identity.session, messages=list(history))
+        if deps.agents is None:
+            deps.agents = AgentFactory()  # kept on these deps, so their next turn reuses what it builds
         agent, toolsets = deps.agents.get(deps)
         try:
             result = await agent.run(

@@ -1,6 +1,6 @@
 """Recall every turn: the user's relevant facts go into the prompt's `memory` slot, within a token budget.
 
-`MemoryContext` is a `TurnContextProvider` (see `agent.turn.providers.base`). Before each turn it takes
+`MemoryContext` is a `TurnContextProvider` (see `agent.turn.deps`). Before each turn it takes
 the user's facts from the fact store (one Redis round trip when its cache is current) and fills:
 
 - `memory`: the facts most relevant to the user's message (BM25, the retriever machinery of the
