@@ -37,17 +37,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tandem.memory.connection import connect
-from tandem.memory.knowledge.ingest import Ingestor, chunk_blocks, parse_document, token_counter
-from tandem.memory.knowledge.retrieval import (
-    Bm25Index,
-    Bm25Retriever,
-    DenseRetriever,
-    HybridRetriever,
-    PydanticAIEmbedder,
-    bm25_terms,
-    clear_index_cache,
-    local_embedder,
-)
+from tandem.memory.knowledge.chunk import chunk_blocks, token_counter
+from tandem.memory.knowledge.embeddings import PydanticAIEmbedder, local_embedder
+from tandem.memory.knowledge.index import Bm25Index, bm25_terms, clear_index_cache
+from tandem.memory.knowledge.ingest import Ingestor
+from tandem.memory.knowledge.parse import parse_document
+from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever
 from tandem.memory.knowledge.store import ChunkData, KnowledgeBase
 from tandem.memory.redis_server import EmbeddedRedis
 from tests.knowledge.labelled import DOCUMENTS, QUERIES

@@ -26,7 +26,7 @@ so content from a tool can never rewrite what the user said.
 
 Reads are served from an in-process cache per user, validated by one `GET` of a version counter
 that every write bumps: a recall is one round trip, however many facts there are. Relevance ranking
-is the knowledge base's BM25 (`memory.knowledge.retrieval.Bm25Index`, bm25s's Lucene scoring) over the cached
+is the knowledge base's BM25 (`memory.knowledge.index.Bm25Index`, bm25s's Lucene scoring) over the cached
 facts, kept up to date incrementally as this process writes; see `FactSnapshot.search`.
 
 Expiry is logical: a fact past its `expires_at` is never returned, and the next script that touches
@@ -60,7 +60,7 @@ from tandem.memory.connection import RedisClient
 from tandem.memory.keys import UserFactKeys, validate_id
 
 if TYPE_CHECKING:
-    from tandem.memory.knowledge.retrieval import Bm25Index
+    from tandem.memory.knowledge.index import Bm25Index
 
 __all__ = (
     'EXPORT_FORMAT',
@@ -250,7 +250,7 @@ class _UserCache:
     incremental) and drops the sorted views, so reads between writes cost no more than the view
     they use.
 
-    Relevance is the knowledge base's BM25 (`memory.knowledge.retrieval.Bm25Index`: bm25s's Lucene scoring,
+    Relevance is the knowledge base's BM25 (`memory.knowledge.index.Bm25Index`: bm25s's Lucene scoring,
     with adds and removes), over the terms of `_terms`.
     """
 
@@ -323,7 +323,7 @@ class _UserCache:
         if not terms or not self.facts or k <= 0:
             return []
         if self._lexical is None:
-            from tandem.memory.knowledge.retrieval import Bm25Index  # numpy and bm25s: imported on first search
+            from tandem.memory.knowledge.index import Bm25Index
 
             index = Bm25Index()
             for fact in self.facts.values():

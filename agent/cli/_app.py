@@ -1,6 +1,6 @@
 """The root `tandem` app and what every command shares: consoles, global flags, settings, one-line errors.
 
-Command modules import this one and nothing else of the CLI; `main.py` registers them on `app`.
+Command modules import this one, and never `main.py`, which imports them all and registers them on `app`.
 """
 
 from __future__ import annotations

@@ -89,8 +89,8 @@ def ingest(
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
         from tandem.memory.keys import validate_id
+        from tandem.memory.knowledge.embeddings import make_embedder
         from tandem.memory.knowledge.ingest import IngestOptions, Ingestor, ingest_error
-        from tandem.memory.knowledge.retrieval import make_embedder
         from tandem.memory.knowledge.store import KnowledgeBase
 
         tenant = validate_id('tenant', settings.tenant)
@@ -444,8 +444,9 @@ def kb_stats(
     async def body() -> None:
         from tandem.agent.turn.build import open_redis
         from tandem.memory.connection import query_engine_available
-        from tandem.memory.knowledge.ingest import token_counter
-        from tandem.memory.knowledge.retrieval import Bm25Retriever, clear_index_cache
+        from tandem.memory.knowledge.chunk import token_counter
+        from tandem.memory.knowledge.index import clear_index_cache
+        from tandem.memory.knowledge.retrieval import Bm25Retriever
 
         kb_name = _kb_name(settings, name)
         async with open_redis(settings) as redis:

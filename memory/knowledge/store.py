@@ -226,7 +226,7 @@ class ChunkData:
         heading: The section it is in, e.g. `Install > From source`; `''` for none.
         page: The PDF page it starts on, from 1; `None` for other kinds.
         tokens: Its size in tokens.
-        terms: Its BM25 terms, in order (see `memory.knowledge.retrieval.bm25_terms`).
+        terms: Its BM25 terms, in order (see `memory.knowledge.index.bm25_terms`).
         vector: Its embedding as float32 bytes, or `None` without embeddings.
     """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.memory.knowledge.retrieval import clear_index_cache
+from tandem.memory.knowledge.index import clear_index_cache
 from tandem.memory.knowledge.store import KnowledgeBase
 
 needs_local_embeddings = pytest.mark.skipif(

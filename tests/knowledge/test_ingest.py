@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.memory.knowledge.ingest import (
-    Block,
-    IngestOptions,
-    Ingestor,
-    IngestProgress,
-    chunk_blocks,
-    parse_document,
-    token_counter,
-)
+from tandem.memory.knowledge.chunk import chunk_blocks, token_counter
+from tandem.memory.knowledge.ingest import IngestOptions, Ingestor, IngestProgress
+from tandem.memory.knowledge.parse import Block, parse_document
 from tandem.memory.knowledge.retrieval import Bm25Retriever
 from tandem.memory.knowledge.store import KnowledgeBase
 from tests.knowledge.conftest import make_pdf, write_tree

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tandem.memory.knowledge.embeddings import local_embedder
 from tandem.memory.knowledge.ingest import Ingestor
-from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Retriever, local_embedder
+from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Retriever
 from tandem.memory.knowledge.store import KnowledgeBase
 from tests.knowledge.conftest import needs_local_embeddings, write_tree
 from tests.knowledge.labelled import DOCUMENTS, QUERIES

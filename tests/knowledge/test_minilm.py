@@ -53,7 +53,7 @@ def test_texts_are_cut_at_256_tokens_as_sentence_transformers_does(encoder: Mini
 async def test_the_local_embedder_needs_no_pytorch(tmp_path: Path) -> None:
     import sys
 
-    from tandem.memory.knowledge.retrieval import local_embedder
+    from tandem.memory.knowledge.embeddings import local_embedder
 
     vector = await local_embedder().embed_query(REFERENCE['texts'][0])
     assert np.abs(vector - np.asarray(REFERENCE['vectors'][0], dtype=np.float32)).max() < 1e-5

@@ -14,15 +14,10 @@ from redis.asyncio import Redis
 
 import tandem.memory.knowledge.retrieval as retrieval
 from tandem.memory.connection import connect, query_engine_available
+from tandem.memory.knowledge.embeddings import openai_embedder
+from tandem.memory.knowledge.index import VectorIndex
 from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
-from tandem.memory.knowledge.retrieval import (
-    Bm25Retriever,
-    DenseRetriever,
-    HybridRetriever,
-    VectorIndex,
-    openai_embedder,
-    reciprocal_rank_fusion,
-)
+from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, reciprocal_rank_fusion
 from tandem.memory.knowledge.store import EmbeddingModelMismatch, KnowledgeBase, document_id
 from tests.knowledge.conftest import write_tree
 from tests.support.fake_openai import FakeOpenAI

@@ -10,10 +10,11 @@ import bm25s
 import pytest
 from redis.asyncio import Redis
 
-import tandem.memory.knowledge.retrieval as retrieval
+import tandem.memory.knowledge.index as index
 from tandem.memory.connection import connect
+from tandem.memory.knowledge.index import Bm25Index, bm25_terms
 from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
-from tandem.memory.knowledge.retrieval import Bm25Index, Bm25Retriever, bm25_terms
+from tandem.memory.knowledge.retrieval import Bm25Retriever
 from tandem.memory.knowledge.store import KnowledgeBase, document_id, list_knowledge_bases
 from tests.conftest import RedisTestServer
 from tests.knowledge.conftest import write_tree
@@ -194,13 +195,13 @@ async def test_the_index_updates_incrementally_and_survives_a_restart(
     )
     await _ingest(kb, docs)
     loads: list[str] = []
-    real_load = retrieval._load
+    real_load = index._load
 
     async def counting_load(*args: object, **kwargs: object) -> object:
         loads.append('load')
         return await real_load(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(retrieval, '_load', counting_load)
+    monkeypatch.setattr(index, '_load', counting_load)
     assert (await _top(kb, 'topic3'))[0][0] == 'note3.txt'
     assert loads == ['load']  # a new process loads the stored terms once
     for _ in range(3):
@@ -214,7 +215,7 @@ async def test_the_index_updates_incrementally_and_survives_a_restart(
     assert (await _top(kb, 'quasars'))[0][0] == 'note3.txt'
     assert loads == ['load']  # the changes were applied, not reloaded
 
-    retrieval.clear_index_cache()  # a restart: the index comes back from Redis, same answers
+    index.clear_index_cache()  # a restart: the index comes back from Redis, same answers
     assert [name for name, _ in await _top(kb, 'topic3')] == ['new.txt']
     assert loads == ['load', 'load']
 

@@ -44,8 +44,8 @@ BIN = Path(sys.executable).parent
 # their shape. Keyed by README and the block's first line.
 NOT_COMMANDS: dict[tuple[str, str], str] = {
     ('README.md', '$ make chat'): 'a REPL transcript (tests/agent/test_repl.py drives the REPL)',
-    ('README.md', 'front ends     agent/cli/main.py + cli_*.py (typer) · agent/cli/repl.py (prompt-toolkit + rich)'): (
-        'an architecture diagram'
+    ('README.md', 'front ends   agent/cli/        `tandem`: main.py registers every command module top-down; they share _app.py'): (
+        'an architecture diagram (tests/test_layers.py checks the layers it draws)'
     ),
     ('scenarios/README.md', 'scenarios/calc.yaml:9:7: turns[0].expect.max_tool_call: unknown key; did you mean '
      "'max_tool_calls'?"): 'example output of a schema error (tests/scenarios/test_schema.py checks the messages)',
@@ -331,7 +331,7 @@ def _run_toml(block: Block, sandbox: Sandbox) -> None:
         assert data['project']['entry-points'] == plugin['project']['entry-points']
     elif '[[server.api_keys]]' in block.text:
         from tandem.agent.core.config import load_settings
-        from tandem.agent.server.app import load_api_keys
+        from tandem.agent.server.auth import load_api_keys
 
         digest = hashlib.sha256(b'sk-readme').hexdigest()
         config = Path('keys.toml')

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from tandem.agent.cli.main import app as cli_app
 from tandem.agent.core.config import ApiKeyConfig, ServerConfig, Settings
 from tandem.agent.core.errors import ConfigError
-from tandem.agent.server.app import create_app, load_api_keys
+from tandem.agent.server.app import create_app
+from tandem.agent.server.auth import load_api_keys
 from tests.service.conftest import AUTH_A, AUTH_B, KEY_A, MakeApp, asgi, service_settings
 from tests.support.deps import scripted_backbone
 from tests.support.scripted import scripted_model

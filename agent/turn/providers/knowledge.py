@@ -24,7 +24,8 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import Citation
 from tandem.memory.connection import RedisClient
-from tandem.memory.knowledge.retrieval import EmbeddingsUnavailable, Retriever, build_retriever
+from tandem.memory.knowledge.embeddings import EmbeddingsUnavailable
+from tandem.memory.knowledge.retrieval import Retriever, build_retriever
 from tandem.tools.knowledge import format_passages
 from tandem.tools.untrusted import wrap_untrusted
 

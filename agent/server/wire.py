@@ -1,0 +1,322 @@
+"""OpenAI's wire format: request bodies, errors as OpenAI shapes them, and Tandem's history and results in OpenAI's shapes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelRequestPart,
+    ModelResponse,
+    ModelResponsePart,
+    SystemPromptPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+
+from tandem.agent.api import SessionExistsError
+from tandem.agent.core.errors import (
+    BackboneError,
+    ConfigError,
+    InvalidIdError,
+    PromptError,
+    RedisUnavailableError,
+    TandemError,
+)
+from tandem.agent.turn.run import TurnResult, TurnUsage
+from tandem.memory.conversations import SessionInfo, SessionNotFoundError
+
+if TYPE_CHECKING:
+    from tandem.memory.knowledge.store import KbInfo
+
+
+SESSION_HEADER = 'X-Tandem-Session'
+
+
+USER_HEADER = 'X-Tandem-User'
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = 'invalid_request_error',
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {'error': {'message': self.message, 'type': self.type, 'param': self.param, 'code': self.code}}
+
+    def response(self) -> JSONResponse:
+        """The error as an HTTP response."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def api_error_from(error: TandemError) -> APIError:
+    """The HTTP status and OpenAI error type for a user-facing Tandem failure."""
+    message = str(error)
+    if isinstance(error, InvalidIdError):
+        return APIError(400, message, code='invalid_id')
+    if isinstance(error, SessionNotFoundError):
+        return APIError(404, message, code='session_not_found')
+    if isinstance(error, SessionExistsError):
+        return APIError(409, message, code='session_exists')
+    if isinstance(error, RedisUnavailableError):
+        return APIError(503, message, type='service_unavailable', code='redis_unavailable')
+    if isinstance(error, BackboneError):
+        return APIError(502, message, type='api_error', code='backbone_error')
+    if isinstance(error, ConfigError | PromptError):
+        return APIError(500, message, type='server_error', code='server_misconfigured')
+    return APIError(500, message, type='server_error', code='turn_failed')
+
+
+INTERNAL_ERROR = APIError(
+    500, 'internal error: the server log has the details.', type='server_error', code='internal_error'
+)
+
+
+class _ToolCallFunction(BaseModel):
+    name: str
+    arguments: str = '{}'
+
+
+class _ToolCallIn(BaseModel):
+    id: str
+    type: Literal['function'] = 'function'
+    function: _ToolCallFunction
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat-completion request, as OpenAI defines it (text content only)."""
+
+    model_config = ConfigDict(extra='allow')
+
+    role: Literal['system', 'developer', 'user', 'assistant', 'tool']
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: `include_usage` adds a last chunk with the usage."""
+
+    model_config = ConfigDict(extra='allow')
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """A chat-completion request. Sampling parameters are accepted and ignored: the backbone's config sets them."""
+
+    model_config = ConfigDict(extra='allow')
+
+    model: str = Field(description='A backbone name, as `GET /v1/models` lists them.')
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(
+        default=None,
+        description=f'Names the user, and the session when no `{SESSION_HEADER}` header is sent.',
+    )
+    n: int | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+
+
+class SessionCreate(BaseModel):
+    """`POST /v1/sessions`."""
+
+    id: str | None = Field(default=None, description='The session id; a fresh one when omitted.')
+    user: str | None = Field(default=None, description="Who the session belongs to; the settings' user when omitted.")
+
+
+def message_text(content: str | list[dict[str, Any]] | None, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ''
+    texts: list[str] = []
+    for index, part in enumerate(content):
+        kind = part.get('type')
+        if kind != 'text' or not isinstance(part.get('text'), str):
+            raise APIError(
+                400,
+                f'{where}.content[{index}]: content of type {kind!r} is not supported; send text.',
+                param=f'{where}.content',
+                code='unsupported_content',
+            )
+        texts.append(cast(str, part['text']))
+    return '\n'.join(texts)
+
+
+def openai_to_history(messages: Sequence[ChatMessage]) -> list[ModelMessage]:
+    """The pydantic-ai history for OpenAI-format messages (the new user turn excluded).
+
+    System and developer messages become system prompt parts, in place; an assistant's tool calls
+    must each be answered by a `tool` message before the next other message.
+
+    Raises:
+        APIError: A message cannot be converted (400).
+    """
+    history: list[ModelMessage] = []
+    pending: dict[str, str] = {}
+
+    def request(part: ModelRequestPart) -> None:
+        last = history[-1] if history else None
+        if isinstance(last, ModelRequest):
+            history[-1] = ModelRequest(parts=[*last.parts, part])
+        else:
+            history.append(ModelRequest(parts=[part]))
+
+    for index, message in enumerate(messages):
+        where = f'messages[{index}]'
+        if message.role != 'tool' and pending:
+            raise APIError(
+                400,
+                f'{where}: tool call {next(iter(pending))!r} has no tool message answering it.',
+                param=where,
+            )
+        text = message_text(message.content, where)
+        if message.role in ('system', 'developer'):
+            request(SystemPromptPart(text))
+        elif message.role == 'user':
+            request(UserPromptPart(text))
+        elif message.role == 'assistant':
+            parts: list[ModelResponsePart] = [TextPart(text)] if text else []
+            for call in message.tool_calls or []:
+                parts.append(ToolCallPart(call.function.name, call.function.arguments, tool_call_id=call.id))
+                pending[call.id] = call.function.name
+            history.append(ModelResponse(parts=parts))
+        else:
+            name = pending.pop(message.tool_call_id or '', None)
+            if name is None:
+                raise APIError(
+                    400,
+                    f'{where}: tool_call_id {message.tool_call_id!r} answers no earlier tool call.',
+                    param=f'{where}.tool_call_id',
+                )
+            request(ToolReturnPart(name, text, tool_call_id=cast(str, message.tool_call_id)))
+    if pending:
+        raise APIError(400, f'tool call {next(iter(pending))!r} has no tool message answering it.', param='messages')
+    return history
+
+
+def history_to_openai(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
+    """Stored messages in OpenAI's message format (lossy: `?format=pydantic-ai` is lossless)."""
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, SystemPromptPart):
+                    converted.append({'role': 'system', 'content': part.content})
+                elif isinstance(part, UserPromptPart):
+                    content = part.content if isinstance(part.content, str) else str(part.content)
+                    converted.append({'role': 'user', 'content': content})
+                elif isinstance(part, ToolReturnPart):
+                    converted.append(
+                        {'role': 'tool', 'tool_call_id': part.tool_call_id, 'content': part.model_response_str()}
+                    )
+        else:
+            text = ''.join(part.content for part in message.parts if isinstance(part, TextPart))
+            calls = [
+                {
+                    'id': part.tool_call_id,
+                    'type': 'function',
+                    'function': {'name': part.tool_name, 'arguments': part.args_as_json_str()},
+                }
+                for part in message.parts
+                if isinstance(part, ToolCallPart)
+            ]
+            entry: dict[str, Any] = {'role': 'assistant', 'content': text or None}
+            if calls:
+                entry['tool_calls'] = calls
+            converted.append(entry)
+    return converted
+
+
+def usage_json(usage: TurnUsage) -> dict[str, int]:
+    return {
+        'prompt_tokens': usage.input_tokens,
+        'completion_tokens': usage.output_tokens,
+        'total_tokens': usage.total_tokens,
+    }
+
+
+def session_json(info: SessionInfo) -> dict[str, Any]:
+    return {
+        'id': info.id,
+        'object': 'session',
+        'user': info.user,
+        'message_count': info.message_count,
+        'updated_at': int(info.updated_at.timestamp()),
+        'usage': {
+            'requests': info.usage.requests,
+            'tool_calls': info.usage.tool_calls,
+            'input_tokens': info.usage.input_tokens,
+            'output_tokens': info.usage.output_tokens,
+        },
+    }
+
+
+def kb_json(info: KbInfo) -> dict[str, Any]:
+    return {
+        'id': info.label,
+        'object': 'knowledge_base',
+        'name': info.name,
+        'user': info.user,
+        'documents': info.docs,
+        'chunks': info.chunks,
+        'tokens': info.tokens,
+        'embedding_model': info.embed_model,
+        'created_at': info.created_at,
+        'updated_at': info.updated_at,
+    }
+
+
+def completion_json(result: TurnResult, completion_id: str, model: str) -> dict[str, Any]:
+    return {
+        'id': completion_id,
+        'object': 'chat.completion',
+        'created': int(time.time()),
+        'model': model,
+        'system_fingerprint': None,
+        'choices': [
+            {
+                'index': 0,
+                'message': {'role': 'assistant', 'content': result.answer, 'refusal': None},
+                'logprobs': None,
+                'finish_reason': 'stop',
+            }
+        ],
+        'usage': usage_json(result.usage),
+        'tandem': {
+            'session': result.session,
+            'backbone': result.backbone,
+            'prompt': result.prompt,
+            'run_id': result.run_id,
+            'tool_calls': [
+                {'name': call.name, 'args': call.args, 'ok': call.ok, 'duration_s': round(call.duration_s, 4)}
+                for call in result.tool_calls
+            ],
+        },
+    }

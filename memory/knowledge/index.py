@@ -1,0 +1,495 @@
+"""In-process indexes (BM25 and exact vectors) over a knowledge base, kept in step with Redis by its change log."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+from bm25s.stopwords import STOPWORDS_EN  # pyright: ignore[reportMissingTypeStubs]
+
+from tandem.agent.core.errors import TandemError
+from tandem.memory.knowledge.store import DocumentRecord, KbState, KnowledgeBase
+
+ANALYZER = 'bm25s-en-v1'
+"""Names the BM25 analyzer below; stored in each document's signature, so changing it re-indexes."""
+
+
+_TOKEN = re.compile(r'(?u)\b\w\w+\b')  # bm25s's (and scikit-learn's) default token pattern
+
+
+_STOPWORDS = frozenset(STOPWORDS_EN)
+
+
+_K1 = 1.5
+
+
+_B = 0.75
+
+
+def bm25_terms(text: str) -> list[str]:
+    """BM25 terms of `text`, as `bm25s.tokenize(text, stopwords='en')` gives them: lowercased words
+    of two or more characters, English stop words removed, in order (duplicates kept)."""
+    return [token for token in _TOKEN.findall(text.lower()) if token not in _STOPWORDS]
+
+
+_IntArray = npt.NDArray[np.int32]
+
+
+_FloatArray = npt.NDArray[np.float32]
+
+
+def _grow(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    if size <= array.shape[0]:
+        return array
+    grown = np.zeros((max(size, 2 * array.shape[0], 1024), *array.shape[1:]), dtype=array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
+
+
+class Bm25Index:
+    """An in-memory BM25 inverted index (bm25s's Lucene variant) that supports adds and removes.
+
+    Postings live in a compact CSR block (term → chunk slots and term frequencies) plus a small
+    delta of recent additions; removed chunks are masked until enough pile up to compact. Document
+    frequencies, the live chunk count and the total length are maintained exactly, so scores
+    always equal those of an index built from scratch over the live chunks.
+    """
+
+    def __init__(self, *, k1: float = _K1, b: float = _B) -> None:
+        self.k1 = k1
+        self.b = b
+        self._vocab: dict[str, int] = {}
+        self._df: _IntArray = np.zeros(1024, dtype=np.int32)
+        self._ids: list[str | None] = []
+        self._slot_of: dict[str, int] = {}
+        self._slot_terms: list[_IntArray | None] = []
+        self._slot_tfs: list[_FloatArray | None] = []
+        self._length: _FloatArray = np.zeros(1024, dtype=np.float32)
+        self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=np.bool_)
+        self._live = 0
+        self._total = 0.0
+        self._dead = 0
+        # CSR over the slots added before the last rebuild.
+        self._indptr: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
+        self._posting_slots: _IntArray = np.zeros(0, dtype=np.int32)
+        self._posting_tfs: _FloatArray = np.zeros(0, dtype=np.float32)
+        self._delta: dict[int, tuple[list[int], list[float]]] = {}
+        self._delta_arrays: dict[int, tuple[_IntArray, _FloatArray]] = {}
+        self._delta_size = 0
+        self._norm: _FloatArray | None = None
+
+    def __len__(self) -> int:
+        return self._live
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._slot_of
+
+    def add(self, chunk_id: str, terms: Sequence[str], *, defer: bool = False) -> None:
+        """Index a chunk (replacing any chunk of the same id).
+
+        Args:
+            chunk_id: The chunk's id.
+            terms: Its BM25 terms (`bm25_terms`).
+            defer: Leave the postings for `finish()` to build in bulk (loading a whole KB).
+        """
+        if chunk_id in self._slot_of:
+            self.remove([chunk_id])
+        counts = collections.Counter(terms)
+        term_ids = np.fromiter(
+            (self._vocab.setdefault(term, len(self._vocab)) for term in counts), dtype=np.int32, count=len(counts)
+        )
+        tfs = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        self._df = _grow(self._df, len(self._vocab))
+        self._df[term_ids] += 1
+        slot = len(self._ids)
+        self._ids.append(chunk_id)
+        self._slot_of[chunk_id] = slot
+        self._slot_terms.append(term_ids)
+        self._slot_tfs.append(tfs)
+        self._length = _grow(self._length, slot + 1)
+        self._alive = _grow(self._alive, slot + 1)
+        self._length[slot] = len(terms)
+        self._alive[slot] = True
+        self._live += 1
+        self._total += len(terms)
+        self._norm = None
+        if defer:
+            return
+        for term_id, tf in zip(term_ids.tolist(), tfs.tolist(), strict=True):
+            slots, frequencies = self._delta.setdefault(term_id, ([], []))
+            slots.append(slot)
+            frequencies.append(tf)
+            self._delta_arrays.pop(term_id, None)
+        self._delta_size += len(term_ids)
+        if self._delta_size > max(50_000, self._posting_slots.shape[0] // 4):
+            self.finish()
+
+    def add_many(self, chunk_ids: Sequence[str], terms: Sequence[str]) -> None:
+        """Index chunks in bulk, each chunk's terms as one space-separated string; call `finish()`
+        afterwards (loading a whole KB). Vectorised: about ten times faster than `add` per chunk."""
+        self.remove([chunk_id for chunk_id in chunk_ids if chunk_id in self._slot_of])
+        count = len(chunk_ids)
+        if count == 0:
+            return
+        split = [line.split() for line in terms]
+        lengths = np.fromiter(map(len, split), dtype=np.int64, count=count)
+        flat = list(itertools.chain.from_iterable(split))
+        vocab = self._vocab
+        for term in sorted(set(flat).difference(vocab)):
+            vocab[term] = len(vocab)
+        size = len(vocab)
+        term_ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+        # One sort of (chunk, term) pairs gives every chunk's distinct terms and their frequencies.
+        pairs, frequencies = np.unique(
+            np.repeat(np.arange(count, dtype=np.int64), lengths) * size + term_ids, return_counts=True
+        )
+        pair_terms = (pairs % size).astype(np.int32)
+        pair_tfs = frequencies.astype(np.float32)
+        bounds = np.searchsorted(pairs // size, np.arange(1, count))
+        self._df = _grow(self._df, size)
+        self._df[:size] += np.bincount(pair_terms, minlength=size).astype(np.int32)
+        start = len(self._ids)
+        self._slot_terms.extend(np.split(pair_terms, bounds))
+        self._slot_tfs.extend(np.split(pair_tfs, bounds))
+        self._ids.extend(chunk_ids)
+        self._slot_of.update((chunk_id, start + offset) for offset, chunk_id in enumerate(chunk_ids))
+        self._length = _grow(self._length, start + count)
+        self._alive = _grow(self._alive, start + count)
+        self._length[start : start + count] = lengths
+        self._alive[start : start + count] = True
+        self._live += count
+        self._total += float(lengths.sum())
+        self._norm = None
+
+    def remove(self, chunk_ids: Iterable[str]) -> None:
+        """Unindex chunks; unknown ids are ignored."""
+        for chunk_id in chunk_ids:
+            slot = self._slot_of.pop(chunk_id, None)
+            if slot is None:
+                continue
+            term_ids = self._slot_terms[slot]
+            if term_ids is not None:
+                self._df[term_ids] -= 1
+            self._ids[slot] = None
+            self._slot_terms[slot] = None
+            self._slot_tfs[slot] = None
+            self._alive[slot] = False
+            self._live -= 1
+            self._total -= float(self._length[slot])
+            self._dead += 1
+            self._norm = None
+        if self._dead > 1000 and self._dead > len(self._ids) // 2:
+            self._compact()
+
+    def finish(self) -> None:
+        """Fold every pending posting into the CSR block (after deferred adds, or when the delta grows)."""
+        slots = len(self._ids)
+        parts_terms = [terms for terms in self._slot_terms if terms is not None]
+        if not parts_terms:
+            self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
+            self._posting_slots = np.zeros(0, dtype=np.int32)
+            self._posting_tfs = np.zeros(0, dtype=np.float32)
+        else:
+            sizes = np.fromiter(
+                (terms.shape[0] if terms is not None else 0 for terms in self._slot_terms), dtype=np.int64, count=slots
+            )
+            all_terms = np.concatenate(parts_terms)
+            all_tfs = np.concatenate([tfs for tfs in self._slot_tfs if tfs is not None])
+            all_slots = np.repeat(np.arange(slots, dtype=np.int32), sizes)
+            order = np.argsort(all_terms, kind='stable')
+            self._posting_slots = all_slots[order]
+            self._posting_tfs = all_tfs[order]
+            counts = np.bincount(all_terms, minlength=len(self._vocab))
+            self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
+            np.cumsum(counts, out=self._indptr[1:])
+        self._delta.clear()
+        self._delta_arrays.clear()
+        self._delta_size = 0
+
+    def _compact(self) -> None:
+        """Renumber the live chunks densely and rebuild, dropping what removed chunks left behind."""
+        keep = [slot for slot, chunk_id in enumerate(self._ids) if chunk_id is not None]
+        self._ids = [self._ids[slot] for slot in keep]
+        self._slot_terms = [self._slot_terms[slot] for slot in keep]
+        self._slot_tfs = [self._slot_tfs[slot] for slot in keep]
+        self._slot_of = {cast(str, chunk_id): slot for slot, chunk_id in enumerate(self._ids)}
+        kept = np.asarray(keep, dtype=np.int64)
+        self._length = np.concatenate([self._length[kept], np.zeros(1024, dtype=np.float32)])
+        self._alive = np.concatenate([np.ones(len(keep), dtype=np.bool_), np.zeros(1024, dtype=np.bool_)])
+        self._dead = 0
+        self._norm = None
+        self.finish()
+
+    def _postings(self, term_id: int) -> tuple[_IntArray, _FloatArray]:
+        main_slots: _IntArray = np.zeros(0, dtype=np.int32)
+        main_tfs: _FloatArray = np.zeros(0, dtype=np.float32)
+        if term_id + 1 < self._indptr.shape[0]:
+            start, end = int(self._indptr[term_id]), int(self._indptr[term_id + 1])
+            main_slots, main_tfs = self._posting_slots[start:end], self._posting_tfs[start:end]
+        if term_id not in self._delta:
+            return main_slots, main_tfs
+        arrays = self._delta_arrays.get(term_id)
+        if arrays is None:
+            slots, tfs = self._delta[term_id]
+            arrays = self._delta_arrays[term_id] = (
+                np.asarray(slots, dtype=np.int32),
+                np.asarray(tfs, dtype=np.float32),
+            )
+        if main_slots.shape[0] == 0:
+            return arrays
+        return np.concatenate([main_slots, arrays[0]]), np.concatenate([main_tfs, arrays[1]])
+
+    def scores(self, terms: Sequence[str]) -> _FloatArray:
+        """The BM25 score of every slot for a query's terms (dead slots score 0).
+
+        Like bm25s, a term repeated in the query counts once per repetition.
+        """
+        slots = len(self._ids)
+        scores = np.zeros(slots, dtype=np.float32)
+        if self._live == 0:
+            return scores
+        if self._norm is None:
+            average = self._total / self._live
+            self._norm = (self.k1 * ((1 - self.b) + self.b * self._length[:slots] / average)).astype(np.float32)
+        norm = self._norm
+        live = self._live
+        for term in terms:
+            term_id = self._vocab.get(term)
+            if term_id is None:
+                continue
+            df = int(self._df[term_id])
+            if df <= 0:
+                continue
+            idf = math.log(1 + (live - df + 0.5) / (df + 0.5))
+            posting_slots, tfs = self._postings(term_id)
+            scores[posting_slots] += np.float32(idf) * tfs / (norm[posting_slots] + tfs)
+        if self._dead:
+            scores[~self._alive[:slots]] = 0.0
+        return scores
+
+    def search(self, terms: Sequence[str], n: int) -> list[tuple[str, float]]:
+        """The best `n` `(chunk id, score)` with a positive score, best first."""
+        scores = self.scores(terms)
+        return [(cast(str, self._ids[slot]), score) for slot, score in _top(scores, n) if score > 0]
+
+
+class VectorIndex:
+    """Exact nearest neighbours by cosine similarity over unit vectors held in one float32 matrix.
+
+    The matrix is stored transposed (one column per chunk), which makes the query's product with it
+    a BLAS `sgemv` over contiguous rows, the fastest form on a CPU. Columns are appended as chunks
+    arrive and masked when they go; the matrix is compacted when half of it is dead. A search is
+    that one product plus a partial sort.
+    """
+
+    def __init__(self, dims: int) -> None:
+        self.dims = dims
+        self._matrix: _FloatArray = np.zeros((dims, 0), dtype=np.float32)
+        self._ids: list[str | None] = []
+        self._row_of: dict[str, int] = {}
+        self._alive: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def _reserve(self, size: int) -> None:
+        capacity = self._matrix.shape[1]
+        if size > capacity:
+            grown = np.zeros((self.dims, max(size, 2 * capacity, 1024)), dtype=np.float32)
+            grown[:, :capacity] = self._matrix
+            self._matrix = grown
+        self._alive = _grow(self._alive, size)
+
+    def add(self, chunk_id: str, vector: npt.NDArray[np.float32]) -> None:
+        """Index a unit vector for a chunk (replacing any of the same id).
+
+        Raises:
+            ValueError: The vector has another dimension than the index.
+        """
+        self.add_many([chunk_id], vector.reshape(1, -1))
+
+    def add_many(self, chunk_ids: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+        """Index one unit vector per chunk, `vectors` holding them as rows.
+
+        Raises:
+            ValueError: The vectors have another dimension than the index.
+        """
+        if vectors.ndim != 2 or vectors.shape != (len(chunk_ids), self.dims):
+            raise ValueError(f'vectors of {vectors.shape} for {len(chunk_ids)} chunks of {self.dims} dimensions')
+        self.remove([chunk_id for chunk_id in chunk_ids if chunk_id in self._row_of])
+        start = len(self._ids)
+        self._reserve(start + len(chunk_ids))
+        self._matrix[:, start : start + len(chunk_ids)] = vectors.T
+        self._alive[start : start + len(chunk_ids)] = True
+        for offset, chunk_id in enumerate(chunk_ids):
+            self._row_of[chunk_id] = start + offset
+        self._ids.extend(chunk_ids)
+
+    def remove(self, chunk_ids: Iterable[str]) -> None:
+        """Unindex chunks; unknown ids are ignored."""
+        for chunk_id in chunk_ids:
+            row = self._row_of.pop(chunk_id, None)
+            if row is None:
+                continue
+            self._ids[row] = None
+            self._alive[row] = False
+            self._dead += 1
+        if self._dead > 1000 and self._dead > len(self._ids) // 2:
+            keep = np.flatnonzero(self._alive[: len(self._ids)])
+            self._matrix = np.ascontiguousarray(self._matrix[:, keep])
+            self._ids = [self._ids[row] for row in keep.tolist()]
+            self._row_of = {cast(str, chunk_id): row for row, chunk_id in enumerate(self._ids)}
+            self._alive = np.ones(len(self._ids), dtype=np.bool_)
+            self._dead = 0
+
+    def search(self, query: npt.NDArray[np.float32], n: int) -> list[tuple[str, float]]:
+        """The `n` chunks most similar to the unit vector `query`, `(chunk id, cosine)`, best first."""
+        rows = len(self._ids)
+        if rows - self._dead <= 0:
+            return []
+        scores = query.astype(np.float32, copy=False) @ self._matrix[:, :rows]
+        if self._dead:
+            scores[~self._alive[:rows]] = -np.inf
+        return [(cast(str, self._ids[row]), score) for row, score in _top(scores, n) if score > -np.inf]
+
+
+def _top(scores: npt.NDArray[np.float32], n: int) -> list[tuple[int, float]]:
+    size = scores.shape[0]
+    if size == 0 or n <= 0:
+        return []
+    candidates: npt.NDArray[np.intp] = (
+        np.argpartition(-scores, n - 1)[:n] if n < size else np.arange(size, dtype=np.intp)
+    )
+    order: list[int] = candidates[np.argsort(-scores[candidates], kind='stable')].tolist()
+    return [(slot, float(scores[slot])) for slot in order]
+
+
+@dataclass
+class _Synced:
+    """An in-process index of one KB, as of a generation."""
+
+    epoch: str
+    gen: int
+    docs: dict[str, list[str]]
+    """Document id to the chunk ids indexed for it."""
+    index: Any
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How to build one kind of in-process index from the documents' bulk fields."""
+
+    name: str
+    field: Literal['terms', 'vectors']
+    make: Callable[[int], Any]
+    """Makes an empty index, given the vector dimensions (0 when not a vector index)."""
+    add: Callable[[Any, Sequence[tuple[DocumentRecord, bytes]], bool], dict[str, list[str]]]
+    """Indexes documents' chunks from the field's stored values; returns each document's chunk ids
+    indexed. The bool: a bulk load (`finish` follows)."""
+    finish: Callable[[Any], None]
+
+
+def _add_terms(index: Bm25Index, items: Sequence[tuple[DocumentRecord, bytes]], bulk: bool) -> dict[str, list[str]]:
+    added: dict[str, list[str]] = {}
+    ids: list[str] = []
+    lines: list[str] = []
+    for record, raw in items:
+        terms = raw.decode('utf-8').split('\n')
+        if len(terms) != len(record.chunks):
+            continue  # written by another version of Tandem: the next ingest of it rewrites it
+        added[record.id] = list(record.chunks)
+        if bulk:
+            ids += record.chunks
+            lines += terms
+        else:
+            for chunk_id, line in zip(record.chunks, terms, strict=True):
+                index.add(chunk_id, line.split())
+    if ids:
+        index.add_many(ids, lines)
+    return added
+
+
+def _add_vectors(index: VectorIndex, items: Sequence[tuple[DocumentRecord, bytes]], bulk: bool) -> dict[str, list[str]]:
+    # Vectors of another size come from another model: the KB's meta says which model counts.
+    kept = [(record, raw) for record, raw in items if len(raw) == len(record.chunks) * index.dims * 4]
+    if kept:
+        matrix = np.frombuffer(b''.join(raw for _, raw in kept), dtype=np.float32).reshape(-1, index.dims)
+        index.add_many([chunk_id for record, _ in kept for chunk_id in record.chunks], matrix)
+    return {record.id: list(record.chunks) for record, _ in kept}
+
+
+def _finish_bm25(index: Bm25Index) -> None:
+    index.finish()
+
+
+BM25_KIND = _Kind('bm25', 'terms', lambda dims: Bm25Index(), cast(Any, _add_terms), cast(Any, _finish_bm25))
+
+
+VECTOR_KIND = _Kind('vectors', 'vectors', VectorIndex, cast(Any, _add_vectors), lambda index: None)
+
+
+_CACHE: collections.OrderedDict[tuple[str, str], _Synced] = collections.OrderedDict()
+
+
+_CACHE_SIZE = 16
+
+
+def clear_index_cache() -> None:
+    """Forget every in-process index (they reload from Redis on the next search)."""
+    _CACHE.clear()
+
+
+async def synced_index(kb: KnowledgeBase, kind: _Kind, state: KbState, *, dims: int = 0) -> _Synced:
+    """The in-process index of `kind` for `kb`, brought up to `state`'s generation."""
+    key = (kind.name, kb.keys.meta)
+    for _ in range(5):
+        current = _CACHE.get(key)
+        if current is not None and current.epoch == state.epoch and (dims == 0 or current.index.dims == dims):
+            _CACHE.move_to_end(key)
+            if current.gen >= state.gen:
+                return current
+            changed = await kb.changed_since(current.gen)
+            if len(changed) <= max(1000, len(current.docs) // 2):
+                base = current.gen
+                records = await kb.documents(changed)
+                values = await kb.document_fields(changed, kind.field)
+                if current.gen != base:
+                    continue  # another search applied changes meanwhile: look again
+                for doc_id in changed:
+                    old = current.docs.pop(doc_id, None)
+                    if old:
+                        current.index.remove(old)
+                present = [(record, raw) for record, raw in zip(records, values, strict=True) if record and raw]
+                current.docs.update(kind.add(current.index, present, False))
+                current.gen = max(current.gen, state.gen)
+                return current
+        loaded = await _load(kb, kind, state, dims)
+        existing = _CACHE.get(key)
+        if existing is None or existing.epoch != loaded.epoch or existing.gen <= loaded.gen:
+            _CACHE[key] = loaded
+            _CACHE.move_to_end(key)
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        return loaded
+    raise TandemError(f'knowledge base {kb.label!r} keeps changing during the search; try again.')
+
+
+async def _load(kb: KnowledgeBase, kind: _Kind, state: KbState, dims: int) -> _Synced:
+    """Build the index of `kind` from everything stored (a new process, or a recreated KB): one
+    bulk read per batch of documents, then one bulk build."""
+    index = kind.make(dims)
+    docs: dict[str, list[str]] = {}
+    async for batch in kb.iter_documents():
+        values = await kb.document_fields([record.id for record in batch], kind.field)
+        docs.update({record.id: [] for record in batch})
+        docs.update(kind.add(index, [(record, raw) for record, raw in zip(batch, values, strict=True) if raw], True))
+    kind.finish(index)
+    return _Synced(epoch=state.epoch, gen=state.gen, docs=docs, index=index)
