@@ -43,6 +43,8 @@ _SOURCE_LABEL = {'user-stated': 'stated', 'inferred': 'inferred', 'tool': 'from 
 
 
 class _Who(Protocol):
+    """Who the turn is for (`Deps.identity`)."""
+
     @property
     def tenant(self) -> str: ...
     @property
