@@ -712,7 +712,7 @@ def worker_app(backbones: Mapping[str, Backbone] | None = None) -> FastAPI:
     """The app of one `tandem serve` worker process (a uvicorn factory): settings and flags from the environment.
 
     A program that serves models of its own wraps it, e.g. `def app(): return worker_app({'mine': backbone})`,
-    and runs `agent.cli_serve.serve(factory='mypackage.module:app', workers=N)`.
+    and runs `agent.cli.serve.serve(factory='mypackage.module:app', workers=N)`.
 
     Raises:
         ConfigError: No keys and no `--no-auth`, or `--no-auth` on a non-loopback address.

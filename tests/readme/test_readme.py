@@ -96,7 +96,7 @@ tandem() {
     "tune submit"* | "tune status"*) readme_skip "tandem $1 $2: OpenAI's fine-tuning API (tests/tune/test_jobs.py runs it against a loopback one)" ;;
     "tune compare"*) readme_skip "tandem tune compare: needs the README's gpt-mini and support-ft backbones on OpenAI (tests/tune/test_compare.py runs it on scripted ones)" ;;
     "models pull"*) readme_skip "tandem models pull: downloads a GGUF from Hugging Face (tests/tune/test_models_cli.py pulls from a loopback server)" ;;
-    *llama-cpp:*) readme_skip "tandem ... --model llama-cpp:...: needs GGUF weights (tests/agent/test_local_models.py runs a tiny one)" ;;
+    *llama-cpp:*) readme_skip "tandem ... --model llama-cpp:...: needs GGUF weights (tests/tune/test_local_models.py runs a tiny one)" ;;
     # Against a model that only echoes, scenario expectations fail (exit 1); a usage error is exit 2.
     run\ *) command tandem "$@" || [ $? -eq 1 ] ;;
     *) command tandem "$@" ;;
