@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +36,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ('server', ('tandem.agent.server',)),
     ('cli', ('tandem.agent.cli', 'tandem.agent.__main__')),
     # The package's face: `from tandem.agent import Assistant`, for users; nothing inside imports it.
-    ('face', ('tandem.agent',)),
+    ('face', ()),
 )
 """Lowest first: (layer, the module prefixes it holds)."""
+FACE = 'tandem.agent'
+"""The face is this one module, not a prefix: a new module directly in agent/ belongs to no layer."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Import:
 
 def layer_of(module: str) -> int:
     """The index in `LAYERS` of the longest prefix that holds `module`."""
+    if module == FACE:
+        return len(LAYERS) - 1
     matches = [
         (len(prefix), index)
         for index, (_, prefixes) in enumerate(LAYERS)
@@ -73,26 +77,31 @@ def modules(root: Path) -> dict[str, Path]:
     return found
 
 
+def imported(path: Path, package: str, known: Collection[str] = ()) -> Iterator[tuple[str, int]]:
+    """The absolute names of the modules a file imports, with their lines, wherever the import stands.
+
+    `from a.b import c` names `a.b.c` when that is one of the `known` modules, else `a.b`.
+    """
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.')
+                base = '.'.join([*parts[: len(parts) - node.level + 1], *filter(None, [base])])
+            for alias in node.names:
+                yield (f'{base}.{alias.name}' if f'{base}.{alias.name}' in known else base), node.lineno
+
+
 def imports(known: dict[str, Path], root: Path) -> Iterator[Import]:
     """Every import of a Tandem module by another: at the top, in functions, and under TYPE_CHECKING."""
     for source, path in known.items():
         package = source if path.name == '__init__.py' else source.rpartition('.')[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ''
-                if node.level:
-                    base = '.'.join(
-                        [*package.split('.')[: len(package.split('.')) - node.level + 1], *filter(None, [base])]
-                    )
-                # `from tandem.agent.cli import kb` imports the module `kb`, not the package face.
-                targets = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in known else base for alias in node.names]
-            else:
-                continue
-            for target in targets:
-                if target.startswith('tandem.') and target != source:
-                    yield Import(source, target, str(path.relative_to(root)), node.lineno)
+        for target, line in imported(path, package, known):
+            if target.startswith('tandem.') and target != source:
+                yield Import(source, target, str(path.relative_to(root)), line)
 
 
 def upward(found: list[Import]) -> list[str]:
@@ -145,6 +154,19 @@ def library() -> tuple[dict[str, Path], list[Import]]:
     return known, list(imports(known, ROOT))
 
 
+def test_no_file_imports_the_bare_top_level_names() -> None:
+    """`import agent` or `from tools.x import y` would load a user's package of that name, or fail."""
+    listed = subprocess.run(['git', 'ls-files', '*.py'], cwd=ROOT, capture_output=True, text=True, check=True)
+    offenders = [
+        f'{name}:{line}: {module}'
+        for name in listed.stdout.split()
+        if not name.startswith('tests/plugins/') and (ROOT / name).is_file()
+        for module, line in imported(ROOT / name, package='')
+        if module.split('.')[0] in FOLDERS
+    ]
+    assert offenders == []
+
+
 def test_every_module_is_in_a_layer_and_every_layer_has_modules(library: tuple[dict[str, Path], list[Import]]) -> None:
     known, _ = library
     layers = {layer_of(module) for module in known}
@@ -176,3 +198,5 @@ def test_an_upward_import_and_a_cycle_are_caught(tmp_path: Path) -> None:
     found = list(imports(known, tmp_path))
     assert upward(found) == ['memory/store.py:2: tandem.memory.store (memory) imports tandem.agent.turn.run (turn)']
     assert cycles(found) == [['tandem.agent.turn.run', 'tandem.memory.store']]
+    with pytest.raises(AssertionError, match=r'tandem\.agent\.stray is in no layer'):
+        layer_of('tandem.agent.stray')

@@ -97,7 +97,7 @@ async def build_deps(
         redis=redis,
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
         toolsets=selected_toolsets(settings, options.tools) if toolsets is None else toolsets,
-        agents=agents,
+        agents=agents or AgentFactory(),
         facts=facts,
         retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),
         context_providers=(*((MemoryContext(),) if facts is not None else ()), KnowledgeContextProvider()),
