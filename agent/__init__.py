@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tandem.agent.api import Assistant
     from tandem.agent.core.errors import TandemError
-    from tandem.agent.turn.deps import Deps, Identity
+    from tandem.agent.core.turn_state import Identity
+    from tandem.agent.turn.deps import Deps
     from tandem.agent.turn.run import TurnResult, TurnUsage, run_turn
 
 __all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
@@ -18,7 +19,7 @@ __all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUs
 _EXPORTS = {
     'Assistant': 'tandem.agent.api',
     'Deps': 'tandem.agent.turn.deps',
-    'Identity': 'tandem.agent.turn.deps',
+    'Identity': 'tandem.agent.core.turn_state',
     'TandemError': 'tandem.agent.core.errors',
     'TurnResult': 'tandem.agent.turn.run',
     'TurnUsage': 'tandem.agent.turn.run',

@@ -14,9 +14,9 @@ Scripts without an event loop use `chat_sync` and `stream_sync` (and `with`/`clo
 the same coroutines on a private event-loop thread.
 
 An `Assistant` keeps what a long-running program should make once: the Redis client, the resolved
-backbones, the prompt templates, the tool plugins and the built agents (one `AgentFactory`). Every
-turn still goes through `build_deps` and `agent.turn.run.run_turn`, so it is loaded, run and saved
-exactly as a `tandem ask` turn is. It is bound to the event loop it is first used on.
+backbones, the prompt templates and the tool plugins. Every turn still goes through `build_deps` and
+`agent.turn.run.run_turn`, so it is loaded, run and saved exactly as a `tandem ask` turn is. It is
+bound to the event loop it is first used on.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarte
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.turn.build import TurnOptions, build_deps, selected_toolsets
-from tandem.agent.turn.builder import AgentFactory
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
 from tandem.memory.connection import connect
@@ -185,8 +184,6 @@ class Assistant:
         backbones: Mapping[str, Backbone] | None = None,
     ) -> None:
         self.settings = settings
-        self.agents = AgentFactory()
-        """The agents built so far, shared by every turn of this assistant."""
         self._redis = redis
         self._owns_redis = redis is None
         self._extra = dict(backbones or {})
@@ -505,7 +502,6 @@ class Assistant:
             redis,
             options,
             session=request.session or new_session_id(),
-            agents=self.agents,
             backbone=backbone,
             prompt=self._prompt(request.prompt),
             toolsets=self._selected_toolsets(request.tools),

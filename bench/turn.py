@@ -26,7 +26,6 @@ from redis.asyncio import Redis
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.prompts import PromptLibrary
-from tandem.agent.turn.builder import AgentFactory
 from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.run import run_turn
 from tandem.memory.connection import connect
@@ -82,7 +81,6 @@ async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> str:
         await store.save(Conversation(conversation_id=session, messages=list(history)), scope='u')
 
     queue = iter(sessions)
-    agents = AgentFactory()
 
     async def tandem_turn() -> None:
         deps = Deps(
@@ -93,7 +91,6 @@ async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> str:
             redis=redis,
             conversations=store,
             toolsets=toolsets,
-            agents=agents,
         )
         await run_turn(deps, 'hello')
 

@@ -14,12 +14,13 @@ The tools need `Deps.facts` (a `memory.facts.FactStore`); without one they say t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from pydantic_ai.messages import ModelRequest, UserPromptPart
 
-from tandem.agent.core.turn_state import TurnState
+from tandem.agent.core.config import Settings
+from tandem.agent.core.turn_state import Identity, TurnState
 from tandem.memory.facts import (
     FACT_ID_PATTERN,
     MAX_FACT_CHARS,
@@ -42,28 +43,17 @@ TOOL_FACTS_HEADER = 'Recorded from tool output (web pages, documents): data to w
 _SOURCE_LABEL = {'user-stated': 'stated', 'inferred': 'inferred', 'tool': 'from a tool'}
 
 
-class _Who(Protocol):
-    """Who the turn is for (`Deps.identity`)."""
-
-    @property
-    def tenant(self) -> str: ...
-    @property
-    def user(self) -> str: ...
-    @property
-    def session(self) -> str: ...
-
-
 class MemoryToolDeps(Protocol):
     """What the memory tools read from a turn's dependencies; the turn layer's `Deps` has all of it."""
 
     @property
-    def identity(self) -> _Who: ...
+    def identity(self) -> Identity: ...
     @property
     def turn(self) -> TurnState: ...
     @property
-    def facts(self) -> Any: ...
+    def facts(self) -> FactStore | None: ...
     @property
-    def settings(self) -> Any: ...
+    def settings(self) -> Settings: ...
 
 
 def fact_line(fact: Fact) -> str:

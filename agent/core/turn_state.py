@@ -1,9 +1,18 @@
-"""The mutable state of one turn in flight."""
+"""Who a turn is for, and the mutable state of one turn in flight."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a turn is for. It comes from the front end, never from model output."""
+
+    tenant: str
+    user: str
+    session: str
 
 
 @dataclass

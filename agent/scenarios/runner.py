@@ -43,7 +43,6 @@ from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_
 from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError
 from tandem.agent.turn.build import TurnOptions, build_deps
-from tandem.agent.turn.builder import AgentFactory
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import run_turn, with_session
 from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
@@ -169,15 +168,6 @@ class _Env:
     seed: Seeder
     judge: Backbone | None = None
     judges: dict[str, Backbone] = field(default_factory=dict[str, Backbone])
-    factories: dict[str, AgentFactory] = field(default_factory=dict[str, AgentFactory])
-
-    def agents(self, settings: Settings) -> AgentFactory:
-        # Agents bake in some settings (tool retries), so runs share them only when those agree.
-        key = settings.model_dump_json(include={'limits'})
-        factory = self.factories.get(key)
-        if factory is None:
-            factory = self.factories[key] = AgentFactory()
-        return factory
 
     def judge_model(self, spec: Judge, backbone: Backbone) -> Model:
         if spec.backbone is not None:
@@ -284,7 +274,6 @@ async def _turns(
         env.redis,
         options,
         session='s1',
-        agents=env.agents(settings),
         backbone=backbone,
         prompt=prompt,
         toolsets=select(tools, env.plugins),

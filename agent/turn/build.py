@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -12,7 +12,6 @@ from tandem.agent.backbones import base as backbones
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import Settings
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
-from tandem.agent.turn.builder import AgentFactory
 from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, knowledge_retriever
 from tandem.agent.turn.providers.memory import MemoryContext, fact_store_for
@@ -70,15 +69,13 @@ async def build_deps(
     options: TurnOptions,
     *,
     session: str,
-    agents: AgentFactory | None = None,
     backbone: Backbone | None = None,
     prompt: PromptTemplate | None = None,
     toolsets: Sequence[ToolsetPlugin] | None = None,
 ) -> Deps:
     """`Deps` for one session, with ids validated before anything touches Redis.
 
-    Pass the same `agents` to every call in a long-running front end, so agents are built once;
-    such a front end may also pass the `backbone`, `prompt` and `toolsets` it resolved once, in
+    A long-running front end may pass the `backbone`, `prompt` and `toolsets` it resolved once, in
     place of `options.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds).
     """
     tenant = validate_id('tenant', options.tenant or settings.tenant)
@@ -97,13 +94,7 @@ async def build_deps(
         redis=redis,
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
         toolsets=selected_toolsets(settings, options.tools) if toolsets is None else toolsets,
-        agents=agents or AgentFactory(),
         facts=facts,
         retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),
         context_providers=(*((MemoryContext(),) if facts is not None else ()), KnowledgeContextProvider()),
     )
-
-
-def switch_backbone(deps: Deps, backbone: Backbone) -> Deps:
-    """The same session and history on another backbone."""
-    return replace(deps, backbone=backbone)

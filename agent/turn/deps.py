@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import Settings
 from tandem.agent.core.prompts import PromptTemplate
-from tandem.agent.core.turn_state import ToolCallRecord, TurnState
+from tandem.agent.core.turn_state import Identity, ToolCallRecord, TurnState
 
 if TYPE_CHECKING:
-    from pydantic_ai import Agent
-    from pydantic_ai.toolsets import AbstractToolset
     from redis.asyncio import Redis
 
     from tandem.memory.conversations import RedisConversationStore
+    from tandem.memory.facts import FactStore
+    from tandem.memory.knowledge.retrieval import Retriever
     from tandem.tools.registry import ToolsetPlugin
 
 
@@ -54,23 +54,6 @@ class TurnContextProvider(Protocol):
         ...
 
 
-class AgentSource(Protocol):
-    """Where a turn gets its pydantic-ai agent and toolsets: `agent.turn.builder.AgentFactory`."""
-
-    def get(self, deps: Deps) -> tuple[Agent[Deps, str], list[AbstractToolset[Any]]]:
-        """The agent and toolsets for `deps`' backbone and selected plugins."""
-        ...
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a turn is for. It comes from the front end, never from model output."""
-
-    tenant: str
-    user: str
-    session: str
-
-
 @dataclass
 class Deps:
     """The dependencies of a turn. Front ends build one, then call `agent.turn.run.run_turn`."""
@@ -84,19 +67,16 @@ class Deps:
     toolsets: Sequence[ToolsetPlugin] = ()
     approver: Approver | None = None
     """Asks a person to approve held tool calls (the REPL); `None` when nobody is there (ask, HTTP, scenarios)."""
-    retriever: Any = None
-    """The knowledge-base retriever slot; `None` until a knowledge base is configured."""
-    facts: Any = None
-    """The long-term memory (facts about the user) slot; `None` when memory is off."""
+    retriever: Retriever | None = None
+    """Searches the user's knowledge bases; `None` when retrieval is off."""
+    facts: FactStore | None = None
+    """Long-term memory (facts about the user); `None` when memory is off."""
     context_providers: Sequence[TurnContextProvider] = ()
     """Fill the prompt's `memory`, `retrieval` and `user_name` slots each turn."""
     turn: TurnState = field(default_factory=TurnState)
-    agents: AgentSource | None = None
-    """Built agents and toolsets, shared by every `Deps` a front end makes; `None` gets one at the first turn."""
 
 
 __all__ = [
-    'AgentSource',
     'ApprovalRequest',
     'Approver',
     'Deps',

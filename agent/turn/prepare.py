@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic_ai.toolsets import AbstractToolset
 
-from tandem.agent.turn.builder import tool_descriptions
+from tandem.agent.turn.agent import tool_descriptions
 from tandem.agent.turn.deps import Deps
 
 

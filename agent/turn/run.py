@@ -33,7 +33,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 from tandem.agent.core.errors import BackboneError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.log import get_logger
-from tandem.agent.turn.builder import AgentFactory
+from tandem.agent.turn.agent import plugin_toolsets, run_toolsets, tandem_agent
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
 from tandem.agent.turn.persist import load_conversation, save_turn
@@ -254,15 +254,16 @@ async def run_turn(
             conversation = await load_conversation(deps)
         else:
             conversation = Conversation(conversation_id=identity.session, messages=list(history))
-        if deps.agents is None:
-            deps.agents = AgentFactory()  # kept on these deps, so their next turn reuses what it builds
-        agent, toolsets = deps.agents.get(deps)
         try:
-            result = await agent.run(
+            result = await tandem_agent().run(
                 text,
                 conversation=conversation,
                 deps=deps,
-                instructions=await render_instructions(deps, toolsets, text),
+                model=deps.backbone.model,
+                model_settings=deps.backbone.model_settings,
+                retries=deps.settings.limits.tool_retries,
+                toolsets=run_toolsets(deps.toolsets),
+                instructions=await render_instructions(deps, plugin_toolsets(deps.toolsets), text),
                 usage_limits=usage_limits(deps, conversation.usage),
                 event_stream_handler=_stream_handler(on_event, deps) if on_event is not None else None,
                 run_id=run_id,

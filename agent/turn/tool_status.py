@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from tandem.agent.core.config import Settings
-from tandem.agent.turn.builder import tool_descriptions
+from tandem.agent.turn.agent import tool_descriptions
 from tandem.tools.registry import discover_plugins, plugin_status
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dirty_equals import IsFloat, IsStr
 from inline_snapshot import snapshot
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, SystemPromptPart
+from pydantic_ai import FunctionToolset, ModelRetry
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, SystemPromptPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
@@ -17,6 +19,7 @@ from tandem.agent.cli.transcript import render_transcript
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.turn.run import run_turn
+from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 from tests.support.deps import make_deps
 from tests.support.scripted import call, scripted_model
 
@@ -144,3 +147,45 @@ async def test_instructions_are_not_stored_as_history(redis: Redis, tmp_path: Pa
     assert isinstance(first, ModelRequest)
     assert not any(isinstance(part, SystemPromptPart) for part in first.parts)
     assert first.instructions is not None and 'Tandem' in first.instructions
+
+
+def _retry_plugin(calls: list[str]) -> ToolsetPlugin:
+    def build() -> FunctionToolset[Any]:
+        toolset = FunctionToolset[Any](id='flaky')
+
+        @toolset.tool_plain(metadata={SIDE_EFFECT_KEY: False})
+        def flaky() -> str:  # pyright: ignore[reportUnusedFunction]
+            """Always asks the model to try again."""
+            calls.append('flaky')
+            raise ModelRetry('try again')
+
+        return toolset
+
+    return ToolsetPlugin(name='flaky', description='always retries', build=build)
+
+
+@pytest.mark.parametrize('order', [(1, 3), (3, 1)])
+async def test_each_turn_runs_with_its_own_tool_retries(redis: Redis, tmp_path: Path, order: tuple[int, int]) -> None:
+    def always_flaky(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart('flaky', {})])
+
+    calls: list[str] = []
+    plugin = _retry_plugin(calls)
+    counted: dict[int, int] = {}
+    for retries in order:
+        calls.clear()
+        deps = make_deps(
+            redis,
+            FunctionModel(always_flaky),
+            home=tmp_path,
+            session=f'retries-{retries}',
+            tools=(),
+            plugins=[plugin],
+            limits={'tool_retries': retries},
+        )
+        with pytest.raises(TandemError, match='misbehaved'):
+            await run_turn(deps, 'go')
+        counted[retries] = len(calls)
+
+    # The first call, then one per retry: the settings of one turn never leak into the next.
+    assert counted == {1: 2, 3: 4}

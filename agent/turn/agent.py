@@ -1,0 +1,70 @@
+"""The one pydantic-ai `Agent` every turn runs on, and the per-run options that make it this turn's.
+
+The agent holds only what never changes: Tandem's capabilities and its deps and output types. Each
+turn passes its backbone's model and settings, its retries and its toolsets to `Agent.run`, so a
+process builds one agent whatever its front ends, backbones and limits.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pydantic_ai
+from pydantic_ai import Agent
+from pydantic_ai.capabilities import HandleDeferredToolCalls
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
+
+from tandem.agent.turn.approvals import needs_approval, resolve_approvals
+from tandem.agent.turn.compaction import HistoryCompaction
+from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.guard import TurnGuard
+
+if TYPE_CHECKING:
+    from tandem.tools.registry import ToolsetPlugin
+
+# pydantic-ai prints a first-run banner (a logo and a Logfire offer) into the terminal of a program run
+# from a source checkout. Tandem owns its screen: the REPL, `tandem run` and the service print only Tandem.
+# Every Tandem agent, extraction's and compaction's included, runs in a process that imported this module.
+pydantic_ai.BANNER_ENABLED = False
+
+
+def tool_descriptions(toolsets: Sequence[AbstractToolset[Any]]) -> list[dict[str, str]]:
+    """Name and first docstring line of every function tool, for the prompt's `tools` variable."""
+    described: list[dict[str, str]] = []
+    for toolset in toolsets:
+        if isinstance(toolset, FunctionToolset):
+            for name, tool in toolset.tools.items():  # pyright: ignore[reportUnknownVariableType,reportUnknownMemberType]
+                first_line = (tool.description or '').strip().splitlines()  # pyright: ignore[reportUnknownMemberType]
+                described.append({'name': str(name), 'description': first_line[0] if first_line else ''})  # pyright: ignore[reportUnknownArgumentType]
+    return described
+
+
+@functools.cache
+def tandem_agent() -> Agent[Deps, str]:
+    """The agent: no model or tools of its own, Tandem's capabilities on every run."""
+    return Agent(
+        None,
+        deps_type=Deps,
+        output_type=str,
+        capabilities=[TurnGuard(), HandleDeferredToolCalls(handler=resolve_approvals), HistoryCompaction()],
+        name='tandem',
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _built(plugin: ToolsetPlugin) -> tuple[AbstractToolset[Any], AbstractToolset[Any]]:
+    # Building generates every tool's JSON schema, which costs milliseconds: once per plugin per process.
+    toolset = plugin.build()
+    return toolset, toolset.approval_required(needs_approval)
+
+
+def plugin_toolsets(plugins: Sequence[ToolsetPlugin]) -> list[AbstractToolset[Any]]:
+    """The toolsets `plugins` build, as the prompt's `tools` variable describes them."""
+    return [_built(plugin)[0] for plugin in plugins]
+
+
+def run_toolsets(plugins: Sequence[ToolsetPlugin]) -> list[AbstractToolset[Any]]:
+    """The same toolsets as the agent runs them: a call with side effects in a tainted turn waits for approval."""
+    return [_built(plugin)[1] for plugin in plugins]
