@@ -351,6 +351,10 @@ def compact_prompt(prompts_dir: Path | None) -> PromptTemplate:
     return _prompt_library(prompts_dir).get('compact')
 
 
+_SUMMARY_AGENT = Agent(None, output_type=str, name='tandem-compaction')
+"""Built once: each summary passes its model, instructions and settings to `run`."""
+
+
 class PromptSummarizer:
     """The default `Summarizer`: the `compact` prompt, run on the turn's own model."""
 
@@ -366,10 +370,12 @@ class PromptSummarizer:
                 'date': date.today().isoformat(),
             }
         )
-        agent = Agent(model, output_type=str, instructions=instructions, name='tandem-compaction')
         settings = ModelSettings(**{**deps.backbone.model_settings, 'max_tokens': max_tokens})  # type: ignore[typeddict-item]
-        result = await agent.run(
-            f'<conversation>\n{render_for_summary(messages)}\n</conversation>', model_settings=settings
+        result = await _SUMMARY_AGENT.run(
+            f'<conversation>\n{render_for_summary(messages)}\n</conversation>',
+            model=model,
+            instructions=instructions,
+            model_settings=settings,
         )
         usage = result.usage
         _log.info(

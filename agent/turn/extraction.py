@@ -140,6 +140,10 @@ async def wait_for_extractions(timeout: float | None = None) -> None:
         await asyncio.wait(tasks, timeout=timeout)
 
 
+_EXTRACTION_AGENT = Agent(None, output_type=ExtractedFacts, name='tandem-extraction')
+"""Built once: each extraction passes its model, instructions and settings to `run`."""
+
+
 async def _extract(job: _Job) -> list[RememberResult]:
     try:
         async with asyncio.timeout(EXTRACTION_TIMEOUT):
@@ -161,9 +165,12 @@ async def _run(job: _Job) -> list[RememberResult]:
     turn = f'User: {job.user_text[:_MAX_TURN_CHARS]}'
     if job.answer:
         turn += f'\n\nAssistant: {job.answer[:_MAX_TURN_CHARS]}'
-    agent = Agent(job.model, output_type=ExtractedFacts, instructions=instructions, name='tandem-extraction')
-    result = await agent.run(
-        f'<turn>\n{turn}\n</turn>', model_settings=job.model_settings, usage_limits=UsageLimits(request_limit=3)
+    result = await _EXTRACTION_AGENT.run(
+        f'<turn>\n{turn}\n</turn>',
+        model=job.model,
+        instructions=instructions,
+        model_settings=job.model_settings,
+        usage_limits=UsageLimits(request_limit=3),
     )
     stored: list[RememberResult] = []
     for extracted in result.output.facts:
