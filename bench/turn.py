@@ -1,4 +1,4 @@
-"""Per-turn overhead, history-load round trips, and import time, each against a baseline measured in this run.
+"""Per-turn cost, history-load round trips, and import time, each against a baseline measured in this run.
 
 Run: `uv run python bench/turn.py` (or `make bench`). Ends with one `bench:` line per target.
 """
@@ -19,7 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic_ai import Agent
 from pydantic_ai.conversation import Conversation
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    UserPromptPart,
+)
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
@@ -69,7 +76,7 @@ async def _timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
     return samples
 
 
-async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> str:
+async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> list[str]:
     settings = Settings(home=home)
     store = RedisConversationStore(redis, tenant='bench')
     prompt = PromptLibrary.default().get('assistant')
@@ -94,27 +101,46 @@ async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> str:
         )
         await run_turn(deps, 'hello')
 
-    # The baseline agent does the same agent work (same model, tools and instructions), held in
-    # memory: the ratio is what Tandem adds (Redis history and persistence, prompt, telemetry).
+    # Both baselines do the same agent work (same model, tools and instructions). The bare one holds
+    # the history in memory; the do-it-yourself one is what a user would write instead of Tandem:
+    # `Agent.run` between a GET and a SET of the session's history as JSON in Redis.
     built = [plugin.build() for plugin in toolsets]
     bare = Agent(MODEL, toolsets=built)
     instructions = prompt.render(
         {'date': '2026-01-01', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
     )
+    seeded = ModelMessagesTypeAdapter.dump_json(history)
+    diy_keys = [f'diy:{i}' for i in range(repeat * 2)]
+    for key in diy_keys:
+        await redis.set(key, seeded)
+    diy_queue = iter(diy_keys)
 
     async def bare_run() -> None:
         await bare.run('hello', message_history=history, instructions=instructions)
 
-    # Warm both paths, then interleave rounds so machine noise hits both alike.
+    async def diy_turn() -> None:
+        key = next(diy_queue)
+        stored = ModelMessagesTypeAdapter.validate_json(await redis.get(key) or b'[]')
+        result = await bare.run('hello', message_history=stored, instructions=instructions)
+        await redis.set(key, result.all_messages_json())
+
+    # Warm every path, then interleave rounds so machine noise hits all alike.
     await tandem_turn()
     await bare_run()
+    await diy_turn()
     tandem: list[float] = []
     baseline: list[float] = []
+    diy: list[float] = []
     for _ in range(repeat // 50):
         tandem += await _timed(tandem_turn, 50)
+        diy += await _timed(diy_turn, 50)
         baseline += await _timed(bare_run, 50)
-    value, base = statistics.median(tandem) * 1000, statistics.median(baseline) * 1000
-    return line('turn_overhead_20msg', value, base, 1.3, 'ms')
+    value = statistics.median(tandem) * 1000
+    base, by_hand = statistics.median(baseline) * 1000, statistics.median(diy) * 1000
+    return [
+        line('turn_vs_by_hand_20msg', value, by_hand, 1.1, 'ms'),
+        line('turn_overhead_20msg', value, base, 1.3, 'ms'),
+    ]
 
 
 class _CountingRedis:
@@ -172,7 +198,7 @@ def _import_time(module: str, repeat: int = 7) -> float:
 def bench_import() -> list[str]:
     baseline = _import_time('pydantic_ai')
     return [
-        line('import_agent', _import_time('agent'), baseline, 1.2, 's'),
+        line('import_agent', _import_time('tandem.agent'), baseline, 1.2, 's'),
         line('import_agent_runtime', _import_time('tandem.agent.turn.run'), baseline, 1.2, 's'),
     ]
 
@@ -184,7 +210,7 @@ async def main() -> None:
         url = server.ensure_running()
         try:
             redis = await connect(url, home=home)
-            lines = [await bench_turn(redis, home)]
+            lines = await bench_turn(redis, home)
             lines += await bench_history_load(redis)
             await redis.aclose()
         finally:

@@ -5,19 +5,21 @@ Command modules import this one, and never `main.py`, which imports them all and
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tandem.agent.core.config import Settings, load_settings
 from tandem.agent.core.errors import TandemError
-from tandem.agent.core.log import LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    # Imported where a command needs them: `tandem --help` and `--version` load neither pydantic nor structlog.
+    from tandem.agent.core.config import Settings
+    from tandem.agent.core.log import LogFormat
 
 app = typer.Typer(
     name='tandem',
@@ -25,6 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help text: typer's rich help loads a Markdown parser, which would triple `tandem --help`'s start-up.
+    rich_markup_mode=None,
+    context_settings={'max_content_width': 120},
 )
 
 # Rich wraps output at the terminal's width. Output that is not a terminal (a pipe, a file, a test) is
@@ -71,6 +76,9 @@ def fail(error: Exception) -> typer.Exit:
 
 
 def cli_settings() -> Settings:
+    from tandem.agent.core.config import load_settings
+    from tandem.agent.core.log import configure_logging
+
     try:
         settings = load_settings()
         configure_logging(settings.home, 'DEBUG' if CliState.debug else settings.log_level, CliState.log_format)
@@ -86,6 +94,8 @@ def async_command(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callab
 
     @functools.wraps(coroutine_fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio
+
         import redis.exceptions
 
         try:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic_ai.messages import ModelMessage
 from rich.markup import escape
 from rich.table import Table
 
@@ -27,6 +25,9 @@ from tandem.agent.cli._app import (
     stdout,
 )
 from tandem.agent.core.errors import TandemError
+
+if TYPE_CHECKING:
+    from pydantic_ai.messages import ModelMessage
 
 commands = typer.Typer()
 """`chat`, `ask`, `tools` and `prompts`, merged into the root app by `main.py`."""
@@ -175,6 +176,8 @@ def backbones_add(
 @backbones_app.command('list')
 def backbones_list(timeout: TimeoutOpt = 5.0) -> None:
     """List the configured backbones and probe each: reachable, model listed, tool calls well-formed."""
+    import asyncio
+
     from tandem.agent.backbones import base as backbones
 
     settings = cli_settings()

@@ -6,7 +6,6 @@ come from there.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -15,13 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tandem.agent.cli import _app as cli
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from rich.progress import Progress
 
     from tandem.agent.core.config import Settings
     from tandem.memory.knowledge.ingest import IngestProgress, IngestReport
@@ -87,6 +86,8 @@ def ingest(
     settings: Settings = cli.cli_settings()
 
     async def body() -> None:
+        import asyncio
+
         from tandem.agent.turn.build import open_redis
         from tandem.memory.keys import validate_id
         from tandem.memory.knowledge.embeddings import make_embedder
@@ -144,6 +145,8 @@ class _ProgressBar:
         console = cli.stderr
         if self._quiet or not console.is_terminal:
             return _NoProgress(), None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn('[bold]ingesting[/]'),

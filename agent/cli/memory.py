@@ -24,12 +24,12 @@ from rich.console import Console
 from rich.table import Table
 
 from tandem.agent.core.errors import TandemError
-from tandem.memory.facts import Fact, FactStore
 
 if TYPE_CHECKING:
     from tandem.agent.core.config import Settings
     from tandem.agent.turn.deps import Deps
     from tandem.memory.connection import RedisClient
+    from tandem.memory.facts import Fact, FactStore
 
 __all__ = ['MemoryCommands', 'memory_app']
 
@@ -44,6 +44,8 @@ _LABEL = {'user-stated': 'stated', 'inferred': 'inferred', 'tool': 'from a tool'
 
 
 def _store(settings: Settings, redis: RedisClient) -> FactStore:
+    from tandem.memory.facts import FactStore
+
     config = settings.memory
     return FactStore(
         redis,
@@ -234,7 +236,7 @@ class MemoryCommands:
             TandemError: Bad arguments, or long-term memory is off.
         """
         store = deps.facts
-        if not isinstance(store, FactStore):
+        if store is None:
             raise TandemError('long-term memory is off: set memory.enabled = true to use /memory.')
         tenant, user = deps.identity.tenant, deps.identity.user
         words = argument.split()

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from tandem.agent.backbones.base import Backbone
 from tandem.agent.cli._app import async_command, cli_settings, stderr, stdout
-from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.errors import BackboneError, TandemError
 
 if TYPE_CHECKING:
+    from tandem.agent.backbones.base import Backbone
+    from tandem.agent.core.config import BackboneConfig, Settings
     from tandem.agent.scenarios.cassettes import Cassettes
     from tandem.agent.scenarios.results import Cell, ScenarioRun
     from tandem.agent.scenarios.schema import Scenario
@@ -57,6 +56,8 @@ def injected_backbone(name: str) -> Backbone | None:
 
 
 def _replay_config(settings: Settings, name: str, recorded: dict[str, BackboneConfig]) -> BackboneConfig:
+    from tandem.agent.core.config import BackboneConfig
+
     config = settings.backbones.get(name) or recorded.get(name)
     if config is not None:
         return config
@@ -73,6 +74,7 @@ async def _backbones(
 ) -> list[Backbone]:
     """The backbone dimension: `--backbone` names, then `--model` specs; in replay, never a live model."""
     from tandem.agent.backbones import base as registry
+    from tandem.agent.core.config import BackboneConfig
 
     chosen: list[Backbone] = []
     if cassettes is not None and cassettes.mode == 'replay':
@@ -177,6 +179,8 @@ def run(
         prompts: list[str | None] = list(prompt) if prompt else [None]
         total = len(selected) * len(chosen) * len(prompts) * len(ablations)
         failures = 0
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         # Started with the first run, so a suite refused before running leaves no trace of a progress bar.
         progress = Progress(
             SpinnerColumn(),

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tandem.agent.cli._app import CliState, cli_settings, fail
-from tandem.agent.core.config import Settings, load_settings
 from tandem.agent.core.errors import ConfigError, TandemError
+
+if TYPE_CHECKING:
+    from tandem.agent.core.config import Settings
 
 DEFAULT_FACTORY = 'tandem.agent.server.app:worker_app'
 
@@ -45,6 +47,7 @@ def serve(
     """
     import uvicorn
 
+    from tandem.agent.core.config import load_settings
     from tandem.agent.server.app import SERVE_OPTIONS_ENV
     from tandem.agent.server.auth import is_loopback, load_api_keys
 
