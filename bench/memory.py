@@ -39,7 +39,8 @@ from redis.asyncio import Redis
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.prompts import PromptLibrary
-from tandem.agent.turn.compaction import HistoryCompaction, default_counter
+from tandem.agent.core.tokens import token_counter
+from tandem.agent.turn.compaction import HistoryCompaction
 from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.run import run_turn
 from tandem.memory.connection import connect
@@ -184,7 +185,7 @@ async def bench_compaction(redis: Redis, home: Path) -> list[str]:
     store = deps.conversations
     await store.save(Conversation(conversation_id='plain', messages=list(messages)), scope='u')
     load = await _median_ms(lambda: store.load('plain'), 50)
-    tokens = default_counter().name
+    tokens = token_counter().name
     return [
         line(f'compaction_check_{len(messages)}msg[{tokens}]', cost, load, '<=1.0x', cost <= load),
         line('compaction_summaries_per_turn', per_turn, 1.0, '<=0.5', per_turn <= 0.5, unit=''),

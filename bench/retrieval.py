@@ -36,8 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tandem.agent.core.tokens import token_counter
 from tandem.memory.connection import connect
-from tandem.memory.knowledge.chunk import chunk_blocks, token_counter
+from tandem.memory.knowledge.chunk import chunk_blocks
 from tandem.memory.knowledge.embeddings import PydanticAIEmbedder, local_embedder
 from tandem.memory.knowledge.index import Bm25Index, bm25_terms, clear_index_cache
 from tandem.memory.knowledge.ingest import Ingestor

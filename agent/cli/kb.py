@@ -445,9 +445,9 @@ def kb_stats(
     settings: Settings = cli.cli_settings()
 
     async def body() -> None:
+        from tandem.agent.core.tokens import token_counter
         from tandem.agent.turn.build import open_redis
         from tandem.memory.connection import query_engine_available
-        from tandem.memory.knowledge.chunk import token_counter
         from tandem.memory.knowledge.index import clear_index_cache
         from tandem.memory.knowledge.retrieval import Bm25Retriever
 

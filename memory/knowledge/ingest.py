@@ -47,7 +47,8 @@ from typing import Any, Literal
 import numpy as np
 
 from tandem.agent.core.errors import TandemError
-from tandem.memory.knowledge.chunk import CHUNKER_VERSION, ChunkDraft, chunk_blocks, token_counter
+from tandem.agent.core.tokens import token_counter
+from tandem.memory.knowledge.chunk import CHUNKER_VERSION, ChunkDraft, chunk_blocks
 from tandem.memory.knowledge.embeddings import TextEmbedder
 from tandem.memory.knowledge.index import ANALYZER, bm25_terms
 from tandem.memory.knowledge.parse import SUPPORTED_SUFFIXES, Kind, ParsedDocument, SkipDocument, parse_document

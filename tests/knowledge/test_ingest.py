@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.memory.knowledge.chunk import chunk_blocks, token_counter
+from tandem.agent.core.tokens import token_counter
+from tandem.memory.knowledge.chunk import chunk_blocks
 from tandem.memory.knowledge.ingest import IngestOptions, Ingestor, IngestProgress
 from tandem.memory.knowledge.parse import Block, parse_document
 from tandem.memory.knowledge.retrieval import Bm25Retriever

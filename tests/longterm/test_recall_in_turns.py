@@ -9,8 +9,8 @@ from pydantic_ai.messages import ModelRequest
 from redis.asyncio import Redis
 
 from tandem.agent.core.config import Settings
+from tandem.agent.core.tokens import token_counter
 from tandem.agent.turn.approvals import ApprovalRequest
-from tandem.agent.turn.compaction import default_counter
 from tandem.agent.turn.providers.memory import MemoryContext
 from tandem.agent.turn.run import run_turn
 from tandem.memory.facts import FactStore
@@ -120,7 +120,7 @@ async def test_the_memory_slot_stays_within_its_token_budget_most_relevant_first
     lines = [line for line in memory.splitlines() if line.startswith('- ')]
     assert lines[0].startswith('- The user is allergic to peanuts.')
     assert 1 < len(lines) < 10
-    assert default_counter().count('\n'.join(lines)) <= 120
+    assert token_counter().count('\n'.join(lines)) <= 120
 
 
 async def test_with_memory_off_nothing_is_recalled_or_stored(redis: Redis, tmp_path: Path) -> None:

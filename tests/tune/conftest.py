@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.agent.tune import tokens
+from tandem.agent.core import tokens
 
 
 @pytest.fixture(autouse=True)

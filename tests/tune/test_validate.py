@@ -11,8 +11,9 @@ import tiktoken
 from typer.testing import CliRunner
 
 from tandem.agent.cli.main import app
+from tandem.agent.core.tokens import TokenCounter, token_counter
 from tandem.agent.tune.pricing import price_for
-from tandem.agent.tune.tokens import TokenCounter, count_example_tokens, token_counter
+from tandem.agent.tune.tokens import count_example_tokens
 from tandem.agent.tune.validate import auto_epochs, validate_file
 
 runner = CliRunner()
@@ -36,7 +37,7 @@ def byte_counter() -> TokenCounter:
     encoding = tiktoken.Encoding(
         name='bytes', pat_str=r'[\s\S]', mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={}
     )
-    return TokenCounter(lambda text: len(encoding.encode(text)), 'bytes', True)
+    return TokenCounter('bytes', 'bytes', True, encoding.encode, encoding.decode)
 
 
 def _errors(path: Path, **options: Any) -> list[str]:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tandem.agent.turn.compaction import TokenCounter, default_counter
+from tandem.agent.core.tokens import TokenCounter, token_counter
 from tandem.memory.facts import Fact, FactSnapshot, FactStore
 from tandem.tools.memory_tools import TOOL_FACTS_HEADER, fact_line, render_facts
 from tandem.tools.untrusted import wrap_untrusted
@@ -99,7 +99,7 @@ class MemoryContext:
     """The `TurnContextProvider` for long-term memory: fills `memory` and, when known, `user_name`.
 
     Args:
-        counter: How the `memory.recall_tokens` budget is measured; `default_counter()` when `None`.
+        counter: How the `memory.recall_tokens` budget is measured; `token_counter()` when `None`.
     """
 
     def __init__(self, counter: TokenCounter | None = None) -> None:
@@ -119,7 +119,7 @@ class MemoryContext:
         if len(snapshot) == 0:
             return {}
         variables: dict[str, Any] = {}
-        chosen = select_facts(snapshot, text, config.recall_tokens, self._counter or default_counter())
+        chosen = select_facts(snapshot, text, config.recall_tokens, self._counter or token_counter())
         if chosen:
             variables['memory'] = render_facts(chosen)
             if any(fact.source == 'tool' for fact in chosen):

