@@ -13,9 +13,7 @@ errors and output, imported when a command runs, so the REPL can use `MemoryComm
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.files import write_atomically
 
 if TYPE_CHECKING:
     from tandem.agent.core.config import Settings
@@ -159,7 +158,7 @@ def memory_export(
         if output is None:
             sys.stdout.write(text)
             return
-        _write_atomically(output, text)
+        write_atomically(output, text)
         count = len(data['facts'])
         stderr.print(f'exported {count} fact{"" if count == 1 else "s"} of user {user_id} to {output}', highlight=False)
 
@@ -202,18 +201,6 @@ def _read_json(source: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise TandemError(f'{source} is not JSON (line {error.lineno}, column {error.colno}: {error.msg}).') from error
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so a failure never leaves half an export."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        Path(temporary).replace(path)
-    except OSError as error:
-        raise TandemError(f'cannot write {path}: {error.strerror or error}.') from error
 
 
 class MemoryCommands:

@@ -518,6 +518,6 @@ def _named_backbone(settings: Any, name: str) -> Any:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from tandem.agent.tune.export import write_text
+    from tandem.agent.core.files import write_atomically
 
-    write_text(path, text)
+    write_atomically(path, text)

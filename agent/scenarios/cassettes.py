@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Generator
 from contextlib import asynccontextmanager, contextmanager
@@ -48,6 +46,7 @@ from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig
 from tandem.agent.core.errors import BackboneError, TandemError
 from tandem.agent.core.events import short
+from tandem.agent.core.files import write_atomically
 
 __all__ = [
     'CASSETTE_FORMAT',
@@ -484,14 +483,7 @@ class Cassettes:
             'response': _RESPONSE.dump_python(response, mode='json'),
         }
         text = json.dumps(payload, indent=1, ensure_ascii=False, default=str) + '\n'
-        handle, temporary = tempfile.mkstemp(prefix=f'.{key}.', suffix='.tmp', dir=self.directory)
-        try:
-            with os.fdopen(handle, 'w', encoding='utf-8') as file:
-                file.write(text)
-            os.replace(temporary, self._path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(self._path(key), text)
         self.written += 1
 
     def _miss_message(self, key: str, request: dict[str, Any]) -> str:

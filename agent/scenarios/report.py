@@ -13,10 +13,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tandem.agent.core.events import short
+from tandem.agent.core.files import write_atomically
 from tandem.agent.scenarios._html import render_html, short_labels
 from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
 
@@ -163,27 +162,15 @@ def print_report(report: SuiteReport, console: Console) -> None:
     console.print(totals_line(report))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-    try:
-        with os.fdopen(handle, 'w', encoding='utf-8') as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_json(report: SuiteReport, path: Path) -> Path:
     """Write the report as JSON (`SuiteReport.model_validate_json` reads it back)."""
-    _atomic_write(path, report.model_dump_json(indent=2) + '\n')
+    write_atomically(path, report.model_dump_json(indent=2) + '\n')
     return path
 
 
 def write_html(report: SuiteReport, path: Path) -> Path:
     """Write the self-contained HTML report."""
-    _atomic_write(path, render_html(report))
+    write_atomically(path, render_html(report))
     return path
 
 
@@ -285,5 +272,5 @@ def junit_tree(report: SuiteReport) -> ET.Element:
 def write_junit(report: SuiteReport, path: Path) -> Path:
     """Write the report as JUnit XML."""
     text = ET.tostring(junit_tree(report), encoding='unicode', xml_declaration=False)
-    _atomic_write(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + '\n')
+    write_atomically(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + '\n')
     return path

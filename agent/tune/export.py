@@ -20,10 +20,8 @@ OpenAI's chat format, the assistant's `tool_calls` each followed by its `tool` r
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -44,6 +42,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.toolsets import FunctionToolset
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.files import write_atomically
 from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.tune.scrub import Scrubber
 from tandem.agent.tune.validate import check_example
@@ -61,7 +60,6 @@ __all__ = [
     'tool_definitions',
     'validation_path',
     'write_jsonl',
-    'write_text',
 ]
 
 SystemMode = Literal['keep', 'short', 'drop']
@@ -417,37 +415,9 @@ def write_jsonl(path: Path, examples: Sequence[Mapping[str, Any]]) -> None:
     Raises:
         TandemError: The folder cannot be written.
     """
-    temp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-        with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as handle:
-            for example in examples:
-                handle.write(json.dumps(example, ensure_ascii=False, separators=(',', ':')) + '\n')
-        os.replace(temp, path)
-    except OSError as error:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
-        raise TandemError(f'cannot write {path}: {error.strerror or error}.') from error
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically.
-
-    Raises:
-        TandemError: The folder cannot be written.
-    """
-    temp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except OSError as error:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
-        raise TandemError(f'cannot write {path}: {error.strerror or error}.') from error
+    write_atomically(
+        path, (json.dumps(example, ensure_ascii=False, separators=(',', ':')) + '\n' for example in examples)
+    )
 
 
 def validation_path(out: Path) -> Path:

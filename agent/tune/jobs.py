@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tandem.agent.core.config import BackboneConfig
 from tandem.agent.core.errors import ConfigError, TandemError
+from tandem.agent.core.files import write_atomically
 from tandem.agent.tune.pricing import price_for
 from tandem.agent.tune.registry import BACKBONE_NAME_PATTERN, Registration, register_backbone
 
@@ -100,15 +100,7 @@ class JobLog:
     def add(self, record: JobRecord) -> None:
         """Note a job (atomically: the file is replaced whole)."""
         records = [*self.records(), record]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix='.jobs.', suffix='.tmp', dir=self.path.parent)
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-                json.dump([asdict(item) for item in records], handle, indent=2)
-            os.replace(temp, self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps([asdict(item) for item in records], indent=2))
 
 
 def openai_client(*, timeout: float = 60.0) -> AsyncOpenAI:

@@ -19,7 +19,6 @@ import copy
 import math
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, cast
 
 from tandem.agent.core.config import BackboneConfig, config_file_path
 from tandem.agent.core.errors import ConfigError
+from tandem.agent.core.files import write_atomically
 
 __all__ = [
     'BACKBONE_NAME_PATTERN',
@@ -179,7 +179,7 @@ def register_backbone(
             )
         new_text = _replaced(old_text, name, table) if existing is not None else _appended(old_text, table, comment)
         _check(old, new_text, name, wanted, target)
-        _atomic_write(real, new_text)
+        write_atomically(real, new_text)
     return Registration(name, target, 'replaced' if existing is not None else 'added', created_file=created)
 
 
@@ -256,22 +256,6 @@ def _check(old: dict[str, Any], new_text: str, name: str, wanted: Any, target: P
             f'{target} defines `backbones` in a form Tandem does not edit (an inline table or dotted keys): '
             f'add [backbones.{_key(name)}] by hand; nothing was written.'
         )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    fd, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8', newline='') as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 @contextlib.contextmanager
