@@ -5,9 +5,10 @@ belongs to. Each session keeps its keys under one hash tag (see `memory.keys`), 
 single Lua script on a single slot, which works the same on one server and on Redis Cluster:
 
 - a save appends only the new entries and replaces the record in one script, after checking the
-  revision it was loaded with, so a conflict or a dropped connection leaves nothing half-written;
-- a load is two round trips, however long the history: a GET of the record, and a script that
-  walks the history server-side from its newest entry.
+  revision it was loaded with, so a conflict or a dropped connection leaves nothing half-written.
+  It is one round trip: the store remembers the record it loaded, rather than read it again;
+- a load is one round trip, however long the history: a script reads the record and walks the
+  history server-side from its newest entry.
 
 Limitations, by design of the one-slot layout:
 
@@ -19,9 +20,9 @@ Limitations, by design of the one-slot layout:
   record before its history, so this only matters when calling them directly.
 - `delete` removes the session's record and all of its entries, on every branch.
 
-The tenant's session index (a sorted set, in the tenant's own slot) is updated in a separate
-command before the write script, so a crash between the two leaves at most an index member whose
-record doesn't exist; listing skips such members and removes them.
+The tenant's session index (a sorted set, in the tenant's own slot) is updated by a separate
+command just before the write script, in the same round trip, so a crash between the two leaves at
+most an index member whose record doesn't exist; listing skips such members and removes them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -45,8 +47,10 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tandem.agent.core.errors import RedisUnavailableError, TandemError
@@ -117,28 +121,58 @@ redis.call('DEL', unpack(KEYS))
 return 1
 """
 
+# Appends a session's history from `id` towards its root to `out`, newest first; false when an entry
+# is missing or the chain loops. Shared by the history and load scripts. (No `unpack`: Lua caps how
+# many values it returns, and histories can be longer.)
+_WALK = """
+local function walk(out, entries, parents, id, limit)
+  local stored = redis.call('HLEN', parents)
+  local ids = {}
+  while id ~= '' and (limit < 0 or #ids < limit) do
+    if #ids >= stored then return false end
+    local parent = redis.call('HGET', parents, id)
+    if not parent then return false end
+    ids[#ids + 1] = id
+    id = parent
+  end
+  for i = 1, #ids do
+    local entry = redis.call('HGET', entries, ids[i])
+    if not entry then return false end
+    out[#out + 1] = entry
+  end
+  return true
+end
+"""
+
 # KEYS: entries, parents. ARGV: head id, limit (-1 for none).
 # Returns {1, entry JSON...} newest first, or {0} when an entry is missing or the chain loops.
-_HISTORY_SCRIPT = """
-local limit = tonumber(ARGV[2])
-local stored = redis.call('HLEN', KEYS[2])
-local ids = {}
-local id = ARGV[1]
-while id ~= '' and (limit < 0 or #ids < limit) do
-  if #ids >= stored then return {0} end
-  local parent = redis.call('HGET', KEYS[2], id)
-  if not parent then return {0} end
-  ids[#ids + 1] = id
-  id = parent
-end
+_HISTORY_SCRIPT = (
+    _WALK
+    + """
 local out = {1}
-for i = 1, #ids do
-  local entry = redis.call('HGET', KEYS[1], ids[i])
-  if not entry then return {0} end
-  out[#out + 1] = entry
-end
+if not walk(out, KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])) then return {0} end
 return out
 """
+)
+
+# KEYS: conv, entries, parents. ARGV: limit (-1 for none).
+# Returns {} when there is no record, else {status, record JSON, entries as one JSON array, oldest
+# first}: status 1, or 0 when an entry is missing or the chain loops. One round trip, one consistent
+# read, and one value to parse however long the history.
+_LOAD_SCRIPT = (
+    _WALK
+    + """
+local record = redis.call('GET', KEYS[1])
+if not record then return {} end
+local head = cjson.decode(record)['head_id']
+if head == cjson.null or head == nil then return {1, record, '[]'} end
+local newest = {}
+if not walk(newest, KEYS[2], KEYS[3], head, tonumber(ARGV[1])) then return {0, record} end
+local oldest = {}
+for i = #newest, 1, -1 do oldest[#oldest + 1] = newest[i] end
+return {1, record, '[' .. table.concat(oldest, ',') .. ']'}
+"""
+)
 
 # KEYS: the tenant's session index. ARGV: member, score pairs as last read.
 # Removes each member whose score is still the one read: one a concurrent save re-added has a newer one.
@@ -153,9 +187,21 @@ end
 return removed
 """
 
-_SCRIPTS = {'write': _WRITE_SCRIPT, 'delete': _DELETE_SCRIPT, 'history': _HISTORY_SCRIPT, 'prune': _PRUNE_SCRIPT}
+_SCRIPTS = {
+    'write': _WRITE_SCRIPT,
+    'delete': _DELETE_SCRIPT,
+    'history': _HISTORY_SCRIPT,
+    'load': _LOAD_SCRIPT,
+    'prune': _PRUNE_SCRIPT,
+}
 
 _LIST_PAGE = 100
+
+_KNOWN_RECORDS = 1024
+"""How many sessions' last records a store keeps, for `save`."""
+
+_SAVING: ContextVar[list[ConversationRecord] | None] = ContextVar('tandem_saving', default=None)
+"""The record a save in flight may take as read (see `RedisConversationStore.save`), consumed by its first read."""
 
 
 class SessionNotFoundError(TandemError, LookupError):
@@ -210,6 +256,8 @@ class RedisConversationStore(ConversationStore):
         self._index = sessions_index_key(tenant)
         self._entry_sessions: OrderedDict[str, str] = OrderedDict()
         self._entry_cache_size = entry_cache_size
+        self._records: OrderedDict[str, ConversationRecord] = OrderedDict()
+        """The last record this store read or wrote of each session, for `save`."""
         # Registered on first use, so constructing a store never touches the client.
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -222,6 +270,9 @@ class RedisConversationStore(ConversationStore):
             InvalidIdError: If `conversation_id` isn't a valid session id.
             RedisUnavailableError: If Redis can't be reached.
         """
+        known = _SAVING.get()
+        if known and known[0].conversation_id == conversation_id:
+            return known.pop()
         keys = self._keys(conversation_id)
         with _unavailable('reading a session'):
             raw = _bytes(await self._redis.get(keys.conv))
@@ -273,10 +324,7 @@ class RedisConversationStore(ConversationStore):
         for entry in new_entries:
             args += [entry.id, entry.parent_id or '', _ENTRY.dump_json(entry)]
         with _unavailable('saving a session', saving=True):
-            # Index first: a crash between the two leaves an index member without a record, which
-            # listing cleans up, never a session missing from the index. GT keeps the newest time.
-            await self._redis.zadd(self._index, {keys.session: record.updated_at.timestamp()}, gt=True)
-            status = await self._script('write')(keys=keys.all, args=args)
+            status = await self._index_and_write(keys, record.updated_at.timestamp(), args)
         if status != _OK:
             raise ConversationConflict(record.conversation_id)
         self._remember(record, keys.session)
@@ -364,6 +412,27 @@ class RedisConversationStore(ConversationStore):
         self._check(conversation_id, scope)
         return await super().load_entries(conversation_id, limit=limit, scope=scope)
 
+    async def _read(
+        self, conversation_id: str, *, limit: int | None = None, scope: str | None = None
+    ) -> tuple[ConversationRecord, list[ConversationEntry]] | None:
+        # pydantic-ai's `load` and `load_entries` read the record, then its history: one script does both.
+        if limit is not None and limit < 0:
+            raise UserError('`limit` must not be negative.')
+        keys = self._keys(conversation_id)
+        with _unavailable('reading a session'):
+            reply: list[Any] = await self._script('load')(
+                keys=[keys.conv, keys.entries, keys.parents], args=[-1 if limit is None else limit]
+            )
+        if not reply:
+            return None
+        record = _decode_record(reply[1])
+        self._remember(record, keys.session)
+        if scope is not None and record.scope != scope:
+            return None
+        if reply[0] != _OK:
+            raise LookupError(f'the history of session {keys.session!r} is incomplete')
+        return record, _ENTRIES.validate_json(reply[2])
+
     async def save(
         self, conversation: Conversation | AgentRunResult[Any], *, scope: str | None = None
     ) -> list[ConversationEntry]:
@@ -376,7 +445,14 @@ class RedisConversationStore(ConversationStore):
         """
         target = conversation.conversation if isinstance(conversation, AgentRunResult) else conversation
         self._check(target.conversation_id, scope)
-        return await super().save(conversation, scope=scope)
+        # A conversation this store loaded or saved at its current revision needs no re-read: the record
+        # is the one read then, and the write script checks the revision again, atomically.
+        known = self._records.get(target.conversation_id)
+        token = _SAVING.set([known] if known is not None and known.revision == target.revision else None)
+        try:
+            return await super().save(conversation, scope=scope)
+        finally:
+            _SAVING.reset(token)
 
     async def delete(self, conversation_id: str, *, scope: str | None = None) -> None:
         """Delete a session (see `ConversationStore.delete`), checking the ids before touching Redis.
@@ -458,6 +534,28 @@ class RedisConversationStore(ConversationStore):
             script = self._scripts[name] = self._redis.register_script(_SCRIPTS[name])
         return script
 
+    async def _index_and_write(self, keys: SessionKeys, updated: float, args: Sequence[str | bytes | int]) -> Any:
+        """The index update, then the write script: the script's status.
+
+        Index first: a crash between the two leaves an index member without a record, which listing
+        cleans up, never a session missing from the index. GT keeps the newest time. Both go in one
+        round trip on one server; a cluster has them in different slots, so there they are two.
+        """
+        script = self._script('write')
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.zadd(self._index, {keys.session: updated}, gt=True)
+            return await script(keys=keys.all, args=args)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(self._index, {keys.session: updated}, gt=True)
+        pipe.evalsha(script.sha, len(keys.all), *keys.all, *args)
+        indexed, status = await pipe.execute(raise_on_error=False)
+        if isinstance(status, NoScriptError):  # a server that restarted since: load the script, write again
+            status = await script(keys=keys.all, args=args)
+        for outcome in (indexed, status):
+            if isinstance(outcome, Exception):
+                raise outcome
+        return status
+
     def _remember(self, record: ConversationRecord, session: str) -> None:
         """Note which session the record's head and branch tips are in, for `read_history`."""
         for entry_id in (record.head_id, record.forked_at, *record.branches):
@@ -466,6 +564,10 @@ class RedisConversationStore(ConversationStore):
                 self._entry_sessions.move_to_end(entry_id)
         while len(self._entry_sessions) > self._entry_cache_size:
             self._entry_sessions.popitem(last=False)
+        self._records[record.conversation_id] = record
+        self._records.move_to_end(record.conversation_id)
+        if len(self._records) > _KNOWN_RECORDS:
+            self._records.popitem(last=False)
 
     def _session_of(self, entry_id: str) -> SessionKeys:
         session = self._entry_sessions.get(entry_id)

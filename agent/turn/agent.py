@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pydantic_ai
 from pydantic_ai import Agent
-from pydantic_ai.capabilities import HandleDeferredToolCalls
+from pydantic_ai.capabilities import AbstractCapability, HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from tandem.agent.turn.approvals import needs_approval, resolve_approvals
 from tandem.agent.turn.compaction import HistoryCompaction
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.guard import TurnGuard
+from tandem.tools.registry import has_side_effects
 
 if TYPE_CHECKING:
     from tandem.tools.registry import ToolsetPlugin
@@ -48,23 +50,48 @@ def tandem_agent() -> Agent[Deps, str]:
         None,
         deps_type=Deps,
         output_type=str,
-        capabilities=[TurnGuard(), HandleDeferredToolCalls(handler=resolve_approvals), HistoryCompaction()],
+        capabilities=[TurnGuard(), HistoryCompaction()],
         name='tandem',
     )
 
 
+_APPROVALS = HandleDeferredToolCalls(handler=resolve_approvals)
+"""Decides held calls (see `agent.turn.approvals`); a run gets it when one of its tools may be held."""
+
+
+@dataclass(frozen=True)
+class _Built:
+    toolset: AbstractToolset[Any]
+    approved: AbstractToolset[Any]
+    """The toolset, its side-effect calls held for approval in a tainted turn."""
+    may_hold: bool
+    """Whether a call may be held: a tool declares side effects, or its tools are known only at run time."""
+
+
 @functools.lru_cache(maxsize=256)
-def _built(plugin: ToolsetPlugin) -> tuple[AbstractToolset[Any], AbstractToolset[Any]]:
+def _built(plugin: ToolsetPlugin) -> _Built:
     # Building generates every tool's JSON schema, which costs milliseconds: once per plugin per process.
     toolset = plugin.build()
-    return toolset, toolset.approval_required(needs_approval)
+    may_hold = not isinstance(toolset, FunctionToolset) or any(
+        has_side_effects(tool.tool_def)  # pyright: ignore[reportUnknownMemberType,reportUnknownArgumentType]
+        for tool in toolset.tools.values()  # pyright: ignore[reportUnknownVariableType,reportUnknownMemberType]
+    )
+    return _Built(toolset, toolset.approval_required(needs_approval), may_hold)
 
 
 def plugin_toolsets(plugins: Sequence[ToolsetPlugin]) -> list[AbstractToolset[Any]]:
     """The toolsets `plugins` build, as the prompt's `tools` variable describes them."""
-    return [_built(plugin)[0] for plugin in plugins]
+    return [_built(plugin).toolset for plugin in plugins]
 
 
 def run_toolsets(plugins: Sequence[ToolsetPlugin]) -> list[AbstractToolset[Any]]:
     """The same toolsets as the agent runs them: a call with side effects in a tainted turn waits for approval."""
-    return [_built(plugin)[1] for plugin in plugins]
+    return [_built(plugin).approved for plugin in plugins]
+
+
+def run_capabilities(plugins: Sequence[ToolsetPlugin]) -> list[AbstractCapability[Deps]]:
+    """The capabilities a run adds to the agent's: approvals, only when one of its calls may be held.
+
+    Deciding held calls costs every run some time, so a run whose tools are all side-effect free goes without.
+    """
+    return [_APPROVALS] if any(_built(plugin).may_hold for plugin in plugins) else []

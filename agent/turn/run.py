@@ -33,7 +33,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 from tandem.agent.core.errors import BackboneError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.log import get_logger
-from tandem.agent.turn.agent import plugin_toolsets, run_toolsets, tandem_agent
+from tandem.agent.turn.agent import plugin_toolsets, run_capabilities, run_toolsets, tandem_agent
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
 from tandem.agent.turn.persist import load_conversation, save_turn
@@ -263,6 +263,7 @@ async def run_turn(
                 model_settings=deps.backbone.model_settings,
                 retries=deps.settings.limits.tool_retries,
                 toolsets=run_toolsets(deps.toolsets),
+                capabilities=run_capabilities(deps.toolsets),
                 instructions=await render_instructions(deps, plugin_toolsets(deps.toolsets), text),
                 usage_limits=usage_limits(deps, conversation.usage),
                 event_stream_handler=_stream_handler(on_event, deps) if on_event is not None else None,

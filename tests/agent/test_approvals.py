@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 from pydantic_ai import RunContext
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.models.function import FunctionModel
-from pydantic_ai.toolsets import FunctionToolset
+from pydantic_ai.toolsets import CombinedToolset, FunctionToolset
 from redis.asyncio import Redis
 
 from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.turn.agent import run_capabilities
 from tandem.agent.turn.approvals import ApprovalRequest
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import run_turn
-from tandem.tools.registry import ToolsetPlugin
+from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 from tests.support.deps import make_deps
 from tests.support.scripted import Script, call, scripted_model
 
@@ -117,3 +119,15 @@ async def test_the_unattended_policy_can_be_switched(redis: Redis, tmp_path: Pat
     )
     await run_turn(deps, 'go')
     assert notes == ['pwned']
+
+
+def test_only_runs_whose_calls_may_be_held_pay_for_deciding_approvals() -> None:
+    available = discover_plugins()
+    pure = select(['calc', 'clock'], available)
+    with_memory = select(['calc', 'memory'], available)  # remember and forget declare side effects
+    undeclared = ToolsetPlugin(name='undeclared', description='', build=lambda: FunctionToolset[Deps]([lambda: 'x']))
+    not_a_function_toolset = ToolsetPlugin(name='opaque', description='', build=lambda: CombinedToolset[Deps]([]))
+
+    assert run_capabilities(pure) == []
+    for plugins in (with_memory, [undeclared], [not_a_function_toolset]):
+        assert [type(capability) for capability in run_capabilities(plugins)] == [HandleDeferredToolCalls]

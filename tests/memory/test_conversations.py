@@ -29,6 +29,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RequestUsage, RunUsage
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from tandem.agent.core.errors import RedisUnavailableError
 from tandem.memory.connection import connect
@@ -343,22 +344,26 @@ async def test_a_save_without_ttl_makes_the_session_permanent_again(redis: Redis
 
 @pytest.fixture
 def commands(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The commands the `redis` client sends, each one round trip (no pipelines in these paths)."""
+    """The round trips the `redis` client makes: a command, or a pipeline's commands joined by `+`."""
     sent: list[str] = []
     original = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+    original_pipeline = Pipeline.execute
 
     async def counting(*args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
         return await original(*args, **options)
 
+    async def counting_pipeline(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        sent.append(' + '.join(str(command[0][0]) for command in pipe.command_stack))
+        return await original_pipeline(pipe, raise_on_error)
+
     monkeypatch.setattr(redis, 'execute_command', counting)
+    monkeypatch.setattr(Pipeline, 'execute', counting_pipeline)
     yield sent
 
 
 @pytest.mark.parametrize('length', [10, 100, 1000])
-async def test_loading_takes_two_round_trips_whatever_the_length(
-    redis: Redis, commands: list[str], length: int
-) -> None:
+async def test_loading_takes_one_round_trip_whatever_the_length(redis: Redis, commands: list[str], length: int) -> None:
     messages = _history(length)
     writer = RedisConversationStore(redis, tenant=TENANT)
     await writer.save(Conversation(conversation_id='long', messages=messages))
@@ -368,10 +373,10 @@ async def test_loading_takes_two_round_trips_whatever_the_length(
     loaded = await RedisConversationStore(redis, tenant=TENANT).load('long')
 
     assert loaded is not None and loaded.messages == messages
-    assert commands == ['GET', 'EVALSHA']
+    assert commands == ['EVALSHA']  # the record and its history, in one script
 
 
-async def test_saving_a_turn_takes_three_round_trips(redis: Redis, commands: list[str]) -> None:
+async def test_saving_a_turn_takes_one_round_trip(redis: Redis, commands: list[str]) -> None:
     store = RedisConversationStore(redis, tenant=TENANT)
     await store.save(Conversation(conversation_id='chat-1', messages=_history(40)))
     conversation = await store.load('chat-1')
@@ -381,7 +386,12 @@ async def test_saving_a_turn_takes_three_round_trips(redis: Redis, commands: lis
     commands.clear()
     await store.save(conversation)
 
-    assert commands == ['GET', 'ZADD', 'EVALSHA']  # read the record; index; one atomic write
+    assert commands == ['ZADD + EVALSHA']  # the record is the one loaded; index, then one atomic write
+
+    commands.clear()
+    await store.save(conversation)  # saved again unchanged: still no re-read
+
+    assert commands == ['ZADD + EVALSHA']
 
 
 # -- listing, deleting, scopes ----------------------------------------------------------------------
@@ -536,17 +546,18 @@ async def test_redis_killed_mid_save_raises_a_clear_error_and_leaves_history_who
     assert conversation is not None
     conversation.messages.extend(_turn(2))
 
-    # Kill the server right after the index update, before the write script: mid-save.
-    original = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+    # Kill the server as the save's index update and write script are sent: mid-save.
+    original = Pipeline.execute
 
-    async def dying(*args: Any, **options: Any) -> Any:
-        reply = await original(*args, **options)
-        if args[0] == 'ZADD':
-            server.kill()
-        return reply
+    async def dying(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        server.kill()
+        return await original(pipe, raise_on_error)
 
-    redis.execute_command = dying  # type: ignore[method-assign]
-    with pytest.raises(RedisUnavailableError, match='lost the connection to Redis while saving a session'):
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        pytest.raises(RedisUnavailableError, match='lost the connection to Redis while saving a session'),
+    ):
+        patch.setattr(Pipeline, 'execute', dying)
         await store.save(conversation, scope='alice')
     await redis.aclose()
 
