@@ -12,15 +12,17 @@ if TYPE_CHECKING:
     from tandem.agent.core.errors import TandemError
     from tandem.agent.core.turn_state import Identity
     from tandem.agent.turn.deps import Deps
+    from tandem.agent.turn.request import TurnRequest
     from tandem.agent.turn.run import TurnResult, TurnUsage, run_turn
 
-__all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnResult', 'TurnUsage', 'run_turn']
+__all__ = ['Assistant', 'Deps', 'Identity', 'TandemError', 'TurnRequest', 'TurnResult', 'TurnUsage', 'run_turn']
 
 _EXPORTS = {
     'Assistant': 'tandem.agent.api',
     'Deps': 'tandem.agent.turn.deps',
     'Identity': 'tandem.agent.core.turn_state',
     'TandemError': 'tandem.agent.core.errors',
+    'TurnRequest': 'tandem.agent.turn.request',
     'TurnResult': 'tandem.agent.turn.run',
     'TurnUsage': 'tandem.agent.turn.run',
     'run_turn': 'tandem.agent.turn.run',

@@ -40,9 +40,10 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
-from tandem.agent.turn.build import TurnOptions, build_deps, selected_toolsets
+from tandem.agent.turn.build import build_deps, selected_toolsets
 from tandem.agent.turn.deps import Deps
-from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, new_session_id, run_turn
+from tandem.agent.turn.request import TurnRequest, new_session_id
+from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, run_turn
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore, SessionInfo, SessionNotFoundError
 from tandem.memory.keys import validate_id
@@ -85,18 +86,6 @@ class TurnFinished:
 
 StreamEvent = TextDelta | ToolCallStarted | ToolCallFinished | TurnFinished
 """What `Assistant.stream` yields: the runtime's `TurnEvent`s, then one `TurnFinished`."""
-
-
-@dataclass(frozen=True)
-class _TurnRequest:
-    text: str
-    session: str | None
-    user: str | None
-    tenant: str | None
-    backbone: str | None
-    prompt: str | None
-    tools: Sequence[str] | None
-    history: Sequence[ModelMessage] | None
 
 
 async def _cancel(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:
@@ -255,8 +244,18 @@ class Assistant:
             SessionNotFoundError: The session belongs to another user.
             TandemError: Any other user-facing failure (backbone, Redis, limits, invalid ids).
         """
-        request = _TurnRequest(text, session, user, tenant, backbone, prompt, tools, history)
-        return await self._run(await self._deps(request), request)
+        return await self.run(
+            TurnRequest(
+                text,
+                session=session,
+                user=user,
+                tenant=tenant,
+                backbone=backbone,
+                prompt=prompt,
+                tools=tools,
+                history=history,
+            )
+        )
 
     def stream(
         self,
@@ -275,12 +274,31 @@ class Assistant:
         The arguments are those of `chat`. Use `async with assistant.stream(...) as events:` when
         you may stop reading early: leaving the block cancels the turn, and nothing is saved.
         """
-        request = _TurnRequest(text, session, user, tenant, backbone, prompt, tools, history)
+        return self.run_stream(
+            TurnRequest(
+                text,
+                session=session,
+                user=user,
+                tenant=tenant,
+                backbone=backbone,
+                prompt=prompt,
+                tools=tools,
+                history=history,
+            )
+        )
 
-        async def run(on_event: EventSink) -> TurnResult:
-            return await self._run(await self._deps(request), request, on_event=on_event)
+    async def run(self, request: TurnRequest, *, on_event: EventSink | None = None) -> TurnResult:
+        """Run the turn `request` asks for: what `chat` does with its arguments, for a front end that has one.
 
-        return TurnStream(run)
+        Raises:
+            SessionNotFoundError: The session belongs to another user.
+            TandemError: Any other user-facing failure (backbone, Redis, limits, invalid ids).
+        """
+        return await run_turn(await self._deps(request), request.text, on_event=on_event, history=request.history)
+
+    def run_stream(self, request: TurnRequest) -> TurnStream:
+        """`stream` for a `TurnRequest`."""
+        return TurnStream(lambda on_event: self.run(request, on_event=on_event))
 
     def chat_sync(self, text: str, **options: Any) -> TurnResult:
         """`chat` for programs without an event loop; the keyword arguments are the same."""
@@ -486,40 +504,12 @@ class Assistant:
             self._stores[tenant] = store
         return store
 
-    async def _deps(self, request: _TurnRequest) -> Deps:
-        redis = await self.redis()
-        backbone = await self.backbone(request.backbone)
-        options = TurnOptions(
-            session=request.session,
-            user=request.user,
-            tenant=request.tenant,
-            backbone=backbone.name,
-            prompt=request.prompt,
-            tools=request.tools,
-        )
+    async def _deps(self, request: TurnRequest) -> Deps:
         return await build_deps(
             self.settings,
-            redis,
-            options,
-            session=request.session or new_session_id(),
-            backbone=backbone,
+            await self.redis(),
+            request,
+            backbone=await self.backbone(request.model or request.backbone),
             prompt=self._prompt(request.prompt),
             toolsets=self._selected_toolsets(request.tools),
         )
-
-    async def _run(self, deps: Deps, request: _TurnRequest, *, on_event: EventSink | None = None) -> TurnResult:
-        try:
-            return await run_turn(deps, request.text, on_event=on_event, history=request.history)
-        except SessionNotFoundError:
-            raise
-        except TandemError as error:
-            # The runtime refuses a session stored under another user with a plain TandemError.
-            if request.history is None and type(error) is TandemError and await self._owned_elsewhere(deps):
-                raise SessionNotFoundError(str(error)) from error
-            raise
-
-    async def _owned_elsewhere(self, deps: Deps) -> bool:
-        with contextlib.suppress(TandemError):
-            record = await deps.conversations.read_record(deps.identity.session)
-            return record is not None and record.scope != deps.identity.user
-        return False

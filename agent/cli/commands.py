@@ -49,12 +49,12 @@ def chat(
 ) -> None:
     """Talk with the assistant in an interactive REPL (Ctrl-C cancels a turn, Ctrl-D exits)."""
     from tandem.agent.cli.repl import run_repl
-    from tandem.agent.turn.build import TurnOptions
+    from tandem.agent.turn.request import TurnRequest
 
-    options = TurnOptions(
+    request = TurnRequest(
         session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
     )
-    async_command(run_repl)(cli_settings(), options)
+    async_command(run_repl)(cli_settings(), request)
 
 
 @commands.command()
@@ -71,24 +71,25 @@ def ask(
     ] = False,
 ) -> None:
     """Ask one question and print the answer. Without --session, each ask is a new session."""
-    from tandem.agent.turn.build import TurnOptions, build_deps, open_redis
-    from tandem.agent.turn.run import TextDelta, new_session_id, run_turn
+    from tandem.agent.turn.build import build_deps, open_redis
+    from tandem.agent.turn.request import TurnRequest
+    from tandem.agent.turn.run import TextDelta, run_turn
 
     settings = cli_settings()
-    options = TurnOptions(
-        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
+    request = TurnRequest(
+        text, session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
     )
 
     async def body() -> None:
         async with open_redis(settings) as redis:
-            deps = await build_deps(settings, redis, options, session=session or new_session_id())
+            deps = await build_deps(settings, redis, request)
 
             def show(event: object) -> None:
                 if isinstance(event, TextDelta):
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
 
-            result = await run_turn(deps, text, on_event=None if as_json else show)
+            result = await run_turn(deps, request.text, on_event=None if as_json else show)
         if as_json:
             payload = {
                 'answer': result.answer,

@@ -30,9 +30,10 @@ from tandem.agent.core.events import TextDelta, ToolCallStarted, TurnEvent
 from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.core.turn_state import Citation
 from tandem.agent.turn.approvals import ApprovalRequest
-from tandem.agent.turn.build import TurnOptions, build_deps, open_redis
+from tandem.agent.turn.build import build_deps, open_redis
 from tandem.agent.turn.deps import Deps
-from tandem.agent.turn.run import TurnUsage, new_session_id, run_turn, summarize_args, with_session
+from tandem.agent.turn.request import TurnRequest, new_session_id
+from tandem.agent.turn.run import TurnUsage, run_turn, summarize_args, with_session
 from tandem.agent.turn.tool_status import tool_statuses
 
 HELP = """\
@@ -215,7 +216,7 @@ class Repl:
             view.close()
             self._view = None
         self.usage = self.usage + result.usage
-        self._last_citations, self._last_answer = dict(self.deps.turn.citations), result.answer
+        self._last_citations, self._last_answer = result.citations, result.answer
 
     async def _help(self, _: str) -> bool:
         self.console.print(HELP, highlight=False, markup=False)
@@ -357,7 +358,7 @@ def make_prompt_session(
 
 async def run_repl(
     settings: Settings,
-    options: TurnOptions,
+    request: TurnRequest,
     *,
     input: Input | None = None,
     output: Output | None = None,
@@ -367,15 +368,15 @@ async def run_repl(
     settings.home.mkdir(parents=True, exist_ok=True)
     async with open_redis(settings) as redis:
         console = console or Console()
-        session = options.session or new_session_id()
+        session = request.session or new_session_id()
         try:
-            deps = await build_deps(settings, redis, options, session=session)
+            deps = await build_deps(settings, redis, request, session=session)
         except BackboneError as error:
             # Open anyway: the person can pick a backbone with /backbone once they have one.
             console.print(str(error), style='yellow', highlight=False, markup=False)
             console.print('The REPL is open; `/backbone NAME` or `/backbone PROVIDER:MODEL` picks a model.')
             deps = await build_deps(
-                settings, redis, options, session=session, backbone=backbones.unconfigured(str(error))
+                settings, redis, request, session=session, backbone=backbones.unconfigured(str(error))
             )
         repl = Repl(
             deps,

@@ -42,8 +42,9 @@ from tandem.agent.scenarios.expectations import check_turn, judge_answer
 from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
 from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError
-from tandem.agent.turn.build import TurnOptions, build_deps
+from tandem.agent.turn.build import build_deps
 from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn, with_session
 from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
 
@@ -268,11 +269,11 @@ async def _turns(
     prompt: PromptTemplate = env.prompts.get(out.prompt)
     out.prompt = prompt.ref
     tools = _tool_names(settings, scenario, cell.ablation, env.plugins)
-    options = TurnOptions(tenant=tenant, user=scenario.setup.user, prompt=prompt.ref, tools=tools)
+    request = TurnRequest(tenant=tenant, user=scenario.setup.user, prompt=prompt.ref, tools=tools)
     deps = await build_deps(
         settings,
         env.redis,
-        options,
+        request,
         session='s1',
         backbone=backbone,
         prompt=prompt,

@@ -80,6 +80,7 @@ from tandem.agent.server.wire import (
     openai_to_history,
     session_json,
 )
+from tandem.agent.turn.request import TurnRequest
 from tandem.memory.keys import validate_id
 
 if TYPE_CHECKING:
@@ -684,21 +685,17 @@ async def _chat(
     user = user_header or body.user or None
     session = session_header or (body.user if limits.session_from_user_field else None) or None
     history = None if session is not None else openai_to_history(body.messages[:-1])
-    options: dict[str, Any] = {
-        'session': session,
-        'user': user,
-        'tenant': caller.tenant,
-        'backbone': backbone,
-        'history': history,
-    }
+    turn_request = TurnRequest(
+        text, session=session, user=user, tenant=caller.tenant, backbone=backbone, history=history
+    )
     headers = {SESSION_HEADER: session} if session is not None else {}
     completion_id = f'chatcmpl-{uuid.uuid4().hex}'
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return await stream_turn(
-            service.assistant, request, text, options, headers, completion_id, body.model, include_usage
+            service.assistant, request, turn_request, headers, completion_id, body.model, include_usage
         )
-    turn = asyncio.ensure_future(service.assistant.chat(text, **options))
+    turn = asyncio.ensure_future(service.assistant.run(turn_request))
     result = await unless_disconnected(request, turn)
     if result is None:
         return Response(status_code=499)

@@ -17,6 +17,7 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.events import TextDelta
 from tandem.agent.core.log import get_logger
 from tandem.agent.server.wire import INTERNAL_ERROR, api_error_from, usage_json
+from tandem.agent.turn.request import TurnRequest
 
 _log = get_logger('tandem.server')
 _T = TypeVar('_T')
@@ -66,14 +67,13 @@ async def unless_disconnected(request: Request, work: asyncio.Future[_T]) -> _T 
 async def stream_turn(
     assistant: Assistant,
     request: Request,
-    text: str,
-    options: dict[str, Any],
+    turn_request: TurnRequest,
     headers: dict[str, str],
     completion_id: str,
     model: str,
     include_usage: bool,
 ) -> Response:
-    turn = assistant.stream(text, **options)
+    turn = assistant.run_stream(turn_request)
     # Wait for the first event before answering, so a turn that fails at once (an unknown session,
     # a backbone that is down) gets its own status code rather than a 200 with an error inside.
     try:

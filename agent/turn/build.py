@@ -1,10 +1,9 @@
-"""Building `Deps` from settings: what every front end does before calling the runtime."""
+"""Building `Deps` from a `TurnRequest` and the settings: what every front end does before calling the runtime."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -15,23 +14,11 @@ from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, knowledge_retriever
 from tandem.agent.turn.providers.memory import MemoryContext, fact_store_for
+from tandem.agent.turn.request import TurnRequest, new_session_id
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore
 from tandem.memory.keys import validate_id
 from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
-
-
-@dataclass(frozen=True)
-class TurnOptions:
-    """What a front end may choose per command: every field falls back to the settings."""
-
-    session: str | None = None
-    user: str | None = None
-    tenant: str | None = None
-    backbone: str | None = None
-    model: str | None = None
-    prompt: str | None = None
-    tools: Sequence[str] | None = None
 
 
 def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[ToolsetPlugin]:
@@ -66,25 +53,26 @@ async def open_conversations(settings: Settings) -> AsyncGenerator[RedisConversa
 async def build_deps(
     settings: Settings,
     redis: Redis,
-    options: TurnOptions,
+    request: TurnRequest,
     *,
-    session: str,
+    session: str | None = None,
     backbone: Backbone | None = None,
     prompt: PromptTemplate | None = None,
     toolsets: Sequence[ToolsetPlugin] | None = None,
 ) -> Deps:
-    """`Deps` for one session, with ids validated before anything touches Redis.
+    """`Deps` for the request's session, with ids validated before anything touches Redis.
 
+    `session` replaces `request.session` (the REPL's `/new` and `/switch`); a new session when both are `None`.
     A long-running front end may pass the `backbone`, `prompt` and `toolsets` it resolved once, in
-    place of `options.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds).
+    place of `request.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds).
     """
-    tenant = validate_id('tenant', options.tenant or settings.tenant)
-    user = validate_id('user', options.user or settings.user)
-    session = validate_id('session', session)
+    tenant = validate_id('tenant', request.tenant or settings.tenant)
+    user = validate_id('user', request.user or settings.user)
+    session = validate_id('session', session or request.session or new_session_id())
     if prompt is None:
-        prompt = PromptLibrary.default(settings.prompts_dir).get(options.prompt or settings.prompt)
+        prompt = PromptLibrary.default(settings.prompts_dir).get(request.prompt or settings.prompt)
     if backbone is None:
-        backbone = await backbones.resolve(settings, name=options.backbone, model=options.model)
+        backbone = await backbones.resolve(settings, name=request.backbone, model=request.model)
     facts = fact_store_for(settings, redis)
     return Deps(
         settings=settings,
@@ -93,7 +81,7 @@ async def build_deps(
         prompt=prompt,
         redis=redis,
         conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
-        toolsets=selected_toolsets(settings, options.tools) if toolsets is None else toolsets,
+        toolsets=selected_toolsets(settings, request.tools) if toolsets is None else toolsets,
         facts=facts,
         retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),
         context_providers=(*((MemoryContext(),) if facts is not None else ()), KnowledgeContextProvider()),

@@ -12,6 +12,7 @@ from pydantic_ai.usage import RunUsage
 
 from tandem.agent.core.errors import TandemError
 from tandem.agent.turn.deps import Deps
+from tandem.memory.conversations import SessionNotFoundError
 
 _SAVE_ATTEMPTS = 8
 
@@ -20,14 +21,14 @@ async def load_conversation(deps: Deps) -> Conversation:
     """The session's stored conversation, or a new empty one.
 
     Raises:
-        TandemError: The session exists but belongs to another user.
+        SessionNotFoundError: The session exists but belongs to another user.
     """
     identity = deps.identity
     conversation = await deps.conversations.load(identity.session, scope=identity.user)
     if conversation is not None:
         return conversation
     if await deps.conversations.read_record(identity.session) is not None:
-        raise TandemError(
+        raise SessionNotFoundError(
             f'session {identity.session!r} belongs to another user: pick another --session, or omit it to start a new one.'
         )
     return Conversation(conversation_id=identity.session)

@@ -1,7 +1,8 @@
 """The one runtime every front end calls: load history, run (streaming events), persist, report.
 
-The REPL, `tandem ask`, the HTTP service and the scenario runner differ only in how they build
-`Deps` and render the `TurnEvent`s; the turn itself always goes through `run_turn`.
+The REPL, `tandem ask`, the Python API, the HTTP service and the scenario runner each build a
+`TurnRequest`, turn it into `Deps` (`agent.turn.build`), and render the `TurnEvent`s; the turn itself
+always goes through `run_turn`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 from tandem.agent.core.errors import BackboneError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.log import get_logger
+from tandem.agent.core.turn_state import Citation
 from tandem.agent.turn.agent import plugin_toolsets, run_capabilities, run_toolsets, tandem_agent
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
@@ -85,6 +87,8 @@ class TurnResult:
     usage: TurnUsage
     duration_s: float
     tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
+    citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
+    """The knowledge-base passages the model was shown, by the number `[n]` the answer cites them with."""
 
 
 async def _emit(sink: EventSink | None, event: TurnEvent) -> None:
@@ -294,6 +298,7 @@ async def run_turn(
             usage=usage,
             duration_s=duration,
             tool_calls=list(deps.turn.tool_calls),
+            citations=dict(deps.turn.citations),
         )
     finally:
         structlog.contextvars.unbind_contextvars('run_id', 'tenant', 'user', 'session')
@@ -302,11 +307,6 @@ async def run_turn(
 def with_session(deps: Deps, session: str) -> Deps:
     """A copy of `deps` for another session of the same user."""
     return replace(deps, identity=replace(deps.identity, session=session), turn=TurnState())
-
-
-def new_session_id() -> str:
-    """A fresh session id: short, sortable by creation time, and valid as a Redis key part."""
-    return time.strftime('%Y%m%d-%H%M%S-') + uuid.uuid4().hex[:6]
 
 
 def summarize_args(args: dict[str, Any]) -> str:

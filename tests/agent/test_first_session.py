@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from tandem.agent.cli.main import app
 from tandem.agent.core.config import Settings
-from tandem.agent.turn.build import TurnOptions
+from tandem.agent.turn.request import TurnRequest
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
 from tests.support.repl import drive_repl
 
@@ -60,7 +60,7 @@ async def test_the_repl_prints_user_model_tool_and_config_text_literally(tmp_pat
                 '/prompt [bold]nope',
                 '/switch [bold]x',
             ],
-            TurnOptions(session='brackets'),
+            TurnRequest(session='brackets'),
             width=200,
         )
 
@@ -171,7 +171,7 @@ async def test_with_no_model_the_repl_runs_no_agent_and_names_models_pull(
     monkeypatch.setattr(repl, 'run_turn', no_agent)
     settings = Settings(home=tmp_path, redis_url=redis_url)  # type: ignore[arg-type]
 
-    screen = await drive_repl(settings, ['hi', '/run scenarios/calculator.yaml'], TurnOptions(session='n1'), width=200)
+    screen = await drive_repl(settings, ['hi', '/run scenarios/calculator.yaml'], TurnRequest(session='n1'), width=200)
 
     assert screen.startswith('no model is configured')
     assert 'tandem models pull qwen2.5-1.5b-instruct --register local' in screen
@@ -182,7 +182,7 @@ async def test_with_no_model_the_repl_runs_no_agent_and_names_models_pull(
 async def test_once_a_backbone_is_picked_the_repl_answers(tmp_path: Path, redis_url: str) -> None:
     with FakeOpenAI(models=['base-model']) as server:
         settings = _settings(tmp_path, redis_url, server).model_copy(update={'backbone': 'typo'})
-        screen = await drive_repl(settings, ['hi', '/backbone base', 'hello'], TurnOptions(session='n2'), width=200)
+        screen = await drive_repl(settings, ['hi', '/backbone base', 'hello'], TurnRequest(session='n2'), width=200)
     assert "unknown backbone 'typo'" in screen
     assert 'Nothing was sent' in screen
     assert 'You said: hello' in screen

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tandem.agent.core.config import Settings
-from tandem.agent.turn.build import TurnOptions
+from tandem.agent.turn.request import TurnRequest
 from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
 from tests.support.repl import drive_repl
 
@@ -30,7 +30,7 @@ def server() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-async def _drive(settings: Settings, keys: str, options: TurnOptions) -> str:
+async def _drive(settings: Settings, keys: str, options: TurnRequest) -> str:
     return await drive_repl(
         settings, [line for line in keys.split('\r') if line and line != '/exit'], options, width=100
     )
@@ -54,7 +54,7 @@ async def test_a_conversation_with_a_tool_call_a_backbone_switch_and_slash_comma
     settings = _settings(tmp_path, redis_url, server)
     keys = 'please compute this\r/backbone tuned\rand now?\r/usage\r/history\r/tools\r/nonsense\r/exit\r'
 
-    screen = await _drive(settings, keys, TurnOptions(session='r1'))
+    screen = await _drive(settings, keys, TurnRequest(session='r1'))
 
     assert '⚙ calculate' in screen and '✓ calculate' in screen
     assert 'Result: 42' in screen  # markdown rendered, not raw asterisks
@@ -68,9 +68,9 @@ async def test_a_conversation_with_a_tool_call_a_backbone_switch_and_slash_comma
 
 async def test_new_switch_and_sessions(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> None:
     settings = _settings(tmp_path, redis_url, server)
-    await _drive(settings, 'first session\r', TurnOptions(session='one'))
+    await _drive(settings, 'first session\r', TurnRequest(session='one'))
 
-    screen = await _drive(settings, '/new\r/switch one\r/sessions\rhello again\r', TurnOptions(session='two'))
+    screen = await _drive(settings, '/new\r/switch one\r/sessions\rhello again\r', TurnRequest(session='two'))
 
     assert 'new session' in screen
     assert 'switched to session one (2 messages)' in screen
@@ -83,7 +83,7 @@ async def test_errors_inside_the_repl_are_one_line_and_the_repl_goes_on(
 ) -> None:
     settings = _settings(tmp_path, redis_url, server)
 
-    screen = await _drive(settings, '/backbone nope\r/switch bad:id\r/prompt nope\rhi\r', TurnOptions(session='e1'))
+    screen = await _drive(settings, '/backbone nope\r/switch bad:id\r/prompt nope\rhi\r', TurnRequest(session='e1'))
 
     assert "error: unknown backbone 'nope'" in screen
     assert "error: invalid session id 'bad:id'" in screen
@@ -116,7 +116,7 @@ async def test_an_injected_instruction_from_a_fetched_page_is_shown_for_approval
             backbones={'m': {'model': 'openai-chat:m', 'base_url': fake.url}},  # type: ignore[dict-item]
             web={'allowed_hosts': [host]},  # type: ignore[arg-type]
         )
-        screen = await _drive(settings, 'summarise my notes page\rn\r', TurnOptions(session='inj', user='ada'))
+        screen = await _drive(settings, 'summarise my notes page\rn\r', TurnRequest(session='inj', user='ada'))
 
     assert 'the model wants to run a tool with side effects' in screen
     assert 'remember(fact="The user is an admin.")' in screen

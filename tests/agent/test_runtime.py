@@ -19,6 +19,7 @@ from tandem.agent.cli.transcript import render_transcript
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.turn.run import run_turn
+from tandem.memory.conversations import SessionNotFoundError
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 from tests.support.deps import make_deps
 from tests.support.scripted import call, scripted_model
@@ -189,3 +190,15 @@ async def test_each_turn_runs_with_its_own_tool_retries(redis: Redis, tmp_path: 
 
     # The first call, then one per retry: the settings of one turn never leak into the next.
     assert counted == {1: 2, 3: 4}
+
+
+async def test_another_users_session_is_refused_as_not_found_before_the_model_runs(
+    redis: Redis, tmp_path: Path
+) -> None:
+    model, script = scripted_model('Mine.', 'Never sent.')
+    await run_turn(make_deps(redis, model, home=tmp_path, user='alice'), 'Private note.')
+
+    with pytest.raises(SessionNotFoundError, match="session 's1' belongs to another user"):
+        await run_turn(make_deps(redis, model, home=tmp_path, user='bob'), 'Let me in.')
+
+    assert len(script.seen) == 1

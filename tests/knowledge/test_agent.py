@@ -13,9 +13,10 @@ from pydantic_ai.models.function import AgentInfo
 from redis.asyncio import Redis
 
 from tandem.agent.core.config import KnowledgeConfig, Settings
-from tandem.agent.turn.build import TurnOptions, build_deps
+from tandem.agent.turn.build import build_deps
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, cited_numbers, sources_table
+from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn
 from tandem.memory.knowledge.ingest import Ingestor
 from tandem.memory.knowledge.retrieval import Bm25Retriever, Retriever, build_retriever
@@ -71,11 +72,11 @@ async def test_the_model_searches_the_knowledge_base_and_cites_the_passage(redis
     assert returned.startswith('<untrusted source="search_knowledge" query="where is the office">\n[1] faq.txt')
     assert 'The office is in Lisbon' in returned and returned.endswith('with the numbers above.')
     assert deps.turn.tainted  # documents are untrusted: side-effect tools now need approval
-    citation = deps.turn.citations[1]
+    citation = result.citations[1]
     assert citation.source == str((docs / 'faq.txt').resolve()) and citation.kb == 'default'
     assert 'Lisbon' in citation.snippet
     assert cited_numbers(result.answer) == [1]
-    headline, table = sources_table(deps.turn.citations, result.answer)
+    headline, table = sources_table(result.citations, result.answer)
     assert headline.startswith('The last answer cites 1 of the')
     assert table is not None and table.row_count == 1
     tool = next(tool for tool in script.seen[0][1].function_tools if tool.name == 'search_knowledge')
@@ -93,21 +94,21 @@ async def test_citation_numbers_continue_across_calls_and_repeat_for_the_same_pa
         'Done [1][2].',
     )
     deps = _deps(redis, model, tmp_path)
-    await run_turn(deps, 'Tell me things.')
+    result = await run_turn(deps, 'Tell me things.')
 
     results = _tool_results(script.seen[3][0])
     assert '[1] faq.txt' in results[0] and '[2] Guide' in results[1] and '[1] faq.txt' in results[2]
-    assert sorted(deps.turn.citations) == [1, 2]
+    assert sorted(result.citations) == [1, 2]
 
 
 async def test_an_empty_or_missing_knowledge_base_gives_a_clear_tool_result(redis: Redis, tmp_path: Path) -> None:
     model, script = scripted_model(call('search_knowledge', query='anything at all'), 'Nothing found.')
     deps = _deps(redis, model, tmp_path)
 
-    await run_turn(deps, 'Search my documents.')
+    result = await run_turn(deps, 'Search my documents.')
 
     assert _tool_results(script.seen[1][0]) == [EMPTY_KB]
-    assert not deps.turn.tainted and deps.turn.citations == {}
+    assert not deps.turn.tainted and result.citations == {}
 
 
 async def test_no_match_and_bad_arguments(redis: Redis, tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ async def test_automatic_retrieval_puts_cited_passages_in_the_prompt(redis: Redi
     instructions = script.seen[0][1].instructions or ''
     assert 'Passages retrieved for this question' in instructions
     assert '<untrusted source="retrieval">\n[1] faq.txt' in instructions
-    assert deps.turn.tainted and deps.turn.citations[1].snippet.startswith('Frequently asked questions.')
+    assert deps.turn.tainted and result.citations[1].snippet.startswith('Frequently asked questions.')
     assert cited_numbers(result.answer) == [1]
 
 
@@ -163,7 +164,7 @@ async def test_build_deps_wires_the_retriever_and_the_provider(
 
     async def build(**changes: Any) -> Deps:
         changed = settings.model_copy(update=changes)
-        return await build_deps(changed, redis, TurnOptions(tools=[]), session='s1', backbone=backbone)
+        return await build_deps(changed, redis, TurnRequest(tools=[]), session='s1', backbone=backbone)
 
     deps = await build()
     assert isinstance(deps.retriever, Retriever) and deps.retriever.name == 'bm25'

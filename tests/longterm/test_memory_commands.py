@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tandem.agent.cli.main import app
 from tandem.agent.core.config import Settings
-from tandem.agent.turn.build import TurnOptions
+from tandem.agent.turn.request import TurnRequest
 from tandem.memory.connection import connect
 from tandem.memory.facts import FactStore
 from tests.support.fake_openai import FakeOpenAI, Text
@@ -166,7 +166,7 @@ def test_ask_knows_what_another_session_remembered(env: dict[str, str], redis_ur
 # --- the REPL --------------------------------------------------------------------------------------
 
 
-async def _drive(settings: Settings, lines: list[str], options: TurnOptions) -> str:
+async def _drive(settings: Settings, lines: list[str], options: TurnRequest) -> str:
     return await drive_repl(settings, lines, options, timeout=30)
 
 
@@ -191,7 +191,7 @@ async def test_repl_memory_list_forget_n_and_forget_all(tmp_path: Path, redis_ur
                 '/memory forget all',
                 '/memory',
             ],
-            TurnOptions(session='r1'),
+            TurnRequest(session='r1'),
         )
 
     name_id = ids["The user's name is Alice."]

@@ -180,20 +180,21 @@ async def test_the_tools_refuse_secrets_and_bad_ids_and_declare_side_effects(red
 
 
 async def test_build_deps_wires_memory_for_every_front_end(redis: Redis, tmp_path: Path) -> None:
-    from tandem.agent.turn.build import TurnOptions, build_deps
+    from tandem.agent.turn.build import build_deps
+    from tandem.agent.turn.request import TurnRequest
 
     model, _ = scripted_model()
     backbone = scripted_backbone(model)
     settings = Settings(home=tmp_path)
-    deps = await build_deps(settings, redis, TurnOptions(user='alice', tools=[]), session='s1', backbone=backbone)
-    again = await build_deps(settings, redis, TurnOptions(user='bob', tools=[]), session='s2', backbone=backbone)
+    deps = await build_deps(settings, redis, TurnRequest(user='alice', tools=[]), session='s1', backbone=backbone)
+    again = await build_deps(settings, redis, TurnRequest(user='bob', tools=[]), session='s2', backbone=backbone)
 
     assert isinstance(deps.facts, FactStore) and deps.facts is again.facts  # one cache per client
     assert any(isinstance(provider, MemoryContext) for provider in deps.context_providers)
     off = await build_deps(
         Settings(home=tmp_path, memory={'enabled': False}),  # type: ignore[arg-type]
         redis,
-        TurnOptions(tools=[]),
+        TurnRequest(tools=[]),
         session='s3',
         backbone=backbone,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tandem.agent.turn.build import TurnOptions
+from tandem.agent.turn.request import TurnRequest
 from tests.agent.test_repl import _drive, _settings, script
 from tests.scenarios.conftest import WriteScenario
 from tests.support.fake_openai import FakeOpenAI
@@ -38,7 +38,7 @@ async def test_run_shows_each_step_and_leaves_the_conversation_alone(
     )
     settings = _settings(tmp_path, redis_url, server)
 
-    screen = await _drive(settings, f'hello\r/run {path}\r/history\r', TurnOptions(session='mine'))
+    screen = await _drive(settings, f'hello\r/run {path}\r/history\r', TurnRequest(session='mine'))
 
     assert f'▶ repl-debug ({path})' in screen
     assert 'Shown step by step.' in screen
@@ -62,7 +62,7 @@ async def test_run_without_a_file_or_with_a_broken_one_is_a_one_line_error(
     broken = write_scenario('name: b\nturns: []\n')
     settings = _settings(tmp_path, redis_url, server)
 
-    screen = await _drive(settings, f'/run\r/run {tmp_path}/nope.yaml\r/run {broken}\r', TurnOptions(session='e'))
+    screen = await _drive(settings, f'/run\r/run {tmp_path}/nope.yaml\r/run {broken}\r', TurnRequest(session='e'))
 
     flat = ' '.join(screen.split())  # the console wraps long lines
     assert 'error: usage: /run FILE, a scenario file such as scenarios/calculator.yaml' in flat

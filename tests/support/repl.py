@@ -15,13 +15,13 @@ from rich.console import Console
 
 from tandem.agent.cli.repl import run_repl
 from tandem.agent.core.config import Settings
-from tandem.agent.turn.build import TurnOptions
+from tandem.agent.turn.request import TurnRequest
 
 
 async def drive_repl(
     settings: Settings,
     lines: Sequence[str],
-    options: TurnOptions | None = None,
+    options: TurnRequest | None = None,
     *,
     width: int = 120,
     timeout: float = 60,
@@ -52,7 +52,7 @@ async def drive_repl(
         try:
             await asyncio.wait_for(
                 run_repl(
-                    settings, options or TurnOptions(session='r1'), input=pipe, output=DummyOutput(), console=console
+                    settings, options or TurnRequest(session='r1'), input=pipe, output=DummyOutput(), console=console
                 ),
                 timeout,
             )
