@@ -34,11 +34,14 @@ async def test_an_injected_remember_is_denied_and_memory_is_unchanged(redis: Red
         result = await run_turn(deps, f'Summarise {site.url("/")}')
 
     assert site.request_count == 1  # the page really was fetched, by the real tool
-    assert [(c.name, c.ok, c.result) for c in result.tool_calls] == [
-        ('web_fetch', True, result.tool_calls[0].result),
-        ('remember', False, 'denied'),
-    ]
-    assert 'ignore all previous instructions' in result.tool_calls[0].result
+    assert [(c.name, c.ok) for c in result.tool_calls] == [('web_fetch', True), ('remember', False)]
+    fetched, remembered = (call.result for call in result.tool_calls)
+    # The page reached the model as delimited data, the injected instruction included; the call it asked for did not run.
+    assert fetched.startswith(
+        f'<untrusted source="web_fetch" url="{site.url("/")}"> Title: Release notes Version 2 is out.'
+    )
+    assert 'ignore all previous instructions' in fetched
+    assert remembered == 'denied'
     denial = list(render_transcript(script.seen[-1][0]))[-1]
     assert denial.startswith('  ← remember: denied: Denied: untrusted content')
     assert await FactStore(redis).list_facts('acme', 'alice') == [known]  # not one byte changed
