@@ -200,3 +200,14 @@ def test_an_upward_import_and_a_cycle_are_caught(tmp_path: Path) -> None:
     assert cycles(found) == [['tandem.agent.turn.run', 'tandem.memory.store']]
     with pytest.raises(AssertionError, match=r'tandem\.agent\.stray is in no layer'):
         layer_of('tandem.agent.stray')
+
+
+def test_every_module_logs_through_one_style(library: tuple[dict[str, Path], list[Import]]) -> None:
+    """structlog events from `agent.core.log.get_logger`; stdlib loggers only inside that module."""
+    found, _ = library
+    offenders = [
+        name
+        for name, path in found.items()
+        if name != 'tandem.agent.core.log' and 'logging.getLogger(' in path.read_text(encoding='utf-8')
+    ]
+    assert offenders == []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -31,11 +30,12 @@ from pydantic_ai.common_tools.duckduckgo import duckduckgo_ta
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tandem.agent.core.log import get_logger
 from tandem.memory.keys import tenant_key
 
 __all__ = ['DEFAULT_SEARCH_URL', 'SearchHit', 'SearchUnavailable', 'Searcher', 'TimeLimit', 'search_cache_key']
 
-_log = logging.getLogger('tandem.tools.web')
+_log = get_logger('tandem.tools.web')
 
 DEFAULT_SEARCH_URL: str = Duckduckgo.search_url
 """DuckDuckGo's JavaScript-free results page, which ddgs scrapes."""
@@ -167,7 +167,7 @@ class Searcher:
         except DDGSException as error:
             raise SearchUnavailable(_describe(error)) from None
         except Exception as error:  # noqa: BLE001 -- a changed or garbled results page can fail anywhere in parsing
-            _log.warning('DuckDuckGo results page could not be parsed: %r', error)
+            _log.warning('web.search_page_unreadable', error=repr(error))
             raise SearchUnavailable('DuckDuckGo answered with a page that could not be read') from None
         return _to_hits(raw or [], max_results)
 
@@ -240,7 +240,7 @@ async def _cache_get(redis: Redis, key: str) -> list[SearchHit] | None:
         with anyio.fail_after(_CACHE_TIMEOUT):
             raw: bytes | str | None = await redis.get(key)
     except (RedisError, OSError, TimeoutError) as error:
-        _log.warning('web search cache unavailable (%s); searching without it', type(error).__name__)
+        _log.warning('web.search_cache_unavailable', error=type(error).__name__)
         raise _CacheUnavailable from None
     if raw is None:
         return None
@@ -255,4 +255,4 @@ async def _cache_put(redis: Redis, key: str, hits: list[SearchHit], ttl: int) ->
         with anyio.fail_after(_CACHE_TIMEOUT):
             await redis.set(key, _HITS.dump_json(hits), ex=ttl)
     except (RedisError, OSError, TimeoutError) as error:
-        _log.warning('could not cache web search results (%s)', type(error).__name__)
+        _log.warning('web.search_cache_failed', error=type(error).__name__)

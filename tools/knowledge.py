@@ -13,7 +13,6 @@ line for the model; nothing raises into the turn except `ModelRetry` for a bad a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from pydantic_ai.tools import ToolDefinition
 from redis.exceptions import RedisError
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import Citation, TurnState
 from tandem.memory.knowledge.retrieval import Passage, Retriever
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
@@ -48,7 +48,7 @@ OFF = 'Knowledge search is off (retrieval = "off" in the configuration). Answer 
 _MAX_QUERY_CHARS = 500
 _SNIPPET_CHARS = 200
 
-_log = logging.getLogger('tandem.tools.knowledge')
+_log = get_logger('tandem.tools.knowledge')
 
 
 def cite(turn: TurnState, passage: Passage) -> int:
@@ -122,7 +122,7 @@ async def search_knowledge_text(deps: Any, query: str, k: int | None = None) -> 
     except RedisError as error:
         return f'knowledge search failed: the knowledge base is unreachable ({type(error).__name__}: {error}).'
     except Exception:  # noqa: BLE001 -- a search failure must never end the turn
-        _log.exception('search_knowledge failed unexpectedly')
+        _log.exception('knowledge.search_failed')
         return 'knowledge search failed: internal error in the search tool.'
     if not passages:
         return f'search_knowledge: no passage matches "{query}". Try other words, or answer without the documents.'

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import importlib.metadata
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.log import get_logger
 
 __all__ = [
     'ENTRY_POINT_GROUP',
@@ -51,7 +51,7 @@ SIDE_EFFECT_KEY = 'side_effect'
 _OWN_DISTRIBUTION = 'tandem'
 _NAME_PATTERN = re.compile(r'[a-z][a-z0-9_-]{0,31}')
 
-_log = logging.getLogger('tandem.tools.registry')
+_log = get_logger('tandem.tools.registry')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,10 +121,10 @@ def discover_plugins() -> dict[str, ToolsetPlugin]:
         if existing is not None and not isinstance(existing, _BrokenPlugin):
             if not isinstance(plugin, _BrokenPlugin):
                 _log.warning(
-                    'Skipping tool plugin %r from %s (%s): another plugin already has that name.',
-                    plugin.name,
-                    _distribution_name(entry_point),
-                    entry_point.value,
+                    'tools.plugin_shadowed',
+                    plugin=plugin.name,
+                    distribution=_distribution_name(entry_point),
+                    entry_point=entry_point.value,
                 )
             continue
         found[plugin.name] = plugin  # a working plugin replaces a broken one of the same name
@@ -155,9 +155,9 @@ def _load(entry_point: importlib.metadata.EntryPoint) -> ToolsetPlugin:
 
 
 def _report_broken(entry_point: importlib.metadata.EntryPoint, error: str, exc: BaseException | None) -> ToolsetPlugin:
-    _log.warning('Skipping tool plugin %r (%s): %s', entry_point.name, entry_point.value, error)
+    _log.warning('tools.plugin_broken', entry_point=entry_point.name, target=entry_point.value, error=error)
     if exc is not None:
-        _log.debug('Traceback for tool plugin %r', entry_point.name, exc_info=exc)
+        _log.debug('tools.plugin_traceback', entry_point=entry_point.name, exc_info=exc)
     # The entry-point name may not be a valid plugin name; fall back to one that is, so the
     # failure still shows up in listings instead of raising from here.
     name = entry_point.name if _NAME_PATTERN.fullmatch(entry_point.name) else 'invalid-plugin-name'

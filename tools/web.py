@@ -19,7 +19,6 @@ can trust specific hosts, e.g. an intranet wiki, with `allowed_hosts` (`host` or
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import socket
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ from pydantic_ai import FunctionToolset, ModelRetry, RunContext
 from redis.asyncio import Redis
 
 from tandem.agent.core.fetch import Fetcher, FetchError, HostRule, Page, netloc_of, parse_allowed_hosts
+from tandem.agent.core.log import get_logger
 from tandem.tools._search import DEFAULT_SEARCH_URL, Searcher, SearchHit, SearchUnavailable, TimeLimit
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 from tandem.tools.untrusted import wrap_untrusted
@@ -62,7 +62,7 @@ _MAX_QUERY_CHARS = 400
 _MAX_URL_CHARS = 4096
 _REGION_PATTERN = r'^[a-z]{2}-[a-z]{2}$'
 
-_log = logging.getLogger('tandem.tools.web')
+_log = get_logger('tandem.tools.web')
 
 
 class WebTools:
@@ -146,7 +146,7 @@ class WebTools:
         except SearchUnavailable as error:
             return f'web search unavailable: {error}. Answer without web results, and say so.'
         except Exception:  # noqa: BLE001 -- a search failure must never end the turn
-            _log.exception('web_search failed unexpectedly')
+            _log.exception('web.search_failed')
             return 'web search unavailable: internal error in the search tool.'
         if not hits:
             return f'web search: no results for "{query}". Try other words.'
@@ -171,7 +171,7 @@ class WebTools:
                 _taint(deps)  # the reason may quote the server, e.g. a redirect target's host name
             return f'web fetch failed: {error}'
         except Exception:  # noqa: BLE001 -- a fetch failure must never end the turn
-            _log.exception('web_fetch failed unexpectedly for %s', netloc_of(url))
+            _log.exception('web.fetch_failed', host=netloc_of(url))
             return 'web fetch failed: internal error in the fetch tool.'
         _taint(deps)
         return wrap_untrusted(

@@ -21,7 +21,6 @@ import http
 import importlib
 import ipaddress
 import json
-import logging
 import re
 import zlib
 from collections.abc import Iterable
@@ -46,6 +45,8 @@ from pydantic_ai._ssrf import (
 )
 from pydantic_ai._utils import is_text_like_media_type
 
+from tandem.agent.core.log import get_logger
+
 # lxml ships no type information, so it is loaded as untyped modules rather than imported: a plain
 # import would make strict type checking demand stubs for it.
 _etree: Any = importlib.import_module('lxml.etree')
@@ -53,7 +54,7 @@ _lxml_html: Any = importlib.import_module('lxml.html')
 
 __all__ = ['FetchError', 'Fetcher', 'HostRule', 'Page', 'netloc_of', 'parse_allowed_hosts']
 
-_log = logging.getLogger('tandem.tools.web')
+_log = get_logger('tandem.tools.web')
 
 USER_AGENT = 'Mozilla/5.0 (compatible; Tandem/0.1)'
 _ACCEPT = 'text/html,application/xhtml+xml,application/json;q=0.9,text/plain;q=0.8,*/*;q=0.5'
@@ -137,7 +138,7 @@ def parse_allowed_hosts(entries: Iterable[str], *, strict: bool = True) -> froze
         except ValueError as error:
             if strict:
                 raise
-            _log.warning('Ignoring web allowed-host entry %r: %s', raw, error)
+            _log.warning('web.allowed_host_ignored', entry=raw, error=str(error))
     return frozenset(rules)
 
 

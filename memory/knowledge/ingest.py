@@ -35,7 +35,6 @@ import asyncio
 import dataclasses
 import fnmatch
 import hashlib
-import logging
 import os
 import time
 from collections import Counter
@@ -62,8 +61,6 @@ __all__ = (
     'Skipped',
     'ingest_error',
 )
-
-_log = logging.getLogger('tandem.ingest')
 
 
 _SKIPPED_DIRS = frozenset({'node_modules', '__pycache__'})

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
@@ -33,6 +32,7 @@ import numpy.typing as npt
 from redis.exceptions import ResponseError
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.log import get_logger
 from tandem.memory.connection import RedisClient, query_engine_available
 from tandem.memory.knowledge.embeddings import EmbeddingsUnavailable, TextEmbedder, make_embedder
 from tandem.memory.knowledge.index import BM25_KIND, VECTOR_KIND, VectorIndex, bm25_terms, synced_index
@@ -51,7 +51,7 @@ __all__ = (
     'reciprocal_rank_fusion',
 )
 
-_log = logging.getLogger('tandem.retrieval')
+_log = get_logger('tandem.retrieval')
 
 
 _RRF_K = 60
@@ -281,10 +281,10 @@ class DenseRetriever(_RankingRetriever):
                 if kb.keys.meta not in self._warned:
                     self._warned.add(kb.keys.meta)
                     _log.warning(
-                        'knowledge base %s holds vectors of %s, not of %s: dense search skips it',
-                        kb.label,
-                        state.embed_model,
-                        self.embedder.model_id,
+                        'retrieval.dense_skips_kb',
+                        kb=kb.label,
+                        vectors_of=state.embed_model,
+                        embedder=self.embedder.model_id,
                     )
                 continue
             searchable.append((kb, state))
@@ -375,7 +375,7 @@ async def _gather_tolerant(calls: Sequence[Awaitable[Any]], names: Sequence[str]
         if isinstance(outcome, BaseException):
             if isinstance(outcome, asyncio.CancelledError) or not good:
                 raise outcome
-            _log.warning('the %s retriever failed, using the others: %s', name, outcome)
+            _log.warning('retrieval.retriever_failed', retriever=name, error=str(outcome), fallback='the others')
     return good
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -75,7 +76,12 @@ async def test_hybrid_search_survives_an_embedding_server_that_is_down(
         hits = await hybrid.search('zebras graze on grass', 3)
 
     assert Path(hits[0].source).name == 'a.md'
-    assert 'the dense retriever failed' in caplog.text
+    [event] = [cast(dict[str, Any], record.msg) for record in caplog.records]
+    assert (event['event'], event['retriever'], event['fallback']) == (
+        'retrieval.retriever_failed',
+        'dense',
+        'the others',
+    )
 
 
 def test_exact_vector_search_matches_brute_force_through_adds_and_removes() -> None:

@@ -12,7 +12,7 @@ import logging
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from inline_snapshot import snapshot
@@ -109,7 +109,11 @@ async def test_broken_plugins_are_reported_not_fatal(
             'wrong-type': 'error: tandem_test_wrong_type:plugin is a str, not a tools.registry.ToolsetPlugin',
         }
     )
-    assert len(caplog.records) == 3
+    assert sorted(_event(record, 'entry_point')['entry_point'] for record in caplog.records) == [
+        'missing',
+        'raises',
+        'wrong-type',
+    ]
     # "Everything" skips them; naming one says why it can't be used.
     assert [plugin.name for plugin in select(None, plugins)] == ['calc', 'clock', 'knowledge', 'memory', 'web']
     with pytest.raises(TandemError) as raised:
@@ -135,11 +139,14 @@ def test_a_plugin_cannot_take_over_a_builtin_name(fake_install: FakeInstall, cap
         plugins = discover_plugins()
 
     assert plugins['calc'] is calculator.plugin
-    assert [record.getMessage() for record in caplog.records] == snapshot(
-        [
-            "Skipping tool plugin 'calc' from aaa-impostor (tandem_test_impostor:plugin): another plugin already has that name."
-        ]
-    )
+    assert [_event(record, 'plugin', 'distribution', 'entry_point') for record in caplog.records] == [
+        {
+            'event': 'tools.plugin_shadowed',
+            'plugin': 'calc',
+            'distribution': 'aaa-impostor',
+            'entry_point': 'tandem_test_impostor:plugin',
+        }
+    ]
 
 
 def test_the_plugin_name_not_the_entry_point_name_is_the_selector(fake_install: FakeInstall) -> None:
@@ -202,3 +209,9 @@ async def test_status_checks_cannot_raise_or_hang() -> None:
 )
 def test_undeclared_side_effects_count_as_side_effects(metadata: dict[str, object] | None, expected: bool) -> None:
     assert has_side_effects(ToolDefinition(name='t', metadata=metadata)) is expected
+
+
+def _event(record: logging.LogRecord, *fields: str) -> dict[str, Any]:
+    """A structlog event's name and `fields`, as logged through stdlib logging."""
+    event = cast(dict[str, Any], record.msg)
+    return {key: event[key] for key in ('event', *fields)}
