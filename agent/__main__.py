@@ -1,5 +1,5 @@
 """`python -m tandem.agent` runs the `tandem` command line."""
 
-from tandem.agent.cli.main import main
+from tandem.agent.cli.entry import main
 
 main()

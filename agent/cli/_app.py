@@ -113,12 +113,11 @@ def async_command(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callab
 
 
 def _print_version(value: bool) -> None:
-    """`tandem --version`: Tandem's version, with what a bug report needs beside it."""
+    """`--version` among other arguments (`tandem --version` alone never loads the command line: `entry.py`)."""
     if value:
-        from importlib.metadata import version
+        from tandem.agent.cli.version import version_line
 
-        python = '.'.join(map(str, sys.version_info[:3]))
-        typer.echo(f'tandem {version("tandem")} (pydantic-ai {version("pydantic-ai-slim")}, Python {python})')
+        typer.echo(version_line())
         raise typer.Exit()
 
 

@@ -42,3 +42,17 @@ def test_help_and_version_load_no_command_libraries(argv: list[str], heavy: tupl
 
     assert done.stdout.strip(), done.stderr
     assert json.loads(done.stderr.strip().splitlines()[-1]) == []
+
+
+def test_version_alone_answers_before_the_command_line_loads() -> None:
+    probe = (
+        'import sys\n'
+        'from tandem.agent.cli.entry import main\n'
+        "sys.argv = ['tandem', '--version']\n"
+        'main()\n'
+        "print(sorted({'typer', 'rich', 'tandem.agent.cli.main'} & set(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True)
+
+    assert done.stdout.startswith('tandem ') and '(pydantic-ai ' in done.stdout
+    assert done.stderr.strip() == '[]'
