@@ -62,8 +62,9 @@ class ToolsetPlugin:
         name: Short selector users type, e.g. `calc` in `--tools calc,clock`: lowercase letters,
             digits, `-` and `_`, starting with a letter, at most 32 characters.
         description: One line for `tandem tools`-style listings.
-        build: Returns a fresh pydantic-ai toolset (usually a `FunctionToolset`) each time it's called.
-            Declare side effects on each tool with `metadata={SIDE_EFFECT_KEY: ...}`.
+        build: Returns a pydantic-ai toolset (usually a `FunctionToolset`). Turns call it once per
+            process and share the toolset, on any event loop: keep per-call state in the tools or in
+            `ctx.deps`. Declare side effects on each tool with `metadata={SIDE_EFFECT_KEY: ...}`.
         status: Optional async health check returning a short line such as `"ok"` or
             `"offline: no network"`; `None` means the plugin is always available.
     """
