@@ -175,7 +175,8 @@ async def bench_compaction(redis: Redis, home: Path) -> list[str]:
     messages = [*conversation.messages, ModelRequest(parts=[UserPromptPart('one more question')])]
 
     async def check() -> None:
-        # A fresh capability per call, as per run: no token counts or summary cached from before.
+        # A fresh capability per call, as per run: no summary read cached from before. Token counts are
+        # remembered per text for the process, as they are from one turn of a long session to the next.
         await HistoryCompaction().compact(deps, deps.backbone.model, list(messages))
 
     await check()

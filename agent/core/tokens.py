@@ -58,6 +58,8 @@ class TokenCounter:
     decode: Callable[[Sequence[Any]], str]
     """The text of a run of tokens."""
 
+    # Remembered per text: compaction and recall budgets count the same history again on every turn.
+    @functools.lru_cache(maxsize=8192)  # noqa: B019 - counters live as long as the process (see `token_counter`)
     def count(self, text: str) -> int:
         """How many tokens `text` has."""
         return len(self.encode(text))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -140,15 +140,19 @@ def _message_text(message: ModelMessage) -> tuple[list[str], int]:
     return texts, other
 
 
+def _measure(extracted: tuple[list[str], int], count: Callable[[str], int]) -> int:
+    """A message's size from its texts and non-text items (`_message_text`), each text sized by `count`."""
+    texts, other = extracted
+    return _MESSAGE_OVERHEAD + sum(count(text) + _PART_OVERHEAD for text in texts) + other * _NON_TEXT_TOKENS
+
+
 def _message_tokens(message: ModelMessage, counter: TokenCounter) -> int:
-    texts, other = _message_text(message)
-    return _MESSAGE_OVERHEAD + sum(counter.count(text) + _PART_OVERHEAD for text in texts) + other * _NON_TEXT_TOKENS
+    return _measure(_message_text(message), counter.count)
 
 
-def _byte_bound(message: ModelMessage) -> int:
-    """At least `_message_tokens(message, token_counter())`: no token of cl100k (or its estimate) is under a byte."""
-    texts, other = _message_text(message)
-    return _MESSAGE_OVERHEAD + sum(len(text.encode()) + _PART_OVERHEAD for text in texts) + other * _NON_TEXT_TOKENS
+def _utf8_bytes(text: str) -> int:
+    # No token of cl100k (or of its estimate) is under a byte: a size in bytes bounds the size in tokens.
+    return len(text.encode())
 
 
 def count_message_tokens(messages: Sequence[ModelMessage], counter: TokenCounter | None = None) -> int:
@@ -347,6 +351,9 @@ class HistoryCompaction(AbstractCapability['Deps']):
     _sizes: dict[int, tuple[ModelMessage, int]] = field(
         default_factory=dict[int, tuple[ModelMessage, int]], init=False, repr=False
     )
+    _extracted: dict[int, tuple[ModelMessage, tuple[list[str], int]]] = field(
+        default_factory=dict[int, tuple[ModelMessage, tuple[list[str], int]]], init=False, repr=False
+    )
     _state: tuple[bytes | None, SummaryState | None] | None = field(default=None, init=False, repr=False)
     _script: AsyncScript | None = field(default=None, init=False, repr=False)
 
@@ -381,7 +388,7 @@ class HistoryCompaction(AbstractCapability['Deps']):
         budget = config.compaction_tokens
         if budget is None:
             return messages
-        if self.counter is None and sum(_byte_bound(message) for message in messages) <= budget:
+        if self.counter is None and sum(_measure(self._texts(message), _utf8_bytes) for message in messages) <= budget:
             return messages  # fits in bytes, so in cl100k tokens: no need to count them
         sizes = [self._size(message) for message in messages]
         if sum(sizes) <= budget:
@@ -429,11 +436,19 @@ class HistoryCompaction(AbstractCapability['Deps']):
 
     # -- internals ----------------------------------------------------------------------------------
 
+    def _texts(self, message: ModelMessage) -> tuple[list[str], int]:
+        cached = self._extracted.get(id(message))
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        extracted = _message_text(message)
+        self._extracted[id(message)] = (message, extracted)
+        return extracted
+
     def _size(self, message: ModelMessage) -> int:
         cached = self._sizes.get(id(message))
         if cached is not None and cached[0] is message:
             return cached[1]
-        size = _message_tokens(message, self.counter or token_counter())
+        size = _measure(self._texts(message), (self.counter or token_counter()).count)
         self._sizes[id(message)] = (message, size)
         return size
 

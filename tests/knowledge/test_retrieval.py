@@ -76,7 +76,7 @@ async def test_hybrid_search_survives_an_embedding_server_that_is_down(
         hits = await hybrid.search('zebras graze on grass', 3)
 
     assert Path(hits[0].source).name == 'a.md'
-    [event] = [cast(dict[str, Any], record.msg) for record in caplog.records]
+    [event] = [cast(dict[str, Any], record.msg) for record in caplog.records if record.name == 'tandem.retrieval']
     assert (event['event'], event['retriever'], event['fallback']) == (
         'retrieval.retriever_failed',
         'dense',
