@@ -202,12 +202,17 @@ def test_an_upward_import_and_a_cycle_are_caught(tmp_path: Path) -> None:
         layer_of('tandem.agent.stray')
 
 
-def test_every_module_logs_through_one_style(library: tuple[dict[str, Path], list[Import]]) -> None:
-    """structlog events from `agent.core.log.get_logger`; stdlib loggers only inside that module."""
+@pytest.mark.parametrize(
+    ('owner', 'mechanism'),
+    [
+        ('tandem.agent.core.log', 'logging.getLogger('),  # one logging style: structlog events from get_logger
+        ('tandem.agent.core.files', 'tempfile.mkstemp('),  # one atomic write: write_atomically
+        ('tandem.agent.core.tokens', 'import tiktoken'),  # one token counter: token_counter
+    ],
+)
+def test_each_shared_mechanism_lives_in_one_module(
+    library: tuple[dict[str, Path], list[Import]], owner: str, mechanism: str
+) -> None:
     found, _ = library
-    offenders = [
-        name
-        for name, path in found.items()
-        if name != 'tandem.agent.core.log' and 'logging.getLogger(' in path.read_text(encoding='utf-8')
-    ]
-    assert offenders == []
+    users = sorted(name for name, path in found.items() if mechanism in path.read_text(encoding='utf-8'))
+    assert users == [owner]
