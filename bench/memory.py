@@ -40,7 +40,7 @@ from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.core.tokens import token_counter
-from tandem.agent.turn.compaction import HistoryCompaction
+from tandem.agent.turn.compaction import HistoryCompactor
 from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.run import run_turn
 from tandem.memory.connection import connect
@@ -177,7 +177,7 @@ async def bench_compaction(redis: Redis, home: Path) -> list[str]:
     async def check() -> None:
         # A fresh capability per call, as per run: no summary read cached from before. Token counts are
         # remembered per text for the process, as they are from one turn of a long session to the next.
-        await HistoryCompaction().compact(deps, deps.backbone.model, list(messages))
+        await HistoryCompactor().compact(deps, deps.backbone.model, list(messages))
 
     await check()
     summaries_before = model.summaries

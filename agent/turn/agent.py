@@ -18,7 +18,6 @@ from pydantic_ai.capabilities import AbstractCapability, HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from tandem.agent.turn.approvals import needs_approval, resolve_approvals
-from tandem.agent.turn.compaction import HistoryCompaction
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.guard import TurnGuard
 from tandem.tools.registry import has_side_effects
@@ -50,7 +49,7 @@ def tandem_agent() -> Agent[Deps, str]:
         None,
         deps_type=Deps,
         output_type=str,
-        capabilities=[TurnGuard(), HistoryCompaction()],
+        capabilities=[TurnGuard()],
         name='tandem',
     )
 

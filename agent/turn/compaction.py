@@ -1,9 +1,8 @@
 """History compaction: long sessions are sent to the model as a running summary plus the recent turns.
 
-`HistoryCompaction` is a pydantic-ai capability. Before each model request (in
-`prepare_model_request`, once the serving model is known) it counts the tokens of the history
-about to be sent; over `memory.compaction_tokens`, it replaces the older turns *in that request
-only* with one summary message, so:
+Before each model request, `TurnGuard` (the turn's capability) has `HistoryCompactor` count the
+tokens of the history about to be sent; over `memory.compaction_tokens`, it replaces the older turns
+*in that request only* with one summary message, so:
 
 - the model sees the summary plus the most recent turns, within the budget;
 - the stored session is untouched: every original message stays in Redis, for export and
@@ -29,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -37,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import BaseModel
 from pydantic_ai import Agent
-from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import (
     BinaryContent,
     CompactionPart,
@@ -53,8 +51,6 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
-from pydantic_ai.tools import RunContext
-from redis.commands.core import AsyncScript
 
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
@@ -63,12 +59,10 @@ from tandem.memory.connection import RedisClient
 from tandem.memory.keys import session_summary_key
 
 if TYPE_CHECKING:
-    from pydantic_ai.models import ModelRequestContext
-
     from tandem.agent.turn.deps import Deps
 
 __all__ = (
-    'HistoryCompaction',
+    'HistoryCompactor',
     'PromptSummarizer',
     'Summarizer',
     'SummaryState',
@@ -331,15 +325,16 @@ async def load_summary(redis: RedisClient, tenant: str, session: str) -> Summary
         return None
 
 
-# --- the capability ------------------------------------------------------------------------------
+# --- the compactor ------------------------------------------------------------------------------
 
 
 @dataclass
-class HistoryCompaction(AbstractCapability['Deps']):
+class HistoryCompactor:
     """Sends long sessions as a running summary plus the recent turns; the stored history is untouched.
 
-    Reads `memory.compaction_tokens`, `memory.compaction_keep_tokens` and `memory.summary_tokens`
-    from the turn's settings; does nothing when `compaction_tokens` is unset.
+    `TurnGuard` calls it before each model request. It reads `memory.compaction_tokens`,
+    `memory.compaction_keep_tokens` and `memory.summary_tokens` from the turn's settings and does
+    nothing when `compaction_tokens` is unset. It holds no per-run state, so one serves every run.
 
     Args:
         counter: How tokens are counted; `token_counter()` when `None`.
@@ -348,35 +343,6 @@ class HistoryCompaction(AbstractCapability['Deps']):
 
     counter: TokenCounter | None = None
     summarizer: Summarizer | None = None
-    _sizes: dict[int, tuple[ModelMessage, int]] = field(
-        default_factory=dict[int, tuple[ModelMessage, int]], init=False, repr=False
-    )
-    _extracted: dict[int, tuple[ModelMessage, tuple[list[str], int]]] = field(
-        default_factory=dict[int, tuple[ModelMessage, tuple[list[str], int]]], init=False, repr=False
-    )
-    _state: tuple[bytes | None, SummaryState | None] | None = field(default=None, init=False, repr=False)
-    _script: AsyncScript | None = field(default=None, init=False, repr=False)
-
-    @classmethod
-    def get_serialization_name(cls) -> str | None:
-        return None  # holds callables and per-run state
-
-    async def for_run(self, ctx: RunContext[Deps]) -> AbstractCapability[Deps]:
-        # Token counts and the summary read are cached per run, so each run gets its own instance.
-        return HistoryCompaction(counter=self.counter, summarizer=self.summarizer)
-
-    async def prepare_model_request(
-        self, ctx: RunContext[Deps], request_context: ModelRequestContext
-    ) -> ModelRequestContext:
-        deps: Any = ctx.deps
-        settings = getattr(getattr(deps, 'settings', None), 'memory', None)
-        budget = getattr(settings, 'compaction_tokens', None)
-        if settings is None or budget is None or not hasattr(deps, 'identity'):
-            return request_context
-        request_context.messages = await self.compact(
-            cast('Deps', deps), request_context.model, list(request_context.messages)
-        )
-        return request_context
 
     async def compact(self, deps: Deps, model: Model, messages: list[ModelMessage]) -> list[ModelMessage]:
         """What to send instead of `messages`: `messages` itself when it fits the budget.
@@ -388,9 +354,11 @@ class HistoryCompaction(AbstractCapability['Deps']):
         budget = config.compaction_tokens
         if budget is None:
             return messages
-        if self.counter is None and sum(_measure(self._texts(message), _utf8_bytes) for message in messages) <= budget:
+        texts = [_message_text(message) for message in messages]
+        if self.counter is None and sum(_measure(extracted, _utf8_bytes) for extracted in texts) <= budget:
             return messages  # fits in bytes, so in cl100k tokens: no need to count them
-        sizes = [self._size(message) for message in messages]
+        counter = self.counter or token_counter()
+        sizes = [_measure(extracted, counter.count) for extracted in texts]
         if sum(sizes) <= budget:
             return messages
         tails = [0] * (len(messages) + 1)
@@ -407,7 +375,6 @@ class HistoryCompaction(AbstractCapability['Deps']):
             state = None
         covered = state.covered if state is not None else 0
         summary = state.summary if state is not None else None
-        counter = self.counter or token_counter()
         if summary is not None:
             header = _summary_message(summary, covered)
             if _message_tokens(header, counter) + tails[covered] <= budget:
@@ -436,50 +403,24 @@ class HistoryCompaction(AbstractCapability['Deps']):
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _texts(self, message: ModelMessage) -> tuple[list[str], int]:
-        cached = self._extracted.get(id(message))
-        if cached is not None and cached[0] is message:
-            return cached[1]
-        extracted = _message_text(message)
-        self._extracted[id(message)] = (message, extracted)
-        return extracted
-
-    def _size(self, message: ModelMessage) -> int:
-        cached = self._sizes.get(id(message))
-        if cached is not None and cached[0] is message:
-            return cached[1]
-        size = _measure(self._texts(message), (self.counter or token_counter()).count)
-        self._sizes[id(message)] = (message, size)
-        return size
-
     def _valid(self, state: SummaryState, messages: Sequence[ModelMessage], current: int) -> bool:
         return 0 < state.covered <= current and _fingerprint(messages[state.covered - 1]) == state.fingerprint
 
     async def _read(self, deps: Deps) -> tuple[bytes | None, SummaryState | None]:
-        if self._state is None:
-            key = session_summary_key(deps.identity.tenant, deps.identity.session)
-            raw = cast(bytes | None, await deps.redis.get(key))
-            state: SummaryState | None = None
-            if raw is not None:
-                try:
-                    state = SummaryState.model_validate_json(raw)
-                except ValueError:
-                    state = None
-            self._state = (raw, state)
-        return self._state
+        raw = cast(bytes | None, await deps.redis.get(session_summary_key(deps.identity.tenant, deps.identity.session)))
+        if raw is None:
+            return None, None
+        try:
+            return raw, SummaryState.model_validate_json(raw)
+        except ValueError:
+            return raw, None
 
     async def _store(self, deps: Deps, raw: bytes | None, state: SummaryState) -> None:
-        encoded = state.model_dump_json().encode()
         key = session_summary_key(deps.identity.tenant, deps.identity.session)
         ttl = deps.settings.session_ttl_seconds
-        if self._script is None:
-            self._script = deps.redis.register_script(_CAS_SCRIPT)
-        stored = await self._script(keys=[key], args=[raw or b'', encoded, ttl * 1000 if ttl else 0])
-        if stored:
-            self._state = (encoded, state)
-        else:
+        script = deps.redis.register_script(_CAS_SCRIPT)
+        if not await script(keys=[key], args=[raw or b'', state.model_dump_json(), ttl * 1000 if ttl else 0]):
             # Another process compacted this session meanwhile; its summary wins, this one serves this request.
-            self._state = None
             _log.info('compaction.concurrent_summary')
 
     async def _summarize(

@@ -1,9 +1,10 @@
-"""A capability that bounds, times and logs model requests and tool calls, and records tool calls on the turn."""
+"""The turn's capability: bounds, times and logs tool calls and model requests, and fits the history to its budget."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -15,6 +16,7 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from tandem.agent.core.events import short
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import ToolCallRecord
+from tandem.agent.turn.compaction import HistoryCompactor
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import (
@@ -30,14 +32,40 @@ if TYPE_CHECKING:
 _log = get_logger('tandem.turn')
 
 
+@dataclass
 class TurnGuard(AbstractCapability['Deps']):
     """Logs each model request (latency, tokens) and tool call (duration, outcome); never message contents.
 
-    It also bounds every tool call, whichever toolset it comes from: oversized arguments are refused
+    It bounds every tool call, whichever toolset it comes from: oversized arguments are refused
     before they are parsed, so the tool never runs on them; a call that outlives
     `limits.tool_timeout_seconds` is cancelled, so an async tool's side effect never lands late.
     Either way the model gets a tool error it can act on.
+
+    It bounds every model request too: a history over `memory.compaction_tokens` is sent as a running
+    summary plus the recent turns (`compaction`).
+
+    One capability does all of this because pydantic-ai calls every hook of every capability on each
+    step of a run, which costs a turn about 0.2 ms per capability whatever it overrides.
+
+    Args:
+        compactor: Fits the history to its budget; holds no per-run state, so the agent's one guard serves every run.
     """
+
+    compactor: HistoryCompactor = field(default_factory=HistoryCompactor)
+
+    @classmethod
+    def get_serialization_name(cls) -> str | None:
+        return None  # holds callables
+
+    async def before_model_request(
+        self, ctx: RunContext[Deps], request_context: ModelRequestContext
+    ) -> ModelRequestContext:
+        # Once per step, not per attempt (`prepare_model_request`): a turn has one model, and a
+        # `prepare_model_request` hook makes pydantic-ai copy every tool's schema for each attempt.
+        request_context.messages = await self.compactor.compact(
+            ctx.deps, request_context.model, list(request_context.messages)
+        )
+        return request_context
 
     async def before_tool_validate(
         self,
