@@ -8,7 +8,9 @@ single Lua script on a single slot, which works the same on one server and on Re
   revision it was loaded with, so a conflict or a dropped connection leaves nothing half-written.
   It is one round trip: the store remembers the record it loaded, rather than read it again;
 - a load is one round trip, however long the history: a script reads the record and walks the
-  history server-side from its newest entry.
+  history server-side from its newest entry. The store holds the JSON of the histories it last
+  loaded or saved, so when the stored head is still the one it holds, the script returns the
+  record alone and the walk and its transfer are skipped.
 
 Limitations, by design of the one-slot layout:
 
@@ -27,6 +29,8 @@ most an index member whose record doesn't exist; listing skips such members and 
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Sequence
 from contextlib import contextmanager
@@ -68,6 +72,7 @@ _ENTRY: TypeAdapter[ConversationEntry | None] = TypeAdapter(ConversationEntry | 
 _ENTRIES: TypeAdapter[list[ConversationEntry]] = TypeAdapter(list[ConversationEntry], config=_JSON)
 
 _OK = 1
+_UNCHANGED = 2
 
 # KEYS: conv, entries, parents, depths, count (SessionKeys.all).
 # ARGV: expected revision ('' for none), new revision, record JSON, head id ('' for none), TTL in ms
@@ -155,10 +160,11 @@ return out
 """
 )
 
-# KEYS: conv, entries, parents. ARGV: limit (-1 for none).
-# Returns {} when there is no record, else {status, record JSON, entries as one JSON array, oldest
-# first}: status 1, or 0 when an entry is missing or the chain loops. One round trip, one consistent
-# read, and one value to parse however long the history.
+# KEYS: conv, entries, parents. ARGV: limit (-1 for none), the head id of the history the caller holds
+# ('' for none). Returns {} when there is no record, {2, record JSON} when its head is the one the
+# caller holds, else {status, record JSON, entries as one JSON array, oldest first}: status 1, or 0
+# when an entry is missing or the chain loops. One round trip, one consistent read, and one value
+# to parse however long the history.
 _LOAD_SCRIPT = (
     _WALK
     + """
@@ -166,6 +172,7 @@ local record = redis.call('GET', KEYS[1])
 if not record then return {} end
 local head = cjson.decode(record)['head_id']
 if head == cjson.null or head == nil then return {1, record, '[]'} end
+if head == ARGV[2] then return {2, record} end
 local newest = {}
 if not walk(newest, KEYS[2], KEYS[3], head, tonumber(ARGV[1])) then return {0, record} end
 local oldest = {}
@@ -200,6 +207,9 @@ _LIST_PAGE = 100
 _KNOWN_RECORDS = 1024
 """How many sessions' last records a store keeps, for `save`."""
 
+_HISTORY_CACHE_BYTES = 16 * 1024 * 1024
+"""How many bytes of stored history JSON a store keeps by default, for `load` (see `RedisConversationStore`)."""
+
 _SAVING: ContextVar[list[ConversationRecord] | None] = ContextVar('tandem_saving', default=None)
 """The record a save in flight may take as read (see `RedisConversationStore.save`), consumed by its first read."""
 
@@ -232,10 +242,14 @@ class RedisConversationStore(ConversationStore):
         tenant: The tenant whose sessions this store reads and writes.
         ttl_seconds: If set, a session expires this long after its last save.
         entry_cache_size: How many entry ids to remember the session of, for `read_history`.
+        history_cache_bytes: How much stored history JSON to keep in memory, most recent sessions
+            first, so that loading a session this store saved or loaded skips the history walk and
+            its transfer. The JSON is parsed again on every load, so no two loads share a message.
+            0 turns it off.
 
     Raises:
         InvalidIdError: If `tenant` isn't a valid id.
-        ValueError: If `ttl_seconds` or `entry_cache_size` isn't positive.
+        ValueError: If `ttl_seconds` or `entry_cache_size` isn't positive, or `history_cache_bytes` is negative.
     """
 
     def __init__(
@@ -245,11 +259,14 @@ class RedisConversationStore(ConversationStore):
         tenant: str,
         ttl_seconds: int | None = None,
         entry_cache_size: int = 10_000,
+        history_cache_bytes: int = _HISTORY_CACHE_BYTES,
     ) -> None:
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise ValueError('ttl_seconds must be positive, or None for sessions that never expire')
         if entry_cache_size <= 0:
             raise ValueError('entry_cache_size must be positive')
+        if history_cache_bytes < 0:
+            raise ValueError('history_cache_bytes must not be negative (0 turns the cache off)')
         self.tenant = validate_id('tenant', tenant)
         self.ttl_seconds = ttl_seconds
         self._redis = redis
@@ -258,6 +275,7 @@ class RedisConversationStore(ConversationStore):
         self._entry_cache_size = entry_cache_size
         self._records: OrderedDict[str, ConversationRecord] = OrderedDict()
         """The last record this store read or wrote of each session, for `save`."""
+        self._histories = _HistoryCache(history_cache_bytes)
         # Registered on first use, so constructing a store never touches the client.
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -321,13 +339,15 @@ class RedisConversationStore(ConversationStore):
             head or '',
             self.ttl_seconds * 1000 if self.ttl_seconds is not None else 0,
         ]
-        for entry in new_entries:
-            args += [entry.id, entry.parent_id or '', _ENTRY.dump_json(entry)]
+        encoded = [_ENTRY.dump_json(entry) for entry in new_entries]
+        for entry, entry_json in zip(new_entries, encoded, strict=True):
+            args += [entry.id, entry.parent_id or '', entry_json]
         with _unavailable('saving a session', saving=True):
             status = await self._index_and_write(keys, record.updated_at.timestamp(), args)
         if status != _OK:
             raise ConversationConflict(record.conversation_id)
         self._remember(record, keys.session)
+        self._histories.extend(keys.session, head, new_entries, encoded)
 
     async def delete_record(self, conversation_id: str, *, expected_revision: str) -> None:
         """Delete the session's record and every entry it stored, then drop it from the index.
@@ -342,6 +362,7 @@ class RedisConversationStore(ConversationStore):
             # Read the index score first, so a concurrent re-create (which re-adds the session with
             # a newer score) isn't dropped from the index by this delete.
             score: float | None = await self._redis.zscore(self._index, keys.session)
+            self._histories.drop(keys.session)
             status = await self._script('delete')(keys=keys.all, args=[expected_revision])
             if status != _OK:
                 raise ConversationConflict(conversation_id)
@@ -419,19 +440,28 @@ class RedisConversationStore(ConversationStore):
         if limit is not None and limit < 0:
             raise UserError('`limit` must not be negative.')
         keys = self._keys(conversation_id)
+        held = self._histories.get(keys.session) if limit is None else None
         with _unavailable('reading a session'):
             reply: list[Any] = await self._script('load')(
-                keys=[keys.conv, keys.entries, keys.parents], args=[-1 if limit is None else limit]
+                keys=[keys.conv, keys.entries, keys.parents],
+                args=[-1 if limit is None else limit, held[0] if held is not None else ''],
             )
         if not reply:
+            self._histories.drop(keys.session)
             return None
         record = _decode_record(reply[1])
         self._remember(record, keys.session)
         if scope is not None and record.scope != scope:
             return None
-        if reply[0] != _OK:
+        if reply[0] == _UNCHANGED and held is not None:
+            entries_json = held[1]
+        elif reply[0] == _OK:
+            entries_json = reply[2]
+            if limit is None and record.head_id is not None:
+                self._histories.put(keys.session, record.head_id, entries_json)
+        else:
             raise LookupError(f'the history of session {keys.session!r} is incomplete')
-        return record, _ENTRIES.validate_json(reply[2])
+        return record, _ENTRIES.validate_json(entries_json)
 
     async def save(
         self, conversation: Conversation | AgentRunResult[Any], *, scope: str | None = None
@@ -521,7 +551,7 @@ class RedisConversationStore(ConversationStore):
     # -- internals ----------------------------------------------------------------------------------
 
     def _keys(self, session: str) -> SessionKeys:
-        return SessionKeys(self.tenant, session)
+        return _session_keys(self.tenant, session)
 
     def _check(self, conversation_id: str, scope: str | None) -> None:
         validate_id('session', conversation_id)
@@ -653,6 +683,69 @@ class RedisConversationStore(ConversationStore):
         for member, score in members:
             args += [member, repr(float(score))]
         await self._script('prune')(keys=[self._index], args=args)
+
+
+@functools.lru_cache(maxsize=4096)
+def _session_keys(tenant: str, session: str) -> SessionKeys:
+    # One `SessionKeys` per session: each turn asks for its keys a few times, and they never change.
+    return SessionKeys(tenant, session)
+
+
+class _HistoryCache:
+    """The JSON of recently loaded or saved histories, by session, within a byte budget; least recent out first.
+
+    Each is held with its head entry's id. Entries never change once stored, so a session whose stored
+    head is still that id has exactly that history: the load script checks, and only then is the
+    walk skipped. Holding JSON rather than messages keeps every load's messages its own to change.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._size = 0
+        self._held: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+
+    def get(self, session: str) -> tuple[str, bytes] | None:
+        held = self._held.get(session)
+        if held is not None:
+            self._held.move_to_end(session)
+        return held
+
+    def put(self, session: str, head: str, entries_json: bytes) -> None:
+        self.drop(session)
+        if len(entries_json) > self._budget:
+            return
+        self._held[session] = (head, entries_json)
+        self._size += len(entries_json)
+        while self._size > self._budget:
+            _, (_, dropped) = self._held.popitem(last=False)
+            self._size -= len(dropped)
+
+    def extend(
+        self, session: str, head: str | None, entries: Sequence[ConversationEntry], encoded: Sequence[bytes]
+    ) -> None:
+        """After a save of `entries` (as `encoded`) with `head` as the new head: the held history, extended."""
+        if not entries or head != entries[-1].id:
+            self.drop(session)  # no new entries, or a head moved elsewhere in the tree: walk it on the next load
+            return
+        first_parent = entries[0].parent_id
+        held = self._held.get(session)
+        if first_parent is None:
+            before = b''
+        elif held is not None and held[0] == first_parent:
+            before = held[1][1:-1]
+        else:
+            self.drop(session)
+            return
+        chained = all(entry.parent_id == previous.id for previous, entry in itertools.pairwise(entries))
+        if not chained:
+            self.drop(session)
+            return
+        self.put(session, entries[-1].id, b'[' + b','.join(filter(None, (before, *encoded))) + b']')
+
+    def drop(self, session: str) -> None:
+        held = self._held.pop(session, None)
+        if held is not None:
+            self._size -= len(held[1])
 
 
 @contextmanager

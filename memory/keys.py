@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from tandem.agent.core.errors import InvalidIdError
 
@@ -135,37 +136,39 @@ class SessionKeys:
         validate_id('tenant', self.tenant)
         validate_id('session', self.session)
 
-    @property
+    # Cached: a turn asks for its keys several times, and building one validates both ids again.
+
+    @cached_property
     def conv(self) -> str:
         """The conversation record, as JSON."""
         return session_key(self.tenant, self.session, 'conv')
 
-    @property
+    @cached_property
     def entries(self) -> str:
         """Hash of entry id to entry JSON: every message the session stored, on any branch."""
         return session_key(self.tenant, self.session, 'entries')
 
-    @property
+    @cached_property
     def parents(self) -> str:
         """Hash of entry id to its parent's id, or `''` for a first message: walked server-side."""
         return session_key(self.tenant, self.session, 'parents')
 
-    @property
+    @cached_property
     def depths(self) -> str:
         """Hash of entry id to how many messages its history has, up to and including it."""
         return session_key(self.tenant, self.session, 'depths')
 
-    @property
+    @cached_property
     def count(self) -> str:
         """How many messages the current history has, kept next to the record for cheap listing."""
         return session_key(self.tenant, self.session, 'count')
 
-    @property
+    @cached_property
     def all(self) -> tuple[str, ...]:
         """Every key of the session, in the order the store's Lua scripts take them as `KEYS`."""
         return (self.conv, self.entries, self.parents, self.depths, self.count)
 
-    @property
+    @cached_property
     def index(self) -> str:
         """The tenant's session index this session is listed in (another slot than the rest)."""
         return sessions_index_key(self.tenant)

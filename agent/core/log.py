@@ -34,6 +34,7 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
         logging.getLogger(name),
         processors=[structlog.stdlib.filter_by_level, *_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,  # else every call builds a new bound logger, even one filtered out
     )
 
 

@@ -394,6 +394,84 @@ async def test_saving_a_turn_takes_one_round_trip(redis: Redis, commands: list[s
     assert commands == ['ZADD + EVALSHA']
 
 
+# -- the history a store holds ----------------------------------------------------------------------
+
+
+async def _history_reads(redis: Redis, load: Callable[[], Awaitable[Conversation | None]]) -> int:
+    """How many entries Redis read (HGET, also from scripts) while `load` ran."""
+    await redis.config_resetstat()
+    await load()
+    stats = await redis.info('commandstats')
+    return int(stats.get('cmdstat_hget', {}).get('calls', 0))
+
+
+async def test_a_session_this_store_wrote_loads_without_walking_its_history(redis: Redis) -> None:
+    store = RedisConversationStore(redis, tenant=TENANT)
+    await store.save(Conversation(conversation_id='chat', messages=_history(40)))
+    conversation = await store.load('chat')
+    assert conversation is not None
+    conversation.messages.extend(_turn(99))
+    await store.save(conversation)
+
+    assert await _history_reads(redis, lambda: store.load('chat')) == 0
+    reloaded = await store.load('chat')
+    assert reloaded is not None and reloaded.messages == [*_history(40), *_turn(99)]
+    # A store that holds nothing walks the 44 entries (and their parents) server-side.
+    assert await _history_reads(redis, lambda: RedisConversationStore(redis, tenant=TENANT).load('chat')) >= 44
+
+
+async def test_a_held_history_follows_what_another_process_stored(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    mine = RedisConversationStore(redis, tenant=TENANT)
+    await mine.save(Conversation(conversation_id='chat', messages=_history(8)), scope='alice')
+    other_client = await connect(redis_url, home=tmp_path)
+    theirs = RedisConversationStore(other_client, tenant=TENANT)
+    try:
+        await _append_with_retry(theirs, 'chat', _prompt('from the other process'))
+        loaded = await mine.load('chat', scope='alice')
+        assert loaded is not None and _texts(loaded.messages)[-1] == 'from the other process'
+
+        rewritten = await theirs.load('chat', scope='alice')
+        assert rewritten is not None
+        rewritten.messages[:] = [*_history(4), _prompt('a branch')]
+        await theirs.save(rewritten, scope='alice')
+        loaded = await mine.load('chat', scope='alice')
+        assert loaded is not None and loaded.messages == [*_history(4), _prompt('a branch')]
+
+        await theirs.delete('chat', scope='alice')
+        assert await mine.load('chat', scope='alice') is None
+    finally:
+        await other_client.aclose()
+
+
+async def test_two_loads_never_share_a_message(store: RedisConversationStore) -> None:
+    await store.save(Conversation(conversation_id='chat', messages=_history(8)))
+    first = await store.load('chat')
+    assert first is not None
+    first_request = first.messages[0]
+    assert isinstance(first_request, ModelRequest)
+    first_request.parts = [UserPromptPart('changed in memory only')]
+
+    second = await store.load('chat')
+
+    assert second is not None and second.messages == _history(8)
+
+
+async def test_the_held_histories_stay_within_their_byte_budget(redis: Redis) -> None:
+    one_history = len(ModelMessagesTypeAdapter.dump_json(_history(40))) * 2  # entries carry ids as well
+    store = RedisConversationStore(redis, tenant=TENANT, history_cache_bytes=one_history)
+    await store.save(Conversation(conversation_id='older', messages=_history(40)))
+    await store.save(Conversation(conversation_id='newer', messages=_history(40)))
+
+    assert await _history_reads(redis, lambda: store.load('newer')) == 0
+    assert await _history_reads(redis, lambda: store.load('older')) >= 40  # pushed out by the newer one
+
+    off = RedisConversationStore(redis, tenant=TENANT, history_cache_bytes=0)
+    await off.save(Conversation(conversation_id='uncached', messages=_history(4)))
+    assert await _history_reads(redis, lambda: off.load('uncached')) >= 4
+    with pytest.raises(ValueError, match='history_cache_bytes'):
+        RedisConversationStore(redis, tenant=TENANT, history_cache_bytes=-1)
+
+
 # -- listing, deleting, scopes ----------------------------------------------------------------------
 
 
