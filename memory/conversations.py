@@ -724,11 +724,13 @@ class _HistoryCache:
         self, session: str, head: str | None, entries: Sequence[ConversationEntry], encoded: Sequence[bytes]
     ) -> None:
         """After a save of `entries` (as `encoded`) with `head` as the new head: the held history, extended."""
+        held = self._held.get(session)
+        if not entries and held is not None and held[0] == head:
+            return  # saved again unchanged
         if not entries or head != entries[-1].id:
-            self.drop(session)  # no new entries, or a head moved elsewhere in the tree: walk it on the next load
+            self.drop(session)  # the head moved elsewhere in the tree: walk it on the next load
             return
         first_parent = entries[0].parent_id
-        held = self._held.get(session)
         if first_parent is None:
             before = b''
         elif held is not None and held[0] == first_parent:

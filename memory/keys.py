@@ -136,8 +136,7 @@ class SessionKeys:
         validate_id('tenant', self.tenant)
         validate_id('session', self.session)
 
-    # Cached: a turn asks for its keys several times, and building one validates both ids again.
-
+    # The keys are cached: a turn asks for them several times, and building one validates both ids again.
     @cached_property
     def conv(self) -> str:
         """The conversation record, as JSON."""

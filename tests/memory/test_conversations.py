@@ -412,6 +412,7 @@ async def test_a_session_this_store_wrote_loads_without_walking_its_history(redi
     assert conversation is not None
     conversation.messages.extend(_turn(99))
     await store.save(conversation)
+    await store.save(conversation)  # again, unchanged
 
     assert await _history_reads(redis, lambda: store.load('chat')) == 0
     reloaded = await store.load('chat')
