@@ -36,7 +36,9 @@ from redis.asyncio import Redis
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.prompts import PromptLibrary
+from tandem.agent.turn.agent import plugin_toolsets
 from tandem.agent.turn.deps import Deps, Identity
+from tandem.agent.turn.prepare import render_instructions
 from tandem.agent.turn.run import run_turn
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore
@@ -114,9 +116,17 @@ async def bench_turn(redis: Redis, home: Path, repeat: int = 300) -> list[str]:
     # `Agent.run` between a GET and a SET of the session's history as JSON in Redis.
     built = [plugin.build() for plugin in toolsets]
     bare = Agent(MODEL, toolsets=built)
-    instructions = prompt.render(
-        {'date': '2026-01-01', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
+    # The very instructions a Tandem turn sends (its prompt lists the tools): the model's work grows with them.
+    sample = Deps(
+        settings=settings,
+        identity=Identity(tenant='bench', user='u', session='sample'),
+        backbone=backbone,
+        prompt=prompt,
+        redis=redis,
+        conversations=store,
+        toolsets=toolsets,
     )
+    instructions = await render_instructions(sample, plugin_toolsets(toolsets), 'hello')
     seeded = ModelMessagesTypeAdapter.dump_json(history)
     diy_keys = [f'diy:{i}' for i in range(repeat * 2)]
     for key in diy_keys:

@@ -58,16 +58,6 @@ class TurnGuard(AbstractCapability['Deps']):
     def get_serialization_name(cls) -> str | None:
         return None  # holds callables
 
-    async def before_model_request(
-        self, ctx: RunContext[Deps], request_context: ModelRequestContext
-    ) -> ModelRequestContext:
-        # Once per step, not per attempt (`prepare_model_request`): a turn has one model, and a
-        # `prepare_model_request` hook makes pydantic-ai copy every tool's schema for each attempt.
-        request_context.messages = await self.compactor.compact(
-            ctx.deps, request_context.model, list(request_context.messages)
-        )
-        return request_context
-
     async def before_tool_validate(
         self,
         ctx: RunContext[Deps],
@@ -90,6 +80,12 @@ class TurnGuard(AbstractCapability['Deps']):
         request_context: ModelRequestContext,
         handler: WrapModelRequestHandler,
     ) -> ModelResponse:
+        # Fitted here, once per step and before any other hook sees the request, rather than in
+        # `before_model_request`: each hook a capability overrides costs every step a dispatch, and
+        # `prepare_model_request` (per attempt) would make pydantic-ai copy every tool's schema.
+        request_context.messages = await self.compactor.compact(
+            ctx.deps, request_context.model, list(request_context.messages)
+        )
         started = time.perf_counter()
         response = await handler(request_context)
         _log.info(
