@@ -91,10 +91,12 @@ class EmbeddedRedis:
 
     Args:
         home: The Tandem home; the server's files go in `home / 'redis'`.
-        start_timeout: How long to wait for a started server to answer, in seconds.
+        start_timeout: How long to wait for a started server to answer, in seconds. Generous: the
+            wait ends as soon as it answers, and a busy machine (a test run, CI) can stall a start
+            for seconds, which should cost a user time, not a failed command.
     """
 
-    def __init__(self, home: Path, *, start_timeout: float = 5.0) -> None:
+    def __init__(self, home: Path, *, start_timeout: float = 15.0) -> None:
         self.home = Path(home)
         self.data_dir = self.home / 'redis'
         self.start_timeout = start_timeout
