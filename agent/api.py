@@ -512,4 +512,5 @@ class Assistant:
             backbone=await self.backbone(request.model or request.backbone),
             prompt=self._prompt(request.prompt),
             toolsets=self._selected_toolsets(request.tools),
+            conversations=await self._store(request.tenant),
         )

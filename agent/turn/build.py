@@ -59,12 +59,14 @@ async def build_deps(
     backbone: Backbone | None = None,
     prompt: PromptTemplate | None = None,
     toolsets: Sequence[ToolsetPlugin] | None = None,
+    conversations: RedisConversationStore | None = None,
 ) -> Deps:
     """`Deps` for the request's session, with ids validated before anything touches Redis.
 
     `session` replaces `request.session` (the REPL's `/new` and `/switch`); a new session when both are `None`.
     A long-running front end may pass the `backbone`, `prompt` and `toolsets` it resolved once, in
-    place of `request.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds).
+    place of `request.backbone`/`model`, `prompt` and `tools` (resolving them costs milliseconds),
+    and the tenant's `conversations` store it keeps, whose held histories spare later turns the walk.
     """
     tenant = validate_id('tenant', request.tenant or settings.tenant)
     user = validate_id('user', request.user or settings.user)
@@ -73,6 +75,10 @@ async def build_deps(
         prompt = PromptLibrary.default(settings.prompts_dir).get(request.prompt or settings.prompt)
     if backbone is None:
         backbone = await backbones.resolve(settings, name=request.backbone, model=request.model)
+    if conversations is None:
+        conversations = RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds)
+    elif conversations.tenant != tenant:
+        raise ValueError(f'the conversation store is for tenant {conversations.tenant!r}, the turn for {tenant!r}')
     facts = fact_store_for(settings, redis)
     return Deps(
         settings=settings,
@@ -80,7 +86,7 @@ async def build_deps(
         backbone=backbone,
         prompt=prompt,
         redis=redis,
-        conversations=RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds),
+        conversations=conversations,
         toolsets=selected_toolsets(settings, request.tools) if toolsets is None else toolsets,
         facts=facts,
         retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),

@@ -16,12 +16,15 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
 from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.core.config import Settings
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from tandem.agent.turn.build import build_deps
+from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn
-from tandem.memory.conversations import SessionNotFoundError
+from tandem.memory.conversations import RedisConversationStore, SessionNotFoundError
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
-from tests.support.deps import make_deps
+from tests.support.deps import make_deps, scripted_backbone
 from tests.support.scripted import call, scripted_model
 
 
@@ -202,3 +205,15 @@ async def test_another_users_session_is_refused_as_not_found_before_the_model_ru
         await run_turn(make_deps(redis, model, home=tmp_path, user='bob'), 'Let me in.')
 
     assert len(script.seen) == 1
+
+
+async def test_deps_refuse_a_conversation_store_of_another_tenant(tmp_path: Path, redis: Redis) -> None:
+    model, _ = scripted_model('unused')
+    with pytest.raises(ValueError, match="store is for tenant 'other', the turn for 'acme'"):
+        await build_deps(
+            Settings(home=tmp_path),
+            redis,
+            TurnRequest('hello', tenant='acme'),
+            backbone=scripted_backbone(model),
+            conversations=RedisConversationStore(redis, tenant='other'),
+        )

@@ -12,6 +12,7 @@ from dirty_equals import IsFloat, IsInstance, IsInt
 from pydantic import SecretStr
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from redis.asyncio import Redis
 
 from tandem import agent
 from tandem.agent import Assistant
@@ -53,6 +54,33 @@ async def test_chat_returns_the_answer_tool_calls_and_usage_and_keeps_the_sessio
         '  → calculate({"expression":"2**10"})',
     ]
     assert len(stored) == 6
+
+
+async def _entry_reads(redis: Redis) -> int:
+    """How many HGETs Redis served since the last reset: a session load's history walk makes them."""
+    stats = await redis.info('commandstats')
+    return int(stats.get('cmdstat_hget', {}).get('calls', 0))
+
+
+async def test_an_assistants_later_turns_load_the_history_it_holds(
+    tmp_path: Path, redis_url: str, redis: Redis
+) -> None:
+    model, _ = scripted_model('One.', 'Two.', 'Three.')
+    backbones = {'scripted': scripted_backbone(model)}
+    async with Assistant(_settings(tmp_path, redis_url), backbones=backbones) as assistant:
+        await assistant.chat('first', session='s1', user='alice')
+        await redis.config_resetstat()
+        second = await assistant.chat('second', session='s1', user='alice')
+        held_reads = await _entry_reads(redis)
+    async with Assistant(_settings(tmp_path, redis_url), backbones=backbones) as fresh:
+        await redis.config_resetstat()
+        third = await fresh.chat('third', session='s1', user='alice')
+        fresh_reads = await _entry_reads(redis)
+
+    assert (second.answer, third.answer) == ('Two.', 'Three.')
+    # Only the save's lookup of the head's depth: the tenant's store kept the history it saved.
+    assert held_reads == 1
+    assert fresh_reads >= 1 + 4  # a new assistant walks the 4 stored messages as well
 
 
 async def test_stream_yields_deltas_tool_events_then_the_result(tmp_path: Path, redis_url: str) -> None:
