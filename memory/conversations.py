@@ -22,9 +22,10 @@ Limitations, by design of the one-slot layout:
   record before its history, so this only matters when calling them directly.
 - `delete` removes the session's record and all of its entries, on every branch.
 
-The tenant's session index (a sorted set, in the tenant's own slot) is updated by a separate
-command just before the write script, in the same round trip, so a crash between the two leaves at
-most an index member whose record doesn't exist; listing skips such members and removes them.
+The tenant's session index (a sorted set, in the tenant's own slot) is updated by the write script
+on one server. On a cluster it is in another slot, so a separate command updates it just before the
+script, and a crash between the two leaves at most an index member whose record doesn't exist;
+listing skips such members and removes them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from pydantic_ai.usage import RunUsage
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tandem.agent.core.errors import RedisUnavailableError, TandemError
@@ -74,11 +74,14 @@ _ENTRIES: TypeAdapter[list[ConversationEntry]] = TypeAdapter(list[ConversationEn
 _OK = 1
 _UNCHANGED = 2
 
-# KEYS: conv, entries, parents, depths, count (SessionKeys.all).
+# KEYS: conv, entries, parents, depths, count (SessionKeys.all), then the tenant's session index on a
+# single server (a cluster keeps it in another slot, so there it is updated by a command of its own).
 # ARGV: expected revision ('' for none), new revision, record JSON, head id ('' for none), TTL in ms
-# (0 for none), then id, parent id ('' for none), entry JSON for each new entry, oldest first.
-# Returns 1 when stored, 0 on a revision conflict, -1 when the head or a parent isn't stored.
+# (0 for none), the index score and member, then id, parent id ('' for none), entry JSON for each new
+# entry, oldest first. Returns 1 when stored, 0 on a revision conflict, -1 when the head or a parent
+# isn't stored. Each `redis.call` costs a script a few microseconds, so it makes as few as it can.
 _WRITE_SCRIPT = """
+local FIRST = 8
 local current = redis.call('GET', KEYS[1])
 if current then
   local revision = cjson.decode(current)['revision']
@@ -96,25 +99,39 @@ local function depth_of(id)
   if stored then return tonumber(stored) end
   return nil
 end
-for i = 6, #ARGV, 3 do
+for i = FIRST, #ARGV, 3 do
   local parent_depth = depth_of(ARGV[i + 1])
   if parent_depth == nil then return -1 end
   depth[ARGV[i]] = parent_depth + 1
 end
 local count = depth_of(ARGV[4])
 if count == nil then return -1 end
-for i = 6, #ARGV, 3 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[4], ARGV[i], depth[ARGV[i]])
+-- One HSET per hash for all the new entries, in slices: Lua caps how many values `unpack` returns.
+local function hset(key, offset)
+  local fields = {}
+  for i = FIRST, #ARGV, 3 do
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = offset and ARGV[i + offset] or depth[ARGV[i]]
+    if #fields >= 1000 then
+      redis.call('HSET', key, unpack(fields))
+      fields = {}
+    end
+  end
+  if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
 end
+hset(KEYS[2], 2)
+hset(KEYS[3], 1)
+hset(KEYS[4], nil)
+-- A plain SET drops the key's TTL: ask the entries hash, which keeps it, whether the session had one.
+local ttl = tonumber(ARGV[5])
+local had_ttl = ttl == 0 and redis.call('PTTL', KEYS[2]) >= 0
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[5], count)
-local ttl = tonumber(ARGV[5])
-for i = 1, #KEYS do
+for i = 1, 5 do
   -- All or none expire: a record outliving its entries would be a history with holes.
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) elseif had_ttl then redis.call('PERSIST', KEYS[i]) end
 end
+if KEYS[6] then redis.call('ZADD', KEYS[6], 'GT', ARGV[6], ARGV[7]) end
 return 1
 """
 
@@ -332,18 +349,21 @@ class RedisConversationStore(ConversationStore):
         head = record.head_id
         if head is not None and head not in new_ids and self._entry_sessions.get(head, keys.session) != keys.session:
             raise ConversationConflict(record.conversation_id)  # a fork into another slot: see the module docs
+        score = repr(record.updated_at.timestamp())
         args: list[str | bytes | int] = [
             expected_revision or '',
             record.revision,
             _RECORD.dump_json(record),
             head or '',
             self.ttl_seconds * 1000 if self.ttl_seconds is not None else 0,
+            score,
+            keys.session,
         ]
         encoded = [_ENTRY.dump_json(entry) for entry in new_entries]
         for entry, entry_json in zip(new_entries, encoded, strict=True):
             args += [entry.id, entry.parent_id or '', entry_json]
         with _unavailable('saving a session', saving=True):
-            status = await self._index_and_write(keys, record.updated_at.timestamp(), args)
+            status = await self._write(keys, score, args)
         if status != _OK:
             raise ConversationConflict(record.conversation_id)
         self._remember(record, keys.session)
@@ -564,27 +584,19 @@ class RedisConversationStore(ConversationStore):
             script = self._scripts[name] = self._redis.register_script(_SCRIPTS[name])
         return script
 
-    async def _index_and_write(self, keys: SessionKeys, updated: float, args: Sequence[str | bytes | int]) -> Any:
-        """The index update, then the write script: the script's status.
+    async def _write(self, keys: SessionKeys, score: str, args: Sequence[str | bytes | int]) -> Any:
+        """Run the write script, with the index update: the script's status.
 
-        Index first: a crash between the two leaves an index member without a record, which listing
-        cleans up, never a session missing from the index. GT keeps the newest time. Both go in one
-        round trip on one server; a cluster has them in different slots, so there they are two.
+        On one server the script updates the index itself, atomically with the write. A cluster keeps
+        the index in another slot, so there a command just before the script updates it: index first,
+        so a crash between the two leaves an index member without a record, which listing cleans up,
+        never a session missing from the index. GT keeps the newest time.
         """
         script = self._script('write')
         if isinstance(self._redis, RedisCluster):
-            await self._redis.zadd(self._index, {keys.session: updated}, gt=True)
+            await self._redis.zadd(self._index, {keys.session: float(score)}, gt=True)
             return await script(keys=keys.all, args=args)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(self._index, {keys.session: updated}, gt=True)
-        pipe.evalsha(script.sha, len(keys.all), *keys.all, *args)
-        indexed, status = await pipe.execute(raise_on_error=False)
-        if isinstance(status, NoScriptError):  # a server that restarted since: load the script, write again
-            status = await script(keys=keys.all, args=args)
-        for outcome in (indexed, status):
-            if isinstance(outcome, Exception):
-                raise outcome
-        return status
+        return await script(keys=[*keys.all, self._index], args=args)
 
     def _remember(self, record: ConversationRecord, session: str) -> None:
         """Note which session the record's head and branch tips are in, for `read_history`."""

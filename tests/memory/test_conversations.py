@@ -386,12 +386,12 @@ async def test_saving_a_turn_takes_one_round_trip(redis: Redis, commands: list[s
     commands.clear()
     await store.save(conversation)
 
-    assert commands == ['ZADD + EVALSHA']  # the record is the one loaded; index, then one atomic write
+    assert commands == ['EVALSHA']  # the record is the one loaded; one atomic write, the index with it
 
     commands.clear()
     await store.save(conversation)  # saved again unchanged: still no re-read
 
-    assert commands == ['ZADD + EVALSHA']
+    assert commands == ['EVALSHA']
 
 
 # -- the history a store holds ----------------------------------------------------------------------
@@ -625,18 +625,19 @@ async def test_redis_killed_mid_save_raises_a_clear_error_and_leaves_history_who
     assert conversation is not None
     conversation.messages.extend(_turn(2))
 
-    # Kill the server as the save's index update and write script are sent: mid-save.
-    original = Pipeline.execute
+    # Kill the server as the save's write script is sent: mid-save.
+    original = cast(Callable[..., Awaitable[Any]], redis.execute_command)
 
-    async def dying(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        server.kill()
-        return await original(pipe, raise_on_error)
+    async def dying(*args: Any, **options: Any) -> Any:
+        if args[0] == 'EVALSHA':
+            server.kill()
+        return await original(*args, **options)
 
     with (
         pytest.MonkeyPatch.context() as patch,
         pytest.raises(RedisUnavailableError, match='lost the connection to Redis while saving a session'),
     ):
-        patch.setattr(Pipeline, 'execute', dying)
+        patch.setattr(redis, 'execute_command', dying)
         await store.save(conversation, scope='alice')
     await redis.aclose()
 
