@@ -514,7 +514,7 @@ async def test_listing_pages_through_many_sessions(store: RedisConversationStore
 async def test_listing_skips_and_removes_index_members_without_a_record(
     store: RedisConversationStore, redis: Redis
 ) -> None:
-    # What a crash between the index update and the write script leaves behind.
+    # What a crash between a cluster's index update and its write script leaves behind.
     await redis.zadd(sessions_index_key(TENANT), {'ghost': 1.0})
     await store.save(Conversation(conversation_id='real', messages=[_prompt('hi')]))
 
