@@ -441,6 +441,24 @@ class RedisConversationStore(ConversationStore):
         self._check(conversation_id, scope)
         return await super().load(conversation_id, limit=limit, scope=scope)
 
+    async def load_owned(self, session: str, *, user: str) -> Conversation | None:
+        """`user`'s session, or `None` if it doesn't exist yet: one round trip, where `load` and a
+        `read_record` to tell "not yours" from "not there" would be two.
+
+        Raises:
+            InvalidIdError: If the session or user isn't a valid id.
+            SessionNotFoundError: If the session belongs to another user.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        conversation = await self.load(session, scope=user)
+        # The load remembered the record it read, whoever's it is, and forgot one it found gone.
+        seen = self._records.get(session)
+        if conversation is None and seen is not None and seen.scope != user:
+            raise SessionNotFoundError(
+                f'session {session!r} belongs to another user: pick another session, or omit it to start a new one.'
+            )
+        return conversation
+
     async def load_entries(
         self, conversation_id: str, *, limit: int | None = None, scope: str | None = None
     ) -> list[ConversationEntry] | None:
@@ -468,6 +486,7 @@ class RedisConversationStore(ConversationStore):
             )
         if not reply:
             self._histories.drop(keys.session)
+            self._records.pop(conversation_id, None)
             return None
         record = _decode_record(reply[1])
         self._remember(record, keys.session)

@@ -12,7 +12,6 @@ from pydantic_ai.usage import RunUsage
 
 from tandem.agent.core.errors import TandemError
 from tandem.agent.turn.deps import Deps
-from tandem.memory.conversations import SessionNotFoundError
 
 _SAVE_ATTEMPTS = 8
 
@@ -24,14 +23,8 @@ async def load_conversation(deps: Deps) -> Conversation:
         SessionNotFoundError: The session exists but belongs to another user.
     """
     identity = deps.identity
-    conversation = await deps.conversations.load(identity.session, scope=identity.user)
-    if conversation is not None:
-        return conversation
-    if await deps.conversations.read_record(identity.session) is not None:
-        raise SessionNotFoundError(
-            f'session {identity.session!r} belongs to another user: pick another --session, or omit it to start a new one.'
-        )
-    return Conversation(conversation_id=identity.session)
+    conversation = await deps.conversations.load_owned(identity.session, user=identity.user)
+    return conversation if conversation is not None else Conversation(conversation_id=identity.session)
 
 
 async def save_turn(deps: Deps, result: AgentRunResult[Any], turn_usage: RunUsage) -> None:

@@ -394,6 +394,27 @@ async def test_saving_a_turn_takes_one_round_trip(redis: Redis, commands: list[s
     assert commands == ['EVALSHA']
 
 
+async def test_loading_a_users_session_takes_one_round_trip_whether_or_not_it_exists(
+    redis: Redis, commands: list[str]
+) -> None:
+    store = RedisConversationStore(redis, tenant=TENANT)
+    await store.save(Conversation(conversation_id='theirs', messages=_turn(1)), scope='alice')
+    await store.save(Conversation(conversation_id='gone', messages=_turn(2)), scope='alice')
+    await store.read_record('gone')  # the store now remembers alice's record...
+    await redis.delete(*SessionKeys(TENANT, 'gone').all)  # ...which another process deletes
+    await RedisConversationStore(redis, tenant=TENANT).load('theirs')  # loads the script into the server
+
+    commands.clear()
+    assert await store.load_owned('new', user='bob') is None
+    assert await store.load_owned('gone', user='bob') is None
+    with pytest.raises(SessionNotFoundError, match="session 'theirs' belongs to another user"):
+        await store.load_owned('theirs', user='bob')
+    loaded = await store.load_owned('theirs', user='alice')
+
+    assert loaded is not None and loaded.messages == _turn(1)
+    assert commands == ['EVALSHA'] * 4  # one script each: none reads the record again
+
+
 # -- the history a store holds ----------------------------------------------------------------------
 
 
