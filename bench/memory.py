@@ -14,11 +14,16 @@ Everything runs against the embedded Redis server, on a Unix socket, as a local 
 - `compaction_check`: what the compaction capability adds to each model request of a long session
   whose stored summary is current (count tokens, read the summary), against loading the history.
 - `compaction_summaries_per_turn`: summarizing calls per turn over a long conversation (bursts).
+- `append_N`: `RedisConversationStore.append` of a turn (two messages) to a session of N messages,
+  the path a turn takes when another turn saved the session since it was loaded: one script that
+  chains the turn after the stored head. Against one round trip (a GET), and, for the longest
+  session, against the same append to a 10-message session: it must not grow with the history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import statistics
 import sys
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydantic_ai.conversation import Conversation
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RunUsage
 from redis.asyncio import Redis
 
 from tandem.agent.backbones.base import Backbone
@@ -193,6 +199,25 @@ async def bench_compaction(redis: Redis, home: Path) -> list[str]:
     ]
 
 
+async def bench_append(redis: Redis) -> list[str]:
+    store = RedisConversationStore(redis, tenant='bench')
+    trip = await _round_trip_ms(redis)
+    turn = _turns(1)
+    usage = RunUsage(requests=1, input_tokens=100, output_tokens=20)
+    costs: dict[int, float] = {}
+    for length in (10, 1_000, 10_000):
+        session = f'append-{length}'
+        await store.save(Conversation(conversation_id=session, messages=_turns(length // 2)), scope='u')
+        await store.append(session, turn, usage=usage, scope='u')
+        costs[length] = await _median_ms(functools.partial(store.append, session, turn, usage=usage, scope='u'), 200)
+    shortest, longest = costs[10], costs[10_000]
+    return [
+        line('append_10msg', shortest, trip, f'<={max(1.0, 4 * trip):.3g}ms', shortest <= max(1.0, 4 * trip)),
+        line('append_1000msg', costs[1_000], shortest, '<=1.5x', costs[1_000] <= 1.5 * shortest),
+        line('append_10000msg', longest, shortest, '<=1.5x', longest <= 1.5 * shortest),
+    ]
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -202,6 +227,7 @@ async def main() -> None:
             redis = await connect(url, home=home)
             lines = await bench_recall_and_save(redis)
             lines += await bench_compaction(redis, home)
+            lines += await bench_append(redis)
             await redis.aclose()
         finally:
             server.stop()

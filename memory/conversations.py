@@ -7,6 +7,8 @@ single Lua script on a single slot, which works the same on one server and on Re
 - a save appends only the new entries and replaces the record in one script, after checking the
   revision it was loaded with, so a conflict or a dropped connection leaves nothing half-written.
   It is one round trip: the store remembers the record it loaded, rather than read it again;
+- `append` chains a turn's messages after whatever the stored history ends with, in one script and
+  with no revision to check, so concurrent turns on one session all land, each whole and contiguous;
 - a load is one round trip, however long the history: a script reads the record and walks the
   history server-side from its newest entry. The store holds the JSON of the histories it last
   loaded or saved, so when the stored head is still the one it holds, the script returns the
@@ -30,6 +32,7 @@ listing skips such members and removes them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections import OrderedDict
@@ -70,17 +73,44 @@ _JSON = ConfigDict(ser_json_bytes='base64', val_json_bytes='base64', defer_build
 _RECORD: TypeAdapter[ConversationRecord | None] = TypeAdapter(ConversationRecord | None, config=_JSON)
 _ENTRY: TypeAdapter[ConversationEntry | None] = TypeAdapter(ConversationEntry | None, config=_JSON)
 _ENTRIES: TypeAdapter[list[ConversationEntry]] = TypeAdapter(list[ConversationEntry], config=_JSON)
+_USAGE: TypeAdapter[RunUsage] = TypeAdapter(RunUsage)
 
 _OK = 1
 _UNCHANGED = 2
+
+# Shared by the write and append scripts. `hset_all` writes one hash's fields with one HSET per slice:
+# Lua caps how many values `unpack` returns. `finish` stores the record and the message count, gives
+# every key the TTL (ARGV[ttl], in ms, 0 for none), and updates the session index when it is KEYS[6].
+# Each `redis.call` costs a script a few microseconds, so they make as few as they can.
+_STORE = """
+local function hset_all(key, fields)
+  for i = 1, #fields, 1000 do
+    redis.call('HSET', key, unpack(fields, i, math.min(i + 999, #fields)))
+  end
+end
+local function finish(record, count, ttl, score, member)
+  ttl = tonumber(ttl)
+  -- A plain SET drops the key's TTL: ask the entries hash, which keeps it, whether the session had one.
+  local had_ttl = ttl == 0 and redis.call('PTTL', KEYS[2]) >= 0
+  redis.call('SET', KEYS[1], record)
+  redis.call('SET', KEYS[5], count)
+  for i = 1, 5 do
+    -- All or none expire: a record outliving its entries would be a history with holes.
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) elseif had_ttl then redis.call('PERSIST', KEYS[i]) end
+  end
+  if KEYS[6] then redis.call('ZADD', KEYS[6], 'GT', score, member) end
+end
+"""
 
 # KEYS: conv, entries, parents, depths, count (SessionKeys.all), then the tenant's session index on a
 # single server (a cluster keeps it in another slot, so there it is updated by a command of its own).
 # ARGV: expected revision ('' for none), new revision, record JSON, head id ('' for none), TTL in ms
 # (0 for none), the index score and member, then id, parent id ('' for none), entry JSON for each new
 # entry, oldest first. Returns 1 when stored, 0 on a revision conflict, -1 when the head or a parent
-# isn't stored. Each `redis.call` costs a script a few microseconds, so it makes as few as it can.
-_WRITE_SCRIPT = """
+# isn't stored.
+_WRITE_SCRIPT = (
+    _STORE
+    + """
 local FIRST = 8
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -99,41 +129,103 @@ local function depth_of(id)
   if stored then return tonumber(stored) end
   return nil
 end
+local entries, parents, depths = {}, {}, {}
 for i = FIRST, #ARGV, 3 do
-  local parent_depth = depth_of(ARGV[i + 1])
+  local id, parent = ARGV[i], ARGV[i + 1]
+  local parent_depth = depth_of(parent)
   if parent_depth == nil then return -1 end
-  depth[ARGV[i]] = parent_depth + 1
+  depth[id] = parent_depth + 1
+  entries[#entries + 1] = id
+  entries[#entries + 1] = ARGV[i + 2]
+  parents[#parents + 1] = id
+  parents[#parents + 1] = parent
+  depths[#depths + 1] = id
+  depths[#depths + 1] = depth[id]
 end
 local count = depth_of(ARGV[4])
 if count == nil then return -1 end
--- One HSET per hash for all the new entries, in slices: Lua caps how many values `unpack` returns.
-local function hset(key, offset)
-  local fields = {}
-  for i = FIRST, #ARGV, 3 do
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = offset and ARGV[i + offset] or depth[ARGV[i]]
-    if #fields >= 1000 then
-      redis.call('HSET', key, unpack(fields))
-      fields = {}
-    end
-  end
-  if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
-end
-hset(KEYS[2], 2)
-hset(KEYS[3], 1)
-hset(KEYS[4], nil)
--- A plain SET drops the key's TTL: ask the entries hash, which keeps it, whether the session had one.
-local ttl = tonumber(ARGV[5])
-local had_ttl = ttl == 0 and redis.call('PTTL', KEYS[2]) >= 0
-redis.call('SET', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[5], count)
-for i = 1, 5 do
-  -- All or none expire: a record outliving its entries would be a history with holes.
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) elseif had_ttl then redis.call('PERSIST', KEYS[i]) end
-end
-if KEYS[6] then redis.call('ZADD', KEYS[6], 'GT', ARGV[6], ARGV[7]) end
+hset_all(KEYS[2], entries)
+hset_all(KEYS[3], parents)
+hset_all(KEYS[4], depths)
+finish(ARGV[3], count, ARGV[5], ARGV[6], ARGV[7])
 return 1
 """
+)
+
+# Appends a turn after whatever the history ends with now, whoever saved last: concurrent turns on one
+# session each land whole, in the order the scripts run, with no revision to check and nothing to retry.
+# KEYS: as the write script's. ARGV: new revision, updated_at, scope ('' for none), TTL in ms (0 for
+# none), the index score and member, the turn's usage JSON, the session id, then id, entry JSON for
+# each entry, oldest first, chained; the first entry's JSON names itself as its parent, which the
+# script replaces with the stored head. Returns {1, record JSON, previous head id ('' for none)}, {0}
+# when the session belongs to another scope, or {-1} when the stored head isn't stored.
+_APPEND_SCRIPT = (
+    _STORE
+    + """
+local FIRST = 9
+local current = redis.call('GET', KEYS[1])
+local record
+if current then
+  record = cjson.decode(current)
+  -- A retried call whose first attempt was stored but whose reply was lost: done already.
+  if redis.call('HEXISTS', KEYS[2], ARGV[FIRST]) == 1 then return {1, current, ''} end
+  if ARGV[3] ~= '' and record['scope'] ~= ARGV[3] then return {0} end
+else
+  record = {conversation_id = ARGV[8], scope = ARGV[3] ~= '' and ARGV[3] or cjson.null}
+end
+local head = record['head_id']
+if head == nil or head == cjson.null then head = '' end
+local depth = 0
+if head ~= '' then
+  depth = tonumber(redis.call('HGET', KEYS[4], head))
+  if depth == nil then return {-1} end
+end
+local first = ARGV[FIRST + 1]
+local from, to = string.find(first, '"parent_id":"' .. ARGV[FIRST] .. '"', 1, true)
+local parent_json = head == '' and 'null' or '"' .. head .. '"'
+first = string.sub(first, 1, from - 1) .. '"parent_id":' .. parent_json .. string.sub(first, to + 1)
+local entries, parents, depths = {}, {}, {}
+local parent = head
+for i = FIRST, #ARGV, 2 do
+  depth = depth + 1
+  entries[#entries + 1] = ARGV[i]
+  entries[#entries + 1] = i == FIRST and first or ARGV[i + 1]
+  parents[#parents + 1] = ARGV[i]
+  parents[#parents + 1] = parent
+  depths[#depths + 1] = ARGV[i]
+  depths[#depths + 1] = depth
+  parent = ARGV[i]
+end
+-- Usage adds up field by field. The cost is a decimal string, summed here to 12 places.
+local usage = type(record['usage']) == 'table' and record['usage'] or {}
+for key, value in pairs(cjson.decode(ARGV[7])) do
+  local stored = usage[key]
+  if type(value) == 'number' then
+    usage[key] = (type(stored) == 'number' and stored or 0) + value
+  elseif type(value) == 'string' then
+    usage[key] = type(stored) == 'string' and string.format('%.12f', tonumber(stored) + tonumber(value)) or value
+  elseif type(value) == 'table' then
+    local merged = type(stored) == 'table' and stored or {}
+    for name, n in pairs(value) do merged[name] = (merged[name] or 0) + n end
+    usage[key] = merged
+  end
+end
+record['usage'] = usage
+record['head_id'] = parent
+record['revision'] = ARGV[1]
+record['updated_at'] = ARGV[2]
+-- An appended turn leaves no tool calls pending. cjson writes an empty list as {}: leave the
+-- branches out when there are none, and the record reads them back as its default, [].
+record['deferred_tool_requests'] = nil
+if type(record['branches']) == 'table' and next(record['branches']) == nil then record['branches'] = nil end
+local encoded = cjson.encode(record)
+hset_all(KEYS[2], entries)
+hset_all(KEYS[3], parents)
+hset_all(KEYS[4], depths)
+finish(encoded, depth, ARGV[4], ARGV[5], ARGV[6])
+return {1, encoded, head}
+"""
+)
 
 # KEYS: SessionKeys.all. ARGV: expected revision. Returns 1 when deleted, else 0.
 _DELETE_SCRIPT = """
@@ -213,6 +305,7 @@ return removed
 
 _SCRIPTS = {
     'write': _WRITE_SCRIPT,
+    'append': _APPEND_SCRIPT,
     'delete': _DELETE_SCRIPT,
     'history': _HISTORY_SCRIPT,
     'load': _LOAD_SCRIPT,
@@ -363,11 +456,67 @@ class RedisConversationStore(ConversationStore):
         for entry, entry_json in zip(new_entries, encoded, strict=True):
             args += [entry.id, entry.parent_id or '', entry_json]
         with _unavailable('saving a session', saving=True):
-            status = await self._write(keys, score, args)
+            status = await self._write('write', keys, score, args)
         if status != _OK:
             raise ConversationConflict(record.conversation_id)
         self._remember(record, keys.session)
         self._histories.extend(keys.session, head, new_entries, encoded)
+
+    async def append(
+        self, session: str, messages: Sequence[ModelMessage], *, usage: RunUsage, scope: str | None = None
+    ) -> list[ConversationEntry]:
+        """Append `messages` after whatever the session's history ends with now, in one script.
+
+        Unlike `save`, it checks no revision: concurrent appends to one session each land whole and
+        contiguous, in the order Redis runs them, so a turn that ran on an older history joins the
+        newest one instead of being refused. `usage` is added to the session's. A session that
+        doesn't exist yet is created, with `scope`.
+
+        Returns:
+            The entries stored, oldest first; the first one's parent is the head it was appended after.
+
+        Raises:
+            InvalidIdError: If the session or scope isn't a valid id.
+            ConversationConflict: If the session belongs to another scope than `scope`, or its head
+                entry is missing.
+            RedisUnavailableError: If Redis can't be reached; the append landed whole or not at all.
+        """
+        self._check(session, scope)
+        if not messages:
+            return []
+        keys = self._keys(session)
+        template = ConversationRecord(conversation_id=session, head_id=None, scope=scope)
+        entries: list[ConversationEntry] = []
+        for message in messages:
+            entries.append(ConversationEntry(parent_id=entries[-1].id if entries else None, message=message))
+        # The script puts the stored head in place of this self-reference.
+        marked = [dataclasses.replace(entries[0], parent_id=entries[0].id), *entries[1:]]
+        score = repr(template.updated_at.timestamp())
+        args: list[str | bytes | int] = [
+            template.revision,
+            template.updated_at.isoformat().replace('+00:00', 'Z'),
+            scope or '',
+            self.ttl_seconds * 1000 if self.ttl_seconds is not None else 0,
+            score,
+            keys.session,
+            _USAGE.dump_json(usage),
+            session,
+        ]
+        for entry in marked:
+            args += [entry.id, _ENTRY.dump_json(entry)]
+        with _unavailable('saving a session', saving=True):
+            reply: list[Any] = await self._write('append', keys, score, args)
+        if reply[0] != _OK:
+            raise ConversationConflict(session)
+        record = _decode_record(reply[1])
+        self._remember(record, keys.session)
+        previous = reply[2].decode() or None
+        entries[0] = dataclasses.replace(entries[0], parent_id=previous)
+        if previous is not None and record.head_id == entries[-1].id:
+            self._histories.extend(keys.session, record.head_id, entries, [_ENTRY.dump_json(e) for e in entries])
+        else:
+            self._histories.drop(keys.session)
+        return entries
 
     async def delete_record(self, conversation_id: str, *, expected_revision: str) -> None:
         """Delete the session's record and every entry it stored, then drop it from the index.
@@ -482,7 +631,7 @@ class RedisConversationStore(ConversationStore):
         with _unavailable('reading a session'):
             reply: list[Any] = await self._script('load')(
                 keys=[keys.conv, keys.entries, keys.parents],
-                args=[-1 if limit is None else limit, held[0] if held is not None else ''],
+                args=[-1 if limit is None else limit, held.head if held is not None else ''],
             )
         if not reply:
             self._histories.drop(keys.session)
@@ -493,7 +642,7 @@ class RedisConversationStore(ConversationStore):
         if scope is not None and record.scope != scope:
             return None
         if reply[0] == _UNCHANGED and held is not None:
-            entries_json = held[1]
+            entries_json = held.json()
         elif reply[0] == _OK:
             entries_json = reply[2]
             if limit is None and record.head_id is not None:
@@ -603,15 +752,15 @@ class RedisConversationStore(ConversationStore):
             script = self._scripts[name] = self._redis.register_script(_SCRIPTS[name])
         return script
 
-    async def _write(self, keys: SessionKeys, score: str, args: Sequence[str | bytes | int]) -> Any:
-        """Run the write script, with the index update: the script's status.
+    async def _write(self, script_name: str, keys: SessionKeys, score: str, args: Sequence[str | bytes | int]) -> Any:
+        """Run the write or append script, with the index update: the script's reply.
 
         On one server the script updates the index itself, atomically with the write. A cluster keeps
         the index in another slot, so there a command just before the script updates it: index first,
         so a crash between the two leaves an index member without a record, which listing cleans up,
         never a session missing from the index. GT keeps the newest time.
         """
-        script = self._script('write')
+        script = self._script(script_name)
         if isinstance(self._redis, RedisCluster):
             await self._redis.zadd(self._index, {keys.session: float(score)}, gt=True)
             return await script(keys=keys.all, args=args)
@@ -722,6 +871,28 @@ def _session_keys(tenant: str, session: str) -> SessionKeys:
     return SessionKeys(tenant, session)
 
 
+@dataclass
+class _Held:
+    head: str
+    parts: list[bytes]
+    """The entries' JSON in pieces, oldest first, each one entry or a loaded run of them: a save adds
+    its own pieces, so it costs what it saved, not the length of the history."""
+    size: int
+
+
+@dataclass(frozen=True)
+class _HeldView:
+    """A held history as it was when taken: a save in flight may extend the pieces, never change them."""
+
+    head: str
+    parts: list[bytes]
+    count: int
+
+    def json(self) -> bytes:
+        """The history as one JSON array, oldest first."""
+        return b'[' + b','.join(self.parts[: self.count]) + b']'
+
+
 class _HistoryCache:
     """The JSON of recently loaded or saved histories, by session, within a byte budget; least recent out first.
 
@@ -733,52 +904,64 @@ class _HistoryCache:
     def __init__(self, budget: int) -> None:
         self._budget = budget
         self._size = 0
-        self._held: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._held: OrderedDict[str, _Held] = OrderedDict()
 
-    def get(self, session: str) -> tuple[str, bytes] | None:
+    def get(self, session: str) -> _HeldView | None:
+        """The history held for `session` as it is now, if any; marks it as recently used."""
         held = self._held.get(session)
-        if held is not None:
-            self._held.move_to_end(session)
-        return held
+        if held is None:
+            return None
+        self._held.move_to_end(session)
+        return _HeldView(held.head, held.parts, len(held.parts))
 
     def put(self, session: str, head: str, entries_json: bytes) -> None:
-        self.drop(session)
-        if len(entries_json) > self._budget:
-            return
-        self._held[session] = (head, entries_json)
-        self._size += len(entries_json)
-        while self._size > self._budget:
-            _, (_, dropped) = self._held.popitem(last=False)
-            self._size -= len(dropped)
+        inner = entries_json[1:-1]
+        self._hold(session, _Held(head, [inner] if inner else [], len(inner)))
 
     def extend(
         self, session: str, head: str | None, entries: Sequence[ConversationEntry], encoded: Sequence[bytes]
     ) -> None:
         """After a save of `entries` (as `encoded`) with `head` as the new head: the held history, extended."""
         held = self._held.get(session)
-        if not entries and held is not None and held[0] == head:
+        if not entries and held is not None and held.head == head:
             return  # saved again unchanged
-        if not entries or head != entries[-1].id:
+        chained = all(entry.parent_id == previous.id for previous, entry in itertools.pairwise(entries))
+        if not entries or head != entries[-1].id or not chained:
             self.drop(session)  # the head moved elsewhere in the tree: walk it on the next load
             return
-        first_parent = entries[0].parent_id
+        added = sum(len(piece) for piece in encoded)
+        first_parent, new_head = entries[0].parent_id, entries[-1].id
         if first_parent is None:
-            before = b''
-        elif held is not None and held[0] == first_parent:
-            before = held[1][1:-1]
+            self._hold(session, _Held(new_head, list(encoded), added))
+        elif held is not None and held.head == first_parent:
+            held.head = new_head
+            held.parts.extend(encoded)
+            held.size += added
+            self._size += added
+            self._held.move_to_end(session)
+            self._fit(session)
         else:
             self.drop(session)
-            return
-        chained = all(entry.parent_id == previous.id for previous, entry in itertools.pairwise(entries))
-        if not chained:
-            self.drop(session)
-            return
-        self.put(session, entries[-1].id, b'[' + b','.join(filter(None, (before, *encoded))) + b']')
 
     def drop(self, session: str) -> None:
         held = self._held.pop(session, None)
         if held is not None:
-            self._size -= len(held[1])
+            self._size -= held.size
+
+    def _hold(self, session: str, held: _Held) -> None:
+        self.drop(session)
+        self._held[session] = held
+        self._size += held.size
+        self._fit(session)
+
+    def _fit(self, session: str) -> None:
+        """Drop a history larger than the whole budget, then the least recent ones until within it."""
+        held = self._held.get(session)
+        if held is not None and held.size > self._budget:
+            self.drop(session)
+        while self._size > self._budget:
+            _, dropped = self._held.popitem(last=False)
+            self._size -= dropped.size
 
 
 @contextmanager

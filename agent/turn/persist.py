@@ -13,8 +13,6 @@ from pydantic_ai.usage import RunUsage
 from tandem.agent.core.errors import TandemError
 from tandem.agent.turn.deps import Deps
 
-_SAVE_ATTEMPTS = 8
-
 
 async def load_conversation(deps: Deps) -> Conversation:
     """The session's stored conversation, or a new empty one.
@@ -28,34 +26,23 @@ async def load_conversation(deps: Deps) -> Conversation:
 
 
 async def save_turn(deps: Deps, result: AgentRunResult[Any], turn_usage: RunUsage) -> None:
-    """Append the turn's new messages to the session in one atomic write.
+    """Store the turn's new messages in the session, each exactly once, in one atomic write.
 
-    When another process saved the same session since it was loaded, the turn is appended after
-    what that process saved, so concurrent writers lose nothing and each turn stays contiguous.
+    The usual case, nobody else wrote the session since it was loaded, is pydantic-ai's save, which
+    checks the revision. When another turn saved in between (a double submit, a retry, a second tab,
+    another replica), this one is appended after it by one script instead: no reload and no retry, so
+    concurrent turns are never refused, and each one's messages stay contiguous, in arrival order.
     """
     store, identity = deps.conversations, deps.identity
-    new_messages: list[ModelMessage] = result.new_messages()
     try:
         await store.save(result, scope=identity.user)
-        return
     except ConversationConflict:
-        pass
-    for _ in range(_SAVE_ATTEMPTS):
-        latest = await store.load(identity.session, scope=identity.user)
-        base_messages = latest.messages if latest is not None else []
-        base_usage = latest.usage if latest is not None else RunUsage()
-        rebased = Conversation(
-            conversation_id=identity.session,
-            messages=[*base_messages, *new_messages],
-            usage=base_usage + turn_usage,
-            revision=latest.revision if latest is not None else None,
-            new_message_index=len(base_messages),
-        )
+        new_messages: list[ModelMessage] = result.new_messages()
         try:
-            await store.save(rebased, scope=identity.user)
-            return
+            await store.append(identity.session, new_messages, usage=turn_usage, scope=identity.user)
         except ConversationConflict:
-            continue
-    raise TandemError(
-        f'session {identity.session!r} is being written by too many processes at once; the turn was not saved. Try again.'
-    )
+            # Only another user creating the session while the turn ran, or a history with a hole.
+            raise TandemError(
+                f'session {identity.session!r} was taken by another user while the turn ran, or its history '
+                'is damaged; the turn was not saved: pick another session, or omit it to start a new one.'
+            ) from None

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -309,6 +310,105 @@ async def test_two_processes_appending_to_one_session_lose_nothing(
     assert [t for t in texts if t.startswith('p-')] == [f'p-{n}' for n in range(10)]
     assert [t for t in texts if t.startswith('q-')] == [f'q-{n}' for n in range(10)]
     assert len(texts) == 20
+
+
+# -- appends: a turn after whatever the history ends with now --------------------------------------
+
+
+async def test_an_append_joins_the_newest_history_where_a_stale_save_is_refused(
+    store: RedisConversationStore,
+) -> None:
+    stale = Conversation(conversation_id='chat-1', messages=_turn(1))
+    await store.save(stale, scope='alice')
+    other = await RedisConversationStore(store._redis, tenant=TENANT).load('chat-1')  # pyright: ignore[reportPrivateUsage]
+    assert other is not None
+    other.messages.extend(_turn(2))
+    await store.save(other)  # another process saved a turn since `stale` was loaded
+    stale.messages.extend(_turn(3))
+    with pytest.raises(ConversationConflict):
+        await store.save(stale)
+
+    entries = await store.append(
+        'chat-1', _turn(3), usage=RunUsage(requests=2, tool_calls=1, input_tokens=5, details={'r': 2}), scope='alice'
+    )
+
+    loaded = await store.load('chat-1', scope='alice')
+    assert loaded is not None
+    assert loaded.messages == _turn(1) + _turn(2) + _turn(3)
+    assert [entry.message for entry in entries] == _turn(3)
+    assert entries[0].parent_id == (await store.load_entries('chat-1'))[7].id  # type: ignore[index]
+    assert loaded.usage.requests == 2 and loaded.usage.tool_calls == 1
+    assert loaded.usage.input_tokens == 5 and loaded.usage.details == {'r': 2}
+    assert [s.message_count for s in await store.list_sessions()] == [12]
+
+
+async def test_an_append_adds_its_usage_and_cost_to_the_sessions(store: RedisConversationStore) -> None:
+    usage = RunUsage(requests=1, input_tokens=10, output_tokens=3, details={'reasoning': 4})
+    usage.cost = Decimal('0.000125')
+    await store.save(Conversation(conversation_id='chat-1', messages=_turn(1), usage=usage), scope='alice')
+
+    await store.append('chat-1', _turn(2), usage=usage, scope='alice')
+    await store.append('chat-1', _turn(3), usage=RunUsage(requests=1), scope='alice')
+
+    loaded = await store.load('chat-1')
+    assert loaded is not None
+    assert (loaded.usage.requests, loaded.usage.input_tokens, loaded.usage.output_tokens) == (3, 20, 6)
+    assert loaded.usage.details == {'reasoning': 8}
+    assert loaded.usage.cost == Decimal('0.00025')
+
+
+async def test_an_append_creates_a_new_session_with_its_user_and_keeps_branches(store: RedisConversationStore) -> None:
+    await store.append('fresh', _turn(1), usage=RunUsage(requests=2), scope='alice')
+    fresh = await store.load('fresh', scope='alice')
+    assert fresh is not None and fresh.messages == _turn(1) and fresh.usage.requests == 2
+
+    rewritten = Conversation(conversation_id='fresh', messages=_turn(5), revision=fresh.revision)
+    await store.save(rewritten)  # a rewrite leaves the old history as a branch
+    record = await store.read_record('fresh')
+    assert record is not None and len(record.branches) == 1
+    await store.append('fresh', _turn(6), usage=RunUsage(), scope='alice')
+
+    after = await store.read_record('fresh')
+    assert after is not None and after.branches == record.branches and after.scope == 'alice'
+    reloaded = await store.load('fresh')
+    assert reloaded is not None and reloaded.messages == _turn(5) + _turn(6)
+
+
+async def test_an_append_to_another_users_session_is_refused_and_stores_nothing(
+    store: RedisConversationStore, redis: Redis
+) -> None:
+    await store.save(Conversation(conversation_id='chat-1', messages=_turn(1)), scope='alice')
+
+    with pytest.raises(ConversationConflict):
+        await store.append('chat-1', _turn(2), usage=RunUsage(), scope='mallory')
+
+    assert await redis.hlen(SessionKeys(TENANT, 'chat-1').entries) == 4
+    loaded = await store.load('chat-1', scope='alice')
+    assert loaded is not None and loaded.messages == _turn(1)
+
+
+async def test_an_appended_session_keeps_the_stores_ttl(redis: Redis) -> None:
+    store = RedisConversationStore(redis, tenant=TENANT, ttl_seconds=60)
+    await store.append('brief', _turn(1), usage=RunUsage(), scope='alice')
+
+    for key in SessionKeys(TENANT, 'brief').all:
+        assert 0 < await redis.pttl(key) <= 60_000, key
+
+
+async def test_an_append_costs_one_round_trip_and_the_held_history_stays_whole(
+    store: RedisConversationStore, commands: list[str]
+) -> None:
+    await store.save(Conversation(conversation_id='chat-1', messages=_turn(1)), scope='alice')
+    loaded = await store.load('chat-1')
+    await store.append('warm', _turn(1), usage=RunUsage())  # the script's first call also loads it
+    commands.clear()
+
+    await store.append('chat-1', _turn(2), usage=RunUsage(), scope='alice')
+
+    assert commands == ['EVALSHA']
+    reloaded = await store.load('chat-1')
+    assert reloaded is not None and loaded is not None
+    assert reloaded.messages == _turn(1) + _turn(2)
 
 
 async def test_every_session_key_expires_with_the_ttl(redis: Redis) -> None:
@@ -625,10 +725,13 @@ async def test_the_store_works_unchanged_on_redis_cluster(
     conversation.messages.extend(_turn(9))
     await store.save(conversation)
     await store.delete('s0')
+    await store.append('s2', _turn(7), usage=RunUsage(), scope='alice')
 
     reloaded = await store.load('s1')
     assert reloaded is not None and reloaded.messages == _turn(1) + _turn(9)
-    assert [(s.id, s.message_count) for s in await store.list_sessions(user='alice')] == [('s1', 8), ('s2', 4)]
+    appended = await RedisConversationStore(client, tenant=TENANT).load('s2')
+    assert appended is not None and appended.messages == _turn(2) + _turn(7)
+    assert [(s.id, s.message_count) for s in await store.list_sessions(user='alice')] == [('s2', 8), ('s1', 8)]
     await client.aclose()
 
 
