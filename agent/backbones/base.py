@@ -98,6 +98,7 @@ class OpenAIResolver:
         import openai
         from openai import AsyncOpenAI
         from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+        from pydantic_ai.profiles.openai import OpenAIModelProfile
         from pydantic_ai.providers.openai import OpenAIProvider
 
         prefix, _, model_name = config.model.partition(':')
@@ -114,7 +115,9 @@ class OpenAIResolver:
         client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=openai.Timeout(120, connect=5))
         provider = OpenAIProvider(openai_client=client)
         if prefix == 'openai-chat':
-            return OpenAIChatModel(model_name, provider=provider)
+            # A stream that ends without a finish reason was cut: an error, not an answer (`run._as_tandem_error`).
+            unfinished_is_cut = OpenAIModelProfile(openai_chat_streaming_requires_finish_reason=True)
+            return OpenAIChatModel(model_name, provider=provider, profile=unfinished_is_cut)
         return OpenAIResponsesModel(model_name, provider=provider)
 
 

@@ -27,5 +27,13 @@ class BackboneError(TandemError):
     """A backbone is unknown, unreachable, or refused the request."""
 
 
+class IncompleteAnswerError(BackboneError):
+    """The backbone's answer did not finish: its stream was cut, or it stopped at its output limit or content filter."""
+
+    def __init__(self, message: str, *, finish_reason: str | None) -> None:
+        super().__init__(message)
+        self.finish_reason = finish_reason
+
+
 class PromptError(TandemError):
     """A prompt template is missing, malformed, or needs a variable that was not given."""

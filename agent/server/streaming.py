@@ -126,10 +126,13 @@ async def stream_turn(
                 }
                 yield _sse(usage)
         except TandemError as error:
+            # The stream ends with the error, as OpenAI's does: no `[DONE]`, so no client takes it for an answer.
             yield _sse(api_error_from(error).body())
+            return
         except Exception:  # noqa: BLE001 - the client gets an error event; the log gets the traceback
             _log.exception('server.stream_error')
             yield _sse(INTERNAL_ERROR.body())
+            return
         finally:
             await turn.aclose()
         yield b'data: [DONE]\n\n'

@@ -25,6 +25,7 @@ from tandem.agent.api import SessionExistsError
 from tandem.agent.core.errors import (
     BackboneError,
     ConfigError,
+    IncompleteAnswerError,
     InvalidIdError,
     PromptError,
     RedisUnavailableError,
@@ -84,6 +85,8 @@ def api_error_from(error: TandemError) -> APIError:
         return APIError(409, message, code='session_exists')
     if isinstance(error, RedisUnavailableError):
         return APIError(503, message, type='service_unavailable', code='redis_unavailable')
+    if isinstance(error, IncompleteAnswerError):
+        return APIError(502, message, type='api_error', code='backbone_incomplete')
     if isinstance(error, BackboneError):
         return APIError(502, message, type='api_error', code='backbone_error')
     if isinstance(error, ConfigError | PromptError):

@@ -13,6 +13,7 @@ from pydantic_ai.exceptions import ApprovalRequired, ModelRetry
 from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.tools import RunContext, ToolDefinition
 
+from tandem.agent.core.errors import IncompleteAnswerError
 from tandem.agent.core.events import short
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import ToolCallRecord
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
         WrapModelRequestHandler,
         WrapToolExecuteHandler,
     )
-    from pydantic_ai.models import ModelRequestContext
+    from pydantic_ai.models import Model, ModelRequestContext
 
     from tandem.agent.turn.deps import Deps
 
@@ -88,6 +89,10 @@ class TurnGuard(AbstractCapability['Deps']):
         )
         started = time.perf_counter()
         response = await handler(request_context)
+        unfinished = _unfinished(ctx.deps, request_context.model, response)
+        if unfinished is not None:
+            _log.warning('model.unfinished', finish_reason=response.finish_reason)
+            raise unfinished
         _log.info(
             'model.request',
             model=response.model_name,
@@ -129,3 +134,37 @@ class TurnGuard(AbstractCapability['Deps']):
             _log.info('tool.call', tool=call.tool_name, duration_ms=round(record.duration_s * 1000, 1), ok=record.ok)
         record.ok, record.result = True, short(result, 200)
         return result
+
+
+_DOUBLES = frozenset({'test', 'function'})
+"""The `system` of pydantic-ai's test models, which report no finish reason."""
+
+
+def _unfinished(deps: Deps, model: Model, response: ModelResponse) -> IncompleteAnswerError | None:
+    """Why `response` is not a finished answer, or `None` when it is.
+
+    A stream cut mid-answer ends without a finish reason; so does a whole response from a server that
+    broke off. Either way the text is a fragment, and a turn built on it must not be stored.
+    """
+    reason = response.finish_reason
+    if reason in ('stop', 'tool_call') or (reason is None and model.system in _DOUBLES):
+        return None
+    name = deps.backbone.name
+    if reason is None:
+        message = (
+            f'backbone {name!r} stopped mid-answer: its response ended without a finish reason, as when the '
+            'connection is cut; the turn was not saved. Try again.'
+        )
+    elif reason == 'length':
+        message = (
+            f"backbone {name!r} hit its output limit mid-answer (finish_reason 'length'); the turn was not saved: "
+            f'raise max_tokens under [backbones.{name}.settings] in tandem.toml, or ask for a shorter answer.'
+        )
+    elif reason == 'content_filter':
+        message = (
+            f"the content filter of backbone {name!r} stopped the answer (finish_reason 'content_filter'); "
+            'the turn was not saved.'
+        )
+    else:
+        message = f'backbone {name!r} reported an error mid-answer (finish_reason {reason!r}); the turn was not saved.'
+    return IncompleteAnswerError(message, finish_reason=reason)

@@ -31,7 +31,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.tools import RunContext
 from pydantic_ai.usage import RunUsage, UsageLimits
 
-from tandem.agent.core.errors import BackboneError, TandemError
+from tandem.agent.core.errors import BackboneError, IncompleteAnswerError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import Citation
@@ -175,6 +175,10 @@ def _not_found_message(deps: Deps, error: ai_errors.ModelNotFoundError) -> str:
     )
 
 
+_CUT_STREAM = 'ended without a `finish_reason`'
+"""What pydantic-ai says of a chat stream that ended without one (`openai_chat_streaming_requires_finish_reason`)."""
+
+
 def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
     """The user-facing error for a model-side failure, or `None` to let it propagate."""
     name = deps.backbone.name
@@ -188,6 +192,12 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
         return BackboneError(f'cannot reach backbone {name!r} at {where}: start the server or fix its base_url.')
     if isinstance(error, ai_errors.ModelHTTPError):
         return BackboneError(f'backbone {name!r} answered HTTP {error.status_code}: {short(error.body, 160)}')
+    if isinstance(error, ai_errors.ModelAPIError) and _CUT_STREAM in error.message:
+        return IncompleteAnswerError(
+            f'backbone {name!r} stopped mid-answer: its stream ended without a finish reason, as when the '
+            'connection is cut; the turn was not saved. Try again.',
+            finish_reason=None,
+        )
     if isinstance(error, ai_errors.ModelAPIError):
         return BackboneError(f'backbone {name!r} failed: {short(str(error), 160)}')
     if isinstance(error, ai_errors.UsageLimitExceeded):

@@ -24,9 +24,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Text:
-    """Answer with text."""
+    """Answer with text, finished with `finish`: `None` breaks the answer off, as a cut connection does
+    (in a stream: no finish chunk and no `[DONE]`)."""
 
     text: str
+    finish: str | None = 'stop'
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,9 @@ class FakeOpenAI(_Loopback):
                 for chunk in _chunks(body, reply, include_usage):
                     self.wfile.write(f'data: {json.dumps(chunk)}\n\n'.encode())
                     self.wfile.flush()
-                self.wfile.write(b'data: [DONE]\n\n')
-                self.wfile.flush()
+                if not isinstance(reply, Text) or reply.finish is not None:
+                    self.wfile.write(b'data: [DONE]\n\n')
+                    self.wfile.flush()
                 self.close_connection = True
 
         self._serve(Handler)
@@ -234,7 +237,7 @@ def _completion(body: dict[str, Any], reply: Text | ToolCall) -> dict[str, Any]:
     message: dict[str, Any] = {'role': 'assistant', 'content': None}
     if isinstance(reply, Text):
         message['content'] = reply.text
-        finish = 'stop'
+        finish = reply.finish
     else:
         message['tool_calls'] = _tool_calls(reply)
         finish = 'tool_calls'
@@ -264,7 +267,9 @@ def _chunks(body: dict[str, Any], reply: Text | ToolCall, include_usage: bool) -
         words = reply.text.split(' ')
         for index, word in enumerate(words):
             yield chunk({'content': word if index == 0 else ' ' + word})
-        yield chunk({}, 'stop')
+        if reply.finish is None:
+            return  # cut: no finish chunk, no usage
+        yield chunk({}, reply.finish)
     else:
         for index, call in enumerate(_tool_calls(reply)):
             arguments = call['function']['arguments']
