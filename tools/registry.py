@@ -14,6 +14,10 @@ conversation (writes files, sends mail, spends money, ...) carries
 `metadata={SIDE_EFFECT_KEY: True}` on its definition, and a pure tool carries `False`. The approval
 policy reads it from `ToolDefinition.metadata` through `has_side_effects`, which treats an
 undeclared tool as side-effecting so that a plugin that forgets to declare fails safe.
+
+A tool that requests a URL it is given (`web_fetch`) names that argument with
+`metadata={OUTBOUND_URL_KEY: 'url'}`: the request itself can carry data out, in its address, so the
+approval policy treats a call to an address nobody trusted as a side effect (`outbound_url_argument`).
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ from tandem.agent.core.log import get_logger
 
 __all__ = [
     'ENTRY_POINT_GROUP',
+    'OUTBOUND_URL_KEY',
     'SIDE_EFFECT_KEY',
     'ToolsetPlugin',
     'discover_plugins',
     'has_side_effects',
+    'outbound_url_argument',
     'plugin_status',
     'select',
 ]
@@ -47,6 +53,9 @@ ENTRY_POINT_GROUP = 'tandem.tools'
 
 SIDE_EFFECT_KEY = 'side_effect'
 """The `ToolDefinition.metadata` key that says whether a tool has side effects (a bool)."""
+
+OUTBOUND_URL_KEY = 'outbound_url'
+"""The `ToolDefinition.metadata` key naming the argument that holds a URL the tool requests (a str)."""
 
 _OWN_DISTRIBUTION = 'tandem'
 _NAME_PATTERN = re.compile(r'[a-z][a-z0-9_-]{0,31}')
@@ -231,3 +240,9 @@ def has_side_effects(tool_def: ToolDefinition) -> bool:
     doesn't declare it is assumed to have side effects.
     """
     return (tool_def.metadata or {}).get(SIDE_EFFECT_KEY) is not False
+
+
+def outbound_url_argument(tool_def: ToolDefinition) -> str | None:
+    """The name of the argument holding a URL the tool requests, if it declares one."""
+    name = (tool_def.metadata or {}).get(OUTBOUND_URL_KEY)
+    return name if isinstance(name, str) else None

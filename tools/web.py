@@ -10,7 +10,11 @@ with `web search unavailable:` or `web fetch failed:`; nothing raises into the t
 The tools work without Tandem's `Deps`: configuration is passed to `make_web_toolset`, and from
 `ctx.deps` they only read, when present, `redis` and `identity.tenant` (the search cache),
 `settings.web_allowed_hosts` or `settings.web.allowed_hosts` (more trusted hosts) and `turn`
-(the taint flag).
+(the taint flag, and the URLs searches found).
+
+`web_fetch` declares no side effects, but its address can carry data out (`?data=<secret>`): it
+declares its `url` argument with `OUTBOUND_URL_KEY`, so in a tainted turn a fetch of an address the
+user did not give, and no search of the turn returned, waits for approval (`agent.turn.approvals`).
 
 `web_fetch` refuses anything but public http(s) addresses, on every redirect hop; an operator
 can trust specific hosts, e.g. an intranet wiki, with `allowed_hosts` (`host` or `host:port`).
@@ -32,7 +36,7 @@ from redis.asyncio import Redis
 from tandem.agent.core.fetch import Fetcher, FetchError, HostRule, Page, netloc_of, parse_allowed_hosts
 from tandem.agent.core.log import get_logger
 from tandem.tools._search import DEFAULT_SEARCH_URL, Searcher, SearchHit, SearchUnavailable, TimeLimit
-from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
+from tandem.tools.registry import OUTBOUND_URL_KEY, SIDE_EFFECT_KEY, ToolsetPlugin
 from tandem.tools.untrusted import wrap_untrusted
 
 __all__ = [
@@ -150,7 +154,7 @@ class WebTools:
             return 'web search unavailable: internal error in the search tool.'
         if not hits:
             return f'web search: no results for "{query}". Try other words.'
-        _taint(deps)
+        _taint(deps, found=[hit.url for hit in hits])
         return wrap_untrusted('web_search', _format_hits(hits), query=query)
 
     async def fetch(self, url: str, *, deps: object = None) -> str:
@@ -248,7 +252,8 @@ def make_web_toolset(
 
     toolset = FunctionToolset[Any](id='web')
     toolset.add_function(web_search, metadata={SIDE_EFFECT_KEY: False})
-    toolset.add_function(web_fetch, metadata={SIDE_EFFECT_KEY: False})
+    # Reading changes nothing, but the request's address can carry data out: see `OUTBOUND_URL_KEY`.
+    toolset.add_function(web_fetch, metadata={SIDE_EFFECT_KEY: False, OUTBOUND_URL_KEY: 'url'})
     return toolset
 
 
@@ -312,10 +317,14 @@ def _format_page(page: Page, max_bytes: int, max_chars: int) -> str:
 # --- what the tools read from deps ------------------------------------------------------------------
 
 
-def _taint(deps: object) -> None:
+def _taint(deps: object, *, found: Iterable[str] = ()) -> None:
+    """Mark the turn tainted; note the URLs a search `found`, which `web_fetch` may then read as they are."""
     turn = getattr(deps, 'turn', None)
     if turn is not None:
         turn.tainted = True
+        search_urls: Any = getattr(turn, 'search_urls', None)
+        if isinstance(search_urls, set):
+            cast(set[str], search_urls).update(found)
 
 
 def _redis_of(deps: object) -> Redis | None:

@@ -52,6 +52,8 @@ class TurnState:
     tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
     tainted: bool = False
     """Untrusted content (web, documents) entered this turn, so side-effect tools need approval."""
+    search_urls: set[str] = field(default_factory=set[str])
+    """The URLs web searches returned this turn, which `web_fetch` may read, as they are, in a tainted turn."""
     citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
     """Knowledge-base passages shown to the model this turn, by citation number (`/sources`)."""
 

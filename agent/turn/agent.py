@@ -20,7 +20,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from tandem.agent.turn.approvals import needs_approval, resolve_approvals
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.guard import TurnGuard
-from tandem.tools.registry import has_side_effects
+from tandem.tools.registry import has_side_effects, outbound_url_argument
 
 if TYPE_CHECKING:
     from tandem.tools.registry import ToolsetPlugin
@@ -72,7 +72,7 @@ def _built(plugin: ToolsetPlugin) -> _Built:
     # Building generates every tool's JSON schema, which costs milliseconds: once per plugin per process.
     toolset = plugin.build()
     may_hold = not isinstance(toolset, FunctionToolset) or any(
-        has_side_effects(tool.tool_def)  # pyright: ignore[reportUnknownMemberType,reportUnknownArgumentType]
+        has_side_effects(tool.tool_def) or outbound_url_argument(tool.tool_def) is not None  # pyright: ignore[reportUnknownMemberType,reportUnknownArgumentType]
         for tool in toolset.tools.values()  # pyright: ignore[reportUnknownVariableType,reportUnknownMemberType]
     )
     return _Built(toolset, toolset.approval_required(needs_approval), may_hold)

@@ -631,7 +631,7 @@ async def test_web_fetch_through_an_agent(site: LoopbackHTTPServer, redis: Redis
 
 
 def test_plugin_builds_the_web_toolset() -> None:
-    from tandem.tools.registry import SIDE_EFFECT_KEY, has_side_effects
+    from tandem.tools.registry import SIDE_EFFECT_KEY, has_side_effects, outbound_url_argument
 
     toolset = plugin.build()
 
@@ -640,8 +640,11 @@ def test_plugin_builds_the_web_toolset() -> None:
     tools: dict[str, Tool[Any]] = toolset.tools
     assert set(tools) == {'web_search', 'web_fetch'}
     for tool in tools.values():
-        assert tool.tool_def.metadata == {SIDE_EFFECT_KEY: False}
+        assert (tool.tool_def.metadata or {})[SIDE_EFFECT_KEY] is False
         assert not has_side_effects(tool.tool_def)
+    # The one address a tool requests that the model picks: held in a tainted turn unless trusted.
+    assert outbound_url_argument(tools['web_fetch'].tool_def) == 'url'
+    assert outbound_url_argument(tools['web_search'].tool_def) is None
 
 
 async def test_status_reports_ok_or_offline(site: LoopbackHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
