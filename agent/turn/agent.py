@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pydantic_ai
-from pydantic_ai import Agent
+from pydantic_ai import Agent, Tool
 from pydantic_ai.capabilities import AbstractCapability, HandleDeferredToolCalls
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
+from tandem.agent.core.errors import ConfigError
 from tandem.agent.turn.approvals import needs_approval, resolve_approvals
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.guard import TurnGuard
@@ -71,11 +72,27 @@ class _Built:
 def _built(plugin: ToolsetPlugin) -> _Built:
     # Building generates every tool's JSON schema, which costs milliseconds: once per plugin per process.
     toolset = plugin.build()
+    _refuse_unstoppable(plugin, toolset)
     may_hold = not isinstance(toolset, FunctionToolset) or any(
         has_side_effects(tool.tool_def) or outbound_url_argument(tool.tool_def) is not None  # pyright: ignore[reportUnknownMemberType,reportUnknownArgumentType]
         for tool in toolset.tools.values()  # pyright: ignore[reportUnknownVariableType,reportUnknownMemberType]
     )
     return _Built(toolset, toolset.approval_required(needs_approval), may_hold)
+
+
+def _refuse_unstoppable(plugin: ToolsetPlugin, toolset: AbstractToolset[Any]) -> None:
+    """Refuse a sync tool with side effects: it runs in a worker thread, which nothing can stop at the
+    timeout, so its effect could land after the model was told the call failed."""
+    if not isinstance(toolset, FunctionToolset):
+        return
+    tools: dict[str, Tool[Any]] = toolset.tools  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
+    for name, tool in tools.items():
+        if not tool.function_schema.is_async and has_side_effects(tool.tool_def):
+            raise ConfigError(
+                f'tool {name!r} of plugin {plugin.name!r} is a plain (sync) function with side effects: Tandem '
+                'cannot stop it at limits.tool_timeout_seconds, so its effect could land after the model was told '
+                'it failed. Make it `async def`, or declare it side-effect free.'
+            )
 
 
 def plugin_toolsets(plugins: Sequence[ToolsetPlugin]) -> list[AbstractToolset[Any]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from pydantic_ai._utils import abandon_threads_on_cancel  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import ApprovalRequired, ModelRetry
 from pydantic_ai.messages import ModelResponse, ToolCallPart
@@ -39,7 +40,9 @@ class TurnGuard(AbstractCapability['Deps']):
 
     It bounds every tool call, whichever toolset it comes from: oversized arguments are refused
     before they are parsed, so the tool never runs on them; a call that outlives
-    `limits.tool_timeout_seconds` is cancelled, so an async tool's side effect never lands late.
+    `limits.tool_timeout_seconds` is cancelled, so an async tool's side effect never lands late, and its
+    result is never delivered: a sync tool's thread is abandoned at the deadline, and a result that
+    comes back after it anyway (a tool that blocked the event loop) is dropped.
     Either way the model gets a tool error it can act on.
 
     It bounds every model request too: a history over `memory.compaction_tokens` is sent as a running
@@ -119,8 +122,12 @@ class TurnGuard(AbstractCapability['Deps']):
         timeout = ctx.deps.settings.limits.tool_timeout_seconds
         try:
             try:
-                with anyio.fail_after(timeout):
+                # At the deadline a sync tool's worker thread is abandoned, as pydantic-ai's own tool timeouts
+                # do: only side-effect-free sync tools are let in (`agent.turn.agent`), so nothing lands late.
+                with anyio.fail_after(timeout), abandon_threads_on_cancel():
                     result = await handler(args)
+                if time.perf_counter() - started > timeout:
+                    raise TimeoutError  # it blocked the event loop past the deadline: the result is late
             except TimeoutError:
                 raise ModelRetry(f'{call.tool_name} timed out after {timeout:g} seconds and was cancelled.') from None
         except ApprovalRequired:

@@ -34,7 +34,7 @@ def _plugin(notes: list[str]) -> ToolsetPlugin:
             return f'<untrusted source="test">{INJECTION}</untrusted>'
 
         @toolset.tool(metadata={'side_effect': True})
-        def write_note(ctx: RunContext[Deps], text: str) -> str:
+        async def write_note(ctx: RunContext[Deps], text: str) -> str:
             """Store a note."""
             notes.append(text)
             return 'stored'
@@ -125,7 +125,13 @@ def test_only_runs_whose_calls_may_be_held_pay_for_deciding_approvals() -> None:
     available = discover_plugins()
     pure = select(['calc', 'clock'], available)
     with_memory = select(['calc', 'memory'], available)  # remember and forget declare side effects
-    undeclared = ToolsetPlugin(name='undeclared', description='', build=lambda: FunctionToolset[Deps]([lambda: 'x']))
+
+    async def undeclared_tool() -> str:
+        return 'x'
+
+    undeclared = ToolsetPlugin(
+        name='undeclared', description='', build=lambda: FunctionToolset[Deps]([undeclared_tool])
+    )
     not_a_function_toolset = ToolsetPlugin(name='opaque', description='', build=lambda: CombinedToolset[Deps]([]))
 
     assert run_capabilities(pure) == []

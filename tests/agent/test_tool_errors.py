@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+import pytest
 from pydantic_ai import RunContext
 from pydantic_ai.toolsets import FunctionToolset
 from redis.asyncio import Redis
 
 from tandem.agent.cli.transcript import render_transcript
+from tandem.agent.core.errors import TandemError
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import run_turn
 from tandem.tools.registry import ToolsetPlugin
@@ -77,3 +80,88 @@ async def test_a_slow_tool_times_out_and_its_side_effect_never_lands(redis: Redi
     assert ran == []
     timeout_reply = list(render_transcript(script.seen[1][0]))[-1]
     assert timeout_reply.startswith('  ← store_value: retried:') and 'timed out' in timeout_reply.lower()
+
+
+def _sync_plugin(finished: list[float], *, side_effect: bool, seconds: float) -> ToolsetPlugin:
+    def build() -> FunctionToolset[Deps]:
+        toolset: FunctionToolset[Deps] = FunctionToolset()
+
+        @toolset.tool_plain(metadata={'side_effect': side_effect})
+        def crunch(n: int) -> str:
+            """Crunch a number, slowly (a blocking call: it runs in a worker thread)."""
+            time.sleep(seconds)
+            finished.append(time.perf_counter())
+            return f'crunched {n}'
+
+        return toolset
+
+    return ToolsetPlugin(name='cruncher', description='a slow sync tool', build=build)
+
+
+async def test_a_slow_sync_tool_times_out_on_time_and_its_late_result_never_reaches_the_model(
+    redis: Redis, tmp_path: Path
+) -> None:
+    finished: list[float] = []
+    model, script = scripted_model(call('crunch', n=7), 'It timed out.')
+    deps = make_deps(
+        redis,
+        model,
+        home=tmp_path,
+        tools=(),
+        plugins=[_sync_plugin(finished, side_effect=False, seconds=2.0)],
+        limits={'tool_timeout_seconds': 0.5},
+    )
+
+    started = time.perf_counter()
+    result = await run_turn(deps, 'crunch 7')
+    took = time.perf_counter() - started
+
+    assert result.answer == 'It timed out.'
+    assert took < 1.5, 'the turn waited for the thread instead of the timeout'
+    reply = list(render_transcript(script.seen[1][0]))[-1]
+    assert reply.startswith('  ← crunch: retried:') and 'timed out after 0.5 seconds' in reply
+    assert 'crunched' not in ''.join(render_transcript(script.seen[1][0]))
+    assert result.tool_calls[0].ok is False
+
+
+async def test_a_sync_tool_with_side_effects_is_refused_with_a_clear_message(redis: Redis, tmp_path: Path) -> None:
+    finished: list[float] = []
+    model, _ = scripted_model(call('crunch', n=7), 'done')
+    deps = make_deps(
+        redis, model, home=tmp_path, tools=(), plugins=[_sync_plugin(finished, side_effect=True, seconds=0.0)]
+    )
+
+    with pytest.raises(TandemError) as caught:
+        await run_turn(deps, 'crunch 7')
+
+    assert str(caught.value) == (
+        "tool 'crunch' of plugin 'cruncher' is a plain (sync) function with side effects: Tandem cannot stop it "
+        'at limits.tool_timeout_seconds, so its effect could land after the model was told it failed. '
+        'Make it `async def`, or declare it side-effect free.'
+    )
+    assert finished == []
+    assert await deps.conversations.read_record('s1') is None
+
+
+async def test_a_result_that_comes_back_after_the_deadline_is_dropped(redis: Redis, tmp_path: Path) -> None:
+    # An async tool that blocks the event loop can't be cancelled in time; its result still must not count.
+    def build() -> FunctionToolset[Deps]:
+        toolset: FunctionToolset[Deps] = FunctionToolset()
+
+        @toolset.tool_plain(metadata={'side_effect': False})
+        async def hog() -> str:
+            """Block the event loop for a while."""
+            time.sleep(0.6)  # noqa: ASYNC251 - the point: a tool that blocks the event loop
+            return 'hogged'
+
+        return toolset
+
+    model, script = scripted_model(call('hog'), 'It timed out.')
+    plugin = ToolsetPlugin(name='hog', description='blocks the loop', build=build)
+    deps = make_deps(redis, model, home=tmp_path, tools=(), plugins=[plugin], limits={'tool_timeout_seconds': 0.2})
+
+    result = await run_turn(deps, 'hog')
+
+    assert result.answer == 'It timed out.'
+    seen = ''.join(render_transcript(script.seen[1][0]))
+    assert 'hogged' not in seen and 'timed out after 0.2 seconds' in seen
