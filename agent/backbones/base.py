@@ -96,10 +96,11 @@ class OpenAIResolver:
     def resolve(self, config: BackboneConfig) -> Model:
         """Build an OpenAI chat-completions or Responses model, honouring `OPENAI_BASE_URL` like the SDK."""
         import openai
-        from openai import AsyncOpenAI
         from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
         from pydantic_ai.profiles.openai import OpenAIModelProfile
         from pydantic_ai.providers.openai import OpenAIProvider
+
+        from tandem.agent.backbones.openai_client import RetryLoggingOpenAI
 
         prefix, _, model_name = config.model.partition(':')
         base_url = config.base_url or os.environ.get('OPENAI_BASE_URL') or None
@@ -111,8 +112,9 @@ class OpenAIResolver:
                     '--model openai-chat:NAME with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1.'
                 )
             api_key = 'not-needed'  # local servers ignore it, but the SDK insists on one
-        # One retry, not the SDK's default two, so an unreachable server fails in seconds.
-        client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=openai.Timeout(120, connect=5))
+        client = RetryLoggingOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=config.attempts - 1, timeout=openai.Timeout(120, connect=5)
+        )
         provider = OpenAIProvider(openai_client=client)
         if prefix == 'openai-chat':
             # A stream that ends without a finish reason was cut: an error, not an answer (`run._as_tandem_error`).

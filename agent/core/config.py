@@ -66,6 +66,9 @@ class BackboneConfig(BaseModel):
     """What a fine-tune was trained from."""
     settings: dict[str, Any] = Field(default_factory=dict[str, Any])
     """Model settings such as `temperature` or `max_tokens`."""
+    attempts: int = Field(default=3, ge=1, le=10)
+    """Tries per model request, the first included: rate limits (429), server errors and lost connections are
+    retried with the openai SDK's exponential backoff, honouring `Retry-After`; each retry is logged."""
     input_price_per_mtok: float | None = None
     """USD per million input tokens, for cost reports when pydantic-ai's price table lacks the model."""
     output_price_per_mtok: float | None = None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -18,7 +20,7 @@ from tandem.agent.core.events import TextDelta, ToolCallFinished, TurnEvent
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import run_turn
 from tests.support.deps import make_deps
-from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
+from tests.support.fake_openai import Error, FakeOpenAI, Reply, Text, ToolCall, last_tool_result, user_texts
 
 
 def colour_script(body: dict[str, Any]) -> Reply:
@@ -134,3 +136,38 @@ async def test_a_server_without_the_responses_api_says_which_api_it_lacks(redis:
         "backbone 'local': the server has no Responses API (POST /responses answered 404), which 'openai:' models "
         "use; OpenAI-compatible servers speak chat completions: use 'openai-chat:tiny-chat'."
     )
+
+
+async def test_rate_limits_are_retried_with_backoff_honouring_retry_after_and_each_attempt_is_logged(
+    redis: Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    replies: list[Reply] = [Error(429, 'slow down', retry_after=0.4), Error(429, 'slow down', retry_after=0.4)]
+    with FakeOpenAI([*replies, Text('Third time lucky.')]) as server:
+        deps = _openai_deps(redis, server, tmp_path)
+        with caplog.at_level(logging.INFO, logger='tandem.backbones'):
+            result = await run_turn(deps, 'hi')
+
+    assert result.answer == 'Third time lucky.'
+    times = server.request_times
+    assert len(times) == 3
+    assert all(later - earlier >= 0.38 for earlier, later in itertools.pairwise(times))  # Retry-After, not less
+    events = [cast(dict[str, Any], record.msg) for record in caplog.records if isinstance(record.msg, dict)]
+    retries = [event for event in events if event['event'] == 'model.retry']
+    assert [(r['event'], r['attempt'], r['attempts'], r['status']) for r in retries] == [
+        ('model.retry', 2, 3, 429),
+        ('model.retry', 3, 3, 429),
+    ]
+
+
+async def test_the_number_of_attempts_is_the_backbones_to_set(redis: Redis, tmp_path: Path) -> None:
+    from tandem.agent.backbones.base import backbone_from_config
+    from tandem.agent.core.errors import BackboneError
+
+    with FakeOpenAI([Error(503, 'busy'), Text('never sent')]) as server:
+        deps = _openai_deps(redis, server, tmp_path)
+        config = BackboneConfig(model='openai-chat:tiny-chat', base_url=server.url, attempts=1)
+        deps.backbone = backbone_from_config('local', config)
+        with pytest.raises(BackboneError, match=r'answered HTTP 503'):
+            await run_turn(deps, 'hi')
+
+    assert len(server.chat_requests) == 1

@@ -45,10 +45,11 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Error:
-    """Answer with an HTTP error in OpenAI's error shape."""
+    """Answer with an HTTP error in OpenAI's error shape, with a `Retry-After` header when `retry_after` is set."""
 
     status: int
     message: str = 'error'
+    retry_after: float | None = None
 
 
 Reply = Text | ToolCall | Error
@@ -90,11 +91,13 @@ class _JsonHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _json(self, status: int, payload: Any) -> None:
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header('Content-Type', 'application/json')
         self.send_header('Content-Length', str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -135,6 +138,8 @@ class FakeOpenAI(_Loopback):
     models: list[str] = field(default_factory=lambda: ['tiny-chat'])
     delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    request_times: list[float] = field(default_factory=list[float])
+    """When each request arrived (`time.monotonic()`), in order."""
     embedding_models: list[str] = field(default_factory=lambda: ['tiny-embed'])
     """Models `/v1/embeddings` serves; their vectors come from `fake_embedding`."""
     embedding_dims: int = 64
@@ -172,6 +177,7 @@ class FakeOpenAI(_Loopback):
                 length = int(self.headers.get('Content-Length') or 0)
                 body: dict[str, Any] = json.loads(self.rfile.read(length) or b'{}')
                 fake.requests.append(body)
+                fake.request_times.append(time.monotonic())
                 if self.path.rstrip('/').endswith('/embeddings'):
                     self._json(*_embeddings(fake, body))
                     return
@@ -187,7 +193,9 @@ class FakeOpenAI(_Loopback):
                     time.sleep(fake.delay_s)
                 reply = fake._next_reply(body)
                 if isinstance(reply, Error):
-                    self._json(reply.status, {'error': {'message': reply.message, 'type': 'error', 'code': None}})
+                    headers = {'Retry-After': f'{reply.retry_after:g}'} if reply.retry_after is not None else {}
+                    body = {'error': {'message': reply.message, 'type': 'error', 'code': None}}
+                    self._json(reply.status, body, headers)
                 elif body.get('stream'):
                     self._stream(body, reply)
                 else:
