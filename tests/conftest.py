@@ -43,7 +43,9 @@ class RedisTestServer:
     Args:
         data_dir: Where it keeps its append-only file and log.
         appendonly: Whether to persist writes, so they survive `kill()` and `restart()`.
-        cluster: Whether to run it as a one-node Redis Cluster that owns every slot.
+        cluster: Whether to run it as a Redis Cluster node: by default one that owns every slot.
+        claim_slots: With `cluster`, whether it takes every slot; `False` leaves it to a multi-node
+            cluster's creation (`tests.support.cluster`).
     """
 
     port: int
@@ -52,10 +54,13 @@ class RedisTestServer:
     """`redis://127.0.0.1:<port>/0`, or `redis+cluster://127.0.0.1:<port>` for a cluster."""
     _plain_url: str
 
-    def __init__(self, data_dir: Path, *, appendonly: bool = True, cluster: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, *, appendonly: bool = True, cluster: bool = False, claim_slots: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.appendonly = appendonly
         self.cluster = cluster
+        self.claim_slots = claim_slots
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
         self._pick_ports()
@@ -76,7 +81,7 @@ class RedisTestServer:
                 self._pick_ports()
             if self._launch():
                 self._started = True
-                if self.cluster:
+                if self.cluster and self.claim_slots:
                     self._claim_all_slots()
                 return
         log = (self.data_dir / 'server.log').read_text(errors='replace')[-2000:]

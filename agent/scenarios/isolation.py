@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from tandem.agent.core.errors import TandemError
 from tandem.agent.scenarios.schema import Document, Scenario
 from tandem.agent.turn.deps import Deps
-from tandem.memory.connection import RedisClient
+from tandem.memory.connection import RedisClient, query_engine_available
 from tandem.memory.keys import tenant_key_patterns, validate_id
 
 __all__ = [
@@ -66,6 +66,8 @@ async def count_namespace(redis: RedisClient, tenant: str) -> int:
 
 async def _drop_indexes(redis: RedisClient, tenant: str) -> None:
     """Drop the Query Engine indexes named under the tenant (they are not keys, so SCAN misses them)."""
+    if not await query_engine_available(redis):
+        return  # no indexes to drop; and a cluster client could not even route `FT._LIST`, which names no key
     try:
         listed = cast(list[Any], await redis.execute_command('FT._LIST'))  # pyright: ignore[reportUnknownMemberType]
     except ResponseError:  # no Query Engine on this server: no indexes either
