@@ -169,6 +169,10 @@ class ApiKeyConfig(BaseModel):
     """One API key of the HTTP service (`tandem serve`), and the tenant it acts for."""
 
     tenant: str
+    user: str | None = None
+    """Binds the key to one user of its tenant: it acts for that user only, and a request that names
+    another (`X-Tandem-User`, the `user` field or query) is refused with 403. Unset, the key acts for
+    whichever user the request names: users within a tenant are then self-declared."""
     key: SecretStr | None = None
     """The key itself; prefer `sha256`, so the file does not hold it."""
     sha256: str | None = None
@@ -184,15 +188,20 @@ class ApiKeyConfig(BaseModel):
 
 
 def parse_api_keys(text: str) -> list[ApiKeyConfig]:
-    """`"key1:tenant1,key2:tenant2"` (the `TANDEM_API_KEYS` form) as key configs; a key may contain `:`."""
+    """`"key1:tenant1,key2:tenant2/user"` (the `TANDEM_API_KEYS` form) as key configs.
+
+    A key may contain `:` (the tenant is what follows the last one); `/USER` after the tenant binds the
+    key to that user. Ids cannot contain `/`, so neither reading is ambiguous.
+    """
     keys: list[ApiKeyConfig] = []
     for item in text.split(','):
         if not item.strip():
             continue
-        key, sep, tenant = item.strip().rpartition(':')
-        if not sep or not key or not tenant:
-            raise ValueError('API keys are written KEY:TENANT, separated by commas')
-        keys.append(ApiKeyConfig(key=SecretStr(key), tenant=tenant))
+        key, sep, owner = item.strip().rpartition(':')
+        tenant, slash, user = owner.partition('/')
+        if not sep or not key or not tenant or (slash and not user):
+            raise ValueError('API keys are written KEY:TENANT or KEY:TENANT/USER, separated by commas')
+        keys.append(ApiKeyConfig(key=SecretStr(key), tenant=tenant, user=user or None))
     return keys
 
 
@@ -200,7 +209,7 @@ class ServerConfig(BaseModel):
     """The HTTP service (`tandem serve`): keys, limits and CORS."""
 
     api_keys: Annotated[list[ApiKeyConfig], NoDecode] = Field(default_factory=list[ApiKeyConfig])
-    """Bearer keys and their tenants; `TANDEM_API_KEYS="key1:tenant1,key2:tenant2"` adds more."""
+    """Bearer keys, their tenants and maybe users; `TANDEM_API_KEYS="key1:tenant1,key2:tenant2/user"` adds more."""
     rate_limit_requests: int = Field(default=120, ge=0)
     """Requests one key may make per window (a sliding window kept in Redis); 0 turns the limit off."""
     rate_limit_window_seconds: float = Field(default=60.0, gt=0)

@@ -344,10 +344,32 @@ async def _caller(
     return await service.authenticate(request, credentials)
 
 
+def _acting_user(who: Caller, *named: str | None) -> str | None:
+    """The user a request acts for: a user-bound key's own, else the first one the request names.
+
+    Raises:
+        APIError: 403 when a user-bound key's request names another user.
+    """
+    if who.user is None:
+        return next((user for user in named if user is not None), None)
+    if any(user is not None and user != who.user for user in named):
+        raise APIError(
+            403,
+            f'this API key acts for user {who.user!r} only: leave the user out, or use a key of the tenant.',
+            type='permission_error',
+            code='user_mismatch',
+        )
+    return who.user
+
+
 CallerDep = Annotated[Caller, Depends(_caller)]
 """The authenticated (and rate-limited) caller of a request."""
-UserHeader = Annotated[str | None, Header(alias=USER_HEADER, description='The user the request is for.')]
-SessionHeader = Annotated[str | None, Header(alias=SESSION_HEADER, description='Keep the memory in this session.')]
+# An empty id is refused (400), not taken for an absent one: `X-Tandem-Session: ""` must not turn a
+# turn the client meant to keep into a stateless one, nor an empty user into the default user.
+UserHeader = Annotated[str | None, Header(alias=USER_HEADER, min_length=1, description='The user the request is for.')]
+SessionHeader = Annotated[
+    str | None, Header(alias=SESSION_HEADER, min_length=1, description='Keep the memory in this session.')
+]
 
 
 def create_app(
@@ -434,7 +456,7 @@ def create_app(
     @app.post('/v1/sessions', tags=['sessions'], status_code=201)
     async def create_session(body: SessionCreate, who: CallerDep, user_header: UserHeader = None) -> dict[str, Any]:  # pyright: ignore[reportUnusedFunction]
         """Create an empty session, to name in later chat completions."""
-        user = body.user or user_header or service.settings.user
+        user = _acting_user(who, body.user, user_header) or service.settings.user
         session = await service.assistant.create_session(body.id, user=user, tenant=who.tenant)
         return {'id': session, 'object': 'session', 'user': user}
 
@@ -446,7 +468,9 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """The tenant's sessions (or one user's), most recently saved first."""
-        infos = await service.assistant.sessions(user=user or user_header, tenant=who.tenant, limit=limit)
+        infos = await service.assistant.sessions(
+            user=_acting_user(who, user, user_header), tenant=who.tenant, limit=limit
+        )
         return {'object': 'list', 'data': [session_json(info) for info in infos]}
 
     @app.get('/v1/sessions/{session_id}/messages', tags=['sessions'])
@@ -458,7 +482,9 @@ def create_app(
         format: Annotated[Literal['openai', 'pydantic-ai'], Query(description='`pydantic-ai` is lossless.')] = 'openai',
     ) -> dict[str, Any]:
         """A session's messages, oldest first."""
-        messages = await service.assistant.messages(session_id, user=user or user_header, tenant=who.tenant)
+        messages = await service.assistant.messages(
+            session_id, user=_acting_user(who, user, user_header), tenant=who.tenant
+        )
         data: list[Any] = (
             history_to_openai(messages)
             if format == 'openai'
@@ -474,7 +500,7 @@ def create_app(
         user: Annotated[str | None, Query(description="404 unless the session is this user's.")] = None,
     ) -> dict[str, Any]:
         """Delete a session and its messages."""
-        await service.assistant.delete_session(session_id, user=user or user_header, tenant=who.tenant)
+        await service.assistant.delete_session(session_id, user=_acting_user(who, user, user_header), tenant=who.tenant)
         return {'id': session_id, 'object': 'session.deleted', 'deleted': True}
 
     @app.post(
@@ -511,7 +537,7 @@ def create_app(
         user: Annotated[str | None, Query(description="Into this user's own knowledge base.")] = None,
     ) -> Response:
         """Add (or replace) one document in one of the tenant's knowledge bases: chunked, indexed, searchable."""
-        return await _upload(service, request, who, filename, kb, user or user_header)
+        return await _upload(service, request, who, filename, kb, _acting_user(who, user, user_header))
 
     @app.get('/v1/knowledge', tags=['knowledge'])
     async def list_knowledge(  # pyright: ignore[reportUnusedFunction]
@@ -523,7 +549,7 @@ def create_app(
         from tandem.memory.knowledge.store import list_knowledge_bases
 
         redis = await service.assistant.redis()
-        infos = await list_knowledge_bases(redis, tenant=who.tenant, user=user or user_header)
+        infos = await list_knowledge_bases(redis, tenant=who.tenant, user=_acting_user(who, user, user_header))
         return {'object': 'list', 'data': [kb_json(info) for info in infos]}
 
     @app.get('/v1/knowledge/{kb}', tags=['knowledge'])
@@ -537,7 +563,7 @@ def create_app(
         from tandem.memory.knowledge.store import KnowledgeBase
 
         redis = await service.assistant.redis()
-        info = await KnowledgeBase(redis, tenant=who.tenant, name=kb, user=user or user_header).info()
+        info = await KnowledgeBase(redis, tenant=who.tenant, name=kb, user=_acting_user(who, user, user_header)).info()
         if info is None:
             raise APIError(404, f'no knowledge base {kb!r}: GET /v1/knowledge lists them.', code='kb_not_found')
         return kb_json(info)
@@ -682,7 +708,7 @@ async def _chat(
         raise APIError(400, "the last message must be the user's: it is the new turn.", param='messages')
     text = message_text(last.content, f'messages[{len(body.messages) - 1}]')
     backbone = await service.backbone_for(body.model)
-    user = user_header or body.user or None
+    user = _acting_user(caller, user_header, body.user)
     session = session_header or (body.user if limits.session_from_user_field else None) or None
     history = None if session is not None else openai_to_history(body.messages[:-1])
     turn_request = TurnRequest(

@@ -31,6 +31,8 @@ class Caller:
     tenant: str
     key_id: str
     """The first 16 hex digits of the key's SHA-256: safe to log, and the rate limit's name."""
+    user: str | None = None
+    """The one user a user-bound key acts for; `None` when the request names its user."""
 
 
 ANONYMOUS_KEY_ID = 'anonymous'
@@ -68,7 +70,8 @@ class KeyRing:
             if seen.get(digest, tenant) != tenant:
                 raise ConfigError('one API key is given for two tenants: give each tenant its own key.')
             seen[digest] = tenant
-            self._entries.append((digest, Caller(tenant=tenant, key_id=digest.hex()[:16])))
+            user = validate_id('user', config.user) if config.user is not None else None
+            self._entries.append((digest, Caller(tenant=tenant, key_id=digest.hex()[:16], user=user)))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -141,6 +141,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(
         default=None,
+        min_length=1,
         description=f'Names the user, and the session when no `{SESSION_HEADER}` header is sent.',
     )
     n: int | None = None
@@ -151,8 +152,10 @@ class ChatCompletionRequest(BaseModel):
 class SessionCreate(BaseModel):
     """`POST /v1/sessions`."""
 
-    id: str | None = Field(default=None, description='The session id; a fresh one when omitted.')
-    user: str | None = Field(default=None, description="Who the session belongs to; the settings' user when omitted.")
+    id: str | None = Field(default=None, min_length=1, description='The session id; a fresh one when omitted.')
+    user: str | None = Field(
+        default=None, min_length=1, description="Who the session belongs to; the settings' user when omitted."
+    )
 
 
 def message_text(content: str | list[dict[str, Any]] | None, where: str) -> str:
