@@ -150,8 +150,9 @@ _DOUBLES = frozenset({'test', 'function'})
 def _unfinished(deps: Deps, model: Model, response: ModelResponse) -> IncompleteAnswerError | None:
     """Why `response` is not a finished answer, or `None` when it is.
 
-    A stream cut mid-answer ends without a finish reason; so does a whole response from a server that
-    broke off. Either way the text is a fragment, and a turn built on it must not be stored.
+    No finish reason means the response broke off, as a Responses stream cut before it completed does
+    (a chat stream cut short is caught before this, in the model: see `backbones.base`). A fragment,
+    or an answer stopped at a limit or by a filter, must not be stored as a turn.
     """
     reason = response.finish_reason
     if reason in ('stop', 'tool_call') or (reason is None and model.system in _DOUBLES):

@@ -6,17 +6,13 @@ Double submits, client retries, two tabs and several replicas all run turns on o
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import textwrap
 from pathlib import Path
 
 from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
 
 from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import run_python
 
 # One process of turns: `count` concurrent turns on session 'shared', each calling the calculator once
 # and answering with its own prompt. The model sleeps a little, so the turns overlap in flight.
@@ -62,22 +58,7 @@ _TURNS = """
 
 async def _turns(redis_url: str, home: Path, name: str, count: int) -> int:
     """Run `count` concurrent turns in a fresh interpreter: how many were refused."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        '-c',
-        textwrap.dedent(_TURNS),
-        redis_url,
-        str(home),
-        name,
-        str(count),
-        cwd=REPO,
-        env={**os.environ, 'PYTHONPATH': str(REPO)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return int(stdout.decode().split()[-1])
+    return int((await run_python(_TURNS, redis_url, str(home), name, str(count))).split()[-1])
 
 
 async def test_two_processes_of_50_concurrent_turns_store_all_100_once_whole_and_refuse_none(

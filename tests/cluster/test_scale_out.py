@@ -34,6 +34,7 @@ from tests.scenarios.scripted_backbone import scripted_backbone as scenario_back
 from tests.service.conftest import AUTH_A, asgi, service_settings
 from tests.support.cluster import RedisClusterTestBed
 from tests.support.deps import make_deps, scripted_backbone
+from tests.support.messages import user_prompts
 from tests.support.served import served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,16 +48,6 @@ def _echo(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     assert isinstance(request, ModelRequest)
     text = next(part.content for part in request.parts if isinstance(part, UserPromptPart))
     return ModelResponse(parts=[TextPart(f'echo {text}')])
-
-
-def _prompts(messages: list[ModelMessage]) -> list[str]:
-    return [
-        part.content
-        for message in messages
-        if isinstance(message, ModelRequest)
-        for part in message.parts
-        if isinstance(part, UserPromptPart) and isinstance(part.content, str)
-    ]
 
 
 async def test_sessions_facts_knowledge_rate_limits_and_scenarios_work_with_keys_on_all_three_masters(
@@ -149,7 +140,7 @@ async def test_a_master_failing_over_mid_run_loses_no_acknowledged_turn(
         store = RedisConversationStore(await connect(cluster.url, home=tmp_path), tenant='acme')
         for session in sessions:
             loaded = await store.load(session)
-            assert loaded is not None and _prompts(loaded.messages) == acknowledged[session], session
+            assert loaded is not None and user_prompts(loaded.messages) == acknowledged[session], session
     finally:
         await client.aclose()
     assert max(latencies) < RECOVERY_SECONDS, f'the slowest turn took {max(latencies):.3f}s'

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,9 +34,10 @@ from tandem.memory.connection import connect
 from tandem.memory.conversations import RedisConversationStore, SessionNotFoundError
 from tandem.memory.keys import SessionKeys, sessions_index_key
 from tests.conftest import RedisTestServer
+from tests.support.messages import user_prompts
+from tests.support.processes import run_python
 
 TENANT = 'acme'
-REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
@@ -90,31 +88,7 @@ async def _append_with_retry(store: RedisConversationStore, session: str, messag
             await asyncio.sleep(0)
 
 
-def _texts(messages: list[ModelMessage]) -> list[str]:
-    """The text prompts of `messages`, in order."""
-    return [
-        part.content
-        for message in messages
-        for part in message.parts
-        if isinstance(part, UserPromptPart) and isinstance(part.content, str)
-    ]
-
-
-async def _run_python(code: str, *args: str) -> str:
-    """Run `code` in a fresh interpreter, with the repo importable; its stdout."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        '-c',
-        textwrap.dedent(code),
-        *args,
-        cwd=REPO,
-        env={**os.environ, 'PYTHONPATH': str(REPO)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode()
+_texts = user_prompts
 
 
 # -- round trips ------------------------------------------------------------------------------------
@@ -150,7 +124,7 @@ async def test_history_reloads_in_a_fresh_process(store: RedisConversationStore,
     messages = _history(9)
     await store.save(Conversation(conversation_id='chat-1', messages=messages), scope='alice')
 
-    printed = await _run_python(
+    printed = await run_python(
         """
         import asyncio, sys
         from pathlib import Path
@@ -302,7 +276,7 @@ async def test_two_processes_appending_to_one_session_lose_nothing(
 
         asyncio.run(main(*sys.argv[1:]))
         """
-    await asyncio.gather(_run_python(code, redis_url, 'p'), _run_python(code, redis_url, 'q'))
+    await asyncio.gather(run_python(code, redis_url, 'p'), run_python(code, redis_url, 'q'))
 
     loaded = await store.load('shared')
     assert loaded is not None
