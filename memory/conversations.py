@@ -157,8 +157,8 @@ return 1
 # KEYS: as the write script's. ARGV: new revision, updated_at, scope ('' for none), TTL in ms (0 for
 # none), the index score and member, the turn's usage JSON, the session id, then id, entry JSON for
 # each entry, oldest first, chained; the first entry's JSON names itself as its parent, which the
-# script replaces with the stored head. Returns {1, record JSON, previous head id ('' for none)}, {0}
-# when the session belongs to another scope, or {-1} when the stored head isn't stored.
+# script replaces with the stored head. Returns {1, record JSON, the head the turn was appended after
+# ('' for none)}, {0} when the session belongs to another scope, or {-1} when the stored head isn't stored.
 _APPEND_SCRIPT = (
     _STORE
     + """
@@ -168,7 +168,8 @@ local record
 if current then
   record = cjson.decode(current)
   -- A retried call whose first attempt was stored but whose reply was lost: done already.
-  if redis.call('HEXISTS', KEYS[2], ARGV[FIRST]) == 1 then return {1, current, ''} end
+  local stored_parent = redis.call('HGET', KEYS[3], ARGV[FIRST])
+  if stored_parent then return {1, current, stored_parent} end
   if ARGV[3] ~= '' and record['scope'] ~= ARGV[3] then return {0} end
 else
   record = {conversation_id = ARGV[8], scope = ARGV[3] ~= '' and ARGV[3] or cjson.null}
@@ -490,7 +491,8 @@ class RedisConversationStore(ConversationStore):
         for message in messages:
             entries.append(ConversationEntry(parent_id=entries[-1].id if entries else None, message=message))
         # The script puts the stored head in place of this self-reference.
-        marked = [dataclasses.replace(entries[0], parent_id=entries[0].id), *entries[1:]]
+        encoded = [_ENTRY.dump_json(dataclasses.replace(entries[0], parent_id=entries[0].id))]
+        encoded += [_ENTRY.dump_json(entry) for entry in entries[1:]]
         score = repr(template.updated_at.timestamp())
         args: list[str | bytes | int] = [
             template.revision,
@@ -502,8 +504,8 @@ class RedisConversationStore(ConversationStore):
             _USAGE.dump_json(usage),
             session,
         ]
-        for entry in marked:
-            args += [entry.id, _ENTRY.dump_json(entry)]
+        for entry, entry_json in zip(entries, encoded, strict=True):
+            args += [entry.id, entry_json]
         with _unavailable('saving a session', saving=True):
             reply: list[Any] = await self._write('append', keys, score, args)
         if reply[0] != _OK:
@@ -512,10 +514,8 @@ class RedisConversationStore(ConversationStore):
         self._remember(record, keys.session)
         previous = reply[2].decode() or None
         entries[0] = dataclasses.replace(entries[0], parent_id=previous)
-        if previous is not None and record.head_id == entries[-1].id:
-            self._histories.extend(keys.session, record.head_id, entries, [_ENTRY.dump_json(e) for e in entries])
-        else:
-            self._histories.drop(keys.session)
+        encoded[0] = _ENTRY.dump_json(entries[0])  # as stored: with the head it was appended after
+        self._histories.extend(keys.session, record.head_id, entries, encoded)
         return entries
 
     async def delete_record(self, conversation_id: str, *, expected_revision: str) -> None:

@@ -28,11 +28,30 @@ class BackboneError(TandemError):
 
 
 class IncompleteAnswerError(BackboneError):
-    """The backbone's answer did not finish: its stream was cut, or it stopped at its output limit or content filter."""
+    """The backbone's answer did not finish: its stream was cut, or it stopped at its output limit or content filter.
 
-    def __init__(self, message: str, *, finish_reason: str | None) -> None:
-        super().__init__(message)
+    Args:
+        backbone: The backbone's name, for the message.
+        finish_reason: The reason the model gave, or `None` when it gave none (the answer broke off).
+    """
+
+    def __init__(self, backbone: str, finish_reason: str | None) -> None:
         self.finish_reason = finish_reason
+        if finish_reason is None:
+            why = f'backbone {backbone!r} stopped mid-answer: its response ended without a finish reason, as when the connection is cut'
+            then = 'Try again.'
+        elif finish_reason == 'length':
+            why = f"backbone {backbone!r} hit its output limit mid-answer (finish_reason 'length')"
+            then = (
+                f'Raise max_tokens under [backbones.{backbone}.settings] in tandem.toml, or ask for a shorter answer.'
+            )
+        elif finish_reason == 'content_filter':
+            why = f"the content filter of backbone {backbone!r} stopped the answer (finish_reason 'content_filter')"
+            then = ''
+        else:
+            why = f'backbone {backbone!r} reported an error mid-answer (finish_reason {finish_reason!r})'
+            then = 'Try again.'
+        super().__init__(f'{why}; the turn was not saved. {then}'.rstrip())
 
 
 class PromptError(TandemError):

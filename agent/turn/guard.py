@@ -157,22 +157,4 @@ def _unfinished(deps: Deps, model: Model, response: ModelResponse) -> Incomplete
     reason = response.finish_reason
     if reason in ('stop', 'tool_call') or (reason is None and model.system in _DOUBLES):
         return None
-    name = deps.backbone.name
-    if reason is None:
-        message = (
-            f'backbone {name!r} stopped mid-answer: its response ended without a finish reason, as when the '
-            'connection is cut; the turn was not saved. Try again.'
-        )
-    elif reason == 'length':
-        message = (
-            f"backbone {name!r} hit its output limit mid-answer (finish_reason 'length'); the turn was not saved: "
-            f'raise max_tokens under [backbones.{name}.settings] in tandem.toml, or ask for a shorter answer.'
-        )
-    elif reason == 'content_filter':
-        message = (
-            f"the content filter of backbone {name!r} stopped the answer (finish_reason 'content_filter'); "
-            'the turn was not saved.'
-        )
-    else:
-        message = f'backbone {name!r} reported an error mid-answer (finish_reason {reason!r}); the turn was not saved.'
-    return IncompleteAnswerError(message, finish_reason=reason)
+    return IncompleteAnswerError(deps.backbone.name, reason)

@@ -193,11 +193,7 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
     if isinstance(error, ai_errors.ModelHTTPError):
         return BackboneError(f'backbone {name!r} answered HTTP {error.status_code}: {short(error.body, 160)}')
     if isinstance(error, ai_errors.ModelAPIError) and _CUT_STREAM in error.message:
-        return IncompleteAnswerError(
-            f'backbone {name!r} stopped mid-answer: its stream ended without a finish reason, as when the '
-            'connection is cut; the turn was not saved. Try again.',
-            finish_reason=None,
-        )
+        return IncompleteAnswerError(name, None)
     if isinstance(error, ai_errors.ModelAPIError):
         return BackboneError(f'backbone {name!r} failed: {short(str(error), 160)}')
     if isinstance(error, ai_errors.UsageLimitExceeded):

@@ -25,7 +25,7 @@ from tests.support.fake_openai import FakeOpenAI, Reply, Text
 from tests.support.repl import drive_repl
 
 UNFINISHED = [
-    pytest.param(None, True, 'stopped mid-answer: its stream ended without a finish reason', id='cut-stream'),
+    pytest.param(None, True, 'stopped mid-answer: its response ended without a finish reason', id='cut-stream'),
     pytest.param('length', True, "hit its output limit mid-answer (finish_reason 'length')", id='length-streamed'),
     pytest.param('length', False, "hit its output limit mid-answer (finish_reason 'length')", id='length-whole'),
     pytest.param('content_filter', True, "stopped the answer (finish_reason 'content_filter')", id='filter-streamed'),

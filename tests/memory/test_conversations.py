@@ -361,6 +361,29 @@ async def test_an_append_to_another_users_session_is_refused_and_stores_nothing(
     assert loaded is not None and loaded.messages == _turn(1)
 
 
+async def test_an_append_retried_after_its_reply_was_lost_is_stored_once(
+    store: RedisConversationStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.save(Conversation(conversation_id='chat-1', messages=_turn(1)), scope='alice')
+    await store.append('warm', _turn(1), usage=RunUsage())  # the script's first call also loads it
+    original = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+
+    async def reply_lost_then_retried(*args: Any, **options: Any) -> Any:
+        if args[0] == 'EVALSHA':
+            await original(*args, **options)  # it ran, but its reply never came back
+        return await original(*args, **options)
+
+    monkeypatch.setattr(redis, 'execute_command', reply_lost_then_retried)
+    entries = await store.append('chat-1', _turn(2), usage=RunUsage(requests=1), scope='alice')
+    monkeypatch.undo()
+
+    loaded = await store.load('chat-1')
+    assert loaded is not None and loaded.messages == _turn(1) + _turn(2)
+    assert loaded.usage.requests == 1
+    stored = await store.load_entries('chat-1')
+    assert stored is not None and entries[0].parent_id == stored[3].id
+
+
 async def test_an_appended_session_keeps_the_stores_ttl(redis: Redis) -> None:
     store = RedisConversationStore(redis, tenant=TENANT, ttl_seconds=60)
     await store.append('brief', _turn(1), usage=RunUsage(), scope='alice')

@@ -90,3 +90,12 @@ async def test_an_empty_id_is_a_400_not_an_absent_one(
     assert response.status_code == 400, response.text
     assert response.json()['error']['param'] == param
     assert listing.json()['data'] == []
+
+
+async def test_an_empty_session_id_to_create_is_a_400(tmp_path: Path, redis_url: str) -> None:
+    async with asgi(_app(tmp_path, redis_url)) as http:
+        response = await http.post('/v1/sessions', json={'id': ''}, headers=AUTH_A)
+        listing = await http.get('/v1/sessions', headers=AUTH_A)
+
+    assert (response.status_code, response.json()['error']['param']) == (400, 'id')
+    assert listing.json()['data'] == []
