@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,7 +46,7 @@ from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.request import TurnRequest, new_session_id
 from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, run_turn
 from tandem.memory.connection import connect
-from tandem.memory.conversations import RedisConversationStore, SessionInfo, SessionNotFoundError
+from tandem.memory.conversations import HistoryCache, RedisConversationStore, SessionInfo, SessionNotFoundError
 from tandem.memory.keys import validate_id
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
     from tandem.tools.registry import ToolsetPlugin
 
 _log = get_logger('tandem.api')
+
+_TENANT_STORES = 64
+"""How many tenants' conversation stores an assistant keeps, with their record and entry caches."""
 
 __all__ = [
     'Assistant',
@@ -180,7 +184,9 @@ class Assistant:
         self._prompts: dict[str, PromptTemplate] = {}
         self._library: PromptLibrary | None = None
         self._toolsets: dict[tuple[str, ...] | None, list[ToolsetPlugin]] = {}
-        self._stores: dict[str, RedisConversationStore] = {}
+        # Per tenant, the least recently used dropped past `_TENANT_STORES`; one history budget for all of them.
+        self._stores: OrderedDict[str, RedisConversationStore] = OrderedDict()
+        self._histories = HistoryCache(settings.memory.history_cache_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
         # One lock per lazily made resource; nothing awaited under a lock takes a lock (they are not reentrant).
         self._locks: dict[str, asyncio.Lock] = {}
@@ -499,9 +505,16 @@ class Assistant:
         store = self._stores.get(tenant)
         if store is None:
             store = RedisConversationStore(
-                await self.redis(), tenant=tenant, ttl_seconds=self.settings.session_ttl_seconds
+                await self.redis(),
+                tenant=tenant,
+                ttl_seconds=self.settings.session_ttl_seconds,
+                history_cache=self._histories,
             )
             self._stores[tenant] = store
+            if len(self._stores) > _TENANT_STORES:
+                self._stores.popitem(last=False)  # a turn holding it keeps it; the next one makes another
+        else:
+            self._stores.move_to_end(tenant)
         return store
 
     async def _deps(self, request: TurnRequest) -> Deps:

@@ -64,12 +64,14 @@ from tandem.agent.core.errors import RedisUnavailableError, TandemError
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import SessionKeys, session_summary_key, sessions_index_key, validate_id
 
-__all__ = ('RedisConversationStore', 'SessionInfo', 'SessionNotFoundError')
+__all__ = ('HistoryCache', 'RedisConversationStore', 'SessionInfo', 'SessionNotFoundError')
 
 # Bytes anywhere in a message (a binary attachment, a tool's raw return) are stored as base64, the
 # same as `ModelMessagesTypeAdapter` does, so stored messages read back as that adapter reads them.
 # Built lazily: the message schema is large, and importing this module should stay cheap.
-_JSON = ConfigDict(ser_json_bytes='base64', val_json_bytes='base64', defer_build=True)
+# Only keys go into pydantic-core's process-wide string cache: stored values (ids, timestamps) are unique,
+# so caching them would only fill it.
+_JSON = ConfigDict(ser_json_bytes='base64', val_json_bytes='base64', defer_build=True, cache_strings='keys')
 _RECORD: TypeAdapter[ConversationRecord | None] = TypeAdapter(ConversationRecord | None, config=_JSON)
 _ENTRY: TypeAdapter[ConversationEntry | None] = TypeAdapter(ConversationEntry | None, config=_JSON)
 _ENTRIES: TypeAdapter[list[ConversationEntry]] = TypeAdapter(list[ConversationEntry], config=_JSON)
@@ -318,7 +320,10 @@ _LIST_PAGE = 100
 _KNOWN_RECORDS = 1024
 """How many sessions' last records a store keeps, for `save`."""
 
-_HISTORY_CACHE_BYTES = 16 * 1024 * 1024
+_ENTRY_CACHE_SIZE = 2048
+"""How many entry ids a store remembers the session of by default, for `read_history`."""
+
+_HISTORY_CACHE_BYTES = 4 * 1024 * 1024
 """How many bytes of stored history JSON a store keeps by default, for `load` (see `RedisConversationStore`)."""
 
 _SAVING: ContextVar[list[ConversationRecord] | None] = ContextVar('tandem_saving', default=None)
@@ -357,6 +362,8 @@ class RedisConversationStore(ConversationStore):
             first, so that loading a session this store saved or loaded skips the history walk and
             its transfer. The JSON is parsed again on every load, so no two loads share a message.
             0 turns it off.
+        history_cache: A cache to share with other stores, such as one per tenant, within one budget
+            (their sessions' keys differ); it replaces `history_cache_bytes`.
 
     Raises:
         InvalidIdError: If `tenant` isn't a valid id.
@@ -369,15 +376,16 @@ class RedisConversationStore(ConversationStore):
         *,
         tenant: str,
         ttl_seconds: int | None = None,
-        entry_cache_size: int = 10_000,
+        entry_cache_size: int | None = None,
         history_cache_bytes: int = _HISTORY_CACHE_BYTES,
+        history_cache: HistoryCache | None = None,
     ) -> None:
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise ValueError('ttl_seconds must be positive, or None for sessions that never expire')
+        if entry_cache_size is None:
+            entry_cache_size = _ENTRY_CACHE_SIZE
         if entry_cache_size <= 0:
             raise ValueError('entry_cache_size must be positive')
-        if history_cache_bytes < 0:
-            raise ValueError('history_cache_bytes must not be negative (0 turns the cache off)')
         self.tenant = validate_id('tenant', tenant)
         self.ttl_seconds = ttl_seconds
         self._redis = redis
@@ -386,7 +394,7 @@ class RedisConversationStore(ConversationStore):
         self._entry_cache_size = entry_cache_size
         self._records: OrderedDict[str, ConversationRecord] = OrderedDict()
         """The last record this store read or wrote of each session, for `save`."""
-        self._histories = _HistoryCache(history_cache_bytes)
+        self._histories = history_cache if history_cache is not None else HistoryCache(history_cache_bytes)
         # Registered on first use, so constructing a store never touches the client.
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -893,18 +901,35 @@ class _HeldView:
         return b'[' + b','.join(self.parts[: self.count]) + b']'
 
 
-class _HistoryCache:
-    """The JSON of recently loaded or saved histories, by session, within a byte budget; least recent out first.
+class HistoryCache:
+    """The JSON of recently loaded or saved histories, within a byte budget; least recent out first.
 
-    Each is held with its head entry's id. Entries never change once stored, so a session whose stored
+    Histories are held by their session's Redis key, which names the tenant, so the stores of many
+    tenants can share one cache, and one budget (as each `Assistant` does). Each is held with its head entry's id. Entries never change once stored, so a session whose stored
     head is still that id has exactly that history: the load script checks, and only then is the
     walk skipped. Holding JSON rather than messages keeps every load's messages its own to change.
     """
 
     def __init__(self, budget: int) -> None:
+        if budget < 0:
+            raise ValueError('history_cache_bytes must not be negative (0 turns the cache off)')
         self._budget = budget
         self._size = 0
         self._held: OrderedDict[str, _Held] = OrderedDict()
+
+    @property
+    def budget(self) -> int:
+        """The most bytes of history JSON held at once."""
+        return self._budget
+
+    @property
+    def size(self) -> int:
+        """The bytes of history JSON held now."""
+        return self._size
+
+    def __len__(self) -> int:
+        """How many sessions' histories are held."""
+        return len(self._held)
 
     def get(self, session: str) -> _HeldView | None:
         """The history held for `session` as it is now, if any; marks it as recently used."""

@@ -152,6 +152,14 @@ class MemoryConfig(BaseModel):
     """Tokens of recent turns kept verbatim when compacting; half of `compaction_tokens` when unset."""
     summary_tokens: int = Field(default=1_000, ge=50)
     """The longest the running summary of a compacted session may be."""
+    history_cache_mb: float = Field(default=4.0, ge=0)
+    """Recent sessions' stored history each process keeps in memory, all tenants together, so their next
+    turn skips reloading it from Redis; 0 turns it off."""
+
+    @property
+    def history_cache_bytes(self) -> int:
+        """`history_cache_mb` in bytes."""
+        return int(self.history_cache_mb * 1024 * 1024)
 
     @model_validator(mode='after')
     def _compaction_fits(self) -> MemoryConfig:

