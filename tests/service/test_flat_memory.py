@@ -86,6 +86,7 @@ def _live_objects() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 2,300 turns: about 60 s alone, far longer on a loaded machine
 async def test_two_thousand_turns_leave_neither_live_objects_nor_allocated_blocks_behind(
     make_app: MakeApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
