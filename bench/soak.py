@@ -279,7 +279,7 @@ async def main() -> None:
                 ),
                 ('tandem', "from tandem.agent.cli.serve import serve; serve('127.0.0.1', PORT, workers=2)", True),
             ):
-                process, port = _start(code, {**env, 'PYTHONPATH': f'{ROOT}'}, home)
+                process, port = _start(code, env, home)
                 try:
                     runs.append(await soak(name, port, process.pid, args.turns, sessions=sessions))
                 finally:

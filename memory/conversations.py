@@ -357,7 +357,8 @@ class RedisConversationStore(ConversationStore):
         redis: A client from `memory.connection.connect` (bytes responses).
         tenant: The tenant whose sessions this store reads and writes.
         ttl_seconds: If set, a session expires this long after its last save.
-        entry_cache_size: How many entry ids to remember the session of, for `read_history`.
+        entry_cache_size: How many entry ids to remember the session of, for `read_history`
+            (2,048 when omitted).
         history_cache_bytes: How much stored history JSON to keep in memory, most recent sessions
             first, so that loading a session this store saved or loaded skips the history walk and
             its transfer. The JSON is parsed again on every load, so no two loads share a message.

