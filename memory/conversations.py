@@ -470,7 +470,7 @@ class RedisConversationStore(ConversationStore):
         if status != _OK:
             raise ConversationConflict(record.conversation_id)
         self._remember(record, keys.session)
-        self._histories.extend(keys.session, head, new_entries, encoded)
+        self._histories.extend(keys.conv, head, new_entries, encoded)
 
     async def append(
         self, session: str, messages: Sequence[ModelMessage], *, usage: RunUsage, scope: str | None = None
@@ -524,7 +524,7 @@ class RedisConversationStore(ConversationStore):
         previous = reply[2].decode() or None
         entries[0] = dataclasses.replace(entries[0], parent_id=previous)
         encoded[0] = _ENTRY.dump_json(entries[0])  # as stored: with the head it was appended after
-        self._histories.extend(keys.session, record.head_id, entries, encoded)
+        self._histories.extend(keys.conv, record.head_id, entries, encoded)
         return entries
 
     async def delete_record(self, conversation_id: str, *, expected_revision: str) -> None:
@@ -540,7 +540,7 @@ class RedisConversationStore(ConversationStore):
             # Read the index score first, so a concurrent re-create (which re-adds the session with
             # a newer score) isn't dropped from the index by this delete.
             score: float | None = await self._redis.zscore(self._index, keys.session)
-            self._histories.drop(keys.session)
+            self._histories.drop(keys.conv)
             status = await self._script('delete')(keys=keys.all, args=[expected_revision])
             if status != _OK:
                 raise ConversationConflict(conversation_id)
@@ -636,14 +636,14 @@ class RedisConversationStore(ConversationStore):
         if limit is not None and limit < 0:
             raise UserError('`limit` must not be negative.')
         keys = self._keys(conversation_id)
-        held = self._histories.get(keys.session) if limit is None else None
+        held = self._histories.get(keys.conv) if limit is None else None
         with _unavailable('reading a session'):
             reply: list[Any] = await self._script('load')(
                 keys=[keys.conv, keys.entries, keys.parents],
                 args=[-1 if limit is None else limit, held.head if held is not None else ''],
             )
         if not reply:
-            self._histories.drop(keys.session)
+            self._histories.drop(keys.conv)
             self._records.pop(conversation_id, None)
             return None
         record = _decode_record(reply[1])
@@ -655,7 +655,7 @@ class RedisConversationStore(ConversationStore):
         elif reply[0] == _OK:
             entries_json = reply[2]
             if limit is None and record.head_id is not None:
-                self._histories.put(keys.session, record.head_id, entries_json)
+                self._histories.put(keys.conv, record.head_id, entries_json)
         else:
             raise LookupError(f'the history of session {keys.session!r} is incomplete')
         return record, _ENTRIES.validate_json(entries_json)
@@ -905,7 +905,7 @@ class _HeldView:
 class HistoryCache:
     """The JSON of recently loaded or saved histories, within a byte budget; least recent out first.
 
-    Histories are held by their session's Redis key, which names the tenant, so the stores of many
+    Histories are held by their conversation record's Redis key, which names the tenant, so the stores of many
     tenants can share one cache, and one budget (as each `Assistant` does). Each is held with its head entry's id. Entries never change once stored, so a session whose stored
     head is still that id has exactly that history: the load script checks, and only then is the
     walk skipped. Holding JSON rather than messages keeps every load's messages its own to change.

@@ -31,7 +31,7 @@ from redis.asyncio.client import Pipeline
 
 from tandem.agent.core.errors import RedisUnavailableError
 from tandem.memory.connection import connect
-from tandem.memory.conversations import RedisConversationStore, SessionNotFoundError
+from tandem.memory.conversations import HistoryCache, RedisConversationStore, SessionNotFoundError
 from tandem.memory.keys import SessionKeys, sessions_index_key
 from tests.conftest import RedisTestServer
 from tests.support.messages import user_prompts
@@ -782,3 +782,17 @@ async def test_the_record_is_plain_inspectable_json(store: RedisConversationStor
     assert record['conversation_id'] == 'chat-1'
     assert record['scope'] == 'alice'
     assert record['format_version'] == 1
+
+
+async def test_stores_of_two_tenants_share_one_history_cache_without_taking_each_others_place(redis: Redis) -> None:
+    shared = HistoryCache(1024 * 1024)
+    acme = RedisConversationStore(redis, tenant='acme', history_cache=shared)
+    beta = RedisConversationStore(redis, tenant='beta', history_cache=shared)
+    await acme.save(Conversation(conversation_id='chat', messages=_history(8)))
+    await beta.save(Conversation(conversation_id='chat', messages=_history(12)))
+
+    assert len(shared) == 2
+    assert await _history_reads(redis, lambda: acme.load('chat')) == 0
+    assert await _history_reads(redis, lambda: beta.load('chat')) == 0
+    loaded = await acme.load('chat')
+    assert loaded is not None and loaded.messages == _history(8)
