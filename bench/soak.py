@@ -1,11 +1,14 @@
 """A soak: does `tandem serve` hold its memory flat under a long, steady load?
 
-Run: `uv run python bench/soak.py [--turns 20000] [--warmup 1000]`. Ends with `bench:` lines.
+Run: `uv run python bench/soak.py [--turns 20000] [--warmup 1000] [--answer-words 150]`. Ends with
+`bench:` lines.
 
 Each service runs as 2 uvicorn worker processes against a loopback OpenAI-compatible model (its own
 process, outside what is measured) and a real Redis (the embedded server). `CLIENTS` clients keep
 one connection each and send, over `SESSIONS` reused sessions: 45% plain chats, 45% streamed
-chats read to the end, and 10% streams the client cuts after the first event.
+chats read to the end, and 10% streams the client cuts after the first event. The model answers
+in `--answer-words` words, so Tandem's sessions reach the default compaction budget (12,000 tokens)
+within the run and live past it, where a turn's cost no longer grows with its session.
 
 - tandem: `tandem serve --workers 2`, with API-key auth, the rate limiter, sessions and tools on;
 - baseline: a bare FastAPI app whose endpoint runs a pydantic-ai `Agent` on the same model, with
@@ -43,11 +46,18 @@ TARGET_MB_PER_1000 = 0.5
 KEY = 'sk-soak-0123456789'
 MODEL = 'tiny'
 
-# The loopback model: the tests' scripted OpenAI-compatible server, echoing, keeping no request bodies.
+# The loopback model: the tests' scripted OpenAI-compatible server, keeping no request bodies. It answers
+# at an assistant's length (sys.argv[1] words), so sessions grow to the compaction budget, and past it.
 _MODEL_SERVER = """
 import collections, sys, time
-from tests.support.fake_openai import FakeOpenAI
-fake = FakeOpenAI(models=['tiny'], requests=collections.deque(maxlen=0), request_times=collections.deque(maxlen=0))
+from tests.support.fake_openai import FakeOpenAI, Text, user_texts
+SENTENCE = 'The answer takes the question step by step, as an assistant does'.split()
+WORDS = ' '.join(SENTENCE[i % len(SENTENCE)] for i in range(int(sys.argv[1])))
+def answer(body):
+    return Text(f'You said: {user_texts(body)[-1][:40]}. {WORDS}.')
+fake = FakeOpenAI(
+    script=answer, models=['tiny'], requests=collections.deque(maxlen=0), request_times=collections.deque(maxlen=0)
+)
 print(fake.start().url, flush=True)
 while True:
     time.sleep(3600)
@@ -215,9 +225,10 @@ def _start(code: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[
     raise RuntimeError('the server did not start')
 
 
-def _start_model() -> tuple[subprocess.Popen[bytes], str]:
+def _start_model(words: int) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    process = subprocess.Popen([sys.executable, '-c', _MODEL_SERVER], cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    command = [sys.executable, '-c', _MODEL_SERVER, str(words)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE)
     assert process.stdout is not None
     return process, process.stdout.readline().decode().strip()
 
@@ -243,6 +254,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument('--turns', type=int, default=20_000, help='turns per service')
     parser.add_argument('--warmup', type=int, default=1_000, help='turns before growth is measured')
+    parser.add_argument('--answer-words', type=int, default=150, help='words in each answer of the model')
     args = parser.parse_args()
     if args.turns < args.warmup + 4 * SAMPLE_EVERY:
         parser.error(f'--turns must be at least --warmup + {4 * SAMPLE_EVERY}, for enough samples')
@@ -252,7 +264,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         redis = EmbeddedRedis(home / 'redis')
-        model, model_url = _start_model()
+        model, model_url = _start_model(args.answer_words)
         try:
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith(('TANDEM_', 'OPENAI_'))},

@@ -272,11 +272,12 @@ return out
 """
 )
 
-# KEYS: conv, entries, parents. ARGV: limit (-1 for none), the head id of the history the caller holds
-# ('' for none). Returns {} when there is no record, {2, record JSON} when its head is the one the
-# caller holds, else {status, record JSON, entries as one JSON array, oldest first}: status 1, or 0
-# when an entry is missing or the chain loops. One round trip, one consistent read, and one value
-# to parse however long the history.
+# KEYS: conv, entries, parents, count. ARGV: limit (-1 for none), the head id of the history the caller
+# holds ('' for none), the index of the first message to return (0 for all; it overrides the limit).
+# Returns {} when there is no record, {2, record JSON} when its head is the one the caller holds, else
+# {status, record JSON, entries as one JSON array, oldest first}: status 1, or 0 when an entry is
+# missing or the chain loops. One round trip, one consistent read, and one value to parse however
+# long the history; from a start, the walk stops there, so it costs what it returns.
 _LOAD_SCRIPT = (
     _WALK
     + """
@@ -285,8 +286,11 @@ if not record then return {} end
 local head = cjson.decode(record)['head_id']
 if head == cjson.null or head == nil then return {1, record, '[]'} end
 if head == ARGV[2] then return {2, record} end
+local limit = tonumber(ARGV[1])
+local start = tonumber(ARGV[3])
+if start > 0 then limit = math.max(tonumber(redis.call('GET', KEYS[4]) or 0) - start, 0) end
 local newest = {}
-if not walk(newest, KEYS[2], KEYS[3], head, tonumber(ARGV[1])) then return {0, record} end
+if not walk(newest, KEYS[2], KEYS[3], head, limit) then return {0, record} end
 local oldest = {}
 for i = #newest, 1, -1 do oldest[#oldest + 1] = newest[i] end
 return {1, record, '[' .. table.concat(oldest, ',') .. ']'}
@@ -328,6 +332,9 @@ _HISTORY_CACHE_BYTES = 4 * 1024 * 1024
 
 _SAVING: ContextVar[list[ConversationRecord] | None] = ContextVar('tandem_saving', default=None)
 """The record a save in flight may take as read (see `RedisConversationStore.save`), consumed by its first read."""
+
+_LOAD_START: ContextVar[int] = ContextVar('tandem_load_start', default=0)
+"""The first message a load in flight returns (see `RedisConversationStore.load_owned`)."""
 
 
 class SessionNotFoundError(TandemError, LookupError):
@@ -599,16 +606,29 @@ class RedisConversationStore(ConversationStore):
         self._check(conversation_id, scope)
         return await super().load(conversation_id, limit=limit, scope=scope)
 
-    async def load_owned(self, session: str, *, user: str) -> Conversation | None:
+    async def load_owned(self, session: str, *, user: str, start: int = 0) -> Conversation | None:
         """`user`'s session, or `None` if it doesn't exist yet: one round trip, where `load` and a
         `read_record` to tell "not yours" from "not there" would be two.
+
+        Args:
+            session: The session to load.
+            user: Who must own it.
+            start: Leave out the history's first `start` messages, and walk only the rest: a turn whose
+                older messages a running summary stands for costs what it sends, not what is stored.
+                Past the end, the conversation has no messages. Saving it appends, as after `load`.
 
         Raises:
             InvalidIdError: If the session or user isn't a valid id.
             SessionNotFoundError: If the session belongs to another user.
             RedisUnavailableError: If Redis can't be reached.
         """
-        conversation = await self.load(session, scope=user)
+        if start < 0:
+            raise UserError('`start` must not be negative.')
+        token = _LOAD_START.set(start)
+        try:
+            conversation = await self.load(session, scope=user)
+        finally:
+            _LOAD_START.reset(token)
         # The load remembered the record it read, whoever's it is, and forgot one it found gone.
         seen = self._records.get(session)
         if conversation is None and seen is not None and seen.scope != user:
@@ -636,11 +656,14 @@ class RedisConversationStore(ConversationStore):
         if limit is not None and limit < 0:
             raise UserError('`limit` must not be negative.')
         keys = self._keys(conversation_id)
-        held = self._histories.get(keys.conv) if limit is None else None
+        start = _LOAD_START.get()
+        # The cache holds whole histories: a window or a limit reads Redis.
+        whole = limit is None and start == 0
+        held = self._histories.get(keys.conv) if whole else None
         with _unavailable('reading a session'):
             reply: list[Any] = await self._script('load')(
-                keys=[keys.conv, keys.entries, keys.parents],
-                args=[-1 if limit is None else limit, held.head if held is not None else ''],
+                keys=[keys.conv, keys.entries, keys.parents, keys.count],
+                args=[-1 if limit is None else limit, held.head if held is not None else '', start],
             )
         if not reply:
             self._histories.drop(keys.conv)
@@ -654,7 +677,7 @@ class RedisConversationStore(ConversationStore):
             entries_json = held.json()
         elif reply[0] == _OK:
             entries_json = reply[2]
-            if limit is None and record.head_id is not None:
+            if whole and record.head_id is not None:
                 self._histories.put(keys.conv, record.head_id, entries_json)
         else:
             raise LookupError(f'the history of session {keys.session!r} is incomplete')

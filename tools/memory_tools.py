@@ -84,8 +84,9 @@ def _store(ctx: RunContext[MemoryToolDeps]) -> FactStore | None:
 
 
 def _turn_number(ctx: RunContext[MemoryToolDeps]) -> int:
-    """Which turn of the session this is: the user prompts in the history so far (this one included)."""
-    return sum(
+    """Which turn of the session this is: the user prompts in the history so far (this one included),
+    and those of the turns a running summary stands for, which the turn didn't load."""
+    return ctx.deps.turn.summarized_turns + sum(
         1
         for message in ctx.messages
         if isinstance(message, ModelRequest) and any(isinstance(part, UserPromptPart) for part in message.parts)

@@ -56,6 +56,11 @@ class TurnState:
     """The URLs web searches returned this turn, which `web_fetch` may read, as they are, in a tainted turn."""
     citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
     """Knowledge-base passages shown to the model this turn, by citation number (`/sources`)."""
+    history_start: int = 0
+    """How many of the session's stored messages come before the first one this turn loaded: a running
+    summary (compaction) stands for them, so the turn reads only what it may send."""
+    summarized_turns: int = 0
+    """How many of the session's turns those messages hold."""
 
     def find_call(self, call_id: str) -> ToolCallRecord | None:
         """The record of a tool call of this turn, by id."""

@@ -60,7 +60,10 @@ def needs_approval(ctx: RunContext[Deps], tool_def: ToolDefinition, args: dict[s
 
 
 def _user_gave(url: str, messages: Sequence[ModelMessage]) -> bool:
-    """Whether the user wrote this address in one of their messages (the scheme and a trailing `/` aside)."""
+    """Whether the user wrote this address in one of their messages (the scheme and a trailing `/` aside).
+
+    Only the turn's loaded messages count: in a compacted session, not those a summary stands for.
+    """
     wanted = _address(url)
     if wanted is None:
         return False

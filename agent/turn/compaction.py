@@ -190,6 +190,13 @@ class SummaryState(BaseModel):
     fingerprint: str
     """Of the last covered message, so a history that changed underneath is noticed."""
     updated_at: datetime
+    turns: int | None = None
+    """How many turns the covered messages hold; `None` in a summary stored before it was kept, which
+    a turn can't load past, since it would not know its turn's number."""
+
+    def ends_with(self, message: ModelMessage) -> bool:
+        """Whether `message` is still the last one this summary covers."""
+        return _fingerprint(message) == self.fingerprint
 
 
 def render_for_summary(messages: Sequence[ModelMessage]) -> str:
@@ -347,6 +354,9 @@ class HistoryCompactor:
     async def compact(self, deps: Deps, model: Model, messages: list[ModelMessage]) -> list[ModelMessage]:
         """What to send instead of `messages`: `messages` itself when it fits the budget.
 
+        `messages` start at the session's stored message `deps.turn.history_start`: a turn loads only
+        what the stored summary doesn't cover, and the last message it does (see `persist`).
+
         Raises:
             RedisUnavailableError: Redis can't be reached to read or store the summary.
         """
@@ -354,12 +364,14 @@ class HistoryCompactor:
         budget = config.compaction_tokens
         if budget is None:
             return messages
+        start = deps.turn.history_start
         texts = [_message_text(message) for message in messages]
-        if self.counter is None and sum(_measure(extracted, _utf8_bytes) for extracted in texts) <= budget:
+        # A turn that loaded past a summary sends it, however little is left after it.
+        if not start and self.counter is None and sum(_measure(text, _utf8_bytes) for text in texts) <= budget:
             return messages  # fits in bytes, so in cl100k tokens: no need to count them
         counter = self.counter or token_counter()
         sizes = [_measure(extracted, counter.count) for extracted in texts]
-        if sum(sizes) <= budget:
+        if not start and sum(sizes) <= budget:
             return messages
         tails = [0] * (len(messages) + 1)
         for index in range(len(messages) - 1, -1, -1):
@@ -370,13 +382,14 @@ class HistoryCompactor:
         current = starts[-1]
 
         raw, state = await self._read(deps)
-        if state is not None and not self._valid(state, messages, current):
+        # `covered` counts from the first loaded message; the stored state counts from the session's first.
+        covered = state.covered - start if state is not None else 0
+        if state is not None and not (0 < covered <= current and state.ends_with(messages[covered - 1])):
             _log.info('compaction.summary_discarded', reason='the history changed under the stored summary')
-            state = None
-        covered = state.covered if state is not None else 0
+            state, covered = None, 0
         summary = state.summary if state is not None else None
         if summary is not None:
-            header = _summary_message(summary, covered)
+            header = _summary_message(summary, start + covered)
             if _message_tokens(header, counter) + tails[covered] <= budget:
                 return [header, *messages[covered:]]
 
@@ -384,27 +397,35 @@ class HistoryCompactor:
         candidates = [index for index in starts if covered < index <= current]
         if not candidates:  # only the turn in flight is left: nothing more can be summarized
             _log.warning('compaction.over_budget', tokens=tails[covered], budget=budget)
-            return [_summary_message(summary, covered), *messages[covered:]] if summary else messages[covered:]
+            return [_summary_message(summary, start + covered), *messages[covered:]] if summary else messages[covered:]
         cut = next((index for index in candidates if tails[index] <= keep), candidates[-1])
+        if start and state is None:
+            # A summary changed since this turn loaded past the messages it stood for (a concurrent turn):
+            # a summary of this window alone would lose them, so send the recent turns this once.
+            return messages[cut:]
 
         try:
             new_summary = await self._summarize(deps, model, summary, messages, covered, cut, sizes, budget)
         except Exception as error:  # noqa: BLE001 - a failed summary must not fail the turn
             _log.warning('compaction.summary_failed', error=f'{type(error).__name__}: {str(error)[:200]}')
             # Keep the turn inside the budget all the same: the unsummarized turns are left out this once.
-            head = [_summary_message(summary, covered)] if summary else []
+            head = [_summary_message(summary, start + covered)] if summary else []
             return [*head, *messages[cut:]]
         new_state = SummaryState(
-            summary=new_summary, covered=cut, fingerprint=_fingerprint(messages[cut - 1]), updated_at=datetime.now(UTC)
+            summary=new_summary,
+            covered=start + cut,
+            fingerprint=_fingerprint(messages[cut - 1]),
+            updated_at=datetime.now(UTC),
+            # The first loaded message, when it isn't the session's first, ends a summarized turn.
+            turns=deps.turn.summarized_turns + sum(1 for index in starts if index < cut),
         )
         await self._store(deps, raw, new_state)
-        _log.info('compaction.compacted', covered=cut, kept=len(messages) - cut, tokens=tails[cut], budget=budget)
-        return [_summary_message(new_summary, cut), *messages[cut:]]
+        _log.info(
+            'compaction.compacted', covered=start + cut, kept=len(messages) - cut, tokens=tails[cut], budget=budget
+        )
+        return [_summary_message(new_summary, start + cut), *messages[cut:]]
 
     # -- internals ----------------------------------------------------------------------------------
-
-    def _valid(self, state: SummaryState, messages: Sequence[ModelMessage], current: int) -> bool:
-        return 0 < state.covered <= current and _fingerprint(messages[state.covered - 1]) == state.fingerprint
 
     async def _read(self, deps: Deps) -> tuple[bytes | None, SummaryState | None]:
         raw = cast(bytes | None, await deps.redis.get(session_summary_key(deps.identity.tenant, deps.identity.session)))

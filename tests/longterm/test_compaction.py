@@ -22,10 +22,19 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
 from tandem.agent.cli.transcript import render_transcript
-from tandem.agent.turn.compaction import SummaryState, count_message_tokens, load_summary
+from tandem.agent.turn.compaction import (
+    HistoryCompactor,
+    SummaryState,
+    _fingerprint,  # pyright: ignore[reportPrivateUsage]
+    count_message_tokens,
+    load_summary,
+)
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import run_turn
-from tandem.memory.keys import session_summary_key
+from tandem.memory.conversations import RedisConversationStore
+from tandem.memory.facts import FactStore
+from tandem.memory.keys import SessionKeys, session_summary_key
+from tests.longterm.helpers import memory_deps
 from tests.support.deps import make_deps
 
 FILLER = 'The quick brown fox jumps over the lazy dog near the riverbank at dawn. ' * 5
@@ -42,6 +51,8 @@ class Conversation:
     """(instructions, conversation text) of each summarizer request."""
     fail_summaries: bool = False
     tool_every: int = 0
+    remember_in: str | None = None
+    """Call `remember` on the turn whose question starts with this."""
 
     def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if (info.instructions or '').startswith(SUMMARIZER):
@@ -56,6 +67,9 @@ class Conversation:
         number = len(self.turns)
         if self.tool_every and number % self.tool_every == 0 and isinstance(last.parts[-1], UserPromptPart):
             return ModelResponse(parts=[ToolCallPart('calculate', {'expression': f'{number}*2'})])
+        asked = last.parts[-1]
+        if self.remember_in and isinstance(asked, UserPromptPart) and str(asked.content).startswith(self.remember_in):
+            return ModelResponse(parts=[ToolCallPart('remember', {'fact': 'The user likes teal.'})])
         return ModelResponse(parts=[TextPart(f'Answer {number}. {FILLER}')])
 
 
@@ -142,6 +156,78 @@ async def test_a_new_process_continues_from_the_stored_summary(redis: Redis, tmp
     assert fresh.summaries == [] or _summarized_questions(fresh.summaries[0][1])[0] * 2 == before.covered
     first = fresh.turns[0][0]
     assert isinstance(first.parts[0], CompactionPart) and first.parts[0].content.startswith(f'Summary {summaries}')  # type: ignore[union-attr]
+
+
+async def test_a_turn_reads_only_the_messages_the_summary_does_not_cover(redis: Redis, tmp_path: Path) -> None:
+    model = Conversation()
+    await _chat(_deps(redis, tmp_path, model), range(12))
+    state = await load_summary(redis, 'acme', 's1')
+    assert state is not None and state.turns == state.covered // 2
+    stored = await RedisConversationStore(redis, tenant='acme').load_entries('s1', scope='alice')
+    assert stored is not None
+    # Drop what the summary stands for, but its last message: a turn that read any of it would fail.
+    await redis.hdel(SessionKeys('acme', 's1').entries, *[entry.id for entry in stored[: state.covered - 1]])
+
+    deps = _deps(redis, tmp_path, model)  # a new process: nothing held in memory
+    before = len(model.turns)
+    await _chat(deps, range(12, 16))
+
+    assert deps.turn.history_start > 0
+    for first, *_, question in model.turns[before:]:
+        # Each request still starts with the summary, however little follows it, then whole turns.
+        assert isinstance(first.parts[0], CompactionPart) and isinstance(first.parts[1], UserPromptPart)
+        assert str(question.parts[0].content).startswith('question 1')  # type: ignore[union-attr]
+    assert str(model.turns[-1][-1].parts[0].content).startswith('question 15:')  # type: ignore[union-attr]
+    assert max(count_message_tokens(messages) for messages in model.turns) <= 900
+
+
+async def test_a_loaded_window_that_fits_the_budget_is_still_sent_after_its_summary(
+    redis: Redis, tmp_path: Path
+) -> None:
+    deps = _deps(redis, tmp_path, Conversation())
+    deps.turn.history_start = 4  # as a turn that loaded past a summary of 5 messages
+    last_summarized = ModelResponse(parts=[TextPart('Paris.')])
+    asked = ModelRequest(parts=[UserPromptPart('And Rome?')])
+    state = SummaryState(
+        summary='The user asked about capitals.',
+        covered=5,
+        fingerprint=_fingerprint(last_summarized),
+        updated_at=datetime.now(UTC),
+        turns=2,
+    )
+    await redis.set(session_summary_key('acme', 's1'), state.model_dump_json())
+
+    sent = await HistoryCompactor().compact(deps, deps.backbone.model, [last_summarized, asked])
+
+    assert [type(part) for message in sent for part in message.parts] == [CompactionPart, UserPromptPart]
+
+
+async def test_a_summary_stored_without_its_turn_count_still_serves_with_the_whole_history(
+    redis: Redis, tmp_path: Path
+) -> None:
+    model = Conversation()
+    await _chat(_deps(redis, tmp_path, model), range(12))
+    state = await load_summary(redis, 'acme', 's1')
+    assert state is not None
+    await redis.set(session_summary_key('acme', 's1'), state.model_copy(update={'turns': None}).model_dump_json())
+
+    deps = _deps(redis, tmp_path, model)
+    await _chat(deps, range(12, 13))
+
+    assert deps.turn.history_start == 0
+    first = model.turns[-1][0]
+    assert isinstance(first.parts[0], CompactionPart) and first.parts[0].content == state.summary
+
+
+async def test_a_fact_remembered_late_in_a_compacted_session_names_its_turn(redis: Redis, tmp_path: Path) -> None:
+    model = Conversation(remember_in='question 14:')
+    deps = memory_deps(redis, FunctionModel(model), home=tmp_path, memory=BUDGET)
+
+    await _chat(deps, range(16))
+
+    assert deps.turn.history_start > 0
+    [fact] = await FactStore(redis).list_facts('acme', 'alice')
+    assert (fact.text, fact.turn) == ('The user likes teal.', 15)
 
 
 async def test_cuts_never_split_a_tool_call_from_its_result(redis: Redis, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 from pydantic_ai.conversation import Conversation
 from pydantic_ai.conversation_store import ConversationConflict, ConversationEntry, ConversationRecord
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import (
     BinaryImage,
     ModelMessage,
@@ -155,6 +156,28 @@ async def test_a_limited_load_returns_the_last_messages(store: RedisConversation
 
     assert loaded is not None and loaded.messages == messages[-3:]
     assert nothing is not None and nothing.messages == []
+
+
+async def test_a_load_from_a_start_walks_only_what_it_returns_and_saves_after_the_whole(redis: Redis) -> None:
+    messages = _history(50)
+    writer = RedisConversationStore(redis, tenant=TENANT)
+    await writer.save(Conversation(conversation_id='chat', messages=messages), scope='alice')
+    store = RedisConversationStore(redis, tenant=TENANT)
+    await store.load_owned('chat', user='alice')  # held now: a window must still come from Redis
+    start = len(messages) - 6
+
+    reads = await _history_reads(redis, lambda: store.load_owned('chat', user='alice', start=start))
+    window = await store.load_owned('chat', user='alice', start=start)
+
+    assert window is not None and window.messages == messages[start:]
+    assert reads <= 2 * 6  # a parent and an entry per message returned, however long the history
+    window.messages.extend(_turn(99))
+    await store.save(window, scope='alice')
+    assert await store.export_messages('chat', user='alice') == [*messages, *_turn(99)]
+    past = await store.load_owned('chat', user='alice', start=10_000)
+    assert past is not None and past.messages == []
+    with pytest.raises(UserError, match='`start` must not be negative'):
+        await store.load_owned('chat', user='alice', start=-1)
 
 
 # -- writes -----------------------------------------------------------------------------------------
