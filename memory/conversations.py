@@ -657,9 +657,12 @@ class RedisConversationStore(ConversationStore):
             raise UserError('`limit` must not be negative.')
         keys = self._keys(conversation_id)
         start = _LOAD_START.get()
-        # The cache holds whole histories: a window or a limit reads Redis.
+        # The cache holds whole histories: a window or a limit reads Redis. A session loaded from a start
+        # is loaded so from then on (its older messages are summarized), so its whole history is let go.
         whole = limit is None and start == 0
         held = self._histories.get(keys.conv) if whole else None
+        if start:
+            self._histories.drop(keys.conv)
         with _unavailable('reading a session'):
             reply: list[Any] = await self._script('load')(
                 keys=[keys.conv, keys.entries, keys.parents, keys.count],

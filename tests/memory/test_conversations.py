@@ -162,7 +162,8 @@ async def test_a_load_from_a_start_walks_only_what_it_returns_and_saves_after_th
     messages = _history(50)
     writer = RedisConversationStore(redis, tenant=TENANT)
     await writer.save(Conversation(conversation_id='chat', messages=messages), scope='alice')
-    store = RedisConversationStore(redis, tenant=TENANT)
+    held = HistoryCache(1024 * 1024)
+    store = RedisConversationStore(redis, tenant=TENANT, history_cache=held)
     await store.load_owned('chat', user='alice')  # held now: a window must still come from Redis
     start = len(messages) - 6
 
@@ -171,6 +172,7 @@ async def test_a_load_from_a_start_walks_only_what_it_returns_and_saves_after_th
 
     assert window is not None and window.messages == messages[start:]
     assert reads <= 2 * 6  # a parent and an entry per message returned, however long the history
+    assert len(held) == 0  # loaded from a start from now on: the whole history would only take room
     window.messages.extend(_turn(99))
     await store.save(window, scope='alice')
     assert await store.export_messages('chat', user='alice') == [*messages, *_turn(99)]
