@@ -327,7 +327,7 @@ _KNOWN_RECORDS = 1024
 _ENTRY_CACHE_SIZE = 2048
 """How many entry ids a store remembers the session of by default, for `read_history`."""
 
-_HISTORY_CACHE_BYTES = 4 * 1024 * 1024
+_HISTORY_CACHE_BYTES = 1024 * 1024
 """How many bytes of stored history JSON a store keeps by default, for `load` (see `RedisConversationStore`)."""
 
 _SAVING: ContextVar[list[ConversationRecord] | None] = ContextVar('tandem_saving', default=None)

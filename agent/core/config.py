@@ -152,9 +152,10 @@ class MemoryConfig(BaseModel):
     """Tokens of recent turns kept verbatim when compacting; half of `compaction_tokens` when unset."""
     summary_tokens: int = Field(default=1_000, ge=50)
     """The longest the running summary of a compacted session may be."""
-    history_cache_mb: float = Field(default=4.0, ge=0)
+    history_cache_mb: float = Field(default=1.0, ge=0)
     """Recent sessions' stored history each process keeps in memory, all tenants together, so their next
-    turn skips reloading it from Redis; 0 turns it off."""
+    turn skips reloading it from Redis; 0 turns it off. Only sessions not yet compacted are held (a
+    compacted one loads a bounded window instead), so with compaction on a little goes a long way."""
 
     @property
     def history_cache_bytes(self) -> int:
