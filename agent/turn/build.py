@@ -47,12 +47,17 @@ async def open_conversations(settings: Settings) -> AsyncGenerator[RedisConversa
     """The settings' tenant's conversation store, its Redis client closed on exit."""
     tenant = validate_id('tenant', settings.tenant)
     async with open_redis(settings) as redis:
-        yield RedisConversationStore(
-            redis,
-            tenant=tenant,
-            ttl_seconds=settings.session_ttl_seconds,
-            history_cache_bytes=settings.memory.history_cache_bytes,
-        )
+        yield _conversation_store(settings, redis, tenant)
+
+
+def _conversation_store(settings: Settings, redis: Redis, tenant: str) -> RedisConversationStore:
+    """A tenant's conversation store with the settings' TTL and history budget."""
+    return RedisConversationStore(
+        redis,
+        tenant=tenant,
+        ttl_seconds=settings.session_ttl_seconds,
+        history_cache_bytes=settings.memory.history_cache_bytes,
+    )
 
 
 async def build_deps(
@@ -81,12 +86,7 @@ async def build_deps(
     if backbone is None:
         backbone = await backbones.resolve(settings, name=request.backbone, model=request.model)
     if conversations is None:
-        conversations = RedisConversationStore(
-            redis,
-            tenant=tenant,
-            ttl_seconds=settings.session_ttl_seconds,
-            history_cache_bytes=settings.memory.history_cache_bytes,
-        )
+        conversations = _conversation_store(settings, redis, tenant)
     elif conversations.tenant != tenant:
         raise ValueError(f'the conversation store is for tenant {conversations.tenant!r}, the turn for {tenant!r}')
     facts = fact_store_for(settings, redis)

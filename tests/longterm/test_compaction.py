@@ -202,6 +202,36 @@ async def test_a_loaded_window_that_fits_the_budget_is_still_sent_after_its_summ
     assert [type(part) for message in sent for part in message.parts] == [CompactionPart, UserPromptPart]
 
 
+async def test_a_window_whose_summary_changed_meanwhile_sends_recent_turns_and_keeps_the_stored_summary(
+    redis: Redis, tmp_path: Path
+) -> None:
+    model = Conversation()
+    deps = _deps(redis, tmp_path, model)
+    deps.turn.history_start = 4  # loaded past a summary that another process has since replaced
+    window: list[ModelMessage] = [ModelResponse(parts=[TextPart('Paris.')])]
+    for n in range(8):
+        window += [
+            ModelRequest(parts=[UserPromptPart(f'question {n}: {FILLER}')]),
+            ModelResponse(parts=[TextPart(FILLER)]),
+        ]
+    window.append(ModelRequest(parts=[UserPromptPart('question 8: and Rome?')]))
+    theirs = SummaryState(
+        summary='Another process summarized more.',
+        covered=40,
+        fingerprint='0' * 32,
+        updated_at=datetime.now(UTC),
+        turns=20,
+    ).model_dump_json()
+    await redis.set(session_summary_key('acme', 's1'), theirs)
+
+    sent = await HistoryCompactor().compact(deps, deps.backbone.model, window)
+
+    assert model.summaries == []  # no summary of this window alone...
+    assert await redis.get(session_summary_key('acme', 's1')) == theirs.encode()  # ...over the fuller one
+    assert isinstance(sent[0], ModelRequest) and isinstance(sent[0].parts[0], UserPromptPart)  # whole turns
+    assert sent[-1] is window[-1] and count_message_tokens(sent) <= 900
+
+
 async def test_a_summary_stored_without_its_turn_count_still_serves_with_the_whole_history(
     redis: Redis, tmp_path: Path
 ) -> None:
