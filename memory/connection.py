@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, cast
@@ -23,10 +24,11 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry  # not redis.retry.Retry: that one cannot retry a coroutine
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tandem.agent.core.errors import ConfigError, RedisUnavailableError
@@ -150,14 +152,71 @@ def mask_url(url: str) -> str:
     return masked
 
 
+class _ClusterNodeConnection(Connection):
+    """A cluster node's connection that reports a socket closed under a command as a lost connection.
+
+    When a failover moves slots, redis-py's `RedisCluster` reloads its slot map with `aclose()`, which
+    closes every node's connections, those other commands are sending on too. Such a command found no
+    socket and raised `AttributeError`, which the client doesn't retry; a `ConnectionError` makes it
+    reconnect and retry, as it does for any dropped connection.
+    """
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        # Only called with a socket timeout set, which `_client` always sets.
+        writer = self._writer
+        if writer is None:
+            raise RedisConnectionError(f'the connection to {self.host}:{self.port} was closed by a slot map reload')
+        writer.writelines(command)
+        await writer.drain()
+
+
+class _ClusterNodeSSLConnection(_ClusterNodeConnection, SSLConnection):
+    """`_ClusterNodeConnection` over TLS."""
+
+
+class _FailoverTolerantCluster(RedisCluster):
+    """`RedisCluster` that rides out a failover under concurrent commands.
+
+    Two things redis-py's cluster client leaves undone, both hit when a master fails over mid-turn:
+    its nodes' connections report a socket closed by a slot map reload as a lost connection (see
+    `_ClusterNodeConnection`), and a command whose immediate retries all met the burst of reconnects
+    that follows a reload is tried again after a backoff, `rounds` times, as the single-server client's
+    retries are.
+    """
+
+    def __init__(self, *args: Any, rounds: int, backoff: ExponentialBackoff, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # pyright: ignore[reportUnknownMemberType]
+        self._rounds = rounds
+        self._backoff = backoff
+        tls = issubclass(self.connection_kwargs['connection_class'], SSLConnection)
+        connection_class = _ClusterNodeSSLConnection if tls else _ClusterNodeConnection
+        self.connection_kwargs['connection_class'] = connection_class  # shared with the nodes manager
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        failures = 0
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except (RedisConnectionError, ClusterDownError):
+                failures += 1
+                if failures > self._rounds:
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+
+
 def _client(url: str, retries: int) -> RedisClient:
     scheme = urlsplit(url).scheme.lower()
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    retry = Retry(backoff, retries)
     retry_on_error: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError]
     try:
         if scheme in _CLUSTER_SCHEMES:
-            return RedisCluster.from_url(
+            return _FailoverTolerantCluster.from_url(
                 _CLUSTER_SCHEMES[scheme] + url[len(scheme) :],
+                rounds=retries,
+                backoff=backoff,
                 decode_responses=False,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_timeout=COMMAND_TIMEOUT,
