@@ -22,7 +22,7 @@ from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, Hyb
 from tandem.memory.knowledge.store import EmbeddingModelMismatch, KnowledgeBase, document_id
 from tests.knowledge.conftest import write_tree
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.loopback_http import free_port
+from tests.support.loopback_http import refused_port
 
 
 @pytest.fixture
@@ -69,10 +69,9 @@ async def test_hybrid_search_survives_an_embedding_server_that_is_down(
     await Ingestor(kb, embedder=openai_embedder('tiny-embed', base_url=fake.url)).ingest(
         [str(write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze.'}))]
     )
-    down = openai_embedder('tiny-embed', base_url=f'http://127.0.0.1:{free_port()}/v1', max_retries=0)
-
-    hybrid = HybridRetriever([Bm25Retriever([kb]), DenseRetriever([kb], down)])
-    with caplog.at_level(logging.WARNING, logger='tandem.retrieval'):
+    with refused_port() as closed, caplog.at_level(logging.WARNING, logger='tandem.retrieval'):
+        down = openai_embedder('tiny-embed', base_url=f'http://127.0.0.1:{closed}/v1', max_retries=0)
+        hybrid = HybridRetriever([Bm25Retriever([kb]), DenseRetriever([kb], down)])
         hits = await hybrid.search('zebras graze on grass', 3)
 
     assert Path(hits[0].source).name == 'a.md'

@@ -13,7 +13,7 @@ from tandem.agent.server.app import create_app
 from tests.conftest import RedisTestServer
 from tests.service.conftest import AUTH_A, KEY_A, MakeApp, asgi
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.loopback_http import free_port
+from tests.support.loopback_http import refused_port
 from tests.support.scripted import scripted_model
 
 
@@ -61,8 +61,8 @@ async def test_readyz_fails_when_the_backbone_or_redis_is_down(
     tmp_path: Path, redis_server_factory: Callable[..., RedisTestServer]
 ) -> None:
     redis = redis_server_factory(appendonly=False)
-    down = BackboneConfig(model='openai-chat:tiny', base_url=f'http://127.0.0.1:{free_port()}/v1')
-    with FakeOpenAI() as fake:
+    with refused_port() as closed, FakeOpenAI() as fake:
+        down = BackboneConfig(model='openai-chat:tiny', base_url=f'http://127.0.0.1:{closed}/v1')
         up = BackboneConfig(model='openai-chat:tiny-chat', base_url=fake.url)
         app = create_app(_settings(tmp_path, redis.url, local=up, spare=down))
         async with asgi(app) as http:

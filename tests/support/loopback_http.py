@@ -24,6 +24,7 @@ import socket
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -40,6 +41,7 @@ __all__ = [
     'html_reply',
     'json_reply',
     'redirect_reply',
+    'refused_port',
     'slow_reply',
     'streamed_reply',
     'text_reply',
@@ -148,6 +150,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(('127.0.0.1', 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that refuses connections until the block ends.
+
+    Held bound and never listening: a port from `free_port` is free only when asked, and a server
+    the test starts next may be given it, so a "down" address would answer.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        yield int(sock.getsockname()[1])
 
 
 class _Server(ThreadingHTTPServer):

@@ -39,11 +39,11 @@ from tests.support.deps import make_deps
 from tests.support.loopback_http import (
     LoopbackHTTPServer,
     Reply,
-    free_port,
     gzip_bomb_reply,
     html_reply,
     json_reply,
     redirect_reply,
+    refused_port,
     slow_reply,
     streamed_reply,
     text_reply,
@@ -355,9 +355,8 @@ async def test_unresolvable_host_is_a_clear_result() -> None:
 
 
 async def test_connection_refused_is_a_clear_result() -> None:
-    port = free_port()
-
-    result = await WebTools(allowed_hosts=[f'127.0.0.1:{port}']).fetch(f'http://127.0.0.1:{port}/')
+    with refused_port() as port:
+        result = await WebTools(allowed_hosts=[f'127.0.0.1:{port}']).fetch(f'http://127.0.0.1:{port}/')
 
     assert result.startswith(f'web fetch failed: could not connect to 127.0.0.1:{port} (')
 
@@ -649,8 +648,9 @@ def test_plugin_builds_the_web_toolset() -> None:
 
 async def test_status_reports_ok_or_offline(site: LoopbackHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
     assert await web_status(host='127.0.0.1', port=site.port) == 'ok'
-    port = free_port()
-    assert (await web_status(host='127.0.0.1', port=port)).startswith(f'offline: cannot connect to 127.0.0.1:{port} (')
+    with refused_port() as port:
+        offline = await web_status(host='127.0.0.1', port=port)
+    assert offline.startswith(f'offline: cannot connect to 127.0.0.1:{port} (')
 
     def no_dns(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')

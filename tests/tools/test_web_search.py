@@ -37,8 +37,8 @@ from tests.support.loopback_http import (
     LoopbackHTTPServer,
     RecordedRequest,
     Reply,
-    free_port,
     html_reply,
+    refused_port,
     slow_reply,
     text_reply,
 )
@@ -199,10 +199,11 @@ async def test_server_error_is_a_clear_result(ddg: LoopbackHTTPServer) -> None:
 
 
 async def test_no_network_is_a_clear_result() -> None:
-    refused = WebTools(search_url=f'http://127.0.0.1:{free_port()}/html/')
     unresolvable = WebTools(search_url='http://nonexistent.invalid/html/')
+    with refused_port() as closed:
+        refused_answer = await WebTools(search_url=f'http://127.0.0.1:{closed}/html/').search('python')
 
-    assert await refused.search('python') == (
+    assert refused_answer == (
         'web search unavailable: no network (cannot connect to html.duckduckgo.com). '
         'Answer without web results, and say so.'
     )
@@ -279,11 +280,12 @@ async def test_failures_and_empty_results_are_not_cached(ddg: LoopbackHTTPServer
 
 
 async def test_search_works_when_redis_is_down(ddg: LoopbackHTTPServer) -> None:
-    dead = Redis(port=free_port(), socket_connect_timeout=0.5)
-    try:
-        result = await _web(ddg).search('python', deps=_Deps(redis=dead))
-    finally:
-        await dead.aclose()
+    with refused_port() as closed:
+        dead = Redis(port=closed, socket_connect_timeout=0.5)
+        try:
+            result = await _web(ddg).search('python', deps=_Deps(redis=dead))
+        finally:
+            await dead.aclose()
 
     assert result.startswith('<untrusted source="web_search"')
 

@@ -14,7 +14,7 @@ from tandem.agent.backbones import base as backbones
 from tandem.agent.backbones.llama_cpp import CATALOG, LlamaCppResolver
 from tandem.agent.cli.main import app
 from tandem.agent.core.config import load_settings
-from tests.support.loopback_http import LoopbackHTTPServer, RecordedRequest, Reply, free_port, text_reply
+from tests.support.loopback_http import LoopbackHTTPServer, RecordedRequest, Reply, refused_port, text_reply
 from tests.tune.gguf_model import write_tiny_llama
 
 runner = CliRunner()
@@ -94,11 +94,11 @@ def test_a_partial_download_resumes_where_it_stopped(gguf_bytes: bytes, env: dic
 
 
 def test_without_a_network_it_says_so_plainly_and_quickly(env: dict[str, str]) -> None:
-    closed = free_port()
-    started = time.monotonic()
-    result = runner.invoke(
-        app, ['models', 'pull', 'qwen2.5-0.5b-instruct'], env=env | {'HF_ENDPOINT': f'http://127.0.0.1:{closed}'}
-    )
+    with refused_port() as closed:
+        started = time.monotonic()
+        result = runner.invoke(
+            app, ['models', 'pull', 'qwen2.5-0.5b-instruct'], env=env | {'HF_ENDPOINT': f'http://127.0.0.1:{closed}'}
+        )
     assert time.monotonic() - started < 5
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
