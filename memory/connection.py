@@ -165,7 +165,7 @@ class _ClusterNodeConnection(Connection):
         # Only called with a socket timeout set, which `_client` always sets.
         writer = self._writer
         if writer is None:
-            raise RedisConnectionError(f'the connection to {self.host}:{self.port} was closed by a slot map reload')
+            raise RedisConnectionError(f'the connection to {self.host}:{self.port} was closed under a command')
         writer.writelines(command)
         await writer.drain()
 

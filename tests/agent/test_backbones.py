@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +12,11 @@ from tandem.agent.backbones import base as backbones
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.core.errors import BackboneError
 from tests.support.fake_openai import FakeOpenAI, Text
+from tests.support.loopback_http import refused_port
 
 
 def _settings(tmp_path: Path, **values: object) -> Settings:
     return Settings(home=tmp_path, **values)  # type: ignore[arg-type]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +26,10 @@ def _no_ambient_openai(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def no_local_servers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backbones, '_LOCAL_SERVERS', (('Ollama', _closed_port()), ('vLLM', _closed_port())))
+def no_local_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with refused_port() as ollama, refused_port() as vllm:
+        monkeypatch.setattr(backbones, '_LOCAL_SERVERS', (('Ollama', ollama), ('vLLM', vllm)))
+        yield
 
 
 def test_openai_means_the_responses_api_and_openai_chat_the_chat_api(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,9 +93,9 @@ async def test_with_nothing_configured_an_api_key_means_openai(tmp_path: Path, m
 
 
 async def test_with_nothing_configured_a_local_server_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with FakeOpenAI(models=['qwen2.5:3b']) as server:
+    with FakeOpenAI(models=['qwen2.5:3b']) as server, refused_port() as closed:
         port = int(server.url.rsplit(':', 1)[1].split('/')[0])
-        monkeypatch.setattr(backbones, '_LOCAL_SERVERS', (('Ollama', _closed_port()), ('LM Studio', port)))
+        monkeypatch.setattr(backbones, '_LOCAL_SERVERS', (('Ollama', closed), ('LM Studio', port)))
         chosen = await backbones.resolve(_settings(tmp_path))
         assert chosen.name == 'LM Studio:qwen2.5:3b'
         assert chosen.config.base_url == server.url
@@ -118,9 +115,10 @@ async def test_a_local_openai_base_url_means_chat_completions_and_the_servers_fi
 async def test_a_local_openai_base_url_that_lists_nothing_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv('OPENAI_BASE_URL', f'http://127.0.0.1:{_closed_port()}/v1')
-    with pytest.raises(BackboneError, match=r'lists no models \(GET /models\).*TANDEM_BACKBONE=openai-chat:'):
-        await backbones.resolve(_settings(tmp_path))
+    with refused_port() as closed:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'http://127.0.0.1:{closed}/v1')
+        with pytest.raises(BackboneError, match=r'lists no models \(GET /models\).*TANDEM_BACKBONE=openai-chat:'):
+            await backbones.resolve(_settings(tmp_path))
 
 
 async def test_openais_own_base_url_keeps_the_responses_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,9 +147,10 @@ async def test_probe_reports_reachability_listing_and_tool_calls() -> None:
     with FakeOpenAI([Text('5')], models=['tiny']) as server:
         no_tools = await backbones.probe('local', BackboneConfig(model='openai-chat:tiny', base_url=server.url))
         unlisted = await backbones.probe('x', BackboneConfig(model='openai-chat:ghost', base_url=server.url))
-    down = await backbones.probe(
-        'down', BackboneConfig(model='openai-chat:x', base_url=f'http://127.0.0.1:{_closed_port()}/v1')
-    )
+    with refused_port() as closed:
+        down = await backbones.probe(
+            'down', BackboneConfig(model='openai-chat:x', base_url=f'http://127.0.0.1:{closed}/v1')
+        )
 
     assert (good.reachable, good.listed, good.tool_calls) == (True, True, True)
     assert (no_tools.tool_calls, no_tools.detail) == (False, 'answered without a tool call')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,14 +11,9 @@ from typer.testing import CliRunner
 
 from tandem.agent.cli.main import app
 from tests.support.fake_openai import Error, FakeOpenAI, Text
+from tests.support.loopback_http import refused_port
 
 runner = CliRunner()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -105,11 +99,12 @@ def test_bad_input_is_one_actionable_line_and_exit_1(env: dict[str, str], args: 
 
 
 def test_redis_down_is_a_clear_error(env: dict[str, str], server: FakeOpenAI) -> None:
-    result = runner.invoke(
-        app,
-        ['ask', '--model', 'openai-chat:tiny', 'hi'],
-        env={**env, 'OPENAI_BASE_URL': server.url, 'TANDEM_REDIS_URL': f'redis://127.0.0.1:{_closed_port()}/0'},
-    )
+    with refused_port() as closed:
+        result = runner.invoke(
+            app,
+            ['ask', '--model', 'openai-chat:tiny', 'hi'],
+            env={**env, 'OPENAI_BASE_URL': server.url, 'TANDEM_REDIS_URL': f'redis://127.0.0.1:{closed}/0'},
+        )
     assert result.exit_code == 1
     _one_line_error(result.stderr, 'cannot reach Redis')
 
@@ -131,11 +126,12 @@ def test_provider_errors_are_clear_and_lose_nothing(env: dict[str, str]) -> None
 
 
 def test_an_unreachable_model_server_is_a_clear_error(env: dict[str, str]) -> None:
-    result = runner.invoke(
-        app,
-        ['ask', '--model', 'openai-chat:tiny', 'hi'],
-        env={**env, 'OPENAI_BASE_URL': f'http://127.0.0.1:{_closed_port()}/v1'},
-    )
+    with refused_port() as closed:
+        result = runner.invoke(
+            app,
+            ['ask', '--model', 'openai-chat:tiny', 'hi'],
+            env={**env, 'OPENAI_BASE_URL': f'http://127.0.0.1:{closed}/v1'},
+        )
     assert result.exit_code == 1
     _one_line_error(result.stderr, 'cannot reach backbone')
 

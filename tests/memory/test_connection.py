@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 
 from tandem.agent.core.errors import ConfigError, RedisUnavailableError
-from tandem.memory.connection import connect, mask_url
+from tandem.memory.connection import _client, _ClusterNodeConnection, connect, mask_url
 from tandem.memory.conversations import RedisConversationStore
 from tests.conftest import RedisTestServer
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
+from tests.support.loopback_http import refused_port
 
 
 async def test_a_tcp_url_connects_with_bytes_responses(redis_url: str, tmp_path: Path) -> None:
@@ -30,13 +26,11 @@ async def test_a_tcp_url_connects_with_bytes_responses(redis_url: str, tmp_path:
 
 
 async def test_an_unreachable_server_fails_fast_with_the_password_masked(tmp_path: Path) -> None:
-    url = f'redis://:hunter2@127.0.0.1:{_closed_port()}/0'
-
-    with pytest.raises(RedisUnavailableError) as caught:
-        await connect(url, home=tmp_path, retries=1)
+    with refused_port() as closed, pytest.raises(RedisUnavailableError) as caught:
+        await connect(f'redis://:hunter2@127.0.0.1:{closed}/0', home=tmp_path, retries=1)
 
     message = str(caught.value)
-    assert message.startswith(f'cannot reach Redis at redis://:***@127.0.0.1:{url.rsplit(":", 1)[1]}')
+    assert message.startswith(f'cannot reach Redis at redis://:***@127.0.0.1:{closed}')
     assert 'hunter2' not in message
     assert message.endswith('Start it, fix TANDEM_REDIS_URL, or unset it to use the embedded server.')
     assert '\n' not in message
@@ -83,3 +77,19 @@ async def test_a_server_that_stays_down_is_a_clear_error(
     with pytest.raises(RedisUnavailableError, match='lost the connection to Redis while reading a session'):
         await store.load('chat-1')
     await client.aclose()
+
+
+@pytest.mark.parametrize(('url', 'tls'), [('redis+cluster://node1:7000', False), ('rediss+cluster://node1:7000', True)])
+async def test_a_cluster_clients_nodes_ride_out_a_slot_map_reload_and_keep_tls(url: str, tls: bool) -> None:
+    # Their connections report a socket closed under a command as a lost connection (tests/cluster
+    # proves it on a real cluster); swapping in that class must not drop TLS, nor send a password in clear.
+    client = _client(url, retries=3)
+    assert isinstance(client, RedisCluster)
+    classes = {client.connection_kwargs['connection_class']}
+    classes |= {node.connection_class for node in client.nodes_manager.startup_nodes.values()}
+    await client.aclose()
+
+    assert len(classes) == 1
+    (connection_class,) = classes
+    assert issubclass(connection_class, _ClusterNodeConnection)
+    assert issubclass(connection_class, SSLConnection) is tls
