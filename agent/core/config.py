@@ -101,6 +101,38 @@ class WebConfig(BaseModel):
     """Hosts `web_fetch` may reach although they are private (an intranet, say): `host` or `host:port`."""
 
 
+class SecurityConfig(BaseModel):
+    """What an answer shaped by untrusted content may show."""
+
+    output_urls: Literal['inert', 'allow'] = 'inert'
+    """In a turn that untrusted content entered (web, documents, tool results): `inert` turns every URL in
+    the answer into plain text unless the user named its host in the session or it is allowlisted; `allow`
+    leaves them live."""
+    url_allowlist: list[str] = Field(default_factory=list[str])
+    """Hosts whose URLs stay live anyway: `example.com` (any port), `example.com:8443`, or `*.example.com`."""
+
+    @field_validator('url_allowlist', mode='before')
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(',') if part.strip()]
+        return value
+
+    @field_validator('url_allowlist', mode='after')
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _ALLOWLIST_ENTRY.fullmatch(entry.strip().lower()):
+                raise ValueError(
+                    f'{entry!r} is not a host: write example.com, example.com:8443 or *.example.com, '
+                    'with no scheme or path'
+                )
+        return [entry.strip().lower() for entry in value]
+
+
+_ALLOWLIST_ENTRY = re.compile(r'(?:\*\.)?[a-z0-9\-]+(?:\.[a-z0-9\-]+)*(?::\d{1,5})?|\[[0-9a-f:.]+\](?::\d{1,5})?')
+
+
 class KnowledgeConfig(BaseModel):
     """The knowledge base: ingestion and search."""
 
@@ -286,6 +318,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     retrieval: Literal['tool', 'auto', 'off'] = 'tool'
     """`tool`: the model calls `search_knowledge`; `auto`: top passages go into the prompt; `off`."""
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)

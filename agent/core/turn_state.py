@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tandem.agent.core.links import LinkPolicy
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -54,6 +56,8 @@ class TurnState:
     """Untrusted content (web, documents) entered this turn, so side-effect tools need approval."""
     search_urls: set[str] = field(default_factory=set[str])
     """The URLs web searches returned this turn, which `web_fetch` may read, as they are, in a tainted turn."""
+    link_policy: LinkPolicy | None = None
+    """The URLs the answer may keep live, once untrusted content entered the turn; `None` leaves them all live."""
     citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
     """Knowledge-base passages shown to the model this turn, by citation number (`/sources`)."""
     history_start: int = 0

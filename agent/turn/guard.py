@@ -19,6 +19,7 @@ from tandem.agent.core.events import short
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import ToolCallRecord
 from tandem.agent.turn.compaction import HistoryCompactor
+from tandem.agent.turn.output_links import link_policy, neutralize_response
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import (
@@ -46,7 +47,8 @@ class TurnGuard(AbstractCapability['Deps']):
     Either way the model gets a tool error it can act on.
 
     It bounds every model request too: a history over `memory.compaction_tokens` is sent as a running
-    summary plus the recent turns (`compaction`).
+    summary plus the recent turns (`compaction`). And in a turn that untrusted content entered, it makes
+    the answer's untrusted URLs inert as the response comes back (`output_links`).
 
     One capability does all of this because pydantic-ai calls every hook of every capability on each
     step of a run, each with its own copy of the `RunContext` (pydantic/pydantic-ai#8587): that costs
@@ -90,8 +92,12 @@ class TurnGuard(AbstractCapability['Deps']):
         request_context.messages = await self.compactor.compact(
             ctx.deps, request_context.model, list(request_context.messages)
         )
+        # Set before the request, so a streamed answer is held to the same policy as it arrives (`run`).
+        policy = ctx.deps.turn.link_policy = link_policy(ctx.deps, request_context.messages)
         started = time.perf_counter()
         response = await handler(request_context)
+        if policy is not None:
+            neutralize_response(response, policy)
         unfinished = _unfinished(ctx.deps, request_context.model, response)
         if unfinished is not None:
             _log.warning('model.unfinished', finish_reason=response.finish_reason)

@@ -24,6 +24,7 @@ from pydantic_ai.messages import (
     ModelMessage,
     ModelResponse,
     PartDeltaEvent,
+    PartEndEvent,
     PartStartEvent,
     TextPart,
     TextPartDelta,
@@ -33,6 +34,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 
 from tandem.agent.core.errors import BackboneError, IncompleteAnswerError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
+from tandem.agent.core.links import StreamNeutralizer
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import Citation
 from tandem.agent.turn.agent import plugin_toolsets, run_capabilities, run_toolsets, tandem_agent
@@ -103,12 +105,32 @@ def _stream_handler(
     sink: EventSink, deps: Deps
 ) -> Callable[[RunContext[Deps], AsyncIterable[AgentStreamEvent]], Awaitable[None]]:
     async def handle(ctx: RunContext[Deps], events: AsyncIterable[AgentStreamEvent]) -> None:
+        # A tainted turn's text is held to its link policy as it streams: each text part has its own
+        # neutralizer, which holds back an unfinished construct until it is whole.
+        texts: dict[int, StreamNeutralizer | None] = {}
+
+        async def text(index: int, piece: str) -> None:
+            neutralizer = texts.get(index)
+            shown = neutralizer.feed(piece) if neutralizer is not None else piece
+            if shown:
+                await _emit(sink, TextDelta(shown))
+
+        async def end_text(index: int) -> None:
+            neutralizer = texts.pop(index, None)
+            if neutralizer is not None and (rest := neutralizer.finish()):
+                await _emit(sink, TextDelta(rest))
+
         async for event in events:
-            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart) and event.part.content:
-                await _emit(sink, TextDelta(event.part.content))
+            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                policy = deps.turn.link_policy
+                texts[event.index] = StreamNeutralizer(policy) if policy is not None else None
+                if event.part.content:
+                    await text(event.index, event.part.content)
             elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
                 if event.delta.content_delta:
-                    await _emit(sink, TextDelta(event.delta.content_delta))
+                    await text(event.index, event.delta.content_delta)
+            elif isinstance(event, PartEndEvent) and event.index in texts:
+                await end_text(event.index)
             elif isinstance(event, FunctionToolCallEvent):
                 part = event.part
                 await _emit(sink, ToolCallStarted(part.tool_call_id, part.tool_name, part.args_as_dict()))
@@ -125,6 +147,8 @@ def _stream_handler(
                         result=short(part.model_response_str(wrap_if_error=False), 200),
                     ),
                 )
+        for index in list(texts):  # a stream that ended without closing its parts
+            await end_text(index)
 
     return handle
 
