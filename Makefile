@@ -46,13 +46,15 @@ lint: dev
 	@rm -rf build/typing && mkdir -p build/typing/tandem && cp -R agent tools memory build/typing/tandem/
 	@set -o pipefail; $(UV) run --no-sync pyright | sed 's|build/typing/tandem/||'
 
-# Headless Chromium checks the HTML scenario report. Installed from Debian when missing and we
-# can (root with apt); elsewhere that one test skips and says why.
+# Headless Chromium checks the HTML scenario report, and renders answers with marked (libjs-marked) as a
+# chat frontend would. Installed from Debian when missing and we can (root with apt); elsewhere those
+# tests skip and say why.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	@{ { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 && \
+		[ -f /usr/share/javascript/marked/marked.min.js ]; } || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
-		  echo "note: chromium not installed; the HTML-report browser test will be skipped"; }
+		  { apt-get update -qq && apt-get install -y -qq chromium libjs-marked >/dev/null; } || \
+		  echo "note: chromium or libjs-marked not installed; the browser tests will be skipped"; }
 
 # pytest exits 5 when it collects no tests (e.g. `make test PYTEST_ARGS='-k nothing'`): not a failure.
 test: lint browser

@@ -108,7 +108,7 @@ class SecurityConfig(BaseModel):
     """In a turn that untrusted content entered (web, documents, tool results): `inert` turns every URL in
     the answer into plain text unless the user named its host in the session or it is allowlisted; `allow`
     leaves them live."""
-    url_allowlist: list[str] = Field(default_factory=list[str])
+    url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
     """Hosts whose URLs stay live anyway: `example.com` (any port), `example.com:8443`, or `*.example.com`."""
 
     @field_validator('url_allowlist', mode='before')

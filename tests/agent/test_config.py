@@ -91,3 +91,13 @@ def test_a_missing_TANDEM_CONFIG_file_is_reported(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv('TANDEM_CONFIG', str(tmp_path / 'nope.toml'))
     with pytest.raises(ConfigError, match='does not exist'):
         load_settings()
+
+
+def test_the_url_allowlist_takes_hosts_and_refuses_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv('TANDEM_SECURITY__URL_ALLOWLIST', 'Docs.Example.com, *.cdn.example, intranet:8443')
+    assert load_settings().security.url_allowlist == ['docs.example.com', '*.cdn.example', 'intranet:8443']
+
+    (tmp_path / 'tandem.toml').write_text('[security]\nurl_allowlist = ["https://example.com/x"]\n')
+    monkeypatch.delenv('TANDEM_SECURITY__URL_ALLOWLIST')
+    with pytest.raises(ConfigError, match=r"security.url_allowlist.*'https://example.com/x' is not a host"):
+        load_settings()

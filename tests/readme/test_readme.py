@@ -261,8 +261,15 @@ def _run_python(block: Block, sandbox: Sandbox) -> None:
         _run_scenarios_api_example(block, sandbox)
     elif 'FastAPI(' in block.text:
         _run_fastapi_example(block)
+    elif block.text.lstrip().startswith('from tandem.') and 'assert ' in block.text:
+        _run_checking_example(block)
     else:
         pytest.fail(f'{block.id}: a Python block this test does not know how to check')
+
+
+def _run_checking_example(block: Block) -> None:
+    """A block that checks itself with `assert`: it runs as it is."""
+    exec(compile(block.text, block.id, 'exec'), {'__name__': 'readme_example'})  # noqa: S102
 
 
 def _run_fastapi_example(block: Block) -> None:

@@ -10,9 +10,12 @@ every construct is split across chunks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+from tests.support.fake_openai import Reply, Script, Text, ToolCall, last_tool_result
 
 SECRET = 'conversation-secret'
 PLACEHOLDER = 'THE_SECRET'
@@ -73,3 +76,15 @@ def steered_model(page: str) -> FunctionModel:
             yield answer[start : start + 3]
 
     return FunctionModel(respond, stream_function=stream)
+
+
+def steered_script(page: str) -> Script:
+    """`steered_model` as a `FakeOpenAI` script, for front ends that reach the model over HTTP."""
+
+    def script(body: dict[str, Any]) -> Reply:
+        result = last_tool_result(body)
+        if result is None:
+            return ToolCall.one('web_fetch', url=page)
+        return Text(steered_answer(result, page))
+
+    return script
