@@ -18,6 +18,10 @@ undeclared tool as side-effecting so that a plugin that forgets to declare fails
 A tool that requests a URL it is given (`web_fetch`) names that argument with
 `metadata={OUTBOUND_URL_KEY: 'url'}`: the request itself can carry data out, in its address, so the
 approval policy treats a call to an address nobody trusted as a side effect (`outbound_url_argument`).
+
+A tool whose result comes from outside the conversation (a page, a mailbox, a ticket) declares
+`metadata={UNTRUSTED_OUTPUT_KEY: True}`: its result taints the turn, as the built-in web and knowledge
+tools' do (`returns_untrusted`). A tool served by an MCP server counts as one unless it says otherwise.
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ __all__ = [
     'ENTRY_POINT_GROUP',
     'OUTBOUND_URL_KEY',
     'SIDE_EFFECT_KEY',
+    'UNTRUSTED_OUTPUT_KEY',
     'ToolsetPlugin',
     'discover_plugins',
     'has_side_effects',
     'outbound_url_argument',
     'plugin_status',
+    'returns_untrusted',
     'select',
 ]
 
@@ -56,6 +62,12 @@ SIDE_EFFECT_KEY = 'side_effect'
 
 OUTBOUND_URL_KEY = 'outbound_url'
 """The `ToolDefinition.metadata` key naming the argument that holds a URL the tool requests (a str)."""
+
+UNTRUSTED_OUTPUT_KEY = 'untrusted_output'
+"""The `ToolDefinition.metadata` key that says whether a tool's result is untrusted content (a bool)."""
+
+_MCP_METADATA = frozenset({'meta', 'annotations'})
+"""The keys pydantic-ai's MCP toolsets put in every tool definition they list."""
 
 _OWN_DISTRIBUTION = 'tandem'
 _NAME_PATTERN = re.compile(r'[a-z][a-z0-9_-]{0,31}')
@@ -246,3 +258,16 @@ def outbound_url_argument(tool_def: ToolDefinition) -> str | None:
     """The name of the argument holding a URL the tool requests, if it declares one."""
     name = (tool_def.metadata or {}).get(OUTBOUND_URL_KEY)
     return name if isinstance(name, str) else None
+
+
+def returns_untrusted(tool_def: ToolDefinition) -> bool:
+    """Whether a tool's result is untrusted content, which taints the turn it enters.
+
+    A tool says so with `metadata={UNTRUSTED_OUTPUT_KEY: ...}`; undeclared, a tool an MCP server serves
+    counts as untrusted (its results come from a process Tandem does not control), any other as trusted.
+    """
+    metadata = tool_def.metadata or {}
+    declared = metadata.get(UNTRUSTED_OUTPUT_KEY)
+    if isinstance(declared, bool):
+        return declared
+    return metadata.keys() >= _MCP_METADATA

@@ -94,11 +94,26 @@ class ApprovalsConfig(BaseModel):
     """With nobody to ask (ask, HTTP, scenarios): deny such calls (the default), or let them run."""
 
 
+def _comma_list(value: Any) -> Any:
+    """A list setting from the environment: `a, b` (a JSON list works too)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith('['):
+            return json.loads(text)
+        return [part.strip() for part in text.split(',') if part.strip()]
+    return value
+
+
 class WebConfig(BaseModel):
     """The web tools."""
 
-    allowed_hosts: list[str] = Field(default_factory=list[str])
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
     """Hosts `web_fetch` may reach although they are private (an intranet, say): `host` or `host:port`."""
+
+    @field_validator('allowed_hosts', mode='before')
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
 
 
 class SecurityConfig(BaseModel):
@@ -114,9 +129,7 @@ class SecurityConfig(BaseModel):
     @field_validator('url_allowlist', mode='before')
     @classmethod
     def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(',') if part.strip()]
-        return value
+        return _comma_list(value)
 
     @field_validator('url_allowlist', mode='after')
     @classmethod
@@ -386,6 +399,13 @@ def load_settings(**overrides: Any) -> Settings:
         origin = f' (from {path})' if path else ''
         raise ConfigError(f'invalid configuration{origin}: {where}: {first["msg"]}') from error
     except (OSError, ValueError) as error:
+        if path is None or 'EnvSettingsSource' in str(error):
+            field = re.search(r'field "([^"]+)"', str(error))
+            name = f'TANDEM_{field.group(1).upper()}' if field else 'TANDEM'
+            raise ConfigError(
+                f'invalid value in the environment, in {name} or a {name}__* variable: {error}; '
+                'lists are comma-separated, tables JSON'
+            ) from error
         raise ConfigError(f'cannot read configuration file {path}: {error}') from error
     finally:
         _toml_file.reset(token)

@@ -20,6 +20,7 @@ from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import ToolCallRecord
 from tandem.agent.turn.compaction import HistoryCompactor
 from tandem.agent.turn.output_links import link_policy, neutralize_response
+from tandem.tools.registry import returns_untrusted
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import (
@@ -146,6 +147,8 @@ class TurnGuard(AbstractCapability['Deps']):
             record.duration_s = time.perf_counter() - started
             _log.info('tool.call', tool=call.tool_name, duration_ms=round(record.duration_s * 1000, 1), ok=record.ok)
         record.ok, record.result = True, short(result, 200)
+        if returns_untrusted(tool_def):
+            ctx.deps.turn.tainted = True  # a plugin's or MCP server's result, like a web page
         return result
 
 

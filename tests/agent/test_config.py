@@ -101,3 +101,18 @@ def test_the_url_allowlist_takes_hosts_and_refuses_urls(monkeypatch: pytest.Monk
     monkeypatch.delenv('TANDEM_SECURITY__URL_ALLOWLIST')
     with pytest.raises(ConfigError, match=r"security.url_allowlist.*'https://example.com/x' is not a host"):
         load_settings()
+
+
+def test_list_settings_read_comma_separated_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('TANDEM_WEB__ALLOWED_HOSTS', 'intranet:8080, wiki.corp')
+    assert load_settings().web.allowed_hosts == ['intranet:8080', 'wiki.corp']
+    monkeypatch.setenv('TANDEM_WEB__ALLOWED_HOSTS', '["a.corp"]')
+    assert load_settings().web.allowed_hosts == ['a.corp']
+
+
+def test_a_bad_environment_value_names_the_variable_not_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('TANDEM_LIMITS', '{not json')
+    with pytest.raises(
+        ConfigError, match=r'^invalid value in the environment, in TANDEM_LIMITS or a TANDEM_LIMITS__\*'
+    ):
+        load_settings()

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.toolsets import FunctionToolset
 from redis.asyncio import Redis
 
 from tandem.agent.core.events import TextDelta, TurnEvent
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.run import run_turn
-from tandem.tools.registry import ToolsetPlugin
+from tandem.tools.registry import SIDE_EFFECT_KEY, UNTRUSTED_OUTPUT_KEY, ToolsetPlugin
 from tandem.tools.web import make_web_toolset
 from tests.support.deps import make_deps
 from tests.support.loopback_http import LoopbackHTTPServer, text_reply
@@ -116,3 +117,33 @@ async def test_the_security_settings_keep_urls_live(
     result = await run_turn(deps, f'Fetch {page}.')
 
     assert (canary.url('/inline.png') in result.answer) is live
+
+
+def _ticket_plugin(page: str, **metadata: object) -> ToolsetPlugin:
+    """A third-party tool that returns an outside party's text: a ticket the attacker wrote."""
+
+    def build() -> FunctionToolset[Any]:
+        toolset: FunctionToolset[Any] = FunctionToolset()
+
+        async def web_fetch(url: str) -> str:  # named as the steered model calls it
+            """Read a ticket."""
+            return page
+
+        toolset.add_function(web_fetch, metadata={SIDE_EFFECT_KEY: False, **metadata})
+        return toolset
+
+    return ToolsetPlugin(name='tickets', description='tickets', build=build)
+
+
+@pytest.mark.parametrize(('declared', 'inert'), [(True, True), (None, False)], ids=['untrusted', 'undeclared'])
+async def test_a_plugin_that_declares_its_results_untrusted_taints_the_turn(
+    redis: Redis, tmp_path: Path, declared: bool | None, inert: bool
+) -> None:
+    metadata = {} if declared is None else {UNTRUSTED_OUTPUT_KEY: declared}
+    plugin = _ticket_plugin(planted_page('https://attacker.example'), **metadata)
+    deps = make_deps(redis, steered_model('ticket-7'), home=tmp_path, tools=(), plugins=[plugin])
+
+    result = await run_turn(deps, 'What does ticket-7 say?')
+
+    assert (SECRET not in result.answer) is inert
+    assert ('\\[image removed: `attacker.example/inline.png`\\]' in result.answer) is inert

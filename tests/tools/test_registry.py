@@ -215,3 +215,18 @@ def _event(record: logging.LogRecord, *fields: str) -> dict[str, Any]:
     """A structlog event's name and `fields`, as logged through stdlib logging."""
     event = cast(dict[str, Any], record.msg)
     return {key: event[key] for key in ('event', *fields)}
+
+
+def test_a_tools_results_are_untrusted_when_it_says_so_or_an_mcp_server_serves_it() -> None:
+    from pydantic_ai.tools import ToolDefinition
+
+    from tandem.tools.registry import UNTRUSTED_OUTPUT_KEY, returns_untrusted
+
+    def tool(metadata: dict[str, Any] | None) -> ToolDefinition:
+        return ToolDefinition(name='t', metadata=metadata)
+
+    mcp = {'meta': None, 'annotations': {'readOnlyHint': True}, 'task': False}  # as pydantic_ai.mcp lists tools
+    assert returns_untrusted(tool({UNTRUSTED_OUTPUT_KEY: True}))
+    assert returns_untrusted(tool(mcp))
+    assert not returns_untrusted(tool({**mcp, UNTRUSTED_OUTPUT_KEY: False}))
+    assert not returns_untrusted(tool(None)) and not returns_untrusted(tool({'side_effect': False}))
