@@ -31,6 +31,8 @@ from redis.asyncio import Redis
 from tandem.memory.connection import connect
 from tandem.memory.redis_server import find_server_binary
 
+pytest_plugins = ['tests.support.planted']  # the planted page and its canary (`canary`, `notes`)
+
 _START_TIMEOUT = 5.0
 
 

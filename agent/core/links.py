@@ -37,11 +37,17 @@ _SHOWN_CHARS = 60
 
 _IMAGE_TAGS = frozenset({'img', 'image', 'source', 'picture', 'video', 'audio', 'input', 'track'})
 _FRAME_TAGS = frozenset({'iframe', 'frame', 'embed', 'object', 'portal'})
+_ACTIVE_TAGS = frozenset({'script', 'style', 'base', 'meta', 'link', 'svg', 'math'})
+"""Tags that can make a page fetch what no attribute shows (script, CSS, a new base URL): always inert."""
+_EVENT_HANDLER = re.compile(r'[\s/"\']on[a-z]+\s*=', re.I)
+_CSS_ESCAPE = re.compile(r'\\(?:([0-9A-Fa-f]{1,6})[ \t\n]?|(.))')
 
 _SCHEME = re.compile(r'([A-Za-z][A-Za-z0-9+.\-]*):')
 _DROPPED = re.compile(r'[\t\n\r]')
 _EDGE_CONTROLS = re.compile(r'^[\x00-\x20]+|[\x00-\x20]+$')
-_BARE_HOST = re.compile(r'(?:[a-z0-9\-]+\.)+[a-z]{2,}|\d{1,3}(?:\.\d{1,3}){3}')
+_BARE_HOST = re.compile(r'(?:[a-z0-9\-]+\.)+[a-z]{2,}|\d{1,3}(?:\.\d{1,3}){3}|localhost')
+_WRITTEN_URL = re.compile(r'(?:https?|ftp)://[^\s<>"\'`()\[\]]+', re.I)
+"""A URL as a user writes one inside other text: a Markdown link, parentheses, quotes."""
 _MD_ESCAPE = re.compile(r'\\([!-/:-@\[-`{-~])')
 _AUTOLINK = re.compile(r'<([A-Za-z][A-Za-z0-9+.\-]{1,31}:[^\s<>]*)>')
 _TAG_NAME = re.compile(r'<([A-Za-z][^\s/>]*)')
@@ -53,7 +59,7 @@ _SITE = re.compile(
     r'|(?P<dest>\]\()'
     r'|(?P<definition>\]:)'
     r'|(?P<bare>(?<![A-Za-z0-9_@.+\-])(?:(?:https?|ftp)://|www\.))'
-    rf'|(?P<relative>(?<![A-Za-z0-9_:/\\])[/\\]{{2}}(?={_HOST}))',
+    rf'|(?P<relative>(?<![A-Za-z0-9_/\\])[/\\]{{2}}(?={_HOST}))',
     re.I,
 )
 _BLANK_LINE = re.compile(r'\n[ \t]*\n')
@@ -88,8 +94,9 @@ class LinkPolicy:
             elif entry:
                 hosts.add(entry)
         for text in user_texts:
-            for word in text.split():
-                netloc = url_netloc(word.strip('.,;:!?()[]{}<>"\'`*_'), bare_host=True)
+            words = [word.strip('.,;:!?()[]{}<>"\'`*_') for word in text.split()]
+            for word in [*words, *_WRITTEN_URL.findall(text)]:
+                netloc = url_netloc(word, bare_host=True)
                 if netloc is not None:
                     hosts.add(netloc)
         return cls(frozenset(hosts), frozenset(patterns), frozenset(url.strip() for url in link_urls))
@@ -124,8 +131,8 @@ def url_netloc(text: str, *, bare_host: bool = False) -> str | None:
         rest = text[match.end() :].lstrip('/')
     elif text.startswith('//'):
         rest = text.lstrip('/')
-    elif bare_host and not match:
-        rest = text
+    elif bare_host and (not match or text[match.end() : match.end() + 1].isdigit()):
+        rest = text  # `example.com/a`, or `intranet:8080/a`: a host, not a scheme
     else:
         return None
     authority = re.split(r'[/?#]', rest, maxsplit=1)[0].rsplit('@', 1)[-1].lower()
@@ -155,7 +162,7 @@ def _target(dest: str) -> tuple[str, str | None] | None:
     return (dest, None) if _scheme(dest) is not None else None
 
 
-def _inert(kind: Kind, url: str) -> str:
+def _inert(kind: str, url: str) -> str:
     """What a removed address becomes: `[image removed: host/path]`, in brackets escaped so that it links nothing.
 
     The query and fragment are left out (that is where leaked data usually rides), and the address is
@@ -226,7 +233,7 @@ def _scan(text: str, policy: LinkPolicy, *, final: bool, start: int = 0) -> _Sca
             parsed = _destination(text, site.end(), angle_ok=True, inline=kind == 'dest')
             if parsed is None:
                 if not final:
-                    scan.pending = _label_start(text, start)[0]
+                    scan.pending = _held_from(text, start)
                     return scan
                 parsed = (text[site.end() :].strip(), len(text), len(text))
             dest, _, dest_end = parsed
@@ -234,13 +241,13 @@ def _scan(text: str, policy: LinkPolicy, *, final: bool, start: int = 0) -> _Sca
             if kind == 'definition':
                 title_end = _title_end(text, dest_end)
                 if title_end is None and not final:
-                    scan.pending = _label_start(text, start)[0]
+                    scan.pending = _held_from(text, start)
                     return scan
                 end = title_end or dest_end
             if kind == 'dest':
                 close = _closing_paren(text, dest_end)
                 if close is None and not final:
-                    scan.pending = _label_start(text, start)[0]
+                    scan.pending = _held_from(text, start)
                     return scan
                 end = close if close is not None else dest_end
             _judge_destination(text, start, end, _decode(dest, markdown=True), policy, scan)
@@ -260,6 +267,12 @@ def _scan(text: str, policy: LinkPolicy, *, final: bool, start: int = 0) -> _Sca
     return scan
 
 
+def _held_from(text: str, site: int) -> int:
+    """Where an open link or definition at `]` `site` starts: its label's `[`, else the `]` itself."""
+    label, _ = _label_start(text, site)
+    return label if label is not None else site
+
+
 def _judge_destination(text: str, site: int, end: int, dest: str, policy: LinkPolicy, scan: _Scan) -> None:
     """A Markdown link or image (`](dest)`) or reference definition (`]: dest`): the whole construct goes."""
     label, image = _label_start(text, site)
@@ -277,21 +290,37 @@ def _judge_destination(text: str, site: int, end: int, dest: str, policy: LinkPo
 
 def _judge_tag(text: str, start: int, end: int, policy: LinkPolicy, scan: _Scan) -> None:
     raw = text[start:end]
-    autolink = _AUTOLINK.fullmatch(raw)
-    decoded = _decode(raw, markdown=False)
     name_match = _TAG_NAME.match(raw)
     name = name_match.group(1).lower() if name_match else ''
     kind: Kind = 'image' if name in _IMAGE_TAGS else 'frame' if name in _FRAME_TAGS else 'link'
+    autolink = _AUTOLINK.fullmatch(raw)
     if autolink is not None:
         candidates = [_decode(autolink.group(1), markdown=False)]
-        kind = 'link'
     else:
+        decoded = _css_unescaped(_decode(raw, markdown=False))
         candidates = [match.group(0) for match in _TAG_AUTHORITY.finditer(decoded)]
+        if name in _ACTIVE_TAGS or _EVENT_HANDLER.search(decoded):
+            # Script and CSS can fetch from addresses no attribute shows: nothing of it stays live.
+            shown = next((url for url in candidates if _target(url) is not None), '')
+            scan.replace(start, end, _inert(kind if name not in _ACTIVE_TAGS else name, shown))
+            return
     for candidate in candidates:
         target = _target(candidate)
         if target is not None and not policy.allows(target[0], target[1], kind):
             scan.replace(start, end, _inert(kind, target[0]))
             return
+
+
+def _css_unescaped(text: str) -> str:
+    """CSS escapes decoded, as a style attribute's `url(\\68ttps://...)` is read."""
+
+    def char(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group(2)
+        code = int(match.group(1), 16)
+        return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else '\ufffd'
+
+    return _CSS_ESCAPE.sub(char, text)
 
 
 def _decode(text: str, *, markdown: bool) -> str:

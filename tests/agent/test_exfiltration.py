@@ -7,10 +7,8 @@ The canary server stands for the attacker; it must receive no request at all.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
@@ -24,6 +22,7 @@ from tandem.tools.registry import ToolsetPlugin
 from tandem.tools.web import make_web_toolset
 from tests.support.deps import make_deps
 from tests.support.loopback_http import LoopbackHTTPServer, html_reply
+from tests.support.search import duckduckgo_page
 
 SECRET = 'hunter2'
 
@@ -47,17 +46,7 @@ def site(canary: LoopbackHTTPServer) -> Iterator[LoopbackHTTPServer]:
 @pytest.fixture
 def ddg(site: LoopbackHTTPServer) -> Iterator[LoopbackHTTPServer]:
     """A stand-in for DuckDuckGo's HTML endpoint whose one result is the site's article."""
-    url = site.url('/article')
-    link = html.escape(f'//duckduckgo.com/l/?uddg={quote(url, safe="")}&rut=abc', quote=True)
-    page = (
-        '<html><body><div class="serp__results"><div id="links" class="results">'
-        '<div class="result results_links results_links_deep web-result">'
-        '<div class="links_main links_deep result__body">'
-        f'<h2 class="result__title"><a rel="nofollow" class="result__a" href="{link}">Tea</a></h2>'
-        f'<div class="result__extras"><a class="result__url" href="{link}">{html.escape(url)}</a></div>'
-        f'<a class="result__snippet" href="{link}">How tea is brewed.</a>'
-        '</div></div></div></div></body></html>'
-    )
+    page = duckduckgo_page(('Tea', site.url('/article'), 'How tea is brewed.'))
     with LoopbackHTTPServer({'/html/': html_reply(page)}) as server:
         yield server
 

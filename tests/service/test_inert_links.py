@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,25 +16,17 @@ from tandem.agent import Assistant
 from tandem.agent.core.config import Settings, WebConfig
 from tandem.agent.core.events import TextDelta
 from tests.service.conftest import AUTH_A, MakeApp, asgi
+from tests.support.browser import CHROMIUM, dump_dom
 from tests.support.deps import scripted_backbone
-from tests.support.loopback_http import LoopbackHTTPServer, html_reply, text_reply
-from tests.support.planted import CANARY_PATHS, SECRET, planted_page, steered_model
+from tests.support.loopback_http import LoopbackHTTPServer, html_reply
+from tests.support.planted import CANARY_PATHS, SECRET, steered_model
 
-CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 MARKED = Path('/usr/share/javascript/marked/marked.min.js')
 """Debian's `libjs-marked` (`make browser` installs it): the renderer Open WebUI uses."""
-
-
-@pytest.fixture
-def canary() -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer(default=text_reply('')) as server:
-        yield server
-
-
-@pytest.fixture
-def notes(canary: LoopbackHTTPServer) -> Iterator[LoopbackHTTPServer]:
-    with LoopbackHTTPServer({'/notes': text_reply(planted_page(canary.url('').rstrip('/')))}) as server:
-        yield server
+needs_marked = pytest.mark.skipif(
+    CHROMIUM is None or not MARKED.is_file(),
+    reason='chromium or libjs-marked is not installed: `make browser` installs them from Debian',
+)
 
 
 def _app(make_app: MakeApp, notes: LoopbackHTTPServer, **security: object) -> FastAPI:
@@ -85,7 +74,6 @@ async def test_the_service_returns_the_planted_urls_inert_plain_and_streamed(
 
 def _render(answers: dict[str, str], tmp_path: Path) -> str:
     """Each answer rendered by marked into its own element of one page, loaded by headless Chromium: its DOM."""
-    assert CHROMIUM is not None
     script = MARKED.read_text()
     blocks = ''.join(
         f'<div id="{name}"></div><script>document.getElementById({json.dumps(name)}).innerHTML = '
@@ -94,33 +82,11 @@ def _render(answers: dict[str, str], tmp_path: Path) -> str:
     )
     page = f'<!DOCTYPE html><html><head><script>{script}</script></head><body>{blocks}</body></html>'
     with LoopbackHTTPServer({'/chat': html_reply(page)}) as frontend:
-        completed = subprocess.run(
-            [
-                CHROMIUM,
-                '--headless',
-                '--no-sandbox',
-                '--disable-gpu',
-                '--disable-background-networking',
-                '--disable-component-update',
-                '--no-first-run',
-                f'--user-data-dir={tmp_path / "profile"}',
-                '--virtual-time-budget=5000',
-                '--dump-dom',
-                frontend.url('/chat'),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return completed.stdout
+        dom, _ = dump_dom(frontend.url('/chat'), tmp_path / 'profile', '--virtual-time-budget=5000')
+    return dom
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None or not MARKED.is_file(),
-    reason='chromium or libjs-marked is not installed: `make browser` installs them from Debian',
-)
+@needs_marked
 async def test_a_browser_rendering_the_answer_sends_the_canary_nothing(
     make_app: MakeApp, notes: LoopbackHTTPServer, canary: LoopbackHTTPServer, tmp_path: Path
 ) -> None:
@@ -134,10 +100,7 @@ async def test_a_browser_rendering_the_answer_sends_the_canary_nothing(
     assert f'<a href="{notes.url("/notes")}">your page</a>' in dom
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None or not MARKED.is_file(),
-    reason='chromium or libjs-marked is not installed: `make browser` installs them from Debian',
-)
+@needs_marked
 async def test_the_same_answer_left_live_would_have_leaked_with_no_click(
     make_app: MakeApp, notes: LoopbackHTTPServer, canary: LoopbackHTTPServer, tmp_path: Path
 ) -> None:
