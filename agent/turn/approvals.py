@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+from pydantic_ai.messages import ModelMessage
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolDefinition, ToolDenied
 
 from tandem.agent.core.log import get_logger
 from tandem.agent.turn.deps import ApprovalRequest, Approver, Deps
+from tandem.agent.turn.output_links import user_texts
 from tandem.tools.registry import has_side_effects, outbound_url_argument
 
 __all__ = ['ApprovalRequest', 'Approver', 'needs_approval', 'resolve_approvals']
@@ -67,16 +68,7 @@ def _user_gave(url: str, messages: Sequence[ModelMessage]) -> bool:
     wanted = _address(url)
     if wanted is None:
         return False
-    for message in messages:
-        if not isinstance(message, ModelRequest):
-            continue
-        for part in message.parts:
-            if not isinstance(part, UserPromptPart):
-                continue
-            texts = [part.content] if isinstance(part.content, str) else [c for c in part.content if isinstance(c, str)]
-            if any(_address(word) == wanted for text in texts for word in text.split()):
-                return True
-    return False
+    return any(_address(word) == wanted for text in user_texts(messages) for word in text.split())
 
 
 def _address(text: str) -> tuple[str, str, str, str] | None:
