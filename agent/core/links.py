@@ -126,6 +126,7 @@ def url_netloc(text: str, *, bare_host: bool = False) -> str | None:
     text = _EDGE_CONTROLS.sub('', _DROPPED.sub('', text)).replace('\\', '/')
     match = _SCHEME.match(text)
     default_port: int | None = None
+    written_bare = False
     if match and match.group(1).lower() in _NETWORK_PORTS:
         default_port = _NETWORK_PORTS[match.group(1).lower()]
         rest = text[match.end() :].lstrip('/')
@@ -133,6 +134,7 @@ def url_netloc(text: str, *, bare_host: bool = False) -> str | None:
         rest = text.lstrip('/')
     elif bare_host and (not match or text[match.end() : match.end() + 1].isdigit()):
         rest = text  # `example.com/a`, or `intranet:8080/a`: a host, not a scheme
+        written_bare = True
     else:
         return None
     authority = re.split(r'[/?#]', rest, maxsplit=1)[0].rsplit('@', 1)[-1].lower()
@@ -142,7 +144,7 @@ def url_netloc(text: str, *, bare_host: bool = False) -> str | None:
     else:
         host, _, port = authority.partition(':')
     host = host.rstrip('.')
-    if not host or (rest is text and not _BARE_HOST.fullmatch(host)):
+    if not host or (written_bare and not _BARE_HOST.fullmatch(host)):
         return None
     if port.isdigit() and int(port) == default_port:
         port = ''
@@ -230,26 +232,14 @@ def _scan(text: str, policy: LinkPolicy, *, final: bool, start: int = 0) -> _Sca
             _judge_tag(text, start, end, policy, scan)
             position = end
         elif kind in ('dest', 'definition'):
-            parsed = _destination(text, site.end(), angle_ok=True, inline=kind == 'dest')
-            if parsed is None:
-                if not final:
-                    scan.pending = _held_from(text, start)
-                    return scan
-                parsed = (text[site.end() :].strip(), len(text), len(text))
-            dest, _, dest_end = parsed
-            end = dest_end
-            if kind == 'definition':
-                title_end = _title_end(text, dest_end)
-                if title_end is None and not final:
-                    scan.pending = _held_from(text, start)
-                    return scan
-                end = title_end or dest_end
-            if kind == 'dest':
-                close = _closing_paren(text, dest_end)
-                if close is None and not final:
-                    scan.pending = _held_from(text, start)
-                    return scan
-                end = close if close is not None else dest_end
+            parsed = _destination(text, site.end(), inline=kind == 'dest')
+            # The construct ends at an inline link's `)`, or after a definition's title.
+            finish = (_closing_paren if kind == 'dest' else _title_end)(text, parsed[1]) if parsed else None
+            if finish is None and not final:
+                scan.pending = _held_from(text, start)
+                return scan
+            dest, dest_end = parsed or (text[site.end() :].strip(), len(text))
+            end = finish or dest_end
             _judge_destination(text, start, end, _decode(dest, markdown=True), policy, scan)
             position = max(end, site.end())
         else:
@@ -356,25 +346,23 @@ def _tag_end(text: str, start: int) -> int | None:
 _IN_NAME, _BETWEEN, _IN_ATTRIBUTE, _AFTER_ATTRIBUTE, _BEFORE_VALUE, _IN_VALUE, _IN_DOUBLE, _IN_SINGLE = range(8)
 
 
-def _destination(text: str, start: int, *, angle_ok: bool, inline: bool) -> tuple[str, int, int] | None:
-    """The link destination after `](` or `]:`: `(dest, dest_start, dest_end)`, `None` if it may still grow."""
+def _destination(text: str, start: int, *, inline: bool) -> tuple[str, int] | None:
+    """The link destination after `](` or `]:`, and where it ends; `None` if it may still grow."""
     i, n = start, len(text)
     newlines = 0
     while i < n and text[i] in ' \t\n':
         newlines += text[i] == '\n'
         if newlines > 1:
-            return '', i, i
+            return '', i
         i += 1
     if i == n:
         return None
     begin = i
-    if angle_ok and text[i] == '<':
+    if text[i] == '<':
         i += 1
         while i < n and text[i] not in '>\n':
             i += 2 if text[i] == '\\' else 1
-        if i >= n:
-            return None
-        return text[begin + 1 : i], begin, i + 1
+        return (text[begin + 1 : i], i + 1) if i < n else None
     depth = 0
     while i < n:
         char = text[i]
@@ -390,9 +378,7 @@ def _destination(text: str, start: int, *, angle_ok: bool, inline: bool) -> tupl
                 break
             depth -= 1
         i += 1
-    if i >= n:
-        return None
-    return text[begin:i], begin, i
+    return (text[begin:i], i) if i < n else None
 
 
 def _title_end(text: str, start: int) -> int | None:
@@ -491,43 +477,48 @@ class StreamNeutralizer:
     def feed(self, piece: str) -> str:
         """Take the next piece of the answer; return what may be shown now (maybe nothing)."""
         self._raw += piece
-        return self._release(self._stable_end(), final=False)
+        cut, scan = self._stable_end()
+        return self._show(cut, scan) if scan is not None else ''
 
     def finish(self) -> str:
         """The rest of the answer, all of it now final."""
-        return self._release(len(self._raw), final=True)
+        return self._show(len(self._raw), _scan(self._raw, self._policy, final=True, start=self._done))
 
-    def _release(self, cut: int, *, final: bool) -> str:
-        if cut <= self._done and not final:
-            return ''
-        text = self._raw[:cut]
-        shown = _apply(text, _scan(text, self._policy, final=True, start=self._done), self._done)
+    def _show(self, cut: int, scan: _Scan) -> str:
+        shown = _apply(self._raw[:cut], scan, self._done)
         self._done = cut
         return shown
 
-    def _stable_end(self) -> int:
-        """How much of the text is final: nothing after it can change how the part before it reads."""
+    def _stable_end(self) -> tuple[int, _Scan | None]:
+        """How much of the text is final, with its rewrites (`None` when nothing new is).
+
+        Nothing after the cut can change how the part before it reads, so a scan that finds nothing
+        still open before it rewrites that part as `neutralize` of the whole text will.
+        """
         raw = self._raw
         cut = len(raw)
         while cut > self._done and not raw[cut - 1].isspace():
             cut -= 1  # the last word may be a URL still being written
         while cut > self._done:  # each hold may cut into a construct that then holds from further back
-            text = raw[:cut]
-            held = [cut, _scan(text, self._policy, final=False, start=self._done).pending, _open_bracket(raw, cut)]
-            earliest = min(position for position in held if position is not None)
-            if earliest >= cut:
-                break
-            cut = earliest
-        return cut
+            scan = _scan(raw[:cut], self._policy, final=False, start=self._done)
+            held = [
+                position for position in (scan.pending, _open_bracket(raw, cut, self._done)) if position is not None
+            ]
+            if not held:
+                return cut, scan
+            cut = min(held)
+        return cut, None
 
 
-def _open_bracket(text: str, end: int) -> int | None:
-    """The earliest `[` (or `![`) before `end` in the last paragraph, within reach, that nothing closed yet."""
+def _open_bracket(text: str, end: int, shown: int) -> int | None:
+    """The earliest `[` (or `![`) before `end` in the last paragraph, within reach, that nothing closed yet.
+
+    Every `[` before `shown` was closed before it (else it would have been held), so the search starts there.
+    """
     reach = max(0, end - _LABEL_REACH)
     floor = max((blank.end() for blank in _BLANK_LINE.finditer(text, max(0, reach - 2), end)), default=reach)
-    floor = max(floor, reach)
     stack: list[int] = []
-    i = floor
+    i = max(floor, reach, shown)
     while i < end:
         char = text[i]
         if char == '\\':

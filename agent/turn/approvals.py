@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolDefinition, ToolDenied
 
+from tandem.agent.core.links import url_netloc
 from tandem.agent.core.log import get_logger
 from tandem.agent.turn.deps import ApprovalRequest, Approver, Deps
 from tandem.agent.turn.output_links import user_texts
@@ -39,7 +40,6 @@ DENIED_UNATTENDED = (
 DENIED_BY_USER = 'Denied by the user. Do not retry; ask the user what they want instead.'
 
 
-_DEFAULT_PORTS = {'http': 80, 'https': 443}
 _TRIM = '.,;:!?()[]{}<>"\'`'
 
 
@@ -72,20 +72,15 @@ def _user_gave(url: str, messages: Sequence[ModelMessage]) -> bool:
 
 
 def _address(text: str) -> tuple[str, str, str, str] | None:
-    """`host[:port]`, path, query and fragment of a URL as a user writes one: `example.com/a` or `https://...`."""
+    """`host[:port]`, path, query and fragment of a URL as a user writes one: `example.com/a` or `https://...`.
+
+    The host is read as the link policy reads it (`url_netloc`), so both rules agree on what the user named.
+    """
     text = text.strip().strip(_TRIM)
-    if '://' not in text:
-        if '.' not in text.split('/')[0]:
-            return None  # a plain word, not an address
-        text = f'http://{text}'
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
+    netloc = url_netloc(text, bare_host=True)
+    if netloc is None:
         return None
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    netloc = parts.hostname.lower() + (f':{port}' if port is not None and port != _DEFAULT_PORTS[parts.scheme] else '')
+    parts = urlsplit(text if '://' in text else f'//{text}')
     return netloc, parts.path.rstrip('/'), parts.query, parts.fragment
 
 

@@ -2,7 +2,7 @@
 for approval, and nobody approving means it never goes out.
 
 An outbound GET to a URL that untrusted content chose is a side effect: the URL itself carries the data.
-The canary server stands for the attacker; it must receive no request at all.
+The canary server (`tests.support.planted`) stands for the attacker; it must receive no request at all.
 """
 
 from __future__ import annotations
@@ -25,13 +25,6 @@ from tests.support.loopback_http import LoopbackHTTPServer, html_reply
 from tests.support.search import duckduckgo_page
 
 SECRET = 'hunter2'
-
-
-@pytest.fixture
-def canary() -> Iterator[LoopbackHTTPServer]:
-    """The attacker's server: any request it gets is a leak."""
-    with LoopbackHTTPServer(default=html_reply('<p>thanks</p>')) as server:
-        yield server
 
 
 @pytest.fixture
