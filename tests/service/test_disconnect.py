@@ -7,6 +7,8 @@ it would be called a second time. A client that disconnects during that while mu
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,10 +29,13 @@ class SlowToolModel:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.started = threading.Event()
+        """Set when the model starts thinking: from then on a disconnect must cancel it."""
         self.cancelled = threading.Event()
         self.model = FunctionModel(self._respond, stream_function=self._stream, model_name='slow')
 
     async def _pause(self) -> None:
+        self.started.set()
         try:
             await asyncio.sleep(PAUSE)
         except asyncio.CancelledError:
@@ -98,13 +103,21 @@ def test_a_disconnect_mid_stream_stops_the_turn_and_saves_nothing(make_app: Make
 def test_a_disconnect_before_a_plain_answer_stops_the_turn_and_saves_nothing(make_app: MakeApp) -> None:
     slow = SlowToolModel()
     with live(make_app(slow.model)) as url:
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up, and closes the connection
-            httpx.post(
-                f'{url}/chat/completions',
-                json=_body(False),
-                headers={**AUTH_A, 'X-Tandem-Session': 'gone'},
-                timeout=httpx.Timeout(10, read=PAUSE / 4),
-            )
+        # A raw socket, so the client hangs up exactly while the model thinks, however slow the machine:
+        # a client read timeout could fire before the turn reached the model at all.
+        address = httpx.URL(url)
+        body = json.dumps(_body(False)).encode()
+        head = (
+            f'POST {address.path}/chat/completions HTTP/1.1\r\nHost: {address.host}\r\n'
+            f'Authorization: {AUTH_A["Authorization"]}\r\nX-Tandem-Session: gone\r\n'
+            f'Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n'
+        )
+        with socket.create_connection((address.host, address.port)) as client:
+            client.sendall(head.encode() + body)
+            assert slow.started.wait(5), 'the turn never reached the model'
+            client.setblocking(False)
+            with pytest.raises(BlockingIOError):  # no answer yet: the client gives up, and closes the connection
+                client.recv(1)
         assert slow.cancelled.wait(5), 'the turn was not cancelled'
         time.sleep(PAUSE + 0.4)
         stored = _stored(url, 'gone')
