@@ -104,6 +104,7 @@ def ingest(
             chunk_tokens=config.chunk_tokens,
             chunk_overlap=config.chunk_overlap,
             max_file_bytes=config.max_file_bytes,
+            language=config.language,
             allowed_hosts=settings.web.allowed_hosts,
             prune=prune,
         )
@@ -187,20 +188,26 @@ def _print_report(report: IngestReport, label: str, as_json: bool) -> None:
     rate = f' ({report.chunks / report.seconds:.0f} chunks/s)' if report.seconds > 0 and report.chunks else ''
     status = '[yellow]interrupted[/] — ' if report.interrupted else ''
     removed = f', {report.removed} removed' if report.removed else ''
+    duplicates = f', {report.duplicates} duplicates (read once)' if report.duplicates else ''
     err.print(
         f'{status}[bold]{escape(label)}[/]: {report.added} added, {report.updated} updated, '
-        f'{report.unchanged} unchanged, {report.skipped_total} skipped{removed} · '
+        f'{report.unchanged} unchanged, {report.skipped_total} skipped{removed}{duplicates} · '
         f'{report.chunks} chunks in {report.seconds:.1f} s{rate}',
         highlight=False,
         soft_wrap=True,
     )
-    if report.skipped_total:
+    listed = report.skipped_total - sum(report.unsupported.values())
+    if listed:
         err.print('skipped:', highlight=False, soft_wrap=True)
         for item in report.skipped[:20]:
             err.print(f'  {escape(item.source)} — {escape(item.reason)}', highlight=False, soft_wrap=True)
-        if report.skipped_total > 20:
-            summary = ', '.join(f'{reason}: {count}' for reason, count in report.reasons.most_common())
-            err.print(f'  … {report.skipped_total - 20} more ({escape(summary)})', highlight=False, soft_wrap=True)
+        if listed > 20:
+            summary = ', '.join(
+                f'{reason}: {count}' for reason, count in report.reasons.most_common() if reason != 'unsupported type'
+            )
+            err.print(f'  … {listed - 20} more ({escape(summary)})', highlight=False, soft_wrap=True)
+    if hint := report.include_hint():
+        err.print(f'[yellow]skipped[/] {escape(hint)}', highlight=False, soft_wrap=True)
     for note in report.notes[:10]:
         err.print(f'[yellow]note:[/] {escape(note)}', highlight=False, soft_wrap=True)
     if report.interrupted:

@@ -10,7 +10,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -169,6 +169,20 @@ class KnowledgeConfig(BaseModel):
     """Tokens each chunk repeats from the end of the previous one in the same section."""
     max_file_bytes: int = Field(default=50_000_000, gt=0)
     """Larger files are skipped, with the reason in the summary."""
+    language: str = 'english'
+    """The documents' language, for BM25's stop words and stemming (a Snowball language: `english`,
+    `german`, `french`, …). Changing it re-indexes each document on its next ingest."""
+
+    @field_validator('language')
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        import Stemmer  # pyright: ignore[reportMissingTypeStubs]
+
+        known = sorted(cast(list[str], Stemmer.algorithms()))  # pyright: ignore[reportUnknownMemberType]
+        language = value.strip().lower()
+        if language not in known:
+            raise ValueError(f'knowledge.language {value!r} is not one of {", ".join(known)}')
+        return language
 
     @model_validator(mode='after')
     def _overlap_fits(self) -> KnowledgeConfig:

@@ -164,7 +164,10 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
     config = deps.settings.knowledge
     kb = KnowledgeBase(deps.redis, tenant=deps.identity.tenant, name=config.default_kb)
     options = IngestOptions(
-        chunk_tokens=config.chunk_tokens, chunk_overlap=config.chunk_overlap, max_file_bytes=config.max_file_bytes
+        chunk_tokens=config.chunk_tokens,
+        chunk_overlap=config.chunk_overlap,
+        max_file_bytes=config.max_file_bytes,
+        language=config.language,
     )
     ingestor = Ingestor(kb, embedder=make_embedder(config), options=options)
     for index, document in enumerate(documents):

@@ -640,7 +640,10 @@ async def _upload(
         knowledge,
         embedder=service.embedder(),
         options=IngestOptions(
-            chunk_tokens=config.chunk_tokens, chunk_overlap=config.chunk_overlap, max_file_bytes=len(data)
+            chunk_tokens=config.chunk_tokens,
+            chunk_overlap=config.chunk_overlap,
+            max_file_bytes=len(data),
+            language=config.language,
         ),
     )
     source = f'upload:{name}'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import re
@@ -12,19 +13,34 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
-from bm25s.stopwords import STOPWORDS_EN  # pyright: ignore[reportMissingTypeStubs]
+import Stemmer  # pyright: ignore[reportMissingTypeStubs]
+from bm25s import stopwords as bm25s_stopwords  # pyright: ignore[reportMissingTypeStubs]
 
 from tandem.agent.core.errors import TandemError
 from tandem.memory.knowledge.store import DocumentRecord, KbState, KnowledgeBase
 
-ANALYZER = 'bm25s-en-v1'
-"""Names the BM25 analyzer below; stored in each document's signature, so changing it re-indexes."""
-
-
 _TOKEN = re.compile(r'(?u)\b\w\w+\b')  # bm25s's (and scikit-learn's) default token pattern
 
 
-_STOPWORDS = frozenset(STOPWORDS_EN)
+def _words(name: str) -> frozenset[str]:
+    return frozenset(cast(Iterable[str], getattr(bm25s_stopwords, name)))
+
+
+_STOPWORDS: dict[str, frozenset[str]] = {
+    'english': _words('STOPWORDS_EN'),
+    'danish': _words('STOPWORDS_DANISH'),
+    'dutch': _words('STOPWORDS_DUTCH'),
+    'french': _words('STOPWORDS_FRENCH'),
+    'german': _words('STOPWORDS_GERMAN'),
+    'italian': _words('STOPWORDS_ITALIAN'),
+    'norwegian': _words('STOPWORDS_NORWEGIAN'),
+    'portuguese': _words('STOPWORDS_PORTUGUESE'),
+    'russian': _words('STOPWORDS_RUSSIAN'),
+    'spanish': _words('STOPWORDS_SPANISH'),
+    'swedish': _words('STOPWORDS_SWEDISH'),
+    'turkish': _words('STOPWORDS_TURKISH'),
+}
+"""bm25s's stop-word lists by Snowball language name; other languages keep every word."""
 
 
 _K1 = 1.5
@@ -33,10 +49,68 @@ _K1 = 1.5
 _B = 0.75
 
 
+def languages() -> list[str]:
+    """The languages the analyzer can stem (Snowball's, through PyStemmer)."""
+    return sorted(cast(list[str], Stemmer.algorithms()))  # pyright: ignore[reportUnknownMemberType]
+
+
+@functools.cache
+def _stemmer(language: str) -> Any:
+    return cast(Any, Stemmer.Stemmer(language))  # pyright: ignore[reportUnknownMemberType]
+
+
+@dataclass(frozen=True)
+class Analyzer:
+    """How text becomes BM25 terms, the same at ingest and at query time: bm25s's tokenizer (its token
+    pattern, lowercased), the language's stop words removed, each word stemmed with Snowball, so
+    "patents" matches "patent".
+
+    Its `name` is stored in the knowledge base, so a KB is always queried the way it was indexed,
+    and in each document's signature, so changing the language re-indexes on the next ingest.
+
+    Attributes:
+        language: A Snowball language (`languages()`).
+        stem: `False` only for knowledge bases indexed before stemming (`LEGACY_ANALYZER`).
+    """
+
+    language: str = 'english'
+    stem: bool = True
+
+    @property
+    def name(self) -> str:
+        return f'bm25s-{self.language}-stem-v2' if self.stem else 'bm25s-en-v1'
+
+    def terms(self, text: str) -> list[str]:
+        """The BM25 terms of `text`, in order, duplicates kept."""
+        stopwords = _STOPWORDS.get(self.language, frozenset[str]())
+        words = [token for token in _TOKEN.findall(text.lower()) if token not in stopwords]
+        return cast(list[str], _stemmer(self.language).stemWords(words)) if self.stem else words
+
+    @classmethod
+    def named(cls, name: str | None) -> Analyzer:
+        """The analyzer a KB records; `LEGACY_ANALYZER` for a KB written before analyzers were recorded.
+
+        Raises:
+            TandemError: A name this version doesn't know (a KB written by a newer Tandem).
+        """
+        if not name or name == LEGACY_ANALYZER.name:
+            return LEGACY_ANALYZER
+        language = name.removeprefix('bm25s-').removesuffix('-stem-v2')
+        if name != f'bm25s-{language}-stem-v2' or language not in languages():
+            raise TandemError(f'this knowledge base was indexed with an analyzer this Tandem does not know ({name}).')
+        return cls(language)
+
+
+LEGACY_ANALYZER = Analyzer('english', stem=False)
+"""Lowercased words, English stop words removed, no stemming: knowledge bases from before 0.2."""
+
+
+DEFAULT_ANALYZER = Analyzer()
+
+
 def bm25_terms(text: str) -> list[str]:
-    """BM25 terms of `text`, as `bm25s.tokenize(text, stopwords='en')` gives them: lowercased words
-    of two or more characters, English stop words removed, in order (duplicates kept)."""
-    return [token for token in _TOKEN.findall(text.lower()) if token not in _STOPWORDS]
+    """BM25 terms of `text` with the default analyzer (English, stemmed)."""
+    return DEFAULT_ANALYZER.terms(text)
 
 
 _IntArray = npt.NDArray[np.int32]

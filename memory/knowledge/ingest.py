@@ -5,8 +5,11 @@ What is read:
 - files, and folders recursively (hidden entries, `node_modules` and `__pycache__` skipped), with
   `include` / `exclude` globs: a glob without `/` matches file (or folder) names, one with `/`
   matches the path relative to the folder given, and `*` crosses folders there;
-- `.md`/`.markdown`, `.txt`/`.text`/`.rst`, `.html`/`.htm`, `.pdf` (pypdf), `.json` and `.csv`
-  as text; a file matched by an explicit `include` glob is read as text whatever its extension;
+- `.md`/`.markdown`, `.txt`/`.text`/`.rst`, `.html`/`.htm`, `.pdf` (pypdf), `.json` and `.csv`;
+  files without an extension (LICENSE, README, copyright) when their first bytes read as text; a
+  file matched by an explicit `include` glob is read as text whatever its extension. Files of other
+  types are counted by extension, so the report can say what was left and how to include it;
+- a file reached twice in one ingest (through a symlink, say) is read once and reported as a duplicate;
 - `http(s)://` URLs, through the web tools' SSRF-safe fetcher (`web.allowed_hosts` applies).
 
 Binary, unreadable, encrypted, oversized and empty files are skipped with a reason.
@@ -49,8 +52,15 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.tokens import token_counter
 from tandem.memory.knowledge.chunk import CHUNKER_VERSION, ChunkDraft, chunk_blocks
 from tandem.memory.knowledge.embeddings import TextEmbedder
-from tandem.memory.knowledge.index import ANALYZER, bm25_terms
-from tandem.memory.knowledge.parse import SUPPORTED_SUFFIXES, Kind, ParsedDocument, SkipDocument, parse_document
+from tandem.memory.knowledge.index import Analyzer
+from tandem.memory.knowledge.parse import (
+    SUPPORTED_SUFFIXES,
+    Kind,
+    ParsedDocument,
+    SkipDocument,
+    looks_like_text,
+    parse_document,
+)
 from tandem.memory.knowledge.store import ChunkData, DocumentRecord, EmbeddingModelMismatch, KnowledgeBase, document_id
 
 __all__ = (
@@ -68,6 +78,9 @@ _MAX_REPORTED = 1000
 """Most skipped files (and per-outcome sources) a report keeps by name; counts stay exact."""
 _BATCH_FILES = 64
 _BATCH_BYTES = 16_000_000
+_SNIFF_BYTES = 8192
+NO_EXTENSION = '(no extension)'
+"""How `IngestReport.unsupported` names files without an extension that are not text."""
 
 
 # --- the ingest ------------------------------------------------------------------------------------
@@ -84,6 +97,7 @@ class IngestOptions:
         chunk_overlap: Tokens each chunk repeats from the previous one.
         max_file_bytes: Larger files are skipped.
         allowed_hosts: Private hosts URLs may point at (`web.allowed_hosts`).
+        language: The documents' language, for BM25's stop words and stemming (`knowledge.language`).
         prune: After a folder is walked, remove the KB's documents from under it whose file is gone.
         batch_files: Files read, chunked, embedded and written together.
         batch_bytes: Raw bytes per batch, at most (memory stays bounded by this).
@@ -95,6 +109,7 @@ class IngestOptions:
     chunk_overlap: int = 32
     max_file_bytes: int = 50_000_000
     allowed_hosts: Sequence[str] = ()
+    language: str = 'english'
     prune: bool = False
     batch_files: int = _BATCH_FILES
     batch_bytes: int = _BATCH_BYTES
@@ -116,22 +131,28 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    duplicates: int = 0
+    """Files reached again in the same ingest (a symlink to a file already read): read once."""
     chunks: int = 0
     """Chunks written (of added and updated documents)."""
     skipped: list[Skipped] = field(default_factory=list[Skipped])
     skipped_total: int = 0
     reasons: Counter[str] = field(default_factory=Counter[str])
     """How many files were skipped for each reason (the reason's kind, before any detail)."""
+    unsupported: Counter[str] = field(default_factory=Counter[str])
+    """Files of types not read by default, by extension (`NO_EXTENSION` for binary files without
+    one): counted in `skipped_total`, not listed one by one."""
     sources: dict[str, list[str]] = field(default_factory=dict[str, list[str]])
-    """`added`, `updated`, `unchanged`, `removed` → sources (capped)."""
+    """`added`, `updated`, `unchanged`, `removed`, `duplicate` → sources (capped)."""
     notes: list[str] = field(default_factory=list[str])
     missing_targets: list[str] = field(default_factory=list[str])
     """Paths or URLs given explicitly that could not be read at all."""
     interrupted: bool = False
     seconds: float = 0.0
 
-    def record(self, outcome: Literal['added', 'updated', 'unchanged', 'removed'], source: str) -> None:
-        setattr(self, outcome, getattr(self, outcome) + 1)
+    def record(self, outcome: Literal['added', 'updated', 'unchanged', 'removed', 'duplicate'], source: str) -> None:
+        counter = 'duplicates' if outcome == 'duplicate' else outcome
+        setattr(self, counter, getattr(self, counter) + 1)
         names = self.sources.setdefault(outcome, [])
         if len(names) < _MAX_REPORTED:
             names.append(source)
@@ -142,6 +163,24 @@ class IngestReport:
         if len(self.skipped) < _MAX_REPORTED:
             self.skipped.append(Skipped(source, reason))
 
+    def skip_unsupported(self, suffix: str) -> None:
+        """Count a file of a type not read by default."""
+        self.skipped_total += 1
+        self.reasons['unsupported type'] += 1
+        self.unsupported[suffix] += 1
+
+    def include_hint(self) -> str:
+        """One line on the files of unsupported types, naming the most common and how to read them; `''` for none."""
+        if not self.unsupported:
+            return ''
+        common = sorted(self.unsupported.items(), key=lambda item: (-item[1], item[0] == NO_EXTENSION, item[0]))
+        listed = ', '.join(f'{suffix} {count}' for suffix, count in common[:5])
+        more = f', {len(common) - 5} more types' if len(common) > 5 else ''
+        example = next((suffix for suffix, _ in common if suffix != NO_EXTENSION), None)
+        how = f"add --include '*{example}' to read such files as text" if example else 'they are not text'
+        total = sum(self.unsupported.values())
+        return f'{total} file{"s" if total != 1 else ""} of unsupported types ({listed}{more}): {how}.'
+
     def as_dict(self) -> dict[str, Any]:
         """The report as plain data (for `--json`)."""
         return {
@@ -149,7 +188,9 @@ class IngestReport:
             'updated': self.updated,
             'unchanged': self.unchanged,
             'removed': self.removed,
+            'duplicates': self.duplicates,
             'skipped': self.skipped_total,
+            'unsupported_types': dict(self.unsupported.most_common()),
             'chunks': self.chunks,
             'seconds': round(self.seconds, 3),
             'interrupted': self.interrupted,
@@ -252,13 +293,14 @@ class Ingestor:
         self.options = options or IngestOptions()
         self.counter = token_counter()
         self.report = IngestReport()
+        self.analyzer = Analyzer(self.options.language)
         self.sig = '|'.join(
             [
                 CHUNKER_VERSION,
                 self.counter.name,
                 str(self.options.chunk_tokens),
                 str(self.options.chunk_overlap),
-                ANALYZER,
+                self.analyzer.name,
                 embedder.model_id if embedder is not None else 'none',
             ]
         )
@@ -266,6 +308,7 @@ class Ingestor:
         self._files_done = 0
         self._started = 0.0
         self._on_progress: ProgressCallback | None = None
+        self._seen: set[int] = set()
 
     async def ingest(self, targets: Sequence[str], *, on_progress: ProgressCallback | None = None) -> IngestReport:
         """Ingest `targets` (paths and URLs); see the module docstring.
@@ -281,6 +324,7 @@ class Ingestor:
         self._on_progress = on_progress
         self._started = time.perf_counter()
         await self._check_model()
+        self._seen: set[int] = set()
         self._files_total = sum(self._count(target) for target in targets)
         self._progress('')
         try:
@@ -331,11 +375,12 @@ class Ingestor:
             return 1
         path = Path(target).expanduser()
         if path.is_dir():
-            return sum(1 for _ in self._walk(path))
+            return sum(1 for _, kind in self._walk(path) if kind is not None)
         return 1
 
-    def _walk(self, root: Path) -> Iterator[tuple[Path, Kind]]:
-        """Included files under `root`, depth first in name order; lazily, so memory stays flat."""
+    def _walk(self, root: Path) -> Iterator[tuple[Path, Kind | None]]:
+        """Files under `root` that no glob leaves out, depth first in name order, with how to read
+        them (`None`: a type not read by default); lazily, so memory stays flat."""
         options = self.options
         stack = [root]
         while stack:
@@ -367,8 +412,9 @@ class Ingestor:
                     if not _matches(options.include, relative, entry.name):
                         continue
                     kind = kind or 'text'
-                if kind is not None:
-                    yield path, kind
+                elif kind is None and not path.suffix and _sniffs_as_text(path):
+                    kind = 'text'
+                yield path, kind
             stack.extend(reversed(subfolders))
 
     async def _ingest_target(self, target: str) -> None:
@@ -389,7 +435,12 @@ class Ingestor:
             batch: list[_Item] = []
             size = 0
             for file, kind in self._walk(root):
+                if kind is None:
+                    self.report.skip_unsupported(file.suffix.lower() or NO_EXTENSION)
+                    continue
                 item = _Item(source=str(file.resolve()), name=file.name, kind=kind, path=file)
+                if self._seen_before(item.source, file):
+                    continue
                 if seen is not None:
                     seen.add(document_id(item.source))
                 item.size = _size(file)
@@ -402,8 +453,21 @@ class Ingestor:
             if seen is not None:
                 await self._prune(root, seen)
             return
+        if self._seen_before(str(path), Path(target)):
+            return
         kind = SUPPORTED_SUFFIXES.get(path.suffix.lower(), 'text')
         await self._process([_Item(source=str(path), name=path.name, kind=kind, path=path, size=_size(path))])
+
+    def _seen_before(self, source: str, shown: Path) -> bool:
+        """Whether this ingest already read `source` (through a symlink, or named twice); if so, report
+        `shown` as a duplicate. Keeps a 64-bit hash per file, so memory stays small for big folders."""
+        digest = hash(source)
+        if digest not in self._seen:
+            self._seen.add(digest)
+            return False
+        self.report.record('duplicate', str(shown) if str(shown) == source else f'{shown} → {source}')
+        self._files_done += 1
+        return True
 
     async def _fetch(self, url: str) -> _Item | None:
         from tandem.agent.core.fetch import Fetcher, FetchError, parse_allowed_hosts
@@ -418,7 +482,10 @@ class Ingestor:
         try:
             page = await fetcher.fetch(url)
         except FetchError as error:
-            self.report.skip(url, f'fetch failed ({error})')
+            reason = str(error)
+            if 'private' in reason or 'this machine' in reason:
+                reason += '; to ingest from it, add its host to web.allowed_hosts (TANDEM_WEB__ALLOWED_HOSTS)'
+            self.report.skip(url, f'fetch failed ({reason})')
             self.report.missing_targets.append(url)
             self._files_done += 1
             return None
@@ -539,7 +606,7 @@ class Ingestor:
                         heading=draft.heading,
                         page=draft.page,
                         tokens=draft.tokens,
-                        terms=bm25_terms(texts[cursor]),
+                        terms=self.analyzer.terms(texts[cursor]),
                         vector=vectors[cursor].astype(np.float32).tobytes() if vectors is not None else None,
                     )
                 )
@@ -557,7 +624,7 @@ class Ingestor:
             writes.append((record, chunks, entry.previous))
         model = self.embedder.model_id if self.embedder is not None else None
         # Let a write in flight finish even if cancelled: the report then matches what is stored.
-        task = asyncio.ensure_future(self.kb.put_documents(writes, embed_model=model))
+        task = asyncio.ensure_future(self.kb.put_documents(writes, embed_model=model, analyzer=self.analyzer.name))
         try:
             results = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -586,7 +653,9 @@ class Ingestor:
                 self.report.record('unchanged', record.source)
                 return
             fresh = dataclasses.replace(record, created_at=current.created_at if current else record.created_at)
-            result = (await self.kb.put_documents([(fresh, chunks, current)], embed_model=model))[0]
+            result = (
+                await self.kb.put_documents([(fresh, chunks, current)], embed_model=model, analyzer=self.analyzer.name)
+            )[0]
             if result != 0:
                 self._account([(fresh, chunks, current)], [result])
                 return
@@ -610,3 +679,11 @@ def ingest_error(report: IngestReport) -> TandemError | None:
     if report.missing_targets and not (report.added or report.updated or report.unchanged):
         return TandemError(f'nothing ingested: {", ".join(report.missing_targets[:5])} could not be read.')
     return None
+
+
+def _sniffs_as_text(path: Path) -> bool:
+    try:
+        with path.open('rb') as handle:
+            return looks_like_text(handle.read(_SNIFF_BYTES))
+    except OSError:
+        return True  # let the read report why it cannot

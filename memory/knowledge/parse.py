@@ -160,6 +160,23 @@ def _decode_text(data: bytes) -> str:
     return text
 
 
+def looks_like_text(sample: bytes) -> bool:
+    """Whether the first bytes of a file without a known suffix (LICENSE, README, copyright) read as text."""
+    if b'\x00' in sample:
+        return sample.startswith((b'\xff\xfe', b'\xfe\xff'))
+    for cut in range(4):  # the sample may end inside a multi-byte character
+        try:
+            sample[: len(sample) - cut].decode('utf-8')
+        except UnicodeDecodeError:
+            continue
+        return True
+    try:
+        _decode_text(sample)
+    except SkipDocument:
+        return False
+    return True
+
+
 def _clean(text: str) -> str:
     text = text.replace('\r\n', '\n').replace('\r', '\n')
     return re.sub(r'[\x00-\x08\x0b\x0e-\x1f\x7f]', '', text)
@@ -212,7 +229,8 @@ def parse_document(data: bytes, *, name: str, kind: Kind, base_url: str = '') ->
         data: The raw bytes.
         name: The file name (a fallback title).
         kind: How to read it.
-        base_url: For HTML: where relative links point.
+        base_url: For HTML: where relative links point; without one (a local file) they are dropped,
+            their text kept.
 
     Raises:
         SkipDocument: Binary, encrypted, unreadable or empty; the message says which.
@@ -223,7 +241,9 @@ def parse_document(data: bytes, *, name: str, kind: Kind, base_url: str = '') ->
     if kind == 'html':
         from tandem.agent.core.fetch import _html_to_text  # pyright: ignore[reportPrivateUsage]
 
-        title, text = _html_to_text(text, base_url or 'http://localhost/')
+        # A local file has no base URL: its relative links lead nowhere a reader can follow, so
+        # `_html_to_text` keeps their text and drops them.
+        title, text = _html_to_text(text, base_url)
         heading_title, blocks = _markdown_blocks(text)
         return ParsedDocument('html', title or heading_title or name, blocks)
     if kind == 'markdown':

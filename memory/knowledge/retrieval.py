@@ -1,7 +1,9 @@
 """Searching knowledge bases: one `Retriever` interface over BM25, dense vectors, and their fusion.
 
-- **BM25** (`Bm25Retriever`, the default, no model): bm25s's analyzer (its token pattern and
-  English stop words) and its Lucene BM25 scoring (k1=1.5, b=0.75), over an inverted index kept in
+- **BM25** (`Bm25Retriever`, the default, no model): bm25s's tokenizer with Snowball stemming and
+  the language's stop words (`memory.knowledge.index.Analyzer`, recorded per KB, so each KB is
+  queried as it was indexed), the chunk's title and section heading indexed with its text, and
+  bm25s's Lucene BM25 scoring (k1=1.5, b=0.75), over an inverted index kept in
   process and updated incrementally from the KB's change log: a document written or removed costs
   only its own postings, and collection statistics (document frequencies, average length) stay
   exact, so scores equal those of a bm25s index built from scratch on the same chunks.
@@ -35,7 +37,7 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.memory.connection import RedisClient, query_engine_available
 from tandem.memory.knowledge.embeddings import EmbeddingsUnavailable, TextEmbedder, make_embedder
-from tandem.memory.knowledge.index import BM25_KIND, VECTOR_KIND, VectorIndex, bm25_terms, synced_index
+from tandem.memory.knowledge.index import BM25_KIND, VECTOR_KIND, Analyzer, VectorIndex, synced_index
 from tandem.memory.knowledge.store import KbState, KnowledgeBase
 
 if TYPE_CHECKING:
@@ -209,13 +211,16 @@ class Bm25Retriever(_RankingRetriever):
         return 'bm25'
 
     async def rank(self, query: str, n: int) -> _Ranked:
-        terms = bm25_terms(query)
-        if not terms:
+        if not query.strip():
             return []
         rankings: list[_Ranked] = []
         for kb in self.kbs:
             state = await kb.state()
             if state is None or state.chunks == 0:
+                continue
+            # Each KB is queried the way it was indexed (its language; unstemmed before 0.2).
+            terms = Analyzer.named(state.analyzer).terms(query)
+            if not terms:
                 continue
             synced = await synced_index(kb, BM25_KIND, state)
             rankings.append([(kb, chunk_id, score) for chunk_id, score in synced.index.search(terms, n)])

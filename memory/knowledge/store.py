@@ -6,7 +6,8 @@ script on one slot, which works the same on one server and on Redis Cluster:
 
 - `meta` (hash): `epoch` (a random id, new each time the KB is created), `gen` (a generation
   counter, bumped by every document change), counters (`docs`, `chunks`, `vectors`, `tokens`), the
-  embedding model whose vectors the KB holds (`embed_model`, `dims`), `created_at`, `updated_at`.
+  embedding model whose vectors the KB holds (`embed_model`, `dims`), the BM25 analyzer its terms
+  come from (`analyzer`), `created_at`, `updated_at`.
 - `docs` (hash): document id to its record (`DocumentRecord` as JSON): source, title, content
   hash, the chunk ids of its current version, when it was ingested.
 - `changes` (sorted set): document id scored by the generation that last changed it. A process
@@ -71,7 +72,8 @@ _BATCH = 500
 # ARGV: doc id, expected revision ('' when the document must not exist), new revision ('' to delete),
 #       record JSON ('' to delete), nold, epoch for a new KB, now (ISO), embedding model ('' for
 #       none), dims, the document's BM25 terms (a line per chunk), its vectors ('' for none), how many
-#       vectors, how many tokens, then len(CHUNK_FIELDS) values per new chunk ('' for none).
+#       vectors, how many tokens, the BM25 analyzer's name ('' to leave it), then len(CHUNK_FIELDS)
+#       values per new chunk ('' for none).
 # Returns the new generation (> 0); 0 on a revision conflict; -1 when this exact write was already
 # applied (a retry whose first reply was lost); -2 when the KB holds vectors of another model;
 # -3 when deleting a document that isn't stored.
@@ -99,11 +101,12 @@ if new_vectors > 0 then
   if model and model ~= ARGV[8] and vectors - old_vectors > 0 then return -2 end
   redis.call('HSET', KEYS[1], 'embed_model', ARGV[8], 'dims', ARGV[9])
 end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'analyzer', ARGV[14]) end
 for i = 6, 5 + nold do redis.call('DEL', KEYS[i]) end
 local names = {'text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec'}
 local nfields = #names
 for i = first_new, #KEYS do
-  local base = 13 + (i - first_new) * nfields
+  local base = 14 + (i - first_new) * nfields
   local args = {}
   for f = 1, nfields do
     local value = ARGV[base + f]
@@ -226,7 +229,7 @@ class ChunkData:
         heading: The section it is in, e.g. `Install > From source`; `''` for none.
         page: The PDF page it starts on, from 1; `None` for other kinds.
         tokens: Its size in tokens.
-        terms: Its BM25 terms, in order (see `memory.knowledge.index.bm25_terms`).
+        terms: Its BM25 terms, in order (see `memory.knowledge.index.Analyzer`).
         vector: Its embedding as float32 bytes, or `None` without embeddings.
     """
 
@@ -287,6 +290,7 @@ class KbState:
         chunks: How many chunks it holds.
         vectors: How many of them carry a vector.
         embed_model: The model those vectors come from.
+        analyzer: The name of the BM25 analyzer its terms come from; `None` before analyzers were recorded.
     """
 
     epoch: str
@@ -294,6 +298,7 @@ class KbState:
     chunks: int
     vectors: int
     embed_model: str | None
+    analyzer: str | None = None
 
 
 def _text(value: bytes | str | None) -> str:
@@ -380,9 +385,9 @@ class KnowledgeBase:
     async def state(self) -> KbState | None:
         """What a cached index needs to know whether it is current, in one round trip; `None` when
         the KB doesn't exist."""
-        epoch, gen, chunks, vectors, model = cast(
+        epoch, gen, chunks, vectors, model, analyzer = cast(
             list[bytes | None],
-            await self.redis.hmget(self.keys.meta, ['epoch', 'gen', 'chunks', 'vectors', 'embed_model']),  # pyright: ignore[reportUnknownMemberType]
+            await self.redis.hmget(self.keys.meta, ['epoch', 'gen', 'chunks', 'vectors', 'embed_model', 'analyzer']),  # pyright: ignore[reportUnknownMemberType]
         )
         if epoch is None:
             return None
@@ -392,6 +397,7 @@ class KnowledgeBase:
             chunks=_int(chunks),
             vectors=_int(vectors),
             embed_model=_text(model) or None,
+            analyzer=_text(analyzer) or None,
         )
 
     async def changed_since(self, gen: int) -> list[str]:
@@ -504,6 +510,7 @@ class KnowledgeBase:
         writes: Sequence[tuple[DocumentRecord, Sequence[ChunkData], DocumentRecord | None]],
         *,
         embed_model: str | None = None,
+        analyzer: str = '',
     ) -> list[int]:
         """Store new versions of documents, each atomically replacing its previous version.
 
@@ -513,6 +520,8 @@ class KnowledgeBase:
                 (`None` for a new document). The writes go in one pipelined round trip; each is
                 its own atomic script, so an interruption leaves each document old or new, whole.
             embed_model: The model the chunks' vectors come from, when they have vectors.
+            analyzer: The name of the analyzer the chunks' terms come from (`Analyzer.name`), recorded
+                in the KB's meta so that queries use it too.
 
         Returns:
             For each write: the generation after it (> 0); -1 when this very write was already
@@ -553,6 +562,7 @@ class KnowledgeBase:
                 b''.join(vectors),
                 len(vectors),
                 sum(chunk.tokens for chunk in chunks),
+                analyzer,
             ]
             for chunk in chunks:
                 argv += [
@@ -592,6 +602,7 @@ class KnowledgeBase:
         previous: DocumentRecord | None,
         *,
         embed_model: str | None = None,
+        analyzer: str = '',
     ) -> int:
         """Store one document; see `put_documents`.
 
@@ -599,7 +610,7 @@ class KnowledgeBase:
             WriteConflict: The document changed since `previous` was read.
             EmbeddingModelMismatch: The KB holds vectors of another model.
         """
-        result = (await self.put_documents([(record, chunks, previous)], embed_model=embed_model))[0]
+        result = (await self.put_documents([(record, chunks, previous)], embed_model=embed_model, analyzer=analyzer))[0]
         if result == 0:
             raise WriteConflict(f'{record.source} was changed by another ingest at the same time; ingest it again.')
         return result
@@ -625,6 +636,7 @@ class KnowledgeBase:
                 '',
                 0,
                 0,
+                '',
             ]
             result = int(cast(int, await self._put(keys=keys, args=argv)))  # pyright: ignore[reportUnknownMemberType]
             if result > 0:

@@ -57,6 +57,20 @@ def test_ingest_prints_a_summary_with_reasons_and_is_idempotent(env: dict[str, s
     assert isinstance(updated, dict) and (updated['updated'], updated['unchanged'], updated['skipped']) == (1, 1, 0)
 
 
+def test_ingest_says_how_many_files_of_other_types_it_left_and_how_to_include_them(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    docs = write_tree(tmp_path / 'site', {'index.md': 'home', 'LICENSE': 'MIT licence text', 'app.js': 'x()'})
+    result = runner.invoke(app, ['ingest', str(docs)], env=env)
+    assert result.exit_code == 0, result.output
+    assert 'default: 2 added, 0 updated, 0 unchanged, 1 skipped' in result.stderr
+    assert "skipped 1 file of unsupported types (.js 1): add --include '*.js' to read such files as text." in (
+        ' '.join(result.stderr.split())
+    )
+    included = _json(env, 'ingest', str(docs), '--include', '*.js')
+    assert isinstance(included, dict) and included['added'] == 1 and included['unsupported_types'] == {}
+
+
 def test_ingest_of_a_missing_path_fails_with_one_line(env: dict[str, str], tmp_path: Path) -> None:
     result = runner.invoke(app, ['ingest', str(tmp_path / 'nope')], env=env)
     assert result.exit_code == 1

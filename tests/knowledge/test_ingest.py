@@ -62,7 +62,7 @@ async def test_every_supported_format_is_read_and_searchable(kb: KnowledgeBase, 
     )
     report = (await _ingest(kb, docs)).report
 
-    assert report.added == 6 and report.skipped_total == 0  # the .png is not a supported type
+    assert report.added == 6 and report.unsupported == {'.png': 1} and report.skipped_total == 1
     assert (await _search(kb, 'molten salt reactor'))[0] == 'a.md'
     assert (await _search(kb, 'Thursdays'))[0] == 'b.txt'
     assert (await _search(kb, 'photons'))[0] == 'c.html'
@@ -141,6 +141,64 @@ async def test_include_and_exclude_globs(kb: KnowledgeBase, tmp_path: Path) -> N
     report = (await _ingest(other, docs, include=['*.log', 'notes/*'])).report
     assert report.added == 2  # an explicitly included .log is read as text
     assert sorted(await _search(other, 'words', 5)) == ['app.log', 'todo.txt']
+
+
+async def test_files_without_an_extension_are_read_when_they_are_text_and_other_types_are_counted(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    docs = write_tree(
+        tmp_path / 'docs',
+        {
+            'guide.md': 'guide words',
+            'LICENSE': 'Permission is hereby granted, free of charge, to any person obtaining a copy.',
+            'debian/copyright': 'Copyright 2024 Ada Lovelace. Licensed under the Apache licence.',
+            'README': 'Café au lait: the readme speaks UTF-8.',
+            'blob': b'\x7fELF\x02\x01\x01\x00\x00\x00',
+            'main.py': 'print(1)',
+            'logo.png': b'\x89PNG',
+            'icon.png': b'\x89PNG',
+        },
+    )
+    report = (await _ingest(kb, docs)).report
+
+    assert report.added == 4
+    assert (await _search(kb, 'permission granted charge'))[0] == 'LICENSE'
+    assert (await _search(kb, 'Lovelace'))[0] == 'copyright'
+    assert report.unsupported == {'.png': 2, '.py': 1, '(no extension)': 1}
+    assert report.skipped_total == 4 and report.skipped == []  # counted by type, not listed one by one
+    assert report.include_hint() == (
+        "4 files of unsupported types (.png 2, .py 1, (no extension) 1): add --include '*.png' to read such files as text."
+    )
+
+
+async def test_relative_links_in_a_local_html_file_are_dropped_and_absolute_ones_kept(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    page = (
+        '<html><body><h1>Chapter 1</h1><p>Read the <a href="ch2.html">next chapter</a>, '
+        'the <a href="../index.html#top">contents</a> or <a href="https://example.org/errata">the errata</a>.</p>'
+        '</body></html>'
+    )
+    docs = write_tree(tmp_path / 'book', {'ch1.html': page})
+    await _ingest(kb, docs)
+
+    text = (await Bm25Retriever([kb]).search('next chapter', 1))[0].text
+    assert 'localhost' not in text and 'ch2.html' not in text and 'index.html' not in text
+    assert 'Read the next chapter, the contents or [the errata](https://example.org/errata).' in text
+
+
+async def test_a_file_reached_twice_through_a_symlink_is_read_once_and_reported_as_a_duplicate(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    docs = write_tree(tmp_path / 'docs', {'guide.md': 'the guide', 'other.md': 'other words'})
+    (docs / 'alias.md').symlink_to(docs / 'guide.md')
+
+    first = (await _ingest(kb, docs)).report
+    assert (first.added, first.unchanged, first.duplicates) == (2, 0, 1)
+    assert first.sources['duplicate'] == [f'{docs / "guide.md"}']  # 'alias.md' sorts first, so it was read
+    again = (await _ingest(kb, docs, docs / 'alias.md')).report
+    assert (again.added, again.unchanged, again.duplicates) == (0, 2, 2)
+    assert f'{docs / "alias.md"} → {docs / "guide.md"}' in again.sources['duplicate']
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -291,6 +349,7 @@ async def test_urls_are_fetched_safely_and_ingested(kb: KnowledgeBase, tmp_path:
     with LoopbackHTTPServer({'/notes': html_reply(page), '/plain': text_reply('Plain words about yaks.')}) as server:
         blocked = (await _ingest(kb, server.url('/notes'))).report
         assert blocked.added == 0 and 'private' in blocked.skipped[0].reason  # loopback is not public
+        assert 'add its host to web.allowed_hosts' in blocked.skipped[0].reason
 
         report = (await _ingest(kb, server.url('/notes'), server.url('/plain'), allowed_hosts=['127.0.0.1'])).report
         assert report.added == 2
