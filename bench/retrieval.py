@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from tandem.agent.core.tokens import token_counter
 from tandem.memory.connection import connect
 from tandem.memory.knowledge.chunk import chunk_blocks
 from tandem.memory.knowledge.embeddings import PydanticAIEmbedder, local_embedder
-from tandem.memory.knowledge.index import Bm25Index, bm25_terms, clear_index_cache
+from tandem.memory.knowledge.index import Bm25Index, bm25_terms, clear_index_cache, save_snapshots
 from tandem.memory.knowledge.ingest import Ingestor
 from tandem.memory.knowledge.parse import parse_document
 from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever
@@ -396,6 +397,38 @@ async def bench_queries(
     return out
 
 
+def wall_times(argv: Sequence[str], env: dict[str, str], repeat: int) -> list[float]:
+    """Seconds each run of a command takes as a whole process (it must succeed)."""
+    samples: list[float] = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        done = subprocess.run(list(argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        samples.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f'{argv[1:]} failed: {done.stderr.decode()[-500:]}')
+    return samples
+
+
+async def bench_cold_cli_search(kb: KnowledgeBase, url: str, home: Path, texts: Sequence[str], label: str) -> list[str]:
+    """`tandem kb search --mode bm25` as a new process, against `tandem --version` (Python, imports, CLI)."""
+    await save_snapshots(kb)  # what an ingest leaves behind (the bench wrote through put_documents)
+    tandem = str(Path(sys.executable).with_name('tandem'))
+    env = {**os.environ, 'TANDEM_REDIS_URL': url, 'TANDEM_TENANT': kb.keys.tenant, 'TANDEM_HOME': str(home)}
+    query = synthetic_queries(texts, 1)[0][0]
+    search = [tandem, 'kb', 'search', query, '--kb', kb.name, '--mode', 'bm25']
+    wall_times(search, env, 1)  # the OS's file cache, as for any command run before
+    version = wall_times([tandem, '--version'], env, 7)
+    cold = wall_times(search, env, 7)
+    await kb.redis.delete(kb.keys.snapshots)
+    rebuilt = wall_times(search, env, 1)[0]  # no snapshot: the build from every chunk's terms (stores one again)
+    notes.append(
+        f'cold_kb_search_{label}: `tandem kb search --mode bm25` as a new process, median of 7 runs '
+        f"{statistics.median(cold):.2f} s, restoring the BM25 snapshot; without one (a build from every chunk's "
+        f'stored terms, as before snapshots) {rebuilt:.2f} s; baseline: `tandem --version`, median of 7'
+    )
+    return [line(f'cold_kb_search_bm25_{label}', statistics.median(cold), statistics.median(version), 1.5, 's')]
+
+
 async def bench_bm25_recall_at_scale(kb: KnowledgeBase, texts: Sequence[str]) -> list[str]:
     labelled = synthetic_queries(texts, 200)
     records = [record async for batch in kb.iter_documents() for record in batch]
@@ -483,8 +516,17 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = EmbeddedRedis(root / 'home')
-        redis = await connect(server.ensure_running(), home=root / 'home')
+        url = server.ensure_running()
+        redis = await connect(url, home=root / 'home')
         try:
+            if '--cold' in sys.argv:  # only the cold command-line search (about a minute)
+                kb = KnowledgeBase(redis, tenant='bench', name='synthetic100k')
+                texts = passages(100_000)
+                await write_synthetic(kb, texts)
+                lines += await bench_cold_cli_search(kb, url, root / 'home', texts, '100k')
+                print('\n'.join(f'note: {note}' for note in notes))
+                print('\n'.join(lines))
+                return
             embedder = local_embedder()
             bm25_lines, texts_10k, _ = await bench_ingest_bm25(redis, root)
             lines += bm25_lines
@@ -504,6 +546,7 @@ async def main() -> None:
                 lines += await bench_queries(kb, texts, query_embedder, label)
                 if size == 100_000:
                     lines += await bench_bm25_recall_at_scale(kb, texts)
+                    lines += await bench_cold_cli_search(kb, url, root / 'home', texts, label)
                 clear_index_cache()  # the temporary server goes away with its data
         finally:
             await redis.aclose()

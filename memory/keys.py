@@ -319,6 +319,11 @@ class KnowledgeKeys:
         return self._key('vectors')
 
     @property
+    def snapshots(self) -> str:
+        """Hash: each in-process index's snapshot (`bm25`, `vectors`), with the epoch and generation it reflects."""
+        return self._key('snapshots')
+
+    @property
     def chunk_prefix(self) -> str:
         """What every chunk key starts with; also the prefix a Query Engine index covers."""
         return self._key('chunk') + ':'

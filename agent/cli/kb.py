@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,6 +40,20 @@ KbUserOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option('--json', help='Print JSON on stdout.')]
 Mode = Literal['auto', 'bm25', 'dense', 'hybrid']
+
+
+@asynccontextmanager
+async def _open_redis(settings: Settings) -> AsyncGenerator[Redis]:
+    """A Redis client for `settings`, closed on exit. Knowledge-base commands run no turn, so they
+    need none of the turn layer's set-up (importing it alone takes most of a second)."""
+    from tandem.memory.connection import connect
+
+    url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+    client = await connect(url, home=settings.home)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def _kb_name(settings: Settings, name: str | None) -> str:
@@ -88,7 +104,6 @@ def ingest(
     async def body() -> None:
         import asyncio
 
-        from tandem.agent.turn.build import open_redis
         from tandem.memory.keys import validate_id
         from tandem.memory.knowledge.embeddings import make_embedder
         from tandem.memory.knowledge.ingest import IngestOptions, Ingestor, ingest_error
@@ -109,7 +124,7 @@ def ingest(
             prune=prune,
         )
         embedder = make_embedder(config)
-        async with open_redis(settings) as redis:
+        async with _open_redis(settings) as redis:
             base = KnowledgeBase(redis, tenant=tenant, name=name, user=owner)
             ingestor = Ingestor(base, embedder=embedder, options=options)
             with _ProgressBar(as_json) as (progress, update):
@@ -246,10 +261,9 @@ def kb_list(
     settings: Settings = cli.cli_settings()
 
     async def body() -> None:
-        from tandem.agent.turn.build import open_redis
         from tandem.memory.knowledge.store import list_knowledge_bases
 
-        async with open_redis(settings) as redis:
+        async with _open_redis(settings) as redis:
             infos = await list_knowledge_bases(redis, tenant=settings.tenant, user='*' if all_users else user or None)
         if as_json:
             sys.stdout.write(json.dumps([_info_row(info) for info in infos], indent=2) + '\n')
@@ -279,10 +293,9 @@ def kb_show(
     settings: Settings = cli.cli_settings()
 
     async def body() -> None:
-        from tandem.agent.turn.build import open_redis
 
         kb_name = _kb_name(settings, name)
-        async with open_redis(settings) as redis:
+        async with _open_redis(settings) as redis:
             base, info = await _existing_kb(redis, settings, kb_name, user)
             records = [record async for batch in base.iter_documents() for record in batch]
         records.sort(key=lambda record: record.source)
@@ -334,14 +347,13 @@ def kb_search(
 
     async def body() -> None:
         from tandem.agent.core.errors import TandemError
-        from tandem.agent.turn.build import open_redis
         from tandem.memory.knowledge.retrieval import build_retriever
 
         if mode not in ('auto', 'bm25', 'dense', 'hybrid'):
             raise TandemError(f'--mode must be auto, bm25, dense or hybrid, not {mode!r}.')
         if not 1 <= k <= 100:
             raise TandemError('-k must be between 1 and 100.')
-        async with open_redis(settings) as redis:
+        async with _open_redis(settings) as redis:
             retriever = build_retriever(
                 settings.knowledge,
                 redis,
@@ -396,10 +408,9 @@ def kb_rm(
 
     async def body() -> None:
         from tandem.agent.core.errors import TandemError
-        from tandem.agent.turn.build import open_redis
 
         kb_name = _kb_name(settings, name)
-        async with open_redis(settings) as redis:
+        async with _open_redis(settings) as redis:
             base, info = await _existing_kb(redis, settings, kb_name, user)
             if sources:
                 exact, prefixes = _resolve_sources(sources)
@@ -453,13 +464,12 @@ def kb_stats(
 
     async def body() -> None:
         from tandem.agent.core.tokens import token_counter
-        from tandem.agent.turn.build import open_redis
         from tandem.memory.connection import query_engine_available
         from tandem.memory.knowledge.index import clear_index_cache
         from tandem.memory.knowledge.retrieval import Bm25Retriever
 
         kb_name = _kb_name(settings, name)
-        async with open_redis(settings) as redis:
+        async with _open_redis(settings) as redis:
             base, info = await _existing_kb(redis, settings, kb_name, user)
             engine = await query_engine_available(redis)
             clear_index_cache()

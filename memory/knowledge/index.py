@@ -1,10 +1,18 @@
-"""In-process indexes (BM25 and exact vectors) over a knowledge base, kept in step with Redis by its change log."""
+"""In-process indexes (BM25 and exact vectors) over a knowledge base, kept in step with Redis by its change log.
+
+A process never re-tokenizes a knowledge base to search it: each index is stored in Redis as a
+snapshot (its arrays, as bytes, with the KB's epoch and the generation it reflects), which a new
+process reads in one round trip and brings up to date by applying the documents changed since. An
+ingest brings the snapshots up to date when it ends (`save_snapshots`); a process that had to
+build an index (no snapshot yet, or too many changes) stores one for the next.
+"""
 
 from __future__ import annotations
 
 import collections
 import functools
 import itertools
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -15,9 +23,14 @@ import numpy as np
 import numpy.typing as npt
 import Stemmer  # pyright: ignore[reportMissingTypeStubs]
 from bm25s import stopwords as bm25s_stopwords  # pyright: ignore[reportMissingTypeStubs]
+from redis.exceptions import RedisError
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.core.log import get_logger
+from tandem.memory.connection import query_engine_available
 from tandem.memory.knowledge.store import DocumentRecord, KbState, KnowledgeBase
+
+_log = get_logger('tandem.retrieval')
 
 _TOKEN = re.compile(r'(?u)\b\w\w+\b')  # bm25s's (and scikit-learn's) default token pattern
 
@@ -130,10 +143,14 @@ def _grow(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
 class Bm25Index:
     """An in-memory BM25 inverted index (bm25s's Lucene variant) that supports adds and removes.
 
-    Postings live in a compact CSR block (term → chunk slots and term frequencies) plus a small
-    delta of recent additions; removed chunks are masked until enough pile up to compact. Document
+    Postings live in a compact CSR block (term → chunk slots and term frequencies), folded by
+    `finish()`, plus the chunks added since, each with its own terms, and a delta of their postings
+    that searches see at once. Removed chunks are masked until enough pile up to compact. Document
     frequencies, the live chunk count and the total length are maintained exactly, so scores
     always equal those of an index built from scratch over the live chunks.
+
+    `dump()` turns it into bytes and `restore()` back, without re-tokenizing anything: that is how a
+    new process starts from the snapshot stored in Redis (see `synced_index`).
     """
 
     def __init__(self, *, k1: float = _K1, b: float = _B) -> None:
@@ -142,18 +159,19 @@ class Bm25Index:
         self._vocab: dict[str, int] = {}
         self._df: _IntArray = np.zeros(1024, dtype=np.int32)
         self._ids: list[str | None] = []
-        self._slot_of: dict[str, int] = {}
-        self._slot_terms: list[_IntArray | None] = []
-        self._slot_tfs: list[_FloatArray | None] = []
+        self._slots: dict[str, int] | None = {}
         self._length: _FloatArray = np.zeros(1024, dtype=np.float32)
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=np.bool_)
         self._live = 0
         self._total = 0.0
         self._dead = 0
-        # CSR over the slots added before the last rebuild.
+        # CSR over slots [0, _folded): the chunks present at the last `finish()`.
         self._indptr: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
         self._posting_slots: _IntArray = np.zeros(0, dtype=np.int32)
         self._posting_tfs: _FloatArray = np.zeros(0, dtype=np.float32)
+        self._folded = 0
+        # Chunks added since: their term ids and frequencies, and (unless deferred) their postings.
+        self._pending: dict[int, tuple[_IntArray, _FloatArray]] = {}
         self._delta: dict[int, tuple[list[int], list[float]]] = {}
         self._delta_arrays: dict[int, tuple[_IntArray, _FloatArray]] = {}
         self._delta_size = 0
@@ -165,12 +183,23 @@ class Bm25Index:
     def __contains__(self, chunk_id: object) -> bool:
         return chunk_id in self._slot_of
 
+    @property
+    def _slot_of(self) -> dict[str, int]:
+        # Built on first use: a restored index answers queries without it.
+        if self._slots is None:
+            self._slots = {chunk_id: slot for slot, chunk_id in enumerate(self._ids) if chunk_id is not None}
+        return self._slots
+
+    def chunk_ids(self) -> list[str]:
+        """The ids of the chunks indexed."""
+        return [chunk_id for chunk_id in self._ids if chunk_id is not None]
+
     def add(self, chunk_id: str, terms: Sequence[str], *, defer: bool = False) -> None:
         """Index a chunk (replacing any chunk of the same id).
 
         Args:
             chunk_id: The chunk's id.
-            terms: Its BM25 terms (`bm25_terms`).
+            terms: Its BM25 terms (`Analyzer.terms`).
             defer: Leave the postings for `finish()` to build in bulk (loading a whole KB).
         """
         if chunk_id in self._slot_of:
@@ -185,8 +214,7 @@ class Bm25Index:
         slot = len(self._ids)
         self._ids.append(chunk_id)
         self._slot_of[chunk_id] = slot
-        self._slot_terms.append(term_ids)
-        self._slot_tfs.append(tfs)
+        self._pending[slot] = (term_ids, tfs)
         self._length = _grow(self._length, slot + 1)
         self._alive = _grow(self._alive, slot + 1)
         self._length[slot] = len(terms)
@@ -230,10 +258,12 @@ class Bm25Index:
         self._df = _grow(self._df, size)
         self._df[:size] += np.bincount(pair_terms, minlength=size).astype(np.int32)
         start = len(self._ids)
-        self._slot_terms.extend(np.split(pair_terms, bounds))
-        self._slot_tfs.extend(np.split(pair_tfs, bounds))
+        slots = range(start, start + count)
+        self._pending.update(
+            zip(slots, zip(np.split(pair_terms, bounds), np.split(pair_tfs, bounds), strict=True), strict=True)
+        )
         self._ids.extend(chunk_ids)
-        self._slot_of.update((chunk_id, start + offset) for offset, chunk_id in enumerate(chunk_ids))
+        self._slot_of.update(zip(chunk_ids, slots, strict=True))
         self._length = _grow(self._length, start + count)
         self._alive = _grow(self._alive, start + count)
         self._length[start : start + count] = lengths
@@ -244,62 +274,86 @@ class Bm25Index:
 
     def remove(self, chunk_ids: Iterable[str]) -> None:
         """Unindex chunks; unknown ids are ignored."""
+        folded: list[int] = []
         for chunk_id in chunk_ids:
             slot = self._slot_of.pop(chunk_id, None)
             if slot is None:
                 continue
-            term_ids = self._slot_terms[slot]
-            if term_ids is not None:
-                self._df[term_ids] -= 1
+            pending = self._pending.pop(slot, None)
+            if pending is not None:
+                self._df[pending[0]] -= 1
+            else:
+                folded.append(slot)
             self._ids[slot] = None
-            self._slot_terms[slot] = None
-            self._slot_tfs[slot] = None
             self._alive[slot] = False
             self._live -= 1
             self._total -= float(self._length[slot])
             self._dead += 1
             self._norm = None
+        if folded:
+            # A folded chunk's terms are where its postings are: one pass over the CSR block.
+            doomed = np.zeros(self._folded, dtype=np.bool_)
+            doomed[folded] = True
+            where = np.flatnonzero(doomed[self._posting_slots])
+            terms_of = np.searchsorted(self._indptr, where, side='right') - 1
+            self._df[: self._indptr.shape[0] - 1] -= np.bincount(terms_of, minlength=self._indptr.shape[0] - 1).astype(
+                np.int32
+            )
         if self._dead > 1000 and self._dead > len(self._ids) // 2:
-            self._compact()
+            self.finish(compact=True)
 
-    def finish(self) -> None:
-        """Fold every pending posting into the CSR block (after deferred adds, or when the delta grows)."""
+    def finish(self, *, compact: bool = False) -> None:
+        """Fold every pending chunk into the CSR block, leaving out removed ones (after deferred adds,
+        when the delta grows, and before `dump`).
+
+        Args:
+            compact: Also renumber the live chunks densely, dropping what removed ones left behind.
+        """
         slots = len(self._ids)
-        parts_terms = [terms for terms in self._slot_terms if terms is not None]
-        if not parts_terms:
-            self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
+        terms_parts: list[_IntArray] = []
+        slots_parts: list[_IntArray] = []
+        tfs_parts: list[_FloatArray] = []
+        if self._posting_slots.shape[0]:
+            keep = self._alive[self._posting_slots]
+            folded_terms = np.repeat(np.arange(self._indptr.shape[0] - 1, dtype=np.int32), np.diff(self._indptr))
+            terms_parts.append(folded_terms[keep])
+            slots_parts.append(self._posting_slots[keep])
+            tfs_parts.append(self._posting_tfs[keep])
+        for slot in sorted(self._pending):
+            term_ids, tfs = self._pending[slot]
+            terms_parts.append(term_ids)
+            slots_parts.append(cast(_IntArray, np.full(term_ids.shape[0], slot, dtype=np.int32)))
+            tfs_parts.append(tfs)
+        if compact:
+            alive = self._alive[:slots]
+            renumber = (np.cumsum(alive) - 1).astype(np.int32)
+            slots_parts = [renumber[part] for part in slots_parts]
+            kept = np.flatnonzero(alive)
+            self._ids = [self._ids[slot] for slot in kept.tolist()]
+            self._slots = None
+            self._length = np.concatenate([self._length[kept], np.zeros(1024, dtype=np.float32)])
+            self._alive = np.concatenate([np.ones(kept.shape[0], dtype=np.bool_), np.zeros(1024, dtype=np.bool_)])
+            self._dead = 0
+            self._norm = None
+        vocab_size = len(self._vocab)
+        if terms_parts:
+            all_terms = np.concatenate(terms_parts)
+            # Folded postings are already in term order: a stable sort of them plus a few new ones is near linear.
+            order = np.argsort(all_terms, kind='stable')
+            self._posting_slots = np.concatenate(slots_parts)[order]
+            self._posting_tfs = np.concatenate(tfs_parts)[order]
+            counts = np.bincount(all_terms, minlength=vocab_size)
+        else:
             self._posting_slots = np.zeros(0, dtype=np.int32)
             self._posting_tfs = np.zeros(0, dtype=np.float32)
-        else:
-            sizes = np.fromiter(
-                (terms.shape[0] if terms is not None else 0 for terms in self._slot_terms), dtype=np.int64, count=slots
-            )
-            all_terms = np.concatenate(parts_terms)
-            all_tfs = np.concatenate([tfs for tfs in self._slot_tfs if tfs is not None])
-            all_slots = np.repeat(np.arange(slots, dtype=np.int32), sizes)
-            order = np.argsort(all_terms, kind='stable')
-            self._posting_slots = all_slots[order]
-            self._posting_tfs = all_tfs[order]
-            counts = np.bincount(all_terms, minlength=len(self._vocab))
-            self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
-            np.cumsum(counts, out=self._indptr[1:])
+            counts = np.zeros(vocab_size, dtype=np.int64)
+        self._indptr = np.zeros(vocab_size + 1, dtype=np.int64)
+        np.cumsum(counts, out=self._indptr[1:])
+        self._folded = len(self._ids)
+        self._pending.clear()
         self._delta.clear()
         self._delta_arrays.clear()
         self._delta_size = 0
-
-    def _compact(self) -> None:
-        """Renumber the live chunks densely and rebuild, dropping what removed chunks left behind."""
-        keep = [slot for slot, chunk_id in enumerate(self._ids) if chunk_id is not None]
-        self._ids = [self._ids[slot] for slot in keep]
-        self._slot_terms = [self._slot_terms[slot] for slot in keep]
-        self._slot_tfs = [self._slot_tfs[slot] for slot in keep]
-        self._slot_of = {cast(str, chunk_id): slot for slot, chunk_id in enumerate(self._ids)}
-        kept = np.asarray(keep, dtype=np.int64)
-        self._length = np.concatenate([self._length[kept], np.zeros(1024, dtype=np.float32)])
-        self._alive = np.concatenate([np.ones(len(keep), dtype=np.bool_), np.zeros(1024, dtype=np.bool_)])
-        self._dead = 0
-        self._norm = None
-        self.finish()
 
     def _postings(self, term_id: int) -> tuple[_IntArray, _FloatArray]:
         main_slots: _IntArray = np.zeros(0, dtype=np.int32)
@@ -353,6 +407,48 @@ class Bm25Index:
         scores = self.scores(terms)
         return [(cast(str, self._ids[slot]), score) for slot, score in _top(scores, n) if score > 0]
 
+    def dump(self) -> tuple[dict[str, Any], list[bytes]]:
+        """The index as a header and byte parts, for `restore` (folds pending chunks first)."""
+        if self._pending or self._dead:
+            self.finish(compact=bool(self._dead))
+        slots = len(self._ids)
+        vocab = sorted(self._vocab, key=self._vocab.__getitem__)
+        header = {'k1': self.k1, 'b': self.b, 'slots': slots, 'terms': len(vocab), 'total': self._total}
+        parts = [
+            '\n'.join(vocab).encode('utf-8'),
+            '\n'.join(cast(list[str], self._ids)).encode('utf-8'),
+            self._df[: len(vocab)].tobytes(),
+            self._length[:slots].tobytes(),
+            self._indptr.tobytes(),
+            self._posting_slots.tobytes(),
+            # Term frequencies within one chunk fit 16 bits: a quarter less to store and read.
+            np.minimum(self._posting_tfs, 65535).astype(np.uint16).tobytes(),
+        ]
+        return header, parts
+
+    @classmethod
+    def restore(cls, header: dict[str, Any], parts: Sequence[memoryview]) -> Bm25Index:
+        """The index `dump` described; arrays are read in place, nothing is tokenized."""
+        vocab_raw, ids_raw, df, length, indptr, posting_slots, posting_tfs = parts
+        index = cls(k1=float(header['k1']), b=float(header['b']))
+        slots, terms = int(header['slots']), int(header['terms'])
+        vocab = str(vocab_raw, 'utf-8').split('\n') if terms else []
+        index._vocab = dict(zip(vocab, range(terms), strict=True))
+        index._ids = list(str(ids_raw, 'utf-8').split('\n')) if slots else []
+        index._slots = None
+        index._df = np.frombuffer(df, dtype=np.int32).copy()
+        index._length = np.frombuffer(length, dtype=np.float32).copy()
+        index._alive = np.ones(slots, dtype=np.bool_)
+        index._live = slots
+        index._total = float(header['total'])
+        index._indptr = np.frombuffer(indptr, dtype=np.int64)
+        index._posting_slots = np.frombuffer(posting_slots, dtype=np.int32)
+        index._posting_tfs = np.frombuffer(posting_tfs, dtype=np.uint16).astype(np.float32)
+        index._folded = slots
+        if len(index._ids) != slots or index._indptr.shape[0] != terms + 1:
+            raise ValueError('a BM25 snapshot whose parts disagree')
+        return index
+
 
 class VectorIndex:
     """Exact nearest neighbours by cosine similarity over unit vectors held in one float32 matrix.
@@ -367,12 +463,23 @@ class VectorIndex:
         self.dims = dims
         self._matrix: _FloatArray = np.zeros((dims, 0), dtype=np.float32)
         self._ids: list[str | None] = []
-        self._row_of: dict[str, int] = {}
+        self._rows: dict[str, int] | None = {}
         self._alive: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
         self._dead = 0
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return len(self._ids) - self._dead
+
+    @property
+    def _row_of(self) -> dict[str, int]:
+        # Built on first use: a restored index answers queries without it.
+        if self._rows is None:
+            self._rows = {chunk_id: row for row, chunk_id in enumerate(self._ids) if chunk_id is not None}
+        return self._rows
+
+    def chunk_ids(self) -> list[str]:
+        """The ids of the chunks indexed."""
+        return [chunk_id for chunk_id in self._ids if chunk_id is not None]
 
     def _reserve(self, size: int) -> None:
         capacity = self._matrix.shape[1]
@@ -420,7 +527,7 @@ class VectorIndex:
             keep = np.flatnonzero(self._alive[: len(self._ids)])
             self._matrix = np.ascontiguousarray(self._matrix[:, keep])
             self._ids = [self._ids[row] for row in keep.tolist()]
-            self._row_of = {cast(str, chunk_id): row for row, chunk_id in enumerate(self._ids)}
+            self._rows = None
             self._alive = np.ones(len(self._ids), dtype=np.bool_)
             self._dead = 0
 
@@ -433,6 +540,30 @@ class VectorIndex:
         if self._dead:
             scores[~self._alive[:rows]] = -np.inf
         return [(cast(str, self._ids[row]), score) for row, score in _top(scores, n) if score > -np.inf]
+
+    def dump(self) -> tuple[dict[str, Any], list[bytes]]:
+        """The index as a header and byte parts, for `restore`: the live chunks' ids and their
+        vectors as one float32 matrix."""
+        rows = len(self._ids)
+        live = np.flatnonzero(self._alive[:rows])
+        matrix = self._matrix[:, live] if self._dead else self._matrix[:, :rows]
+        ids = [cast(str, self._ids[row]) for row in live.tolist()]
+        header = {'dims': self.dims, 'rows': len(ids)}
+        return header, ['\n'.join(ids).encode('utf-8'), np.ascontiguousarray(matrix).tobytes()]
+
+    @classmethod
+    def restore(cls, header: dict[str, Any], parts: Sequence[memoryview]) -> VectorIndex:
+        """The index `dump` described; the matrix is read in place."""
+        ids_raw, matrix = parts
+        dims, rows = int(header['dims']), int(header['rows'])
+        index = cls(dims)
+        index._ids = list(str(ids_raw, 'utf-8').split('\n')) if rows else []
+        index._rows = None
+        index._matrix = np.frombuffer(matrix, dtype=np.float32).reshape(dims, rows)
+        index._alive = np.ones(rows, dtype=np.bool_)
+        if len(index._ids) != rows:
+            raise ValueError('a vector snapshot whose parts disagree')
+        return index
 
 
 def _top(scores: npt.NDArray[np.float32], n: int) -> list[tuple[int, float]]:
@@ -452,14 +583,24 @@ class _Synced:
 
     epoch: str
     gen: int
-    docs: dict[str, list[str]]
-    """Document id to the chunk ids indexed for it."""
     index: Any
+    known_docs: dict[str, list[str]] | None = None
+
+    @property
+    def docs(self) -> dict[str, list[str]]:
+        """Document id to the chunk ids indexed for it; for a restored index, read off the chunk ids
+        (`<doc id>-<revision>-<position>`) the first time a change needs it."""
+        if self.known_docs is None:
+            docs: dict[str, list[str]] = {}
+            for chunk_id in cast(list[str], self.index.chunk_ids()):
+                docs.setdefault(chunk_id.split('-', 1)[0], []).append(chunk_id)
+            self.known_docs = docs
+        return self.known_docs
 
 
 @dataclass(frozen=True)
 class _Kind:
-    """How to build one kind of in-process index from the documents' bulk fields."""
+    """How to build, store and restore one kind of in-process index."""
 
     name: str
     field: Literal['terms', 'vectors']
@@ -469,6 +610,8 @@ class _Kind:
     """Indexes documents' chunks from the field's stored values; returns each document's chunk ids
     indexed. The bool: a bulk load (`finish` follows)."""
     finish: Callable[[Any], None]
+    restore: Callable[[dict[str, Any], Sequence[memoryview]], Any]
+    """The index a snapshot's header and parts describe (the index's `dump()`)."""
 
 
 def _add_terms(index: Bm25Index, items: Sequence[tuple[DocumentRecord, bytes]], bulk: bool) -> dict[str, list[str]]:
@@ -504,10 +647,12 @@ def _finish_bm25(index: Bm25Index) -> None:
     index.finish()
 
 
-BM25_KIND = _Kind('bm25', 'terms', lambda dims: Bm25Index(), cast(Any, _add_terms), cast(Any, _finish_bm25))
+BM25_KIND = _Kind(
+    'bm25', 'terms', lambda dims: Bm25Index(), cast(Any, _add_terms), cast(Any, _finish_bm25), Bm25Index.restore
+)
 
 
-VECTOR_KIND = _Kind('vectors', 'vectors', VectorIndex, cast(Any, _add_vectors), lambda index: None)
+VECTOR_KIND = _Kind('vectors', 'vectors', VectorIndex, cast(Any, _add_vectors), lambda index: None, VectorIndex.restore)
 
 
 _CACHE: collections.OrderedDict[tuple[str, str], _Synced] = collections.OrderedDict()
@@ -517,12 +662,17 @@ _CACHE_SIZE = 16
 
 
 def clear_index_cache() -> None:
-    """Forget every in-process index (they reload from Redis on the next search)."""
+    """Forget every in-process index (they come back from Redis on the next search)."""
     _CACHE.clear()
 
 
 async def synced_index(kb: KnowledgeBase, kind: _Kind, state: KbState, *, dims: int = 0) -> _Synced:
-    """The in-process index of `kind` for `kb`, brought up to `state`'s generation."""
+    """The in-process index of `kind` for `kb`, brought up to `state`'s generation.
+
+    A process that has none restores the KB's stored snapshot and applies the documents changed
+    since it was taken; only without a usable snapshot is the index built from every document's
+    stored terms or vectors (and a snapshot stored for the next process).
+    """
     key = (kind.name, kb.keys.meta)
     for _ in range(5):
         current = _CACHE.get(key)
@@ -530,22 +680,15 @@ async def synced_index(kb: KnowledgeBase, kind: _Kind, state: KbState, *, dims: 
             _CACHE.move_to_end(key)
             if current.gen >= state.gen:
                 return current
-            changed = await kb.changed_since(current.gen)
-            if len(changed) <= max(1000, len(current.docs) // 2):
-                base = current.gen
-                records = await kb.documents(changed)
-                values = await kb.document_fields(changed, kind.field)
-                if current.gen != base:
-                    continue  # another search applied changes meanwhile: look again
-                for doc_id in changed:
-                    old = current.docs.pop(doc_id, None)
-                    if old:
-                        current.index.remove(old)
-                present = [(record, raw) for record, raw in zip(records, values, strict=True) if record and raw]
-                current.docs.update(kind.add(current.index, present, False))
-                current.gen = max(current.gen, state.gen)
+            caught_up = await _catch_up(kb, kind, current, state.gen)
+            if caught_up is None:
+                continue  # another search applied changes meanwhile: look again
+            if caught_up:
                 return current
-        loaded = await _load(kb, kind, state, dims)
+        loaded = await _restore(kb, kind, state, dims)
+        if loaded is None:
+            loaded = await _load(kb, kind, state, dims)
+            await _save(kb, kind, loaded, replace=True)
         existing = _CACHE.get(key)
         if existing is None or existing.epoch != loaded.epoch or existing.gen <= loaded.gen:
             _CACHE[key] = loaded
@@ -556,8 +699,29 @@ async def synced_index(kb: KnowledgeBase, kind: _Kind, state: KbState, *, dims: 
     raise TandemError(f'knowledge base {kb.label!r} keeps changing during the search; try again.')
 
 
+async def _catch_up(kb: KnowledgeBase, kind: _Kind, synced: _Synced, gen: int) -> bool | None:
+    """Apply the documents changed since `synced.gen`: `True` when done, `False` when so many changed
+    that a full load is cheaper, `None` when another search applied changes meanwhile."""
+    base = synced.gen
+    changed = await kb.changed_since(base)
+    if len(changed) > max(1000, len(synced.docs) // 2):
+        return False
+    records = await kb.documents(changed)
+    values = await kb.document_fields(changed, kind.field)
+    if synced.gen != base:
+        return None
+    for doc_id in changed:
+        old = synced.docs.pop(doc_id, None)
+        if old:
+            synced.index.remove(old)
+    present = [(record, raw) for record, raw in zip(records, values, strict=True) if record and raw]
+    synced.docs.update(kind.add(synced.index, present, False))
+    synced.gen = max(synced.gen, gen)
+    return True
+
+
 async def _load(kb: KnowledgeBase, kind: _Kind, state: KbState, dims: int) -> _Synced:
-    """Build the index of `kind` from everything stored (a new process, or a recreated KB): one
+    """Build the index of `kind` from everything stored (no snapshot yet, or a stale one): one
     bulk read per batch of documents, then one bulk build."""
     index = kind.make(dims)
     docs: dict[str, list[str]] = {}
@@ -566,4 +730,118 @@ async def _load(kb: KnowledgeBase, kind: _Kind, state: KbState, dims: int) -> _S
         docs.update({record.id: [] for record in batch})
         docs.update(kind.add(index, [(record, raw) for record, raw in zip(batch, values, strict=True) if raw], True))
     kind.finish(index)
-    return _Synced(epoch=state.epoch, gen=state.gen, docs=docs, index=index)
+    return _Synced(epoch=state.epoch, gen=state.gen, index=index, known_docs=docs)
+
+
+# --- snapshots in Redis -----------------------------------------------------------------------------
+
+_SNAPSHOT_MAGIC = b'TANDEM-INDEX-1\n'
+
+
+# KEYS: meta, snapshots. ARGV: kind, epoch, gen, snapshot, '1' to replace even a newer one. Stores
+# the snapshot unless the KB was recreated since (another epoch) or a snapshot as new is stored;
+# returns 1 if stored.
+_SAVE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return 0 end
+local saved = redis.call('HMGET', KEYS[2], ARGV[1] .. ':epoch', ARGV[1] .. ':gen')
+if ARGV[5] ~= '1' and saved[1] == ARGV[2] and tonumber(saved[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4], ARGV[1] .. ':epoch', ARGV[2], ARGV[1] .. ':gen', ARGV[3])
+return 1
+"""
+
+
+def _pack(header: dict[str, Any], parts: Sequence[bytes]) -> bytes:
+    head = json.dumps({**header, 'parts': [len(part) for part in parts]}).encode('utf-8')
+    return b''.join([_SNAPSHOT_MAGIC, len(head).to_bytes(4, 'little'), head, *parts])
+
+
+def _unpack(blob: bytes) -> tuple[dict[str, Any], list[memoryview]]:
+    """The header and parts of a snapshot (views into `blob`, nothing copied).
+
+    Raises:
+        ValueError: Not a snapshot of this format, or cut short.
+    """
+    view = memoryview(blob)
+    if not blob.startswith(_SNAPSHOT_MAGIC):
+        raise ValueError('not an index snapshot of this version')
+    offset = len(_SNAPSHOT_MAGIC)
+    size = int.from_bytes(view[offset : offset + 4], 'little')
+    offset += 4
+    header = cast(dict[str, Any], json.loads(bytes(view[offset : offset + size])))
+    offset += size
+    parts: list[memoryview] = []
+    for length in cast(list[int], header['parts']):
+        parts.append(view[offset : offset + length])
+        offset += length
+    if offset != len(blob):
+        raise ValueError('an index snapshot of the wrong length')
+    return header, parts
+
+
+async def _saved_gen(kb: KnowledgeBase, kind: _Kind, epoch: str) -> int:
+    saved_epoch, saved_gen = cast(
+        list[bytes | None],
+        await kb.redis.hmget(kb.keys.snapshots, [f'{kind.name}:epoch', f'{kind.name}:gen']),  # pyright: ignore[reportUnknownMemberType]
+    )
+    if saved_epoch is None or saved_gen is None or saved_epoch.decode() != epoch:
+        return -1
+    return int(saved_gen)
+
+
+async def _save(kb: KnowledgeBase, kind: _Kind, synced: _Synced, *, replace: bool = False) -> None:
+    """Store `synced` as the KB's snapshot of `kind`, unless one as new is stored.
+
+    Args:
+        replace: Store it even so (the stored one could not be used).
+    """
+    if not replace and await _saved_gen(kb, kind, synced.epoch) >= synced.gen:
+        return
+    header, parts = synced.index.dump()
+    blob = _pack({**header, 'kind': kind.name, 'epoch': synced.epoch, 'gen': synced.gen}, parts)
+    script = kb.redis.register_script(_SAVE_SCRIPT)  # pyright: ignore[reportUnknownMemberType]
+    try:
+        await script(  # pyright: ignore[reportUnknownMemberType]
+            keys=[kb.keys.meta, kb.keys.snapshots],
+            args=[kind.name, synced.epoch, synced.gen, blob, '1' if replace else '0'],
+        )
+    except RedisError as error:
+        # Searching works without it; the next process just builds the index again.
+        _log.warning('index.snapshot_not_saved', kb=kb.label, kind=kind.name, bytes=len(blob), error=str(error))
+
+
+async def _restore(kb: KnowledgeBase, kind: _Kind, state: KbState, dims: int) -> _Synced | None:
+    """The KB's stored snapshot of `kind`, brought up to `state`; `None` when there is no usable one."""
+    blob = cast(bytes | None, await kb.redis.hget(kb.keys.snapshots, kind.name))  # pyright: ignore[reportUnknownMemberType]
+    if blob is None:
+        return None
+    try:
+        header, parts = _unpack(blob)
+        if header.get('epoch') != state.epoch or header.get('kind') != kind.name:
+            return None
+        if dims and int(header.get('dims', 0)) != dims:
+            return None
+        synced = _Synced(epoch=state.epoch, gen=int(header['gen']), index=kind.restore(header, parts))
+    except (ValueError, KeyError, TypeError) as error:
+        _log.warning('index.snapshot_unreadable', kb=kb.label, kind=kind.name, error=str(error))
+        return None
+    if synced.gen < state.gen:
+        if not await _catch_up(kb, kind, synced, state.gen):
+            return None
+        await _save(kb, kind, synced)  # so the next process has less to apply
+    return synced
+
+
+async def save_snapshots(kb: KnowledgeBase) -> None:
+    """Bring the KB's stored index snapshots up to its current generation (after an ingest), so
+    that the next process to search it starts from them instead of building its indexes."""
+    info = await kb.info()
+    if info is None:
+        return
+    state = KbState(epoch=info.epoch, gen=info.gen, chunks=info.chunks, vectors=info.vectors, embed_model=None)
+    kinds: list[tuple[_Kind, int]] = [(BM25_KIND, 0)]
+    if info.vectors and info.dims and not await query_engine_available(kb.redis):
+        kinds.append((VECTOR_KIND, info.dims))
+    for kind, dims in kinds:
+        if await _saved_gen(kb, kind, info.epoch) >= info.gen:
+            continue
+        await _save(kb, kind, await synced_index(kb, kind, state, dims=dims))

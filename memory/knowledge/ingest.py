@@ -27,6 +27,8 @@ model, is left alone (`unchanged`); a changed one replaces its old chunks atomic
 Memory stays bounded however many files a folder holds: files are walked lazily and handled in
 small batches (by count and by bytes), each batch embedded and written before the next is read.
 Cancelling (Ctrl-C) lets the batch being written finish; every document is fully in or fully out.
+When an ingest ends, the KB's index snapshots are brought up to date, so the next process to search
+it starts from them.
 
 Parsing is `memory.knowledge.parse`, chunking `memory.knowledge.chunk`; this module walks, batches
 and writes.
@@ -52,7 +54,7 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.tokens import token_counter
 from tandem.memory.knowledge.chunk import CHUNKER_VERSION, ChunkDraft, chunk_blocks
 from tandem.memory.knowledge.embeddings import TextEmbedder
-from tandem.memory.knowledge.index import Analyzer
+from tandem.memory.knowledge.index import Analyzer, save_snapshots
 from tandem.memory.knowledge.parse import (
     SUPPORTED_SUFFIXES,
     Kind,
@@ -330,6 +332,7 @@ class Ingestor:
         try:
             for target in targets:
                 await self._ingest_target(target)
+            await save_snapshots(self.kb)
         except (asyncio.CancelledError, KeyboardInterrupt):
             self.report.interrupted = True
             raise
@@ -350,6 +353,7 @@ class Ingestor:
         item = _Item(source=source, name=Path(label).name or label, kind=kind, data=data, size=len(data))
         self._files_total = 1
         await self._process([item])
+        await save_snapshots(self.kb)
         self.report.seconds = time.perf_counter() - self._started
         return self.report
 

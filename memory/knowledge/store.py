@@ -13,6 +13,8 @@ script on one slot, which works the same on one server and on Redis Cluster:
 - `changes` (sorted set): document id scored by the generation that last changed it. A process
   that caches an index of the KB asks for the documents changed since the generation it has, so
   indexes are updated incrementally and survive restarts: nothing is rebuilt on each query.
+- `snapshots` (hash): the in-process indexes as bytes, so a new process needs no rebuild (see
+  `memory.knowledge.index`).
 - `chunk:<chunk id>` (one hash per chunk): the text and its metadata, the BM25 terms, and the
   embedding vector (float32 bytes) when the KB has embeddings. One hash per chunk is also the
   shape the Redis Query Engine indexes (`FT.CREATE ... ON HASH PREFIX`).
@@ -678,7 +680,7 @@ class KnowledgeBase:
                 break
             for doc_id in ids:
                 removed += await self.remove_document(doc_id)
-        await self.redis.delete(*self._own_keys)
+        await self.redis.delete(*self._own_keys, self.keys.snapshots)
         if await query_engine_available(self.redis):
             with contextlib.suppress(ResponseError):  # no index was ever made: nothing to drop
                 await self.redis.execute_command('FT.DROPINDEX', self.query_engine_index)  # pyright: ignore[reportUnknownMemberType]
@@ -689,6 +691,7 @@ class KnowledgeBase:
         # Keep the KB (and its epoch) while it has documents; forget it once the last one is gone.
         dropped = await self._drop_empty(keys=list(self._own_keys))  # pyright: ignore[reportUnknownMemberType]
         if dropped:
+            await self.redis.delete(self.keys.snapshots)
             await self.redis.hdel(self.keys.registry, self.keys.registry_field)  # pyright: ignore[reportUnknownMemberType]
 
     async def _register(self) -> None:
