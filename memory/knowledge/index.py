@@ -14,7 +14,6 @@ import functools
 import itertools
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -29,10 +28,9 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.memory.connection import query_engine_available
 from tandem.memory.knowledge.store import DocumentRecord, KbState, KnowledgeBase
+from tandem.memory.knowledge.words import query_words
 
 _log = get_logger('tandem.retrieval')
-
-_TOKEN = re.compile(r'(?u)\b\w\w+\b')  # bm25s's (and scikit-learn's) default token pattern
 
 
 def _words(name: str) -> frozenset[str]:
@@ -93,10 +91,15 @@ class Analyzer:
     def name(self) -> str:
         return f'bm25s-{self.language}-stem-v2' if self.stem else 'bm25s-en-v1'
 
+    @property
+    def stopwords(self) -> frozenset[str]:
+        """The words left out: bm25s's list for the language, none for a language it has no list for."""
+        return _STOPWORDS.get(self.language, frozenset[str]())
+
     def terms(self, text: str) -> list[str]:
         """The BM25 terms of `text`, in order, duplicates kept."""
-        stopwords = _STOPWORDS.get(self.language, frozenset[str]())
-        words = [token for token in _TOKEN.findall(text.lower()) if token not in stopwords]
+        stopwords = self.stopwords
+        words = [word for word in query_words(text) if word not in stopwords]
         return cast(list[str], _stemmer(self.language).stemWords(words)) if self.stem else words
 
     @classmethod

