@@ -143,7 +143,26 @@ def _grow(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
     return grown
 
 
-class Bm25Index:
+class _ChunkSlots:
+    """Chunk ids by slot (`None` where a chunk was removed), and the id → slot map, built on first use:
+    a restored index answers queries without it."""
+
+    def __init__(self) -> None:
+        self._ids: list[str | None] = []
+        self._slots: dict[str, int] | None = {}
+
+    @property
+    def _slot_of(self) -> dict[str, int]:
+        if self._slots is None:
+            self._slots = {chunk_id: slot for slot, chunk_id in enumerate(self._ids) if chunk_id is not None}
+        return self._slots
+
+    def chunk_ids(self) -> list[str]:
+        """The ids of the chunks indexed."""
+        return [chunk_id for chunk_id in self._ids if chunk_id is not None]
+
+
+class Bm25Index(_ChunkSlots):
     """An in-memory BM25 inverted index (bm25s's Lucene variant) that supports adds and removes.
 
     Postings live in a compact CSR block (term → chunk slots and term frequencies), folded by
@@ -157,12 +176,11 @@ class Bm25Index:
     """
 
     def __init__(self, *, k1: float = _K1, b: float = _B) -> None:
+        super().__init__()
         self.k1 = k1
         self.b = b
         self._vocab: dict[str, int] = {}
         self._df: _IntArray = np.zeros(1024, dtype=np.int32)
-        self._ids: list[str | None] = []
-        self._slots: dict[str, int] | None = {}
         self._length: _FloatArray = np.zeros(1024, dtype=np.float32)
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=np.bool_)
         self._live = 0
@@ -185,17 +203,6 @@ class Bm25Index:
 
     def __contains__(self, chunk_id: object) -> bool:
         return chunk_id in self._slot_of
-
-    @property
-    def _slot_of(self) -> dict[str, int]:
-        # Built on first use: a restored index answers queries without it.
-        if self._slots is None:
-            self._slots = {chunk_id: slot for slot, chunk_id in enumerate(self._ids) if chunk_id is not None}
-        return self._slots
-
-    def chunk_ids(self) -> list[str]:
-        """The ids of the chunks indexed."""
-        return [chunk_id for chunk_id in self._ids if chunk_id is not None]
 
     def add(self, chunk_id: str, terms: Sequence[str], *, defer: bool = False) -> None:
         """Index a chunk (replacing any chunk of the same id).
@@ -453,7 +460,7 @@ class Bm25Index:
         return index
 
 
-class VectorIndex:
+class VectorIndex(_ChunkSlots):
     """Exact nearest neighbours by cosine similarity over unit vectors held in one float32 matrix.
 
     The matrix is stored transposed (one column per chunk), which makes the query's product with it
@@ -463,26 +470,14 @@ class VectorIndex:
     """
 
     def __init__(self, dims: int) -> None:
+        super().__init__()
         self.dims = dims
         self._matrix: _FloatArray = np.zeros((dims, 0), dtype=np.float32)
-        self._ids: list[str | None] = []
-        self._rows: dict[str, int] | None = {}
         self._alive: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
         self._dead = 0
 
     def __len__(self) -> int:
         return len(self._ids) - self._dead
-
-    @property
-    def _row_of(self) -> dict[str, int]:
-        # Built on first use: a restored index answers queries without it.
-        if self._rows is None:
-            self._rows = {chunk_id: row for row, chunk_id in enumerate(self._ids) if chunk_id is not None}
-        return self._rows
-
-    def chunk_ids(self) -> list[str]:
-        """The ids of the chunks indexed."""
-        return [chunk_id for chunk_id in self._ids if chunk_id is not None]
 
     def _reserve(self, size: int) -> None:
         capacity = self._matrix.shape[1]
@@ -508,19 +503,19 @@ class VectorIndex:
         """
         if vectors.ndim != 2 or vectors.shape != (len(chunk_ids), self.dims):
             raise ValueError(f'vectors of {vectors.shape} for {len(chunk_ids)} chunks of {self.dims} dimensions')
-        self.remove([chunk_id for chunk_id in chunk_ids if chunk_id in self._row_of])
+        self.remove([chunk_id for chunk_id in chunk_ids if chunk_id in self._slot_of])
         start = len(self._ids)
         self._reserve(start + len(chunk_ids))
         self._matrix[:, start : start + len(chunk_ids)] = vectors.T
         self._alive[start : start + len(chunk_ids)] = True
         for offset, chunk_id in enumerate(chunk_ids):
-            self._row_of[chunk_id] = start + offset
+            self._slot_of[chunk_id] = start + offset
         self._ids.extend(chunk_ids)
 
     def remove(self, chunk_ids: Iterable[str]) -> None:
         """Unindex chunks; unknown ids are ignored."""
         for chunk_id in chunk_ids:
-            row = self._row_of.pop(chunk_id, None)
+            row = self._slot_of.pop(chunk_id, None)
             if row is None:
                 continue
             self._ids[row] = None
@@ -530,7 +525,7 @@ class VectorIndex:
             keep = np.flatnonzero(self._alive[: len(self._ids)])
             self._matrix = np.ascontiguousarray(self._matrix[:, keep])
             self._ids = [self._ids[row] for row in keep.tolist()]
-            self._rows = None
+            self._slots = None
             self._alive = np.ones(len(self._ids), dtype=np.bool_)
             self._dead = 0
 
@@ -561,7 +556,7 @@ class VectorIndex:
         dims, rows = int(header['dims']), int(header['rows'])
         index = cls(dims)
         index._ids = list(str(ids_raw, 'utf-8').split('\n')) if rows else []
-        index._rows = None
+        index._slots = None
         index._matrix = np.frombuffer(matrix, dtype=np.float32).reshape(dims, rows)
         index._alive = np.ones(rows, dtype=np.bool_)
         if len(index._ids) != rows:
