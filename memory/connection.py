@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, cast
@@ -103,6 +104,16 @@ class ServerReport:
 
 
 _QUERY_ENGINE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def opened(url: str | None, *, home: Path) -> AsyncGenerator[Redis]:
+    """`connect(url, home=home)`, closed on exit."""
+    client = await connect(url, home=home)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def query_engine_available(redis: RedisClient) -> bool:

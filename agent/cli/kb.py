@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -21,6 +19,8 @@ from rich.table import Table
 from tandem.agent.cli import _app as cli
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from redis.asyncio import Redis
     from rich.progress import Progress
 
@@ -42,18 +42,13 @@ JsonOpt = Annotated[bool, typer.Option('--json', help='Print JSON on stdout.')]
 Mode = Literal['auto', 'bm25', 'dense', 'hybrid']
 
 
-@asynccontextmanager
-async def _open_redis(settings: Settings) -> AsyncGenerator[Redis]:
+def _open_redis(settings: Settings) -> AbstractAsyncContextManager[Redis]:
     """A Redis client for `settings`, closed on exit. Knowledge-base commands run no turn, so they
     need none of the turn layer's set-up (importing it alone takes most of a second)."""
-    from tandem.memory.connection import connect
+    from tandem.memory.connection import opened
 
     url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
-    client = await connect(url, home=settings.home)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    return opened(url, home=settings.home)
 
 
 def _kb_name(settings: Settings, name: str | None) -> str:

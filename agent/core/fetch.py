@@ -52,7 +52,7 @@ from tandem.agent.core.log import get_logger
 _etree: Any = importlib.import_module('lxml.etree')
 _lxml_html: Any = importlib.import_module('lxml.html')
 
-__all__ = ['FetchError', 'Fetcher', 'HostRule', 'Page', 'netloc_of', 'parse_allowed_hosts']
+__all__ = ['FetchError', 'Fetcher', 'HostRule', 'Page', 'PrivateHostError', 'netloc_of', 'parse_allowed_hosts']
 
 _log = get_logger('tandem.tools.web')
 
@@ -78,6 +78,10 @@ class FetchError(Exception):
     """
 
     server_answered: bool = False
+
+
+class PrivateHostError(FetchError):
+    """The URL's host is this machine or a private address, which `web.allowed_hosts` can trust."""
 
 
 class _Progress:
@@ -308,7 +312,7 @@ async def _check_and_resolve(url: str, trusted: frozenset[HostRule]) -> Resolved
         raise FetchError(f'blocked: {host!r} is an IP address in a non-standard notation; write a host name')
     is_trusted = HostRule(_host_key(host), port) in trusted or HostRule(_host_key(host), None) in trusted
     if not is_trusted and literal is None and (host == 'localhost' or host.endswith('.localhost')):
-        raise FetchError(f'blocked: {host} is this machine; only public web sites can be fetched')
+        raise PrivateHostError(f'blocked: {host} is this machine; only public web sites can be fetched')
     try:
         ascii_host = host if literal is not None else host.encode('idna').decode('ascii')
     except UnicodeError:
@@ -329,7 +333,7 @@ async def _check_and_resolve(url: str, trusted: frozenset[HostRule]) -> Resolved
         if is_cloud_metadata_ip(address):
             raise FetchError(f'blocked: {where} is a cloud metadata address')
         if not is_trusted and is_private_ip(address):
-            raise FetchError(
+            raise PrivateHostError(
                 f'blocked: {where} is a private, loopback or link-local address; only public web sites can be fetched'
             )
     return ResolvedUrl(resolved_ip=addresses[0], hostname=ascii_host, port=port, is_https=is_https, path=path)

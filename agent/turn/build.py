@@ -15,7 +15,7 @@ from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, knowledge_retriever
 from tandem.agent.turn.providers.memory import MemoryContext, fact_store_for
 from tandem.agent.turn.request import TurnRequest, new_session_id
-from tandem.memory.connection import connect
+from tandem.memory.connection import opened
 from tandem.memory.conversations import RedisConversationStore
 from tandem.memory.keys import validate_id
 from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
@@ -32,14 +32,13 @@ def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[T
 async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
     """A Redis client for `settings`, closed on exit; starts the embedded server when no URL is set."""
     url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
-    client = await connect(url, home=settings.home)
-    try:
-        yield client
-    finally:
-        from tandem.agent.turn.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+    async with opened(url, home=settings.home) as client:
+        try:
+            yield client
+        finally:
+            from tandem.agent.turn.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
 
-        await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # memory.extract runs after the answer
-        await client.aclose()
+            await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # memory.extract runs after the answer
 
 
 @asynccontextmanager

@@ -102,19 +102,14 @@ class Analyzer:
         words = [word for word in query_words(text) if word not in stopwords]
         return cast(list[str], _stemmer(self.language).stemWords(words)) if self.stem else words
 
-    @classmethod
-    def named(cls, name: str | None) -> Analyzer:
+    @staticmethod
+    def named(name: str | None) -> Analyzer:
         """The analyzer a KB records; `LEGACY_ANALYZER` for a KB written before analyzers were recorded.
 
         Raises:
             TandemError: A name this version doesn't know (a KB written by a newer Tandem).
         """
-        if not name or name == LEGACY_ANALYZER.name:
-            return LEGACY_ANALYZER
-        language = name.removeprefix('bm25s-').removesuffix('-stem-v2')
-        if name != f'bm25s-{language}-stem-v2' or language not in languages():
-            raise TandemError(f'this knowledge base was indexed with an analyzer this Tandem does not know ({name}).')
-        return cls(language)
+        return _analyzer_named(name or LEGACY_ANALYZER.name)
 
 
 LEGACY_ANALYZER = Analyzer('english', stem=False)
@@ -122,6 +117,16 @@ LEGACY_ANALYZER = Analyzer('english', stem=False)
 
 
 DEFAULT_ANALYZER = Analyzer()
+
+
+@functools.cache  # every search asks, once per knowledge base
+def _analyzer_named(name: str) -> Analyzer:
+    if name == LEGACY_ANALYZER.name:
+        return LEGACY_ANALYZER
+    language = name.removeprefix('bm25s-').removesuffix('-stem-v2')
+    if name != f'bm25s-{language}-stem-v2' or language not in languages():
+        raise TandemError(f'this knowledge base was indexed with an analyzer this Tandem does not know ({name}).')
+    return Analyzer(language)
 
 
 def bm25_terms(text: str) -> list[str]:
@@ -422,7 +427,7 @@ class Bm25Index(_ChunkSlots):
         if self._pending or self._dead:
             self.finish(compact=bool(self._dead))
         slots = len(self._ids)
-        vocab = sorted(self._vocab, key=self._vocab.__getitem__)
+        vocab = list(self._vocab)  # term ids are given in insertion order, so this is id order
         header = {'k1': self.k1, 'b': self.b, 'slots': slots, 'terms': len(vocab), 'total': self._total}
         parts = [
             '\n'.join(vocab).encode('utf-8'),

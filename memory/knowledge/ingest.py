@@ -474,7 +474,7 @@ class Ingestor:
         return True
 
     async def _fetch(self, url: str) -> _Item | None:
-        from tandem.agent.core.fetch import Fetcher, FetchError, parse_allowed_hosts
+        from tandem.agent.core.fetch import Fetcher, FetchError, PrivateHostError, parse_allowed_hosts
 
         fetcher = Fetcher(
             allowed_hosts=parse_allowed_hosts(self.options.allowed_hosts, strict=False),
@@ -487,7 +487,7 @@ class Ingestor:
             page = await fetcher.fetch(url)
         except FetchError as error:
             reason = str(error)
-            if 'private' in reason or 'this machine' in reason:
+            if isinstance(error, PrivateHostError):
                 reason += '; to ingest from it, add its host to web.allowed_hosts (TANDEM_WEB__ALLOWED_HOSTS)'
             self.report.skip(url, f'fetch failed ({reason})')
             self.report.missing_targets.append(url)

@@ -119,7 +119,12 @@ async def _ready(kb: KnowledgeBase, name: str, schema: Sequence[str]) -> bool:
     try:
         info = cast(object, await kb.redis.execute_command('FT.INFO', name))  # pyright: ignore[reportUnknownMemberType]
     except ResponseError:
-        await kb.redis.execute_command('FT.CREATE', name, 'ON', 'HASH', 'PREFIX', '1', kb.keys.chunk_prefix, *schema)  # pyright: ignore[reportUnknownMemberType]
+        try:
+            create = ('FT.CREATE', name, 'ON', 'HASH', 'PREFIX', '1', kb.keys.chunk_prefix, *schema)
+            await kb.redis.execute_command(*create)  # pyright: ignore[reportUnknownMemberType]
+        except ResponseError as error:
+            if 'already exists' not in str(error).lower():
+                raise  # another search (or process) created it first: it is building
         return False
     if _fields(info).get('indexing', '0') not in ('0', '0.0'):
         return False

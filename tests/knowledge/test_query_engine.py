@@ -4,6 +4,7 @@ RediSearch loaded (the `search` extra), and the embedded server that loads it by
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,6 +105,23 @@ async def test_an_index_dropped_behind_tandems_back_is_searched_in_process_then_
     assert await _built(lambda: query_engine.bm25_search(kb, 'granite', 1, **ENGLISH))
 
 
+async def test_a_first_search_that_loses_the_race_to_create_the_index_is_no_error(
+    search_redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = KnowledgeBase(search_redis, tenant='acme', name='docs')
+    await Ingestor(kb).ingest([str(write_tree(tmp_path / 'docs', {'a.md': 'Obsidian blades.'}))])
+    real = search_redis.execute_command
+
+    async def another_process_creates_it_first(*args: Any, **kwargs: Any) -> Any:
+        if args[0] == 'FT.CREATE':
+            await real(*args, **kwargs)  # between our FT.INFO and our FT.CREATE
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(search_redis, 'execute_command', another_process_creates_it_first)
+    assert await query_engine.bm25_search(kb, 'obsidian', 1, **ENGLISH) is None  # building: search in process
+    assert await _built(lambda: query_engine.bm25_search(kb, 'obsidian', 1, **ENGLISH))
+
+
 async def test_removing_a_knowledge_base_drops_its_indexes_and_only_its_own(
     search_redis: Redis, tmp_path: Path
 ) -> None:
@@ -124,6 +142,21 @@ async def test_bm25_search_redis_without_the_query_engine_is_one_clear_error(kb:
         TandemError, match=r'knowledge\.bm25_search is "redis", but this Redis server has no Query Engine'
     ):
         await Bm25Retriever([kb], bm25_search='redis').search('basalt', 1)
+
+
+def test_a_module_file_without_the_execute_bit_is_served_from_an_executable_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = find_search_module(tmp_path)
+    if installed is None:
+        pytest.skip('the search extra (RediSearch) is not installed: `make test` installs it')
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: Path(path) != installed and real_access(path, mode))
+
+    copy = find_search_module(tmp_path)
+    assert copy is not None and copy == tmp_path / 'redis' / 'modules' / 'redisearch.so'
+    assert real_access(copy, os.X_OK) and copy.read_bytes() == installed.read_bytes()
+    assert find_search_module(tmp_path) == copy  # made once
 
 
 async def test_the_embedded_server_loads_the_query_engine_when_the_search_extra_is_installed(tmp_path: Path) -> None:
