@@ -244,63 +244,131 @@ def _iso(moment: float) -> str:
 
 
 class _UserCache:
-    """One user's facts as of `version`, with views derived from them, each built on first use.
+    """One user's facts as of `version`, each parsed on first use, with views derived from them.
 
-    A change through `put` or `remove` keeps the BM25 and similarity indexes up to date (they are
-    incremental) and drops the sorted views, so reads between writes cost no more than the view
-    they use.
+    A load brings the facts unparsed, with their expiry times, and, once the user's memory is
+    indexed in Redis, the BM25 index restored from its snapshot and the recency order: a recall
+    parses only the facts it returns. Views that need every fact (the oldest-first list, the
+    similarity check) parse the rest then.
+
+    A change through `put` or `remove` keeps the BM25 and similarity indexes, the recency order and
+    the expiry times up to date (all incremental) and drops the sorted list, so reads between writes
+    cost no more than the view they use.
 
     Relevance is the knowledge base's BM25 (`memory.knowledge.index.Bm25Index`: bm25s's Lucene scoring,
     with adds and removes), over the terms of `_terms`.
     """
 
-    def __init__(self, version: str, facts: Iterable[Fact]) -> None:
+    def __init__(
+        self,
+        version: str,
+        entries: Mapping[str, Fact | bytes],
+        expiry_ms: Mapping[str, int],
+        *,
+        lexical: Bm25Index | None = None,
+        recency: list[str] | None = None,
+    ) -> None:
         self.version = version
-        self.facts: dict[str, Fact] = {fact.id: fact for fact in facts}
+        self._entries: dict[str, Fact | bytes] = dict(entries)
+        self._expiry_ms: dict[str, int] = dict(expiry_ms)
+        self._lexical = lexical
+        self._recency = recency
+        """Fact ids, most recently stated first; `None` until a view needs it (then sorted from the facts)."""
         self._terms: dict[str, list[str]] = {}
         self._postings: dict[str, set[str]] | None = None
-        self._lexical: Bm25Index | None = None
         self._by_created: list[Fact] | None = None
-        self._by_recent: list[Fact] | None = None
-        self._next_expiry: float | None = None
+        self._next_expiry: int | None = None
         self._expiry_known = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def attach(self, lexical: Bm25Index, recency: list[str]) -> None:
+        """Use a BM25 index and a recency order read from Redis instead of building them from the facts."""
+        self._lexical = lexical
+        self._recency = recency
+
+    def __contains__(self, fact_id: object) -> bool:
+        return fact_id in self._entries
+
+    def holds_exactly(self, fact_ids: Sequence[str]) -> bool:
+        """Whether these are the ids of the facts, each once."""
+        return len(fact_ids) == len(self._entries) and self._entries.keys() == set(fact_ids)
 
     # -- changes ----------------------------------------------------------------------------------
 
     def put(self, fact: Fact) -> None:
         self.remove(fact.id)
-        self.facts[fact.id] = fact
+        self._entries[fact.id] = fact
         if self._lexical is not None:
             self._lexical.add(fact.id, self.terms(fact))
         if self._postings is not None:
             for term in set(self.terms(fact)):
                 self._postings.setdefault(term, set()).add(fact.id)
-        if fact.expires_at is not None and self._expiry_known:
-            moment = fact.expires_at.timestamp()
-            self._next_expiry = moment if self._next_expiry is None else min(self._next_expiry, moment)
+        if self._recency is not None:
+            self._recency.insert(0, fact.id)
+        if fact.expires_at is not None:
+            moment = round(fact.expires_at.timestamp() * 1000)
+            self._expiry_ms[fact.id] = moment
+            if self._expiry_known:
+                self._next_expiry = moment if self._next_expiry is None else min(self._next_expiry, moment)
 
     def remove(self, fact_id: str) -> None:
-        fact = self.facts.pop(fact_id, None)
-        self._by_created = self._by_recent = None
-        if fact is None:
+        entry = self._entries.pop(fact_id, None)
+        self._by_created = None
+        if entry is None:
             return
         if self._lexical is not None:
             self._lexical.remove([fact_id])
         if self._postings is not None:
+            fact = entry if isinstance(entry, Fact) else Fact.model_validate_json(entry)
             for term in set(self.terms(fact)):
                 ids = self._postings.get(term)
                 if ids is not None:
                     ids.discard(fact_id)
                     if not ids:
                         del self._postings[term]
+        if self._recency is not None:
+            self._recency.remove(fact_id)  # the load made it list exactly the facts
         self._terms.pop(fact_id, None)
-        if fact.expires_at is not None:
+        if self._expiry_ms.pop(fact_id, None) is not None:
             self._expiry_known = False
 
     def drop_expired(self, now: float) -> None:
         if self.any_expired(now):
-            for fact_id in [fact.id for fact in self.facts.values() if fact.expired(now)]:
+            for fact_id in [fact_id for fact_id in self._expiry_ms if self.expired(fact_id, now)]:
                 self.remove(fact_id)
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    def fact(self, fact_id: str) -> Fact:
+        entry = self._entries[fact_id]
+        if isinstance(entry, Fact):
+            return entry
+        fact = self._entries[fact_id] = Fact.model_validate_json(entry)
+        return fact
+
+    def all_facts(self) -> dict[str, Fact]:
+        """Every fact by id, parsing in one batch those not parsed yet."""
+        unparsed = [(fact_id, entry) for fact_id, entry in self._entries.items() if not isinstance(entry, Fact)]
+        if unparsed:
+            for (fact_id, _), fact in zip(unparsed, _decode_facts(entry for _, entry in unparsed), strict=True):
+                self._entries[fact_id] = fact
+        return cast(dict[str, Fact], self._entries)
+
+    def expired(self, fact_id: str, now: float) -> bool:
+        moment = self._expiry_ms.get(fact_id)
+        return moment is not None and moment <= round(now * 1000)
+
+    def live_count(self, now: float) -> int:
+        now_ms = round(now * 1000)
+        return len(self._entries) - sum(1 for moment in self._expiry_ms.values() if moment <= now_ms)
+
+    def any_expired(self, now: float) -> bool:
+        if not self._expiry_known:
+            self._next_expiry = min(self._expiry_ms.values()) if self._expiry_ms else None
+            self._expiry_known = True
+        return self._next_expiry is not None and self._next_expiry <= round(now * 1000)
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -310,37 +378,37 @@ class _UserCache:
             terms = self._terms[fact.id] = _terms(fact.text)
         return terms
 
-    def any_expired(self, now: float) -> bool:
-        if not self._expiry_known:
-            moments = [fact.expires_at.timestamp() for fact in self.facts.values() if fact.expires_at is not None]
-            self._next_expiry = min(moments) if moments else None
-            self._expiry_known = True
-        return self._next_expiry is not None and self._next_expiry <= now
-
-    def search(self, query: str, k: int) -> list[Fact]:
-        """The `k` facts that match `query` best (BM25), best first; only those sharing a term with it."""
-        terms = list(dict.fromkeys(_terms(query)))
-        if not terms or not self.facts or k <= 0:
-            return []
+    @property
+    def lexical(self) -> Bm25Index:
+        """The BM25 index of the facts, built from all of them when it was not restored."""
         if self._lexical is None:
             from tandem.memory.knowledge.index import Bm25Index
 
+            facts = self.all_facts()
             index = Bm25Index()
-            for fact in self.facts.values():
-                index.add(fact.id, self.terms(fact), defer=True)
+            index.add_many(list(facts), [' '.join(self.terms(fact)) for fact in facts.values()])
             index.finish()
             self._lexical = index
-        return [self.facts[fact_id] for fact_id, _ in self._lexical.search(terms, k)]
+        return self._lexical
+
+    def ranked(self, query: str, k: int) -> list[str]:
+        """The ids of the `k` facts that match `query` best (BM25), best first; only those sharing a term with it."""
+        terms = list(dict.fromkeys(_terms(query)))
+        if not terms or not self._entries or k <= 0:
+            return []
+        return [fact_id for fact_id, _ in self.lexical.search(terms, k)]
 
     def by_created(self) -> list[Fact]:
         if self._by_created is None:
-            self._by_created = sorted(self.facts.values(), key=lambda f: (f.created_at, f.id))
+            self._by_created = sorted(self.all_facts().values(), key=lambda f: (f.created_at, f.id))
         return self._by_created
 
-    def by_recent(self) -> list[Fact]:
-        if self._by_recent is None:
-            self._by_recent = sorted(self.facts.values(), key=lambda f: (f.updated_at, f.id), reverse=True)
-        return self._by_recent
+    def recency(self) -> list[str]:
+        """Every fact id, most recently stated first."""
+        if self._recency is None:
+            ordered = sorted(self.all_facts().values(), key=lambda f: (f.updated_at, f.id), reverse=True)
+            self._recency = [fact.id for fact in ordered]
+        return self._recency
 
     def most_similar(
         self, normalized: str, similarity: Similarity, threshold: float, now: float
@@ -354,7 +422,7 @@ class _UserCache:
         """
         if self._postings is None:
             self._postings = {}
-            for fact in self.facts.values():
+            for fact in self.all_facts().values():
                 for term in set(self.terms(fact)):
                     self._postings.setdefault(term, set()).add(fact.id)
         postings = self._postings
@@ -367,10 +435,9 @@ class _UserCache:
         candidates = sorted(shared, key=lambda fact_id: -shared[fact_id])[:_SIMILAR_CANDIDATES]
         best: tuple[str, float] | None = None
         for fact_id in candidates:
-            fact = self.facts[fact_id]
-            if fact.expired(now):
+            if self.expired(fact_id, now):
                 continue
-            other = normalize_fact(fact.text)
+            other = normalize_fact(self.fact(fact_id).text)
             if similarity is text_similarity:
                 matcher = SequenceMatcher(None, normalized, other, autojunk=False)
                 if matcher.real_quick_ratio() < threshold or matcher.quick_ratio() < threshold:
@@ -398,33 +465,48 @@ class FactSnapshot:
         return [fact for fact in ordered if not fact.expired(self._now)] if self._expired else list(ordered)
 
     def __len__(self) -> int:
-        return len(self.facts) if self._expired else len(self._cache.facts)
+        return self._cache.live_count(self._now) if self._expired else len(self._cache)
 
     def search(self, query: str, k: int = 10) -> list[Fact]:
         """The live facts most relevant to `query` (BM25), best first; only facts sharing a term with it."""
-        if not self._expired:
-            return self._cache.search(query, k)
-        ranked = self._cache.search(query, len(self._cache.facts))
-        return [fact for fact in ranked if not fact.expired(self._now)][:k]
+        ranked = self._cache.ranked(query, len(self._cache) if self._expired else k)
+        if self._expired:
+            ranked = [fact_id for fact_id in ranked if not self._cache.expired(fact_id, self._now)][:k]
+        return [self._cache.fact(fact_id) for fact_id in ranked]
 
     def recent(self, k: int = 10) -> list[Fact]:
         """The `k` most recently updated live facts, newest first."""
         found: list[Fact] = []
-        for fact in self._cache.by_recent():
+        for fact_id in self._cache.recency():
             if len(found) == k:
                 break
-            if not fact.expired(self._now):
-                found.append(fact)
+            if not self._cache.expired(fact_id, self._now):
+                found.append(self._cache.fact(fact_id))
         return found
 
 
 # --- Lua -------------------------------------------------------------------------------------------
 
-# Shared by every script. KEYS: facts, norms, expiry, version (UserFactKeys.all).
-_PRELUDE = """
+# Shared by every script. KEYS: facts, norms, expiry, version, updated, index, changes
+# (UserFactKeys.all). A change to a fact bumps the version and, while a BM25 snapshot is stored,
+# records the fact's id in the change log at that version, so a reader can bring the snapshot up
+# to date with only the facts changed since. A log grown past _LOG_LIMIT drops the snapshot
+# instead: the next reader rebuilds it.
+_LOG_LIMIT = 5_000
+_PRELUDE = f"""
+local LOG_LIMIT = {_LOG_LIMIT}
+local CHANGED = {{}}
 local function bump(base)
   if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], base) end
-  return redis.call('INCR', KEYS[4])
+  redis.call('INCR', KEYS[4])
+  -- Read back as a string: Lua prints a number this large with 14 digits.
+  local version = redis.call('GET', KEYS[4])
+  if #CHANGED > 0 and redis.call('EXISTS', KEYS[6]) == 1 then
+    for _, id in ipairs(CHANGED) do redis.call('ZADD', KEYS[7], version, id) end
+    if redis.call('ZCARD', KEYS[7]) > LOG_LIMIT then redis.call('DEL', KEYS[6], KEYS[7]) end
+  end
+  CHANGED = {{}}
+  return version
 end
 local function drop(id)
   local raw = redis.call('HGET', KEYS[1], id)
@@ -432,8 +514,10 @@ local function drop(id)
     local norm = cjson.decode(raw)['norm']
     if norm and redis.call('HGET', KEYS[2], norm) == id then redis.call('HDEL', KEYS[2], norm) end
     redis.call('HDEL', KEYS[1], id)
+    CHANGED[#CHANGED + 1] = id
   end
   redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[5], id)
   return raw
 end
 local function purge(now, limit, base)
@@ -444,10 +528,11 @@ local function purge(now, limit, base)
 end
 """
 
+
 # ARGV: now (ms), version the client's cache had ('' for none), digest of the normalized text,
 # the new fact's JSON, a similar fact's id ('' for none), text, source, trust of the source,
 # updated_at (ISO), expiry (ms, 0 for none), expires_at (ISO, '' for none), max facts, version
-# base, purge limit.
+# base, purge limit, updated_at (µs, the recency score).
 # Returns {outcome, fact id, version, fact JSON}, or {'conflict'} / {'full'}.
 _REMEMBER_SCRIPT = (
     _PRELUDE
@@ -492,14 +577,18 @@ if id then
   end
   local encoded = cjson.encode(fact)
   redis.call('HSET', KEYS[1], id, encoded)
-  return {outcome, id, tostring(bump(ARGV[13])), encoded}
+  redis.call('ZADD', KEYS[5], ARGV[15], id)
+  CHANGED[#CHANGED + 1] = id
+  return {outcome, id, bump(ARGV[13]), encoded}
 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[12]) then return {'full'} end
 id = cjson.decode(ARGV[4])['id']
 redis.call('HSET', KEYS[1], id, ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[3], id)
+redis.call('ZADD', KEYS[5], ARGV[15], id)
 if ARGV[10] ~= '0' then redis.call('ZADD', KEYS[3], ARGV[10], id) end
-return {'created', id, tostring(bump(ARGV[13])), ARGV[4]}
+CHANGED[#CHANGED + 1] = id
+return {'created', id, bump(ARGV[13]), ARGV[4]}
 """
 )
 
@@ -513,7 +602,7 @@ for i = 2, #ARGV do
   if raw then removed[#removed + 1] = raw end
 end
 local version = redis.call('GET', KEYS[4]) or ''
-if #removed > 0 then version = tostring(bump(ARGV[1])) end
+if #removed > 0 then version = bump(ARGV[1]) end
 return {version, unpack(removed)}
 """
 )
@@ -523,31 +612,108 @@ _FORGET_ALL_SCRIPT = (
     _PRELUDE
     + """
 local count = redis.call('HLEN', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-return {tostring(bump(ARGV[1])), count}
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
+return {bump(ARGV[1]), count}
 """
 )
 
+# Lists are returned as one string of newline-separated items (ids and fact JSON never hold a
+# newline): a reply of a few long strings parses far faster than one of thousands of short ones.
+_JOIN = """
+local function joined(flat, from, step)
+  local out = {}
+  for i = from, #flat, step do out[#out + 1] = flat[i] end
+  return table.concat(out, '\\n')
+end
+"""
+
 # ARGV: now (ms), purge limit, version base, most facts to return inline.
-# Returns {version, count, fact JSON...}; without the facts when there are more than the limit.
-_LOAD_SCRIPT = (
+# Returns {version, fact count, index, expiring ids, their expiry (ms), recency, fact ids, facts}:
+# index is {} or, when a snapshot is stored, {its version, the snapshot, ids changed since};
+# recency is every fact id, most recently stated first (only with a snapshot: the snapshot's save
+# wrote the whole of it); the fact ids and their JSON come unless there are more than the limit
+# (then the client reads them in pages, `_PAGE_SCRIPT`).
+_READ_SCRIPT = (
     _PRELUDE
+    + _JOIN
     + """
 purge(ARGV[1], tonumber(ARGV[2]), ARGV[3])
 local version = redis.call('GET', KEYS[4]) or ''
 local count = redis.call('HLEN', KEYS[1])
-if count > tonumber(ARGV[4]) then return {version, count} end
-local out = {version, count}
-for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = raw end
-return out
+local index = {}
+local recency = ''
+local saved = redis.call('HMGET', KEYS[6], 'version', 'bm25')
+if saved[1] and saved[2] and version ~= '' and tonumber(saved[1]) <= tonumber(version) then
+  index = {saved[1], saved[2], table.concat(redis.call('ZRANGEBYSCORE', KEYS[7], '(' .. saved[1], '+inf'), '\\n')}
+  recency = table.concat(redis.call('ZREVRANGE', KEYS[5], 0, -1), '\\n')
+end
+local expiry = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local facts = {}
+if count <= tonumber(ARGV[4]) then facts = redis.call('HGETALL', KEYS[1]) end
+return {version, count, index, joined(expiry, 1, 2), joined(expiry, 2, 2), recency, joined(facts, 1, 2), joined(facts, 2, 2)}
 """
 )
+
+# KEYS: facts. ARGV: cursor, page size. Returns {next cursor, fact ids, facts}: one HSCAN page.
+_PAGE_SCRIPT = (
+    _JOIN
+    + """
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+return {page[1], joined(page[2], 1, 2), joined(page[2], 2, 2)}
+"""
+)
+
+# ARGV: the version the snapshot reflects, the snapshot, '1' to replace a stored one as new (it
+# could not be used), then, when the snapshot was built from every fact, each fact's (updated_at in
+# µs, id) for the recency set. A snapshot of an older version than the current one is stored only
+# if the change log covers the versions between (an older snapshot is stored); one built from every
+# fact or replacing, only if it is of the current version. Returns 1 if stored.
+_SAVE_INDEX_SCRIPT = """
+local version = redis.call('GET', KEYS[4])
+if not version then return 0 end
+local saved = redis.call('HGET', KEYS[6], 'version')
+local at = tonumber(ARGV[1])
+if ARGV[1] ~= version then
+  if #ARGV > 3 or ARGV[3] == '1' or not saved or tonumber(saved) >= at or at > tonumber(version) then return 0 end
+elseif saved and ARGV[3] ~= '1' and tonumber(saved) >= at then
+  return 0
+end
+if #ARGV > 3 then
+  redis.call('DEL', KEYS[5])
+  for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[5], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('HSET', KEYS[6], 'version', ARGV[1], 'bm25', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[1])
+return 1
+"""
+
+_FACT_ANALYZER = 'facts-terms-v1'
+"""Names `_terms` in a snapshot's header: a snapshot made with other terms is rebuilt, not used."""
+_INDEX_MIN_FACTS = 200
+"""From this many facts, the BM25 index is kept in Redis (below it, building it takes a few ms); a
+reader that replays more changes than this (or a tenth of the facts) stores a fresh snapshot."""
+
+
+@dataclass
+class _Read:
+    """What the read script returned (see `_READ_SCRIPT`)."""
+
+    version: str
+    count: int
+    index: tuple[bytes, list[str]] | None
+    """The BM25 snapshot and the ids of the facts changed since it, when one is stored."""
+    expiry_ms: dict[str, int]
+    recency: list[str]
+    entries: dict[str, bytes]
+
 
 _SCRIPTS = {
     'remember': _REMEMBER_SCRIPT,
     'forget': _FORGET_SCRIPT,
     'forget_all': _FORGET_ALL_SCRIPT,
-    'load': _LOAD_SCRIPT,
+    'read': _READ_SCRIPT,
+    'save_index': _SAVE_INDEX_SCRIPT,
+    'page': _PAGE_SCRIPT,
 }
 
 _FACTS: TypeAdapter[list[Fact]] = TypeAdapter(list[Fact])
@@ -556,6 +722,15 @@ _FACTS: TypeAdapter[list[Fact]] = TypeAdapter(list[Fact])
 def _decode_facts(raw: Iterable[bytes]) -> list[Fact]:
     # One parse for all of them, as memory.conversations does for history entries.
     return _FACTS.validate_json(b'[' + b','.join(raw) + b']')
+
+
+def _split(joined: bytes) -> list[bytes]:
+    """The items of a list a script returned joined by newlines."""
+    return joined.split(b'\n') if joined else []
+
+
+def _lines(joined: bytes) -> list[str]:
+    return joined.decode().split('\n') if joined else []
 
 
 def _text(value: bytes | str | None) -> str:
@@ -706,6 +881,7 @@ class FactStore:
                 self.max_facts,
                 _version_base(),
                 _PURGE_LIMIT,
+                _micros(now),
             ]
             with _unavailable('remembering a fact'):
                 reply = cast(list[bytes], await self._script('remember')(keys=keys.all, args=args))
@@ -767,7 +943,7 @@ class FactStore:
         keys = UserFactKeys(tenant, user)
         with _unavailable('forgetting facts'):
             reply = cast(list[Any], await self._script('forget_all')(keys=keys.all, args=[_version_base()]))
-        self._caches[(tenant, user)] = _UserCache(_text(reply[0]), [])
+        self._caches[(tenant, user)] = _UserCache(_text(reply[0]), {}, {})
         self._trim()
         return int(reply[1])
 
@@ -909,44 +1085,103 @@ class FactStore:
         return cache
 
     async def _load(self, keys: UserFactKeys) -> _UserCache:
-        now_ms = round(self._clock() * 1000)
+        """Read the user's memory: the facts unparsed, and the BM25 index from its snapshot when one is stored."""
         with _unavailable('reading facts'):
-            reply = cast(
-                list[bytes],
-                await self._script('load')(
-                    keys=keys.all, args=[now_ms, _PURGE_LIMIT, _version_base(), _INLINE_LOAD_LIMIT]
-                ),
-            )
-            version, count = _text(reply[0]), int(reply[1])
-            if count <= _INLINE_LOAD_LIMIT:
-                facts = _decode_facts(reply[2:])
-            else:
-                facts = await self._scan(keys, version)
-        return _UserCache(version, facts)
+            read = await self._read(keys, _INLINE_LOAD_LIMIT)
+            if read.count > _INLINE_LOAD_LIMIT:
+                entries = await self._scan(keys, read.version)
+                if entries is None:  # still changing: take a consistent copy in one (blocking) script
+                    read = await self._read(keys, 1 << 40)
+                else:
+                    read.entries = entries
+        cache = _UserCache(read.version, read.entries, read.expiry_ms)
+        replayed = self._restore(cache, read.index, read.recency) if read.index is not None else None
+        with _unavailable('indexing facts'):
+            if replayed is None and len(cache) >= _INDEX_MIN_FACTS:
+                await self._save_index(keys, cache, replace=read.index is not None, rebuilt=True)
+            elif replayed is not None and replayed > max(_INDEX_MIN_FACTS, len(cache) // 10):
+                await self._save_index(keys, cache)  # so the next reader replays less
+        return cache
 
-    async def _scan(self, keys: UserFactKeys, version: str) -> list[Fact]:
-        """Read a large memory in pages without blocking the server, retrying if it changes meanwhile."""
+    async def _read(self, keys: UserFactKeys, inline: int) -> _Read:
+        reply = cast(
+            list[Any],
+            await self._script('read')(
+                keys=keys.all, args=[round(self._clock() * 1000), _PURGE_LIMIT, _version_base(), inline]
+            ),
+        )
+        version, count, index, expiring, expiry, recency, ids, entries = reply
+        return _Read(
+            version=_text(version),
+            count=int(count),
+            index=(index[1], _lines(index[2])) if index else None,
+            expiry_ms={fact_id: int(float(ms)) for fact_id, ms in zip(_lines(expiring), _lines(expiry), strict=True)},
+            recency=_lines(recency),
+            entries=dict(zip(_lines(ids), _split(entries), strict=True)),
+        )
+
+    @staticmethod
+    def _restore(cache: _UserCache, index: tuple[bytes, list[str]], recency: list[str]) -> int | None:
+        """Give `cache` the stored BM25 index, brought up to the cache's version by replaying the
+        facts changed since; how many that was, or `None` if the snapshot can't be used."""
+        from tandem.memory.knowledge.index import Bm25Index, unpack_snapshot
+
+        blob, changed = index
+        if not cache.holds_exactly(recency):
+            return None  # written by a Tandem that did not keep the index: build it again
+        try:
+            header, parts = unpack_snapshot(blob)
+            if header.get('analyzer') != _FACT_ANALYZER:
+                return None
+            lexical = Bm25Index.restore(header, parts)
+        except (ValueError, KeyError):
+            return None
+        lexical.remove(changed)
+        for fact_id in changed:
+            if fact_id in cache:
+                lexical.add(fact_id, cache.terms(cache.fact(fact_id)))
+        cache.attach(lexical, recency)
+        return len(changed)
+
+    async def _save_index(
+        self, keys: UserFactKeys, cache: _UserCache, *, replace: bool = False, rebuilt: bool = False
+    ) -> None:
+        """Store the BM25 snapshot of `cache` as of its version.
+
+        Args:
+            replace: Even if one as new is stored (it could not be used).
+            rebuilt: The index was built from every fact: store the recency set too.
+        """
+        from tandem.memory.knowledge.index import pack_snapshot
+
+        header, parts = cache.lexical.dump()
+        args: list[str | int | bytes] = [
+            cache.version,
+            pack_snapshot({**header, 'analyzer': _FACT_ANALYZER}, parts),
+            '1' if replace else '',
+        ]
+        if rebuilt:
+            for fact in cache.all_facts().values():
+                args += [_micros(fact.updated_at.timestamp()), fact.id]
+        await self._script('save_index')(keys=keys.all, args=args)
+
+    async def _scan(self, keys: UserFactKeys, version: str) -> dict[str, bytes] | None:
+        """Read a large memory in pages without blocking the server; `None` if it kept changing meanwhile."""
         for _ in range(3):
-            raw: list[bytes] = []
-            cursor = 0
+            entries: dict[str, bytes] = {}
+            cursor = b'0'
             while True:
-                cursor, page = cast(
-                    tuple[int, dict[bytes, bytes]],
-                    await self._redis.hscan(keys.facts, cursor, count=_SCAN_PAGE),  # pyright: ignore[reportUnknownMemberType]
+                cursor, ids, raw = cast(
+                    list[bytes], await self._script('page')(keys=[keys.facts], args=[cursor, _SCAN_PAGE])
                 )
-                raw += page.values()
-                if cursor == 0:
+                entries.update(zip(_lines(ids), _split(raw), strict=True))
+                if cursor == b'0':
                     break
             after = _text(await self._redis.get(keys.version))
             if after == version:
-                return _decode_facts(raw)
+                return entries
             version = after
-        # Still changing: take a consistent copy in one (blocking) script.
-        reply = cast(
-            list[bytes],
-            await self._script('load')(keys=keys.all, args=[round(self._clock() * 1000), 0, _version_base(), 1 << 40]),
-        )
-        return _decode_facts(reply[2:])
+        return None
 
     def _applied(
         self,
@@ -978,6 +1213,11 @@ class FactStore:
 
 def _json(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(',', ':')).encode()
+
+
+def _micros(moment: float) -> int:
+    """A recency score: microseconds, as `updated_at` keeps them, so ties sort by id as the facts do."""
+    return round(moment * 1_000_000)
 
 
 def _version_base() -> int:

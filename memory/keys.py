@@ -234,9 +234,24 @@ class UserFactKeys:
         return user_key(self.tenant, self.user, 'facts.version')
 
     @property
+    def updated(self) -> str:
+        """Sorted set of fact id scored by when it was last stated (ms): recency without reading the facts."""
+        return user_key(self.tenant, self.user, 'facts.updated')
+
+    @property
+    def index(self) -> str:
+        """Hash of the BM25 snapshot of the facts (`bm25`) and the version it reflects (`version`)."""
+        return user_key(self.tenant, self.user, 'facts.index')
+
+    @property
+    def changes(self) -> str:
+        """Sorted set of fact id scored by the version that last changed it, since the snapshot."""
+        return user_key(self.tenant, self.user, 'facts.changes')
+
+    @property
     def all(self) -> tuple[str, ...]:
         """Every key of the user's memory, in the order the fact store's Lua scripts take them as `KEYS`."""
-        return (self.facts, self.norms, self.expiry, self.version)
+        return (self.facts, self.norms, self.expiry, self.version, self.updated, self.index, self.changes)
 
 
 # --- knowledge bases -------------------------------------------------------------------------------

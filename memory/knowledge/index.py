@@ -753,12 +753,13 @@ return 1
 """
 
 
-def _pack(header: dict[str, Any], parts: Sequence[bytes]) -> bytes:
+def pack_snapshot(header: dict[str, Any], parts: Sequence[bytes]) -> bytes:
+    """One blob of an index's `dump()` (the header may carry more fields), for `unpack_snapshot`."""
     head = json.dumps({**header, 'parts': [len(part) for part in parts]}).encode('utf-8')
     return b''.join([_SNAPSHOT_MAGIC, len(head).to_bytes(4, 'little'), head, *parts])
 
 
-def _unpack(blob: bytes) -> tuple[dict[str, Any], list[memoryview]]:
+def unpack_snapshot(blob: bytes) -> tuple[dict[str, Any], list[memoryview]]:
     """The header and parts of a snapshot (views into `blob`, nothing copied).
 
     Raises:
@@ -800,7 +801,7 @@ async def _save(kb: KnowledgeBase, kind: _Kind, synced: _Synced, *, replace: boo
     if not replace and await _saved_gen(kb, kind, synced.epoch) >= synced.gen:
         return
     header, parts = synced.index.dump()
-    blob = _pack({**header, 'kind': kind.name, 'epoch': synced.epoch, 'gen': synced.gen}, parts)
+    blob = pack_snapshot({**header, 'kind': kind.name, 'epoch': synced.epoch, 'gen': synced.gen}, parts)
     script = kb.redis.register_script(_SAVE_SCRIPT)  # pyright: ignore[reportUnknownMemberType]
     try:
         await script(  # pyright: ignore[reportUnknownMemberType]
@@ -818,7 +819,7 @@ async def _restore(kb: KnowledgeBase, kind: _Kind, state: KbState, dims: int) ->
     if blob is None:
         return None
     try:
-        header, parts = _unpack(blob)
+        header, parts = unpack_snapshot(blob)
         if header.get('epoch') != state.epoch or header.get('kind') != kind.name:
             return None
         if dims and int(header.get('dims', 0)) != dims:
