@@ -36,6 +36,7 @@ the user's memory (any read that reloads, or any write) deletes it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -273,7 +274,9 @@ class _UserCache:
         self._expiry_ms: dict[str, int] = dict(expiry_ms)
         self._lexical = lexical
         self._recency = recency
-        """Fact ids, most recently stated first; `None` until a view needs it (then sorted from the facts)."""
+        """Fact ids, most recently stated first: all of them, or the first few when read from Redis;
+        `None` until a view needs it (then sorted from the facts)."""
+        self._recency_complete = False
         self._terms: dict[str, list[str]] = {}
         self._postings: dict[str, set[str]] | None = None
         self._by_created: list[Fact] | None = None
@@ -284,16 +287,13 @@ class _UserCache:
         return len(self._entries)
 
     def attach(self, lexical: Bm25Index, recency: list[str]) -> None:
-        """Use a BM25 index and a recency order read from Redis instead of building them from the facts."""
+        """Use a BM25 index and the start of the recency order read from Redis, instead of building them from the facts."""
         self._lexical = lexical
-        self._recency = recency
+        self._recency = [fact_id for fact_id in recency if fact_id in self._entries]
+        self._recency_complete = len(self._recency) == len(self._entries)
 
     def __contains__(self, fact_id: object) -> bool:
         return fact_id in self._entries
-
-    def holds_exactly(self, fact_ids: Sequence[str]) -> bool:
-        """Whether these are the ids of the facts, each once."""
-        return len(fact_ids) == len(self._entries) and self._entries.keys() == set(fact_ids)
 
     # -- changes ----------------------------------------------------------------------------------
 
@@ -328,8 +328,8 @@ class _UserCache:
                     ids.discard(fact_id)
                     if not ids:
                         del self._postings[term]
-        if self._recency is not None:
-            self._recency.remove(fact_id)  # the load made it list exactly the facts
+        if self._recency is not None and fact_id in self._recency:
+            self._recency.remove(fact_id)
         self._terms.pop(fact_id, None)
         if self._expiry_ms.pop(fact_id, None) is not None:
             self._expiry_known = False
@@ -403,12 +403,18 @@ class _UserCache:
             self._by_created = sorted(self.all_facts().values(), key=lambda f: (f.created_at, f.id))
         return self._by_created
 
-    def recency(self) -> list[str]:
-        """Every fact id, most recently stated first."""
-        if self._recency is None:
-            ordered = sorted(self.all_facts().values(), key=lambda f: (f.updated_at, f.id), reverse=True)
-            self._recency = [fact.id for fact in ordered]
-        return self._recency
+    def most_recent(self, k: int, now: float) -> list[str]:
+        """The ids of the `k` most recently stated live facts, newest first."""
+        while True:
+            if self._recency is None:
+                ordered = sorted(self.all_facts().values(), key=lambda f: (f.updated_at, f.id), reverse=True)
+                self._recency = [fact.id for fact in ordered]
+                self._recency_complete = True
+            live = (fact_id for fact_id in self._recency if not self.expired(fact_id, now))
+            found = list(itertools.islice(live, k))
+            if len(found) == k or self._recency_complete:
+                return found
+            self._recency = None  # the start read from Redis ran out: sort them all
 
     def most_similar(
         self, normalized: str, similarity: Similarity, threshold: float, now: float
@@ -476,13 +482,7 @@ class FactSnapshot:
 
     def recent(self, k: int = 10) -> list[Fact]:
         """The `k` most recently updated live facts, newest first."""
-        found: list[Fact] = []
-        for fact_id in self._cache.recency():
-            if len(found) == k:
-                break
-            if not self._cache.expired(fact_id, self._now):
-                found.append(self._cache.fact(fact_id))
-        return found
+        return [self._cache.fact(fact_id) for fact_id in self._cache.most_recent(k, self._now)]
 
 
 # --- Lua -------------------------------------------------------------------------------------------
@@ -627,11 +627,11 @@ local function joined(flat, from, step)
 end
 """
 
-# ARGV: now (ms), purge limit, version base, most facts to return inline.
+# ARGV: now (ms), purge limit, version base, most facts to return inline, most recent ids to return.
 # Returns {version, fact count, index, expiring ids, their expiry (ms), recency, fact ids, facts}:
 # index is {} or, when a snapshot is stored, {its version, the snapshot, ids changed since};
-# recency is every fact id, most recently stated first (only with a snapshot: the snapshot's save
-# wrote the whole of it); the fact ids and their JSON come unless there are more than the limit
+# recency is the first ids of the most recently stated first (only with a snapshot: the snapshot's
+# save wrote the whole set); the fact ids and their JSON come unless there are more than the limit
 # (then the client reads them in pages, `_PAGE_SCRIPT`).
 _READ_SCRIPT = (
     _PRELUDE
@@ -645,7 +645,7 @@ local recency = ''
 local saved = redis.call('HMGET', KEYS[6], 'version', 'bm25')
 if saved[1] and saved[2] and version ~= '' and tonumber(saved[1]) <= tonumber(version) then
   index = {saved[1], saved[2], table.concat(redis.call('ZRANGEBYSCORE', KEYS[7], '(' .. saved[1], '+inf'), '\\n')}
-  recency = table.concat(redis.call('ZREVRANGE', KEYS[5], 0, -1), '\\n')
+  recency = table.concat(redis.call('ZREVRANGE', KEYS[5], 0, tonumber(ARGV[5]) - 1), '\\n')
 end
 local expiry = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
 local facts = {}
@@ -689,6 +689,8 @@ return 1
 
 _FACT_ANALYZER = 'facts-terms-v1'
 """Names `_terms` in a snapshot's header: a snapshot made with other terms is rebuilt, not used."""
+_RECENT_READ = 1_000
+"""How many of the most recently stated fact ids a load reads (recent facts beyond them sort every fact)."""
 _INDEX_MIN_FACTS = 200
 """From this many facts, the BM25 index is kept in Redis (below it, building it takes a few ms); a
 reader that replays more changes than this (or a tenth of the facts) stores a fresh snapshot."""
@@ -1107,7 +1109,8 @@ class FactStore:
         reply = cast(
             list[Any],
             await self._script('read')(
-                keys=keys.all, args=[round(self._clock() * 1000), _PURGE_LIMIT, _version_base(), inline]
+                keys=keys.all,
+                args=[round(self._clock() * 1000), _PURGE_LIMIT, _version_base(), inline, _RECENT_READ],
             ),
         )
         version, count, index, expiring, expiry, recency, ids, entries = reply
@@ -1127,8 +1130,6 @@ class FactStore:
         from tandem.memory.knowledge.index import Bm25Index, unpack_snapshot
 
         blob, changed = index
-        if not cache.holds_exactly(recency):
-            return None  # written by a Tandem that did not keep the index: build it again
         try:
             header, parts = unpack_snapshot(blob)
             if header.get('analyzer') != _FACT_ANALYZER:
@@ -1140,6 +1141,8 @@ class FactStore:
         for fact_id in changed:
             if fact_id in cache:
                 lexical.add(fact_id, cache.terms(cache.fact(fact_id)))
+        if len(lexical) != len(cache):
+            return None  # facts added or removed by a Tandem that did not keep the index: build it again
         cache.attach(lexical, recency)
         return len(changed)
 

@@ -143,7 +143,7 @@ async def test_facts_written_without_the_index_are_noticed(redis: Redis, monkeyp
     await _seed(writer, 25)
     await FactStore(redis).list_facts('acme', 'alice')
     # An older Tandem adds a fact: the hash and the version, no recency set and no change log.
-    [planted] = await _seed(FactStore(redis), 1, start=500)
+    [planted] = await _seed(FactStore(redis, similarity_threshold=1.0), 1, start=500)
     await redis.zrem(_KEYS.updated, planted.id)
     await redis.delete(_KEYS.changes)
 
@@ -162,3 +162,36 @@ async def test_forgetting_everything_drops_the_index(redis: Redis) -> None:
 
     assert await redis.exists(_KEYS.facts, _KEYS.updated, _KEYS.index, _KEYS.changes) == 0
     assert await FactStore(redis).recall('acme', 'alice', 'stamps') == []
+
+
+async def test_a_large_memory_is_read_in_pages_and_still_restored(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _seed(FactStore(redis, similarity_threshold=1.0), 30)
+    expected = await FactStore(redis).recall('acme', 'alice', 'hiking friend7', limit=3)
+    monkeypatch.setattr(facts_module, '_INLINE_LOAD_LIMIT', 10)
+    monkeypatch.setattr(facts_module, '_SCAN_PAGE', 4)
+    _forbid_building(monkeypatch)
+
+    reader = FactStore(redis)
+
+    assert await reader.recall('acme', 'alice', 'hiking friend7', limit=3) == expected
+    assert len(await reader.list_facts('acme', 'alice')) == 30
+
+
+async def test_recent_facts_beyond_those_read_with_the_index_are_still_found(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    writer = FactStore(redis, similarity_threshold=1.0, clock=clock)
+    for n in range(25):
+        clock.advance(1)
+        await _seed(writer, 1, start=n)
+    everything = await writer.list_facts('acme', 'alice')
+    await FactStore(redis).list_facts('acme', 'alice')
+    monkeypatch.setattr(facts_module, '_RECENT_READ', 4)
+
+    recent = await FactStore(redis, clock=clock).snapshot('acme', 'alice')
+
+    assert recent.recent(3) == everything[:-4:-1]
+    assert recent.recent(10) == everything[:-11:-1]
