@@ -447,7 +447,7 @@ async def bench_quality(redis: Any, embedder: PydanticAIEmbedder) -> list[str]:
         )
         probe = await embedder.embed_query('probe')
         for _ in range(200):  # the server builds its indexes in the background
-            text = await query_engine.bm25_search(kb, 'gpu', 1, language='english', stopwords=Analyzer().stopwords)
+            text = await query_engine.bm25_search(kb, 'gpu', 1, analyzer=Analyzer())
             vector = await query_engine.vector_search(kb, probe, 1)
             if text is not None and vector is not None:
                 break
@@ -537,7 +537,7 @@ async def bench_cold_cli_search(kb: KnowledgeBase, url: str, home: Path, texts: 
     ]
     if await query_engine_available(kb.redis):
         for _ in range(1200):  # the server indexes the chunks in the background
-            if await query_engine.bm25_search(kb, query, 5, language='english', stopwords=Analyzer().stopwords):
+            if await query_engine.bm25_search(kb, query, 5, analyzer=Analyzer()):
                 break
             await asyncio.sleep(0.1)
         on_server = wall_times(search, env, 7)

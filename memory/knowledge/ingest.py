@@ -52,6 +52,7 @@ import numpy as np
 
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.tokens import token_counter
+from tandem.memory.connection import query_engine_available
 from tandem.memory.knowledge.chunk import CHUNKER_VERSION, ChunkDraft, chunk_blocks
 from tandem.memory.knowledge.embeddings import TextEmbedder
 from tandem.memory.knowledge.index import Analyzer, save_snapshots
@@ -73,6 +74,9 @@ __all__ = (
     'Skipped',
     'ingest_error',
 )
+
+_SERVED_SIG = '|served-v1'
+"""Ends the signature of documents written with the Query Engine's fields in their chunk hashes."""
 
 
 _SKIPPED_DIRS = frozenset({'node_modules', '__pycache__'})
@@ -326,6 +330,7 @@ class Ingestor:
         self._on_progress = on_progress
         self._started = time.perf_counter()
         await self._check_model()
+        await self._sign_for_server()
         self._seen: set[int] = set()
         self._files_total = sum(self._count(target) for target in targets)
         self._progress('')
@@ -348,6 +353,7 @@ class Ingestor:
         self.report = IngestReport()
         self._started = time.perf_counter()
         await self._check_model()
+        await self._sign_for_server()
         label = name or source
         kind = SUPPORTED_SUFFIXES.get(Path(label).suffix.lower(), 'text')
         item = _Item(source=source, name=Path(label).name or label, kind=kind, data=data, size=len(data))
@@ -356,6 +362,12 @@ class Ingestor:
         await save_snapshots(self.kb)
         self.report.seconds = time.perf_counter() - self._started
         return self.report
+
+    async def _sign_for_server(self) -> None:
+        """On a server with the Query Engine, chunk hashes also carry what it indexes: a document
+        written without (before the server had it) gets another signature, so it is written again."""
+        if await query_engine_available(self.kb.redis) and not self.sig.endswith(_SERVED_SIG):
+            self.sig += _SERVED_SIG
 
     async def _check_model(self) -> None:
         state = await self.kb.state()

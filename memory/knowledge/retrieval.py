@@ -230,7 +230,7 @@ class Bm25Retriever(_RankingRetriever):
                 continue
             # Each KB is queried the way it was indexed (its language; unstemmed before 0.2).
             analyzer = Analyzer.named(state.analyzer)
-            hits = await self._on_server(kb, query, n, analyzer)
+            hits = await self._on_server(kb, query, n, analyzer, state)
             if hits is None:
                 terms = analyzer.terms(query)
                 if not terms:
@@ -241,14 +241,14 @@ class Bm25Retriever(_RankingRetriever):
         return _fuse(rankings, n)
 
     async def _on_server(
-        self, kb: KnowledgeBase, query: str, n: int, analyzer: Analyzer
+        self, kb: KnowledgeBase, query: str, n: int, analyzer: Analyzer, state: KbState
     ) -> list[tuple[str, float]] | None:
         if self.bm25_search == 'process':
             return None
         if await query_engine_available(kb.redis):
-            return await query_engine.bm25_search(
-                kb, query, n, language=analyzer.language, stopwords=analyzer.stopwords
-            )
+            if state.served_chunks < state.chunks:
+                return None  # chunks the server can't see: written before it had the Query Engine
+            return await query_engine.bm25_search(kb, query, n, analyzer=analyzer)
         if self.bm25_search == 'redis':
             raise TandemError(
                 'knowledge.bm25_search is "redis", but this Redis server has no Query Engine (FT.SEARCH): use '
@@ -340,7 +340,10 @@ class DenseRetriever(_RankingRetriever):
     ) -> list[tuple[str, float]]:
         if self.vector_search != 'exact':
             if await query_engine_available(kb.redis):
-                hits = await query_engine.vector_search(kb, vector, n)
+                # Not while some vectors are in no chunk hash (written before the server had the Query Engine).
+                hits = (
+                    await query_engine.vector_search(kb, vector, n) if state.served_vectors >= state.vectors else None
+                )
                 if hits is not None:
                     return hits
             elif self.vector_search == 'redis':

@@ -15,9 +15,10 @@ script on one slot, which works the same on one server and on Redis Cluster:
   indexes are updated incrementally and survive restarts: nothing is rebuilt on each query.
 - `snapshots` (hash): the in-process indexes as bytes, so a new process needs no rebuild (see
   `memory.knowledge.index`).
-- `chunk:<chunk id>` (one hash per chunk): the text and its metadata, the BM25 terms, and the
-  embedding vector (float32 bytes) when the KB has embeddings. One hash per chunk is also the
-  shape the Redis Query Engine indexes (`FT.CREATE ... ON HASH PREFIX`).
+- `chunk:<chunk id>` (one hash per chunk): the text and its metadata and, when the server has the
+  Query Engine, what it indexes: the BM25 terms (space-separated) and the embedding vector
+  (float32 bytes) when the KB has embeddings. One hash per chunk is the shape the Query Engine
+  indexes (`FT.CREATE ... ON HASH PREFIX`).
 
 Writing a document (`KnowledgeBase.put_document`) deletes the chunks of its previous version,
 writes the new ones, replaces its record and bumps the generation in one script, after checking
@@ -62,7 +63,7 @@ __all__ = (
     'list_knowledge_bases',
 )
 
-CHUNK_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec')
+CHUNK_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec', 'terms')
 """The fields of a chunk hash, in the order `put_document` sends them."""
 
 _READ_FIELDS = ('text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok')
@@ -103,8 +104,14 @@ if new_vectors > 0 then
   redis.call('HSET', KEYS[1], 'embed_model', ARGV[8], 'dims', ARGV[9])
 end
 if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'analyzer', ARGV[14]) end
-for i = 6, 5 + nold do redis.call('DEL', KEYS[i]) end
-local names = {'text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec'}
+-- How many chunk hashes carry the fields the Query Engine indexes (terms, vec), kept exact.
+local served_chunks, served_vectors = 0, 0
+for i = 6, 5 + nold do
+  served_chunks = served_chunks - redis.call('HEXISTS', KEYS[i], 'terms')
+  served_vectors = served_vectors - redis.call('HEXISTS', KEYS[i], 'vec')
+  redis.call('DEL', KEYS[i])
+end
+local names = {'text', 'doc', 'pos', 'title', 'source', 'heading', 'page', 'ntok', 'vec', 'terms'}
 local nfields = #names
 for i = first_new, #KEYS do
   local base = 14 + (i - first_new) * nfields
@@ -114,6 +121,8 @@ for i = first_new, #KEYS do
     if value ~= '' or f == 1 then
       args[#args + 1] = names[f]
       args[#args + 1] = value
+      if value ~= '' and names[f] == 'terms' then served_chunks = served_chunks + 1 end
+      if value ~= '' and names[f] == 'vec' then served_vectors = served_vectors + 1 end
     end
   end
   redis.call('HSET', KEYS[i], unpack(args))
@@ -142,6 +151,8 @@ redis.call('HINCRBY', KEYS[1], 'docs', doc_delta)
 redis.call('HINCRBY', KEYS[1], 'chunks', new_chunks - old_chunks)
 redis.call('HINCRBY', KEYS[1], 'vectors', new_vectors - old_vectors)
 redis.call('HINCRBY', KEYS[1], 'tokens', new_tokens - old_tokens)
+redis.call('HINCRBY', KEYS[1], 'served_chunks', served_chunks)
+redis.call('HINCRBY', KEYS[1], 'served_vectors', served_vectors)
 local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
 redis.call('ZADD', KEYS[3], gen, ARGV[1])
 return gen
@@ -292,6 +303,9 @@ class KbState:
         vectors: How many of them carry a vector.
         embed_model: The model those vectors come from.
         analyzer: The name of the BM25 analyzer its terms come from; `None` before analyzers were recorded.
+        served_chunks: How many chunk hashes carry their BM25 terms, and `served_vectors` their
+            vector, for the Query Engine: fewer than `chunks` (`vectors`) when some were written
+            while the server had no Query Engine, and the server's index would miss them.
     """
 
     epoch: str
@@ -300,6 +314,8 @@ class KbState:
     vectors: int
     embed_model: str | None
     analyzer: str | None = None
+    served_chunks: int = 0
+    served_vectors: int = 0
 
 
 def _text(value: bytes | str | None) -> str:
@@ -381,9 +397,12 @@ class KnowledgeBase:
     async def state(self) -> KbState | None:
         """What a cached index needs to know whether it is current, in one round trip; `None` when
         the KB doesn't exist."""
-        epoch, gen, chunks, vectors, model, analyzer = cast(
+        epoch, gen, chunks, vectors, model, analyzer, served_chunks, served_vectors = cast(
             list[bytes | None],
-            await self.redis.hmget(self.keys.meta, ['epoch', 'gen', 'chunks', 'vectors', 'embed_model', 'analyzer']),  # pyright: ignore[reportUnknownMemberType]
+            await self.redis.hmget(  # pyright: ignore[reportUnknownMemberType]
+                self.keys.meta,
+                ['epoch', 'gen', 'chunks', 'vectors', 'embed_model', 'analyzer', 'served_chunks', 'served_vectors'],
+            ),
         )
         if epoch is None:
             return None
@@ -394,6 +413,8 @@ class KnowledgeBase:
             vectors=_int(vectors),
             embed_model=_text(model) or None,
             analyzer=_text(analyzer) or None,
+            served_chunks=_int(served_chunks),
+            served_vectors=_int(served_vectors),
         )
 
     async def changed_since(self, gen: int) -> list[str]:
@@ -539,7 +560,7 @@ class KnowledgeBase:
         epoch = uuid.uuid4().hex
         # Chunk hashes carry their vector only where the Query Engine can index it; the in-process
         # search reads every vector of a document at once from the `vectors` hash.
-        chunk_vectors = await query_engine_available(self.redis)
+        on_server = await query_engine_available(self.redis)  # chunk hashes carry what it indexes
         for record, chunks, previous in writes:
             vectors = [chunk.vector for chunk in chunks if chunk.vector is not None]
             if vectors and len(vectors) != len(chunks):
@@ -570,7 +591,8 @@ class KnowledgeBase:
                     chunk.heading,
                     chunk.page if chunk.page is not None else '',
                     chunk.tokens,
-                    chunk.vector if chunk.vector is not None and chunk_vectors else b'',
+                    chunk.vector if chunk.vector is not None and on_server else b'',
+                    ' '.join(chunk.terms) if on_server else '',
                 ]
             keys = [
                 *self._own_keys,

@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
+import tandem.memory.knowledge.ingest as ingest_module
 import tandem.memory.knowledge.retrieval as retrieval
+import tandem.memory.knowledge.store as store_module
 from tandem.agent.core.errors import TandemError
 from tandem.memory.connection import connect, query_engine_available
 from tandem.memory.knowledge import query_engine
@@ -28,7 +30,7 @@ from tests.support.fake_openai import FakeOpenAI
 
 T = TypeVar('T')
 
-ENGLISH: dict[str, Any] = {'language': 'english', 'stopwords': Analyzer().stopwords}
+ENGLISH: dict[str, Any] = {'analyzer': Analyzer()}
 """How the retrievers ask for a default knowledge base's BM25 on the server."""
 
 
@@ -97,12 +99,38 @@ async def test_an_index_dropped_behind_tandems_back_is_searched_in_process_then_
     kb = KnowledgeBase(search_redis, tenant='acme', name='docs')
     await Ingestor(kb).ingest([str(write_tree(tmp_path / 'docs', {'a.md': 'Granite countertops.'}))])
     await _built(lambda: query_engine.bm25_search(kb, 'granite', 1, **ENGLISH))
-    await search_redis.execute_command(
-        'FT.DROPINDEX', query_engine.text_index_name(kb, 'english', Analyzer().stopwords)
-    )
+    await search_redis.execute_command('FT.DROPINDEX', query_engine.text_index_name(kb, Analyzer()))
 
     assert [Path(p.source).name for p in await Bm25Retriever([kb]).search('granite', 1)] == ['a.md']
     assert await _built(lambda: query_engine.bm25_search(kb, 'granite', 1, **ENGLISH))
+
+
+async def test_chunks_written_without_the_query_engine_are_searched_in_process_until_ingested_again(
+    search_redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = KnowledgeBase(search_redis, tenant='acme', name='docs')
+    docs = write_tree(tmp_path / 'docs', {'a.md': 'Granite countertops.', 'b.md': 'Marble floors.'})
+    with monkeypatch.context() as before:  # the server had no Query Engine then: nothing for it in the chunks
+
+        async def without(redis: Any) -> bool:
+            return False
+
+        before.setattr(store_module, 'query_engine_available', without)
+        before.setattr(ingest_module, 'query_engine_available', without)
+        await Ingestor(kb).ingest([str(docs)])
+    await _built(lambda: query_engine.bm25_search(kb, 'granite', 5, **ENGLISH))  # an index of nothing
+
+    bm25 = Bm25Retriever([kb], bm25_search='redis')
+    assert [Path(p.source).name for p in await bm25.search('granite', 5)] == ['a.md']  # in process
+
+    report = await Ingestor(kb).ingest([str(docs)])  # unchanged, but written again with the terms
+    assert report.updated == 2
+    _in_process_only(monkeypatch)
+    for _ in range(100):
+        if await query_engine.bm25_search(kb, 'granite', 5, **ENGLISH):
+            break
+        await asyncio.sleep(0.05)
+    assert [Path(p.source).name for p in await bm25.search('granite', 5)] == ['a.md']
 
 
 async def test_a_first_search_that_loses_the_race_to_create_the_index_is_no_error(
@@ -133,7 +161,7 @@ async def test_removing_a_knowledge_base_drops_its_indexes_and_only_its_own(
 
     await mine.drop()
     names = [name.decode() for name in await search_redis.execute_command('FT._LIST') or []]
-    assert names == [query_engine.text_index_name(other, 'english', Analyzer().stopwords)]
+    assert names == [query_engine.text_index_name(other, Analyzer())]
 
 
 async def test_bm25_search_redis_without_the_query_engine_is_one_clear_error(kb: KnowledgeBase, tmp_path: Path) -> None:
