@@ -843,7 +843,13 @@ async def save_snapshots(kb: KnowledgeBase) -> None:
         return
     state = KbState(epoch=info.epoch, gen=info.gen, chunks=info.chunks, vectors=info.vectors, embed_model=None)
     kinds: list[tuple[_Kind, int]] = [(BM25_KIND, 0)]
-    if info.vectors and info.dims and not await query_engine_available(kb.redis):
+    # With the Query Engine, vectors are searched on the server: a vector snapshot is kept current
+    # only if one is stored (a process searched them in process: `vector_search = "exact"`).
+    if (
+        info.vectors
+        and info.dims
+        and (not await query_engine_available(kb.redis) or await _saved_gen(kb, VECTOR_KIND, info.epoch) >= 0)
+    ):
         kinds.append((VECTOR_KIND, info.dims))
     for kind, dims in kinds:
         if await _saved_gen(kb, kind, info.epoch) >= info.gen:

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import numpy as np
-import numpy.typing as npt
 from redis.exceptions import ResponseError
 
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import KnowledgeKeys, knowledge_key
+
+if TYPE_CHECKING:  # numpy is imported by the callers that have vectors, not by every command that opens a KB
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ('Analyzer', 'bm25_search', 'drop_indexes', 'forget_ready', 'text_index_name', 'vector_search')
 
@@ -193,7 +195,7 @@ async def vector_search(kb: KnowledgeBase, vector: npt.NDArray[np.float32], n: i
         return None
     reply = await _search(
         kb, name, f'*=>[KNN {n} @vec $q AS distance]',
-        'PARAMS', '2', 'q', vector.astype(np.float32).tobytes(),
+        'PARAMS', '2', 'q', vector.astype('float32').tobytes(),
         'SORTBY', 'distance', 'RETURN', '1', 'distance', 'LIMIT', '0', str(n), 'DIALECT', '2',
     )  # fmt: skip
     if reply is None:

@@ -122,6 +122,25 @@ async def test_vectors_are_restored_too(kb: KnowledgeBase, tmp_path: Path, monke
         assert reads.builds == 0
 
 
+async def test_on_the_query_engine_a_vector_snapshot_is_kept_current_once_vectors_are_searched_in_process(
+    search_redis: Redis, tmp_path: Path
+) -> None:
+    with FakeOpenAI(embedding_models=['tiny-embed']) as fake:
+        embedder = openai_embedder('tiny-embed', base_url=fake.url)
+        kb = KnowledgeBase(search_redis, tenant='acme', name='docs')
+        docs = write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze on the savanna.'})
+        await Ingestor(kb, embedder=embedder).ingest([str(docs)])
+        assert await _saved_gen(search_redis, kb, 'vectors') == -1  # the server searches them: no copy
+
+        await DenseRetriever([kb], embedder, vector_search='exact').search('zebras', 1)  # stores one
+        write_tree(docs, {'b.md': 'Penguins swim.'})
+        await Ingestor(kb, embedder=embedder).ingest([str(docs)])
+
+        state = await kb.state()
+        assert state is not None
+        assert await _saved_gen(search_redis, kb, 'vectors') == state.gen
+
+
 def test_a_restored_index_scores_as_bm25s_through_further_adds_and_removes() -> None:
     rng = random.Random(11)
     words = [f'w{n}' for n in range(150)] + ['redis', 'clusters', 'cluster', 'shards']
