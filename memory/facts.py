@@ -693,7 +693,8 @@ _RECENT_READ = 1_000
 """How many of the most recently stated fact ids a load reads (recent facts beyond them sort every fact)."""
 _INDEX_MIN_FACTS = 200
 """From this many facts, the BM25 index is kept in Redis (below it, building it takes a few ms); a
-reader that replays more changes than this (or a tenth of the facts) stores a fresh snapshot."""
+reader that replays more changes than this (or a tenth of the facts, but at most half the log's
+limit, so the log never outgrows it) stores a fresh snapshot."""
 
 
 @dataclass
@@ -1101,7 +1102,7 @@ class FactStore:
         with _unavailable('indexing facts'):
             if replayed is None and len(cache) >= _INDEX_MIN_FACTS:
                 await self._save_index(keys, cache, replace=read.index is not None, rebuilt=True)
-            elif replayed is not None and replayed > max(_INDEX_MIN_FACTS, len(cache) // 10):
+            elif replayed is not None and replayed > min(_LOG_LIMIT // 2, max(_INDEX_MIN_FACTS, len(cache) // 10)):
                 await self._save_index(keys, cache)  # so the next reader replays less
         return cache
 

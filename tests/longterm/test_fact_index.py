@@ -195,3 +195,18 @@ async def test_recent_facts_beyond_those_read_with_the_index_are_still_found(
 
     assert recent.recent(3) == everything[:-4:-1]
     assert recent.recent(10) == everything[:-11:-1]
+
+
+async def test_a_reader_that_replays_many_changes_stores_a_fresh_snapshot(redis: Redis) -> None:
+    writer = FactStore(redis, similarity_threshold=1.0)
+    await _seed(writer, 25)
+    await FactStore(redis).list_facts('acme', 'alice')
+    await _seed(writer, 10, start=100)
+    await FactStore(redis).list_facts('acme', 'alice')
+    assert await redis.zcard(_KEYS.changes) == 10  # few: replayed, and the snapshot left as it is
+
+    await _seed(writer, 15, start=200)  # 25 changes since the snapshot: more than the threshold (20)
+    await FactStore(redis).list_facts('acme', 'alice')
+
+    assert await redis.zcard(_KEYS.changes) == 0
+    assert await redis.hget(_KEYS.index, 'version') == await redis.get(_KEYS.version)
