@@ -1,6 +1,8 @@
 """Knowledge-base ingestion and retrieval: throughput, query latency, recall, and bm25s vs rank-bm25.
 
-Run: `uv run python bench/retrieval.py` (or `make bench`); about four minutes on the 2-core machine.
+Run: `uv run python bench/retrieval.py` (or `make bench`); about five minutes on the 2-core machine.
+`--quality`, `--cold` or `--ingest` runs only the labelled quality set, the cold command-line search
+or the ingest with local embeddings.
 Ends with `bench: NAME value=… baseline=… ratio=… target=… PASS|FAIL` lines; the notes before them
 say what each baseline is.
 
@@ -664,6 +666,11 @@ async def main() -> None:
                 texts = passages(100_000)
                 await write_synthetic(kb, texts)
                 lines += await bench_cold_cli_search(kb, url, root / 'home', texts, '100k')
+                print('\n'.join(f'note: {note}' for note in notes))
+                print('\n'.join(lines))
+                return
+            if '--ingest' in sys.argv:  # only the ingest with local embeddings (about a minute)
+                lines += (await bench_ingest_local(redis, root, local_embedder()))[0]
                 print('\n'.join(f'note: {note}' for note in notes))
                 print('\n'.join(lines))
                 return

@@ -97,14 +97,18 @@ class PydanticAIEmbedder:
 
     async def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         embedder = await self._get()
+        # Batches of texts of similar lengths: a batch is padded to its longest text.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[npt.NDArray[np.float32]] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start : start + self.batch_size])
+        for start in range(0, len(order), self.batch_size):
+            batch = [texts[i] for i in order[start : start + self.batch_size]]
             result = await self._call(embedder.embed_documents(batch))
             rows.append(_unit_rows(np.asarray(result.embeddings, dtype=np.float32), len(batch)))
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate(rows)
+        vectors = np.empty((len(texts), rows[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(rows)  # back in the caller's order
+        return vectors
 
     async def embed_query(self, text: str) -> npt.NDArray[np.float32]:
         cached = self._queries.get(text)

@@ -48,6 +48,18 @@ async def test_remote_openai_compatible_embeddings(kb: KnowledgeBase, tmp_path: 
     assert all('Zebras' not in hit.text for hit in hits)  # the cached vectors followed the update
 
 
+async def test_documents_are_embedded_in_batches_of_like_lengths_and_returned_in_order(fake: FakeOpenAI) -> None:
+    embedder = openai_embedder('tiny-embed', base_url=fake.url, batch_size=2)
+    texts = ['a long passage about zebras and the savanna', 'ok', 'a mid-sized note', 'hi', 'penguins swim fast']
+
+    together = await embedder.embed_documents(texts)
+
+    alone = np.concatenate([await embedder.embed_documents([text]) for text in texts])
+    assert np.allclose(together, alone)
+    batches = [body['input'] for body in fake.embedding_requests[:3]]
+    assert batches == [['ok', 'hi'], ['a mid-sized note', 'penguins swim fast'], [texts[0]]]
+
+
 async def test_vectors_of_another_model_never_mix(kb: KnowledgeBase, tmp_path: Path, fake: FakeOpenAI) -> None:
     docs = write_tree(tmp_path / 'docs', {'a.md': 'Zebras graze.'})
     await Ingestor(kb, embedder=openai_embedder('tiny-embed', base_url=fake.url)).ingest([str(docs)])
