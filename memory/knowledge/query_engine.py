@@ -115,8 +115,13 @@ def _index_name(kb: KnowledgeBase, *parts: str) -> str:
     return knowledge_key(kb.keys.tenant, kb.keys.kb, *parts, user=kb.keys.user)
 
 
-async def _ready(kb: KnowledgeBase, name: str, schema: Sequence[str]) -> bool:
-    """Whether index `name` is built; creates it (over the KB's chunks) when it doesn't exist."""
+async def _ready(kb: KnowledgeBase, name: str, schema: Sequence[str], *, supersedes: str = '') -> bool:
+    """Whether index `name` is built; creates it (over the KB's chunks) when it doesn't exist.
+
+    Args:
+        supersedes: A name prefix: creating `name` drops the KB's other indexes under it (made for
+            another analyzer, or by an older Tandem), which nothing searches any more.
+    """
     if name in _READY:
         return True
     try:
@@ -128,6 +133,8 @@ async def _ready(kb: KnowledgeBase, name: str, schema: Sequence[str]) -> bool:
         except ResponseError as error:
             if 'already exists' not in str(error).lower():
                 raise  # another search (or process) created it first: it is building
+        if supersedes:
+            await _drop(kb, supersedes, keep=name)
         return False
     if _fields(info).get('indexing', '0') not in ('0', '0.0'):
         return False
@@ -166,7 +173,7 @@ async def bm25_search(kb: KnowledgeBase, query: str, n: int, *, analyzer: Analyz
     name = text_index_name(kb, analyzer)
     # The terms are final: no stemming or stop words on the server (RediSearch's own list differs).
     schema = ('STOPWORDS', '0', 'SCHEMA', 'terms', 'TEXT', 'NOSTEM')
-    if not await _ready(kb, name, schema):
+    if not await _ready(kb, name, schema, supersedes=_index_name(kb, 'textidx') + ':'):
         return None
     # Dialect 1, as dialect 2 can match nothing for a union holding a word it deems a stop word.
     reply = await _search(
@@ -210,10 +217,13 @@ async def vector_search(kb: KnowledgeBase, vector: npt.NDArray[np.float32], n: i
 
 async def drop_indexes(kb: KnowledgeBase) -> None:
     """Drop the KB's Query Engine indexes (not its chunks: `FT.DROPINDEX` without `DD`)."""
-    mine = _index_name(kb) + ':'
+    await _drop(kb, _index_name(kb) + ':')
+
+
+async def _drop(kb: KnowledgeBase, prefix: str, *, keep: str = '') -> None:
     names = [_decode(name) for name in cast(list[Any], await kb.redis.execute_command('FT._LIST'))]  # pyright: ignore[reportUnknownMemberType]
     for name in names:
-        if name.startswith(mine):
+        if name.startswith(prefix) and name != keep:
             _READY.discard(name)
             with contextlib.suppress(ResponseError):  # dropped meanwhile by another process
                 await kb.redis.execute_command('FT.DROPINDEX', name)  # pyright: ignore[reportUnknownMemberType]

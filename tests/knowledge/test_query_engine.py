@@ -133,6 +133,28 @@ async def test_chunks_written_without_the_query_engine_are_searched_in_process_u
     assert [Path(p.source).name for p in await bm25.search('granite', 5)] == ['a.md']
 
 
+async def test_a_bm25_index_of_another_layout_is_dropped_when_its_successor_is_made(
+    search_redis: Redis, tmp_path: Path
+) -> None:
+    kb = KnowledgeBase(search_redis, tenant='acme', name='docs')
+    other = KnowledgeBase(search_redis, tenant='acme', name='docs2')
+    for each in (kb, other):
+        await Ingestor(each).ingest([str(write_tree(tmp_path / each.name, {'a.md': 'Granite countertops.'}))])
+    french = query_engine.text_index_name(kb, Analyzer('french'))
+    stale = [french, french.rsplit(':', 1)[0] + ':english:1a2b3c4d']  # another analyzer; the layout before
+    for name in [*stale, query_engine.text_index_name(other, Analyzer('french'))]:
+        await search_redis.execute_command(
+            'FT.CREATE', name, 'ON', 'HASH', 'PREFIX', '1', 'nothing:', 'SCHEMA', 't', 'TEXT'
+        )
+
+    await _built(lambda: query_engine.bm25_search(kb, 'granite', 1, **ENGLISH))
+
+    names = sorted(name.decode() for name in await search_redis.execute_command('FT._LIST') or [])
+    assert names == sorted(
+        [query_engine.text_index_name(kb, Analyzer()), query_engine.text_index_name(other, Analyzer('french'))]
+    )
+
+
 async def test_a_first_search_that_loses_the_race_to_create_the_index_is_no_error(
     search_redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
