@@ -265,15 +265,12 @@ class _UserCache:
         version: str,
         entries: Mapping[str, Fact | bytes],
         expiry_ms: Mapping[str, int],
-        *,
-        lexical: Bm25Index | None = None,
-        recency: list[str] | None = None,
     ) -> None:
         self.version = version
         self._entries: dict[str, Fact | bytes] = dict(entries)
         self._expiry_ms: dict[str, int] = dict(expiry_ms)
-        self._lexical = lexical
-        self._recency = recency
+        self._lexical: Bm25Index | None = None
+        self._recency: list[str] | None = None
         """Fact ids, most recently stated first: all of them, or the first few when read from Redis;
         `None` until a view needs it (then sorted from the facts)."""
         self._recency_complete = False
@@ -468,7 +465,9 @@ class FactSnapshot:
     def facts(self) -> list[Fact]:
         """Every live fact, oldest first."""
         ordered = self._cache.by_created()
-        return [fact for fact in ordered if not fact.expired(self._now)] if self._expired else list(ordered)
+        if not self._expired:
+            return list(ordered)
+        return [fact for fact in ordered if not self._cache.expired(fact.id, self._now)]
 
     def __len__(self) -> int:
         return self._cache.live_count(self._now) if self._expired else len(self._cache)

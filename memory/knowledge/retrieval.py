@@ -208,7 +208,7 @@ class Bm25Retriever(_RankingRetriever):
     Args:
         kbs: The knowledge bases to search.
         bm25_search: `process` searches the in-process index; `redis` has the Redis Query Engine
-            rank (`FT.SEARCH`, BM25 over TEXT fields) and fails without it; `auto` uses it when the
+            rank (`FT.SEARCH`, BM25 over the chunks' stored terms) and fails without it; `auto` uses it when the
             server has it.
     """
 

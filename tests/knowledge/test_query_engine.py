@@ -44,6 +44,14 @@ async def _built(search: Callable[[], Awaitable[T | None]]) -> T:
     raise AssertionError('the Query Engine index was never built')
 
 
+async def _two_kbs(redis: Redis, tmp_path: Path, text: str) -> tuple[KnowledgeBase, KnowledgeBase]:
+    """`docs` and `docs2` of one tenant, each holding `a.md` with `text`."""
+    kbs = (KnowledgeBase(redis, tenant='acme', name='docs'), KnowledgeBase(redis, tenant='acme', name='docs2'))
+    for kb in kbs:
+        await Ingestor(kb).ingest([str(write_tree(tmp_path / kb.name, {'a.md': text}))])
+    return kbs
+
+
 def _in_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError('searched in process')
@@ -136,10 +144,7 @@ async def test_chunks_written_without_the_query_engine_are_searched_in_process_u
 async def test_a_bm25_index_of_another_layout_is_dropped_when_its_successor_is_made(
     search_redis: Redis, tmp_path: Path
 ) -> None:
-    kb = KnowledgeBase(search_redis, tenant='acme', name='docs')
-    other = KnowledgeBase(search_redis, tenant='acme', name='docs2')
-    for each in (kb, other):
-        await Ingestor(each).ingest([str(write_tree(tmp_path / each.name, {'a.md': 'Granite countertops.'}))])
+    kb, other = await _two_kbs(search_redis, tmp_path, 'Granite countertops.')
     french = query_engine.text_index_name(kb, Analyzer('french'))
     stale = [french, french.rsplit(':', 1)[0] + ':english:1a2b3c4d']  # another analyzer; the layout before
     for name in [*stale, query_engine.text_index_name(other, Analyzer('french'))]:
@@ -175,10 +180,8 @@ async def test_a_first_search_that_loses_the_race_to_create_the_index_is_no_erro
 async def test_removing_a_knowledge_base_drops_its_indexes_and_only_its_own(
     search_redis: Redis, tmp_path: Path
 ) -> None:
-    mine = KnowledgeBase(search_redis, tenant='acme', name='docs')
-    other = KnowledgeBase(search_redis, tenant='acme', name='docs2')
+    mine, other = await _two_kbs(search_redis, tmp_path, 'Basalt columns.')
     for kb in (mine, other):
-        await Ingestor(kb).ingest([str(write_tree(tmp_path / kb.name, {'a.md': 'Basalt columns.'}))])
         await _built(lambda kb=kb: query_engine.bm25_search(kb, 'basalt', 1, **ENGLISH))
 
     await mine.drop()

@@ -126,6 +126,7 @@ async def test_a_fact_that_expires_while_cached_is_left_out(redis: Redis, monkey
 
     assert brief.fact.id not in [fact.id for fact in snapshot.search('visiting berlin week', 5)]
     assert brief.fact not in snapshot.recent(5)
+    assert brief.fact.id not in [fact.id for fact in snapshot.facts]
     assert len(snapshot) == 25
 
 
