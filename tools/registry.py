@@ -88,12 +88,15 @@ class ToolsetPlugin:
             `ctx.deps`. Declare side effects on each tool with `metadata={SIDE_EFFECT_KEY: ...}`.
         status: Optional async health check returning a short line such as `"ok"` or
             `"offline: no network"`; `None` means the plugin is always available.
+        listing: For tools known only once connected (an MCP server's): their names and descriptions,
+            for `tandem tools`; it may raise when the source is unreachable.
     """
 
     name: str
     description: str
     build: Callable[[], AbstractToolset[Any]]
     status: Callable[[], Awaitable[str]] | None = None
+    listing: Callable[[], Awaitable[list[tuple[str, str]]]] | None = None
 
     def __post_init__(self) -> None:
         # Names end up in comma-separated CLI flags and config lists, so keep them boring.

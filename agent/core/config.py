@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -236,6 +236,55 @@ class MemoryConfig(BaseModel):
         return self
 
 
+class McpServerConfig(BaseModel):
+    """One MCP server whose tools the assistant gets: a local `command` (stdio) or a `url` (streamable HTTP).
+
+    Values in `env` and `headers` may name environment variables as `${NAME}`, so a token stays in the
+    environment rather than in tandem.toml; an unset one is an error that names it.
+    """
+
+    model_config = ConfigDict(extra='forbid')
+
+    command: str | None = None
+    """The program that serves MCP on its standard input and output, e.g. `uvx` or `npx`."""
+    args: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    env: dict[str, str] = Field(default_factory=dict[str, str])
+    """Variables the command gets on top of Tandem's own environment."""
+    cwd: Path | None = None
+    url: str | None = None
+    """A streamable-HTTP endpoint, e.g. `https://mcp.example.com/mcp`."""
+    headers: dict[str, str] = Field(default_factory=dict[str, str])
+    """Sent with every request, e.g. `{Authorization = "Bearer ${GITHUB_TOKEN}"}`."""
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long starting (or reaching) the server and its handshake may take."""
+
+    @field_validator('args', mode='before')
+    @classmethod
+    def _split_args(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator('cwd', mode='after')
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode='after')
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError('an MCP server needs either `command` (stdio) or `url` (streamable HTTP), not both')
+        if self.url is not None and not self.url.startswith(('http://', 'https://')):
+            raise ValueError(f'`url` must be an http:// or https:// address, not {self.url!r}')
+        if self.command is not None and self.headers:
+            raise ValueError('`headers` apply to a `url` server; a `command` server takes `env`')
+        if self.url is not None and (self.args or self.env or self.cwd is not None):
+            raise ValueError('`args`, `env` and `cwd` apply to a `command` server; a `url` server takes `headers`')
+        return self
+
+
+MCP_SERVER_NAME = re.compile(r'[a-z][a-z0-9_-]{0,31}')
+"""What `[mcp.NAME]` may be called: the name selects its tools as a tool plugin's does (`--tools NAME`)."""
+
+
 class ApiKeyConfig(BaseModel):
     """One API key of the HTTP service (`tandem serve`), and the tenant it acts for."""
 
@@ -354,6 +403,8 @@ class Settings(BaseSettings):
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    mcp: dict[str, McpServerConfig] = Field(default_factory=dict[str, McpServerConfig])
+    """MCP servers whose tools the assistant gets, by name: `[mcp.NAME]` in tandem.toml."""
 
     @field_validator('home', 'prompts_dir', mode='after')
     @classmethod
@@ -365,6 +416,16 @@ class Settings(BaseSettings):
     def _split_tools(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(',') if part.strip()]
+        return value
+
+    @field_validator('mcp', mode='after')
+    @classmethod
+    def _mcp_names(cls, value: dict[str, McpServerConfig]) -> dict[str, McpServerConfig]:
+        for name in value:
+            if not MCP_SERVER_NAME.fullmatch(name):
+                raise ValueError(
+                    f'MCP server name {name!r}: use 1-32 lowercase letters, digits, "-" or "_", starting with a letter'
+                )
         return value
 
     @classmethod
@@ -387,7 +448,15 @@ class Settings(BaseSettings):
         data = self.model_dump(mode='json')
         if self.redis_url is not None:
             data['redis_url'] = _mask_url(self.redis_url.get_secret_value())
+        for server in data['mcp'].values():
+            # A value that names its secret (`${TOKEN}`) shows as written; one that holds it does not.
+            for table in ('env', 'headers'):
+                server[table] = {key: _mask_literal(value) for key, value in server[table].items()}
         return data
+
+
+def _mask_literal(value: str) -> str:
+    return value if '${' in value else '***'
 
 
 def _mask_url(url: str) -> str:

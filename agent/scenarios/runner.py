@@ -46,7 +46,8 @@ from tandem.agent.turn.build import build_deps
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn, with_session
-from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
+from tandem.tools.installed import installed_plugins
+from tandem.tools.registry import ToolsetPlugin, select
 
 __all__ = [
     'ABLATIONS',
@@ -397,7 +398,7 @@ async def run_scenario(
         settings=settings,
         redis=redis,
         prompts=PromptLibrary.default(settings.prompts_dir),
-        plugins=dict(plugins) if plugins is not None else discover_plugins(),
+        plugins=dict(plugins) if plugins is not None else installed_plugins(settings),
         seed=seed,
         judge=judge,
         judges=resolve_judges(settings, [scenario], cassettes=cassettes),
@@ -526,7 +527,7 @@ async def run_suite(
         settings=settings,
         redis=redis,
         prompts=PromptLibrary.default(settings.prompts_dir),
-        plugins=dict(plugins) if plugins is not None else discover_plugins(),
+        plugins=dict(plugins) if plugins is not None else installed_plugins(settings),
         seed=seed,
         judge=judge,
         judges=resolve_judges(settings, scenarios, cassettes=cassettes),

@@ -18,12 +18,13 @@ from tandem.agent.turn.request import TurnRequest, new_session_id
 from tandem.memory.connection import opened
 from tandem.memory.conversations import RedisConversationStore
 from tandem.memory.keys import validate_id
-from tandem.tools.registry import ToolsetPlugin, discover_plugins, select
+from tandem.tools.installed import installed_plugins
+from tandem.tools.registry import ToolsetPlugin, select
 
 
 def selected_toolsets(settings: Settings, names: Sequence[str] | None) -> list[ToolsetPlugin]:
-    """The tool plugins a turn gets: `names`, else the config's `tools`, else every installed one."""
-    available = discover_plugins()
+    """The tool plugins a turn gets: `names`, else the config's `tools`, else every installed one (MCP servers included)."""
+    available = installed_plugins(settings)
     wanted = names if names is not None else settings.tools
     return select(wanted, available)
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from tandem.agent.core.config import Settings
 from tandem.agent.turn.agent import tool_descriptions
-from tandem.tools.registry import discover_plugins, plugin_status
+from tandem.tools.installed import installed_plugins
+from tandem.tools.registry import ToolsetPlugin, plugin_status
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,11 @@ class ToolStatus:
 
 
 async def tool_statuses(settings: Settings) -> list[ToolStatus]:
-    """Each tool of each installed toolset, with the toolset's status (`off` when not selected)."""
-    plugins = discover_plugins()
+    """Each tool of each installed toolset, with the toolset's status (`off` when not selected).
+
+    An MCP server's tools are known only once connected: an unreachable or unselected server shows as one row.
+    """
+    plugins = installed_plugins(settings)
     enabled = set(plugins) if settings.tools is None else set(settings.tools)
 
     async def status_of(name: str) -> str:
@@ -33,9 +37,21 @@ async def tool_statuses(settings: Settings) -> list[ToolStatus]:
 
     names = sorted(plugins)
     statuses = await asyncio.gather(*(status_of(name) for name in names))
+    listed = await asyncio.gather(*(_tools_of(plugins[name], name in enabled) for name in names))
     rows: list[ToolStatus] = []
-    for name, status in zip(names, statuses, strict=True):
-        described = tool_descriptions([plugins[name].build()])
-        for tool in described or [{'name': '-', 'description': plugins[name].description}]:
-            rows.append(ToolStatus(name, tool['name'], status, tool['description']))
+    for name, status, described in zip(names, statuses, listed, strict=True):
+        for tool, description in described or [('-', plugins[name].description)]:
+            rows.append(ToolStatus(name, tool, status, description))
     return rows
+
+
+async def _tools_of(plugin: ToolsetPlugin, enabled: bool) -> list[tuple[str, str]]:
+    if plugin.listing is None:
+        return [(tool['name'], tool['description']) for tool in tool_descriptions([plugin.build()])]
+    if not enabled:
+        return []
+    try:
+        async with asyncio.timeout(5):
+            return await plugin.listing()
+    except Exception:  # noqa: BLE001 -- the status column says why
+        return []
