@@ -13,7 +13,7 @@ def installed_plugins(settings: Settings) -> dict[str, ToolsetPlugin]:
     """The `tandem.tools` entry points' plugins and the settings' `[mcp.NAME]` servers, by name.
 
     Raises:
-        ConfigError: A server is named like an installed plugin, or its `env` or `headers` name an unset variable.
+        ConfigError: A server is named like an installed plugin.
     """
     found = discover_plugins()
     if not settings.mcp:

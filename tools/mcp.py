@@ -4,8 +4,9 @@ The client is pydantic-ai's `MCPToolset` (fastmcp underneath). What Tandem adds 
 - every result is untrusted content, so it taints the turn (`UNTRUSTED_OUTPUT_KEY`);
 - a tool whose annotations do not say `readOnlyHint: true` has side effects, so in a tainted turn the
   approval policy holds it (`SIDE_EFFECT_KEY`);
-- a server that fails to start offers no tools for that turn (logged, and shown by `tandem tools`),
-  and one that dies mid-turn is a tool error the model sees: neither crashes the turn.
+- a server that fails to start, or whose configuration names an unset variable, offers no tools for
+  that turn (logged, and shown by `tandem tools`), and one that dies mid-turn is a tool error the
+  model sees: none of them crashes the turn, and the other servers keep working.
 
 This module imports the MCP client, which takes a while: the registry imports it only when a server is configured.
 """
@@ -22,7 +23,7 @@ from mcp_types import CONNECTION_CLOSED
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolFailed
 from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.tools import RunContext, ToolDefinition
-from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
 
 from tandem.agent.core.config import McpServerConfig
 from tandem.agent.core.errors import ConfigError
@@ -97,7 +98,9 @@ class McpServerToolset(WrapperToolset[Any]):
 
     server: str = ''
     client: MCPToolset[Any] | None = None
-    """The unprefixed toolset, which listings ask directly."""
+    """The unprefixed toolset, which listings ask directly; `None` when the configuration is unusable."""
+    unusable: str | None = None
+    """Why the server cannot be reached at all: its configuration names an unset variable."""
     failure: str | None = None
     """Why this run has none of the server's tools (set on entering)."""
 
@@ -105,6 +108,10 @@ class McpServerToolset(WrapperToolset[Any]):
         return replace(self, wrapped=await self.wrapped.for_run(ctx), failure=None)
 
     async def __aenter__(self) -> McpServerToolset:
+        if self.unusable is not None:
+            self.failure = self.unusable
+            _log.warning('mcp.unavailable', server=self.server, reason=self.failure)
+            return self
         try:
             await self.wrapped.__aenter__()
         except Exception as error:  # noqa: BLE001 -- a server that cannot start must not stop the turn
@@ -164,7 +171,10 @@ def _with_policy(tool_def: ToolDefinition) -> ToolDefinition:
 
 
 def _toolset(name: str, config: McpServerConfig) -> McpServerToolset:
-    client = _client(name, config)
+    try:
+        client = _client(name, config)
+    except ConfigError as error:  # the server is unavailable, as one that cannot start is; the others still work
+        return McpServerToolset(FunctionToolset[Any](), server=name, unusable=str(error))
     return McpServerToolset(client.prefixed(name), server=name, client=client)
 
 
@@ -172,10 +182,12 @@ async def server_tools(toolset: McpServerToolset) -> list[tuple[str, str]]:
     """The name and first description line of each tool an MCP server's toolset offers, connecting to ask.
 
     Raises:
+        ConfigError: The configuration names an unset variable.
         Exception: Whatever connecting raised; `tandem tools` shows it as the server's status.
     """
     client = toolset.client
-    assert client is not None
+    if client is None:
+        raise ConfigError(toolset.unusable or 'unusable configuration')
     async with client:
         listed = await client.list_tools()
     described: list[tuple[str, str]] = []
@@ -186,11 +198,7 @@ async def server_tools(toolset: McpServerToolset) -> list[tuple[str, str]]:
 
 
 def mcp_plugin(name: str, config: McpServerConfig) -> ToolsetPlugin:
-    """The tool plugin for `[mcp.NAME]`: selected, listed and gated like any other.
-
-    Raises:
-        ConfigError: `env` or `headers` names an unset variable.
-    """
+    """The tool plugin for `[mcp.NAME]`: selected, listed and gated like any other."""
     toolset = _toolset(name, config)
     where = config.url if config.url is not None else ' '.join([config.command or '', *config.args])
 

@@ -3,7 +3,7 @@ root app. Command modules share `_app.py` (consoles, flags, settings, errors) an
 
 from __future__ import annotations
 
-from tandem.agent.cli import commands, kb, memory, models, run, serve, tune
+from tandem.agent.cli import commands, kb, mcp, memory, models, run, serve, tune
 from tandem.agent.cli._app import app
 
 app.add_typer(commands.commands)
@@ -16,6 +16,7 @@ app.command('ingest')(kb.ingest)
 app.add_typer(models.models_app, name='models')
 app.add_typer(run.commands)
 app.add_typer(serve.commands)
+app.add_typer(mcp.commands)
 app.add_typer(tune.tune_app, name='tune')
 app.add_typer(memory.memory_app, name='memory')
 

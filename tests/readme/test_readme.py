@@ -44,6 +44,9 @@ BIN = Path(sys.executable).parent
 # their shape. Keyed by README and the block's first line.
 NOT_COMMANDS: dict[tuple[str, str], str] = {
     ('README.md', '$ make chat'): 'a REPL transcript (tests/agent/test_repl.py drives the REPL)',
+    ('README.md', '{"mcpServers": {"tandem": {"command": "tandem", "args": ["mcp"], "env": {"TANDEM_USER": "ada"}}}}'): (
+        "a desktop client's configuration (the Python example after it starts `tandem mcp` the same way)"
+    ),
     ('README.md', 'front ends   agent/cli/        `tandem`: main.py registers every command module top-down; they share _app.py'): (
         'an architecture diagram (tests/test_layers.py checks the layers it draws)'
     ),
@@ -90,9 +93,36 @@ print('readme: tandem serve answered', [m['id'] for m in models.json()['data']])
   kill -TERM "$pid"
   wait "$pid" || [ $? -eq 143 ]  # uvicorn re-raises SIGTERM once it has shut down cleanly
 }
+readme_mcp_http() {
+  local port="${@: -1}"
+  command tandem "$@" 2>"mcp-$port.log" &
+  local pid=$!
+  python -c "
+import asyncio, os, sys, time, httpx, httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+base = 'http://127.0.0.1:$port'
+deadline = time.monotonic() + 120
+while True:
+    try:
+        if httpx.get(base + '/healthz', timeout=1).status_code == 200: break
+    except httpx.HTTPError: pass
+    if time.monotonic() > deadline: sys.exit('tandem mcp did not start')
+    time.sleep(0.2)
+key = os.environ['TANDEM_API_KEYS'].split(',')[0].rsplit(':', 1)[0]
+async def tools():
+    async with httpx2.AsyncClient(headers={'Authorization': 'Bearer ' + key}) as http:
+        async with Client(streamable_http_client(base + '/mcp', http_client=http)) as client:
+            return sorted(tool.name for tool in (await client.list_tools()).tools)
+print('readme: tandem mcp answered', asyncio.run(tools()))
+"
+  kill -TERM "$pid"
+  wait "$pid" || [ $? -eq 143 ]
+}
 tandem() {
   case "$*" in
     serve\ *) readme_serve "$@" ;;
+    "mcp --http"*) readme_mcp_http "$@" ;;
     "tune submit"* | "tune status"*) readme_skip "tandem $1 $2: OpenAI's fine-tuning API (tests/tune/test_jobs.py runs it against a loopback one)" ;;
     "tune compare"*) readme_skip "tandem tune compare: needs the README's gpt-mini and support-ft backbones on OpenAI (tests/tune/test_compare.py runs it on scripted ones)" ;;
     "models pull"*) readme_skip "tandem models pull: downloads a GGUF from Hugging Face (tests/tune/test_models_cli.py pulls from a loopback server)" ;;
@@ -259,6 +289,8 @@ def _run_python(block: Block, sandbox: Sandbox) -> None:
         _run_openai_client_example(block, sandbox)
     elif 'await run_suite(' in block.text:
         _run_scenarios_api_example(block, sandbox)
+    elif 'StdioServerParameters(' in block.text:
+        _run_mcp_client_example(block)
     elif 'FastAPI(' in block.text:
         _run_fastapi_example(block)
     elif block.text.lstrip().startswith('from tandem.') and 'assert ' in block.text:
@@ -270,6 +302,17 @@ def _run_python(block: Block, sandbox: Sandbox) -> None:
 def _run_checking_example(block: Block) -> None:
     """A block that checks itself with `assert`: it runs as it is."""
     exec(compile(block.text, block.id, 'exec'), {'__name__': 'readme_example'})  # noqa: S102
+
+
+def _run_mcp_client_example(block: Block) -> None:
+    """The `mcp` SDK's client against `tandem mcp` over stdio, in the sandbox's environment; it prints the fact."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block.text, block.id, 'exec'), {'__name__': 'readme_mcp'})  # noqa: S102
+    assert printed.getvalue() == 'The user prefers metric units.\n'
 
 
 def _run_fastapi_example(block: Block) -> None:
@@ -333,6 +376,15 @@ def _run_toml(block: Block, sandbox: Sandbox) -> None:
         Path('tandem.toml').write_text(sandbox.substitute(block.text))
         settings = load_settings()
         assert settings.backbone == 'local' and set(settings.backbones) >= {'local', 'support-lora', 'tuned'}
+    elif block.first_line == '# mcp.toml (or add these tables to tandem.toml)':
+        from tandem.agent.core.config import load_settings
+
+        Path('mcp.toml').write_text(block.text)
+        os.environ['TANDEM_CONFIG'] = 'mcp.toml'
+        try:
+            assert sorted(load_settings().mcp) == ['fetch', 'github']
+        finally:
+            del os.environ['TANDEM_CONFIG']
     elif block.first_line == "# your plugin's pyproject.toml":
         plugin = tomllib.loads((ROOT / 'tests/plugins/tandem_example_plugin/pyproject.toml').read_text())
         assert data['project']['entry-points'] == plugin['project']['entry-points']

@@ -135,14 +135,18 @@ async def test_an_http_server_gets_its_secret_header_from_the_environment(
     assert row.status.startswith('failed: ')
 
 
-def test_an_unset_secret_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_unset_secret_makes_that_server_unavailable_and_says_which(
+    redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv('DEMO_TOKEN', raising=False)
-    settings = settings_with(
-        tmp_path, demo={'url': 'http://127.0.0.1:9/mcp', 'headers': {'Authorization': 'Bearer ${DEMO_TOKEN}'}}
-    )
+    server = {'url': 'http://127.0.0.1:9/mcp', 'headers': {'Authorization': 'Bearer ${DEMO_TOKEN}'}}
+    result, _ = await run_with_server(redis, tmp_path, server, 'Answered without it.')
 
-    with pytest.raises(ConfigError, match=r"MCP server 'demo': headers.Authorization names \$\{DEMO_TOKEN\}"):
-        selected_toolsets(settings, ['demo'])
+    assert result.answer == 'Answered without it.'
+    [row] = await demo_rows(settings_with(tmp_path, demo=server))
+    assert row.status == (
+        "failed: MCP server 'demo': headers.Authorization names ${DEMO_TOKEN}, which is not set in the environment."
+    )
 
 
 def test_a_server_may_not_take_an_installed_plugins_name(tmp_path: Path) -> None:
