@@ -54,6 +54,10 @@ PromptOpt = Annotated[str | None, typer.Option('--prompt', '-p', help='NAME or N
 SessionOpt = Annotated[str | None, typer.Option('--session', '-s', help='Session id; a new one when omitted.')]
 UserOpt = Annotated[str | None, typer.Option('--user', '-u', help='User id.')]
 ToolsOpt = Annotated[str | None, typer.Option('--tools', help='Comma-separated toolsets, e.g. calc,clock,web.')]
+ContinueOpt = Annotated[bool, typer.Option('--continue', '-c', help='Continue your most recent session.')]
+SystemOpt = Annotated[
+    str | None, typer.Option('--system', help='A system prompt to use as written, in place of the prompt template.')
+]
 
 
 class CliState:

@@ -13,13 +13,16 @@ from rich.table import Table
 
 from tandem.agent.cli._app import (
     BackboneOpt,
+    ContinueOpt,
     ModelOpt,
     PromptOpt,
     SessionOpt,
+    SystemOpt,
     ToolsOpt,
     UserOpt,
     async_command,
     cli_settings,
+    fail,
     parse_tools,
     stderr,
     stdout,
@@ -28,6 +31,8 @@ from tandem.agent.core.errors import TandemError
 
 if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
+
+    from tandem.agent.core.config import Settings
 
 commands = typer.Typer()
 """`chat`, `ask`, `tools` and `prompts`, merged into the root app by `main.py`."""
@@ -45,43 +50,99 @@ def chat(
     backbone: BackboneOpt = None,
     model: ModelOpt = None,
     prompt: PromptOpt = None,
+    system: SystemOpt = None,
     tools: ToolsOpt = None,
+    continue_last: ContinueOpt = False,
 ) -> None:
     """Talk with the assistant in an interactive REPL (Ctrl-C cancels a turn, Ctrl-D exits)."""
     from tandem.agent.cli.repl import run_repl
     from tandem.agent.turn.request import TurnRequest
 
+    settings = cli_settings()
+    if continue_last:
+        session = async_command(_continued)(settings, session, user)
     request = TurnRequest(
-        session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
+        session=session,
+        user=user,
+        backbone=backbone,
+        model=model,
+        prompt=prompt,
+        system=system,
+        tools=parse_tools(tools),
     )
-    async_command(run_repl)(cli_settings(), request)
+    async_command(run_repl)(settings, request)
+
+
+async def _continued(settings: Settings, session: str | None, user: str | None) -> str:
+    """The session `--continue` means: the user's most recent one."""
+    from tandem.agent.turn.build import last_session, open_redis
+
+    if session is not None:
+        raise TandemError('--continue picks your most recent session: leave out --session, or --continue.')
+    async with open_redis(settings) as redis:
+        return await last_session(settings, redis, user)
+
+
+def _message(text: str | None) -> str:
+    """What `tandem ask` asks: piped input, then the argument (`-` reads standard input alone), as `llm` does."""
+    if text == '-':
+        text, piped = None, sys.stdin.read()
+    else:
+        piped = '' if sys.stdin.isatty() else sys.stdin.read()
+    parts = [part for part in (piped.strip(), (text or '').strip()) if part]
+    if not parts:
+        raise TandemError(
+            'nothing to ask: give a message, or pipe one in (cat notes.md | tandem ask "Summarise this").'
+        )
+    return '\n\n'.join(parts)
 
 
 @commands.command()
 def ask(
-    text: Annotated[str, typer.Argument(help='Your message.')],
+    text: Annotated[
+        str | None,
+        typer.Argument(
+            help='Your message; input piped in comes before it, and - reads the message from standard input.',
+            show_default=False,
+        ),
+    ] = None,
     session: SessionOpt = None,
     user: UserOpt = None,
     backbone: BackboneOpt = None,
     model: ModelOpt = None,
     prompt: PromptOpt = None,
+    system: SystemOpt = None,
     tools: ToolsOpt = None,
+    continue_last: ContinueOpt = False,
     as_json: Annotated[
         bool, typer.Option('--json', help='Print answer, session, tool_calls and usage as JSON.')
     ] = False,
 ) -> None:
-    """Ask one question and print the answer. Without --session, each ask is a new session."""
-    from tandem.agent.turn.build import build_deps, open_redis
+    """Ask one question and print the answer. Without --session or --continue, each ask is a new session."""
+    from tandem.agent.turn.build import build_deps, last_session, open_redis
     from tandem.agent.turn.request import TurnRequest
     from tandem.agent.turn.run import TextDelta, run_turn
 
     settings = cli_settings()
-    request = TurnRequest(
-        text, session=session, user=user, backbone=backbone, model=model, prompt=prompt, tools=parse_tools(tools)
-    )
+    try:
+        message = _message(text)
+    except TandemError as error:
+        raise fail(error) from None
+    if continue_last and session is not None:
+        raise fail(TandemError('--continue picks your most recent session: leave out --session, or --continue.'))
 
     async def body() -> None:
         async with open_redis(settings) as redis:
+            request = TurnRequest(
+                message,
+                session=await last_session(settings, redis, user) if continue_last else session,
+                user=user,
+                backbone=backbone,
+                model=model,
+                prompt=prompt,
+                system=system,
+                tools=parse_tools(tools),
+            )
             deps = await build_deps(settings, redis, request)
 
             def show(event: object) -> None:

@@ -44,6 +44,19 @@ class PromptTemplate:
     source: str
     path: Path
 
+    @classmethod
+    def literal(cls, text: str) -> PromptTemplate:
+        """A prompt that is `text` as written, template syntax and all: `--system TEXT` for one run."""
+        return cls(
+            name='system',
+            version='given',
+            description='a system prompt given for one run',
+            source='{% raw %}'
+            + text.replace('{% endraw %}', '{% endraw %}{{ "{% endraw %}" }}{% raw %}')
+            + '{% endraw %}',
+            path=Path('--system'),
+        )
+
     @property
     def ref(self) -> str:
         """`name@version`, as logged and shown in the status line."""

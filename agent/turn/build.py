@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from tandem.agent.backbones import base as backbones
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import Settings
+from tandem.agent.core.errors import TandemError
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.turn.deps import Deps, Identity
 from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, knowledge_retriever
@@ -60,6 +61,20 @@ def _conversation_store(settings: Settings, redis: Redis, tenant: str) -> RedisC
     )
 
 
+async def last_session(settings: Settings, redis: Redis, user: str | None) -> str:
+    """The user's most recently saved session, which `--continue` continues.
+
+    Raises:
+        TandemError: The user has no session yet.
+    """
+    tenant = validate_id('tenant', settings.tenant)
+    user = validate_id('user', user or settings.user)
+    latest = await _conversation_store(settings, redis, tenant).list_sessions(user, limit=1)
+    if not latest:
+        raise TandemError(f'user {user!r} has no session to continue yet: leave out --continue to start one.')
+    return latest[0].id
+
+
 async def build_deps(
     settings: Settings,
     redis: Redis,
@@ -81,7 +96,9 @@ async def build_deps(
     tenant = validate_id('tenant', request.tenant or settings.tenant)
     user = validate_id('user', request.user or settings.user)
     session = validate_id('session', session or request.session or new_session_id())
-    if prompt is None:
+    if prompt is None and request.system is not None:
+        prompt = PromptTemplate.literal(request.system)
+    elif prompt is None:
         prompt = PromptLibrary.default(settings.prompts_dir).get(request.prompt or settings.prompt)
     if backbone is None:
         backbone = await backbones.resolve(settings, name=request.backbone, model=request.model)

@@ -34,6 +34,8 @@ class TurnRequest:
     """A model string, e.g. `openai-chat:qwen2.5`, in place of a configured backbone."""
     prompt: str | None = None
     """`NAME` or `NAME@VERSION`."""
+    system: str | None = None
+    """A system prompt, used as written in place of the prompt template (`--system TEXT`)."""
     tools: Sequence[str] | None = None
     """Toolset names; the config's (else every installed one) when `None`."""
     history: Sequence[ModelMessage] | None = None
