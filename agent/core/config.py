@@ -325,6 +325,9 @@ def parse_api_keys(text: str) -> list[ApiKeyConfig]:
     return keys
 
 
+_FRONTEND_HEADERS = {'open-webui': ('X-OpenWebUI-User-Id', 'X-OpenWebUI-Chat-Id')}
+
+
 class ServerConfig(BaseModel):
     """The HTTP service (`tandem serve`): keys, limits and CORS."""
 
@@ -345,9 +348,24 @@ class ServerConfig(BaseModel):
     """Origins browsers may call the service from, e.g. `["https://chat.example.com"]`; `["*"]` allows any."""
     readiness_timeout_seconds: float = Field(default=2.0, gt=0)
     """How long `/readyz` waits for Redis and each backbone."""
-    session_from_user_field: bool = True
-    """A chat completion's `user` field names its session when no `X-Tandem-Session` header does; turn it
-    off for clients that send `user` with every conversation and the whole history each time."""
+    session_from_user_field: bool = False
+    """Let a chat completion's `user` field name its session when no session header does. Off by default:
+    clients that send `user` with every request would merge all of a user's chats into one session."""
+    frontend: Literal['none', 'open-webui'] = 'none'
+    """A chat frontend whose identity headers to read. `open-webui` takes the user from `X-OpenWebUI-User-Id`
+    and the session from `X-OpenWebUI-Chat-Id` (Open WebUI sends them with ENABLE_FORWARD_USER_INFO_HEADERS=true),
+    and runs its background tasks (titles, tags, follow-up suggestions) outside the chat's session."""
+    user_header: str | None = None
+    """A header naming the user, read after `X-Tandem-User` (e.g. a proxy's `X-Forwarded-User`); overrides the
+    frontend's."""
+    session_header: str | None = None
+    """A header naming the session, read after `X-Tandem-Session`; overrides the frontend's."""
+
+    @property
+    def identity_headers(self) -> tuple[str | None, str | None]:
+        """The configured (or the frontend's) user and session headers, besides Tandem's own."""
+        user, session = _FRONTEND_HEADERS.get(self.frontend, (None, None))
+        return self.user_header or user, self.session_header or session
 
     @field_validator('api_keys', mode='before')
     @classmethod

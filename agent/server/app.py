@@ -5,7 +5,7 @@ work as clients unchanged. Every turn goes through `agent.api.Assistant`, and so
 `build_deps` and `run_turn`, like every other front end.
 
 - `POST /v1/chat/completions`: `model` is a backbone name from `GET /v1/models`. With a session,
-  named by the `X-Tandem-Session` header or else the `user` field, the server keeps the memory and
+  named by the `X-Tandem-Session` header (or a frontend's, `server.frontend`), the server keeps the memory and
   only the last (user) message is the new turn; the request's other messages, system ones included,
   are ignored. Without one the turn is stateless: the request's messages are the history and
   nothing is stored. Tandem's prompt template stays the instructions either way; in a stateless
@@ -17,8 +17,8 @@ work as clients unchanged. Every turn goes through `agent.api.Assistant`, and so
   body), `GET /v1/knowledge`, `GET /v1/knowledge/{kb}`, `GET /healthz`, `GET /readyz`, and the
   OpenAPI docs at `/docs`.
 
-Identity: the API key names the tenant. The user is the `X-Tandem-User` header, else the `user`
-field, else the settings' `user`. Sessions of another tenant, or of another user, are 404s.
+Identity: the API key names the tenant. The user is the `X-Tandem-User` header, else a frontend's
+user header, else the `user` field, else the settings' `user`. Sessions of another tenant, or of another user, are 404s.
 
 A worker holds no state but its caches: any number of workers and hosts can share one Redis (or a
 Redis Cluster, through a `redis+cluster://` URL) behind a load balancer.
@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tandem.agent.api import Assistant
-from tandem.agent.core.config import ApiKeyConfig, Settings, load_settings
+from tandem.agent.core.config import ApiKeyConfig, ServerConfig, Settings, load_settings
 from tandem.agent.core.errors import (
     BackboneError,
     ConfigError,
@@ -77,6 +77,7 @@ from tandem.agent.server.wire import (
     history_to_openai,
     kb_json,
     message_text,
+    open_webui_task,
     openai_to_history,
     session_json,
 )
@@ -344,6 +345,14 @@ async def _caller(
     return await service.authenticate(request, credentials)
 
 
+def _frontend_identity(limits: ServerConfig, request: Request) -> tuple[str | None, str | None]:
+    """The user and session a frontend's own headers name (`server.frontend`, `user_header`, `session_header`)."""
+    user_header, session_header = limits.identity_headers
+    user = request.headers.get(user_header) if user_header else None
+    session = request.headers.get(session_header) if session_header else None
+    return user or None, session or None
+
+
 def _acting_user(who: Caller, *named: str | None) -> str | None:
     """The user a request acts for: a user-bound key's own, else the first one the request names.
 
@@ -418,7 +427,13 @@ def create_app(
             CORSMiddleware,
             allow_origins=limits.cors_origins,
             allow_methods=['GET', 'POST', 'DELETE', 'OPTIONS'],
-            allow_headers=['Authorization', 'Content-Type', SESSION_HEADER, USER_HEADER],
+            allow_headers=[
+                'Authorization',
+                'Content-Type',
+                SESSION_HEADER,
+                USER_HEADER,
+                *(name for name in limits.identity_headers if name),
+            ],
             expose_headers=['Retry-After', SESSION_HEADER],
         )
 
@@ -711,8 +726,11 @@ async def _chat(
         raise APIError(400, "the last message must be the user's: it is the new turn.", param='messages')
     text = message_text(last.content, f'messages[{len(body.messages) - 1}]')
     backbone = await service.backbone_for(body.model)
-    user = _acting_user(caller, user_header, body.user)
-    session = session_header or (body.user if limits.session_from_user_field else None) or None
+    frontend_user, frontend_session = _frontend_identity(limits, request)
+    user = _acting_user(caller, user_header, frontend_user, body.user)
+    session = session_header or frontend_session or (body.user if limits.session_from_user_field else None) or None
+    if session is not None and limits.frontend == 'open-webui' and open_webui_task(text):
+        session = None  # a title or tags for the chat: not a turn of it
     history = None if session is not None else openai_to_history(body.messages[:-1])
     turn_request = TurnRequest(
         text, session=session, user=user, tenant=caller.tenant, backbone=backbone, history=history
@@ -728,7 +746,7 @@ async def _chat(
     result = await unless_disconnected(request, turn)
     if result is None:
         return Response(status_code=499)
-    return JSONResponse(completion_json(result, completion_id, body.model), headers=headers)
+    return JSONResponse(completion_json(result, completion_id, body.model, stored=session is not None), headers=headers)
 
 
 # -- worker processes --------------------------------------------------------------------------------

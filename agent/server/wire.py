@@ -299,7 +299,17 @@ def kb_json(info: KbInfo) -> dict[str, Any]:
     }
 
 
-def completion_json(result: TurnResult, completion_id: str, model: str) -> dict[str, Any]:
+OPEN_WEBUI_TASK = '### Task:'
+"""How Open WebUI's background prompts (a title, tags, follow-up suggestions, a search query) begin."""
+
+
+def open_webui_task(text: str) -> bool:
+    """Whether a message is one of Open WebUI's background prompts, which it sends with the chat's id."""
+    return text.lstrip().startswith(OPEN_WEBUI_TASK)
+
+
+def completion_json(result: TurnResult, completion_id: str, model: str, *, stored: bool = True) -> dict[str, Any]:
+    """A chat completion; `stored` says whether the turn was kept in `result.session` (a stateless one is not)."""
     return {
         'id': completion_id,
         'object': 'chat.completion',
@@ -316,7 +326,7 @@ def completion_json(result: TurnResult, completion_id: str, model: str) -> dict[
         ],
         'usage': usage_json(result.usage),
         'tandem': {
-            'session': result.session,
+            'session': result.session if stored else None,
             'backbone': result.backbone,
             'prompt': result.prompt,
             'run_id': result.run_id,

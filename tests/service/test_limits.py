@@ -192,9 +192,9 @@ async def test_a_body_that_is_not_json_is_a_400(make_app: MakeApp) -> None:
     assert response.json()['error']['param'] is None
 
 
-async def test_the_user_field_can_be_kept_from_naming_sessions(make_app: MakeApp, redis: Redis) -> None:
+async def test_the_user_field_names_no_session_by_default(make_app: MakeApp, redis: Redis) -> None:
     model, script = scripted_model('first', 'second')
-    app = make_app(model, session_from_user_field=False)
+    app = make_app(model)
     history = [{'role': 'user', 'content': 'one'}, {'role': 'assistant', 'content': 'first'}]
     async with asgi(app) as http:
         await http.post(CHAT, json={**_turn('one'), 'user': 'lib-user'}, headers=AUTH_A)

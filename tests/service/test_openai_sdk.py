@@ -57,9 +57,28 @@ def test_a_named_session_keeps_the_memory_on_the_server(make_app: MakeApp) -> No
     ]
 
 
-def test_the_user_field_names_the_session_when_no_header_does(make_app: MakeApp) -> None:
-    model, script = scripted_model('Hello Ann.', 'Still here.')
+def test_the_user_field_names_the_user_and_no_session_by_default(make_app: MakeApp) -> None:
+    model, script = scripted_model('Hello Ann.', 'Who?')
     with live(make_app(model)) as url:
+        client = _client(url)
+        replies = [
+            client.chat.completions.with_raw_response.create(
+                model='scripted', messages=[{'role': 'user', 'content': text}], user='ann'
+            )
+            for text in ('I am Ann.', 'Who am I?')
+        ]
+        sessions = client.get('/sessions', cast_to=object, options={'params': {'user': 'ann'}})
+
+    assert len(script.seen[1][0]) == 1  # stateless: the second turn saw only itself
+    assert sessions['data'] == []  # type: ignore[index]
+    for reply in replies:  # and no session id is reported that does not exist
+        assert 'x-tandem-session' not in reply.headers
+        assert reply.parse().model_extra['tandem']['session'] is None  # type: ignore[index]
+
+
+def test_the_user_field_may_be_let_name_the_session(make_app: MakeApp) -> None:
+    model, script = scripted_model('Hello Ann.', 'Still here.')
+    with live(make_app(model, session_from_user_field=True)) as url:
         client = _client(url)
         for text in ('I am Ann.', 'Who am I?'):
             client.chat.completions.create(model='scripted', messages=[{'role': 'user', 'content': text}], user='ann')

@@ -35,7 +35,9 @@ def test_two_workers_share_sessions_through_redis_and_stop_cleanly(redis_url: st
         for turn in range(8):  # a new client, so a new connection, each time: any worker may answer
             client = openai.OpenAI(base_url=f'{server.base_url}/v1', api_key='sk-serve-test', max_retries=0)
             completion = client.chat.completions.create(
-                model='echo', messages=[{'role': 'user', 'content': f't{turn}'}], user='shared'
+                model='echo',
+                messages=[{'role': 'user', 'content': f't{turn}'}],
+                extra_headers={'X-Tandem-Session': 'shared'},
             )
             answers.append(completion.choices[0].message.content or '')
             client.close()
