@@ -25,6 +25,8 @@ from tandem.agent.core.errors import TandemError
 from tandem.agent.core.files import write_atomically
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from tandem.agent.core.config import Settings
     from tandem.agent.turn.deps import Deps
     from tandem.memory.connection import RedisClient
@@ -212,8 +214,9 @@ class MemoryCommands:
 
     USAGE = 'usage: /memory, /memory forget N (a number from /memory, or a fact id), /memory forget all'
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, confirm: Callable[[str], Awaitable[bool]]) -> None:
         self._console = console
+        self._confirm = confirm
         self._shown: list[str] = []
 
     async def run(self, deps: Deps, argument: str) -> None:
@@ -243,6 +246,9 @@ class MemoryCommands:
             raise TandemError(self.USAGE)
         target = words[1]
         if target == 'all':
+            if not await self._confirm(f'Forget everything remembered about {user}?'):
+                self._console.print('nothing was forgotten')
+                return
             count = await store.forget_all(tenant, user)
             self._shown = []
             self._console.print(f'forgot {count} fact{"" if count == 1 else "s"}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
+from rich.status import Status
 from rich.table import Table
 
 from tandem.agent.backbones import base as backbones
@@ -40,15 +42,17 @@ HELP = """\
 /help              this help
 /new               start a new session
 /sessions          list your sessions
-/switch ID         continue session ID
+/switch ID         continue session ID (asks before starting a new one)
 /backbone NAME     switch backbone, keeping the history
 /prompt NAME@V     switch prompt template
 /tools             tools and their status
 /usage             tokens and cost so far
 /history           this session's transcript
 /sources           the sources the last answer cited
+/markdown          the last answer as raw markdown
+/cp                copy the last answer to the clipboard (through the terminal)
 /memory            what is remembered about you
-/memory forget N   forget fact N of /memory (or all)
+/memory forget N   forget fact N of /memory (or all, after asking)
 /run FILE          run one scenario, showing each step (for debugging it)
 /exit              leave (or Ctrl-D)
 Enter sends; Alt-Enter (Esc then Enter) adds a line. Ctrl-C cancels the running turn."""
@@ -61,8 +65,12 @@ class _TurnView:
         self._console = console
         self._text = ''
         self._live: Live | None = None
+        # Until the first event, so a slow first token does not look like a hang.
+        self._thinking: Status | None = Status('thinking…', console=console, spinner='dots')
+        self._thinking.start()
 
     def __call__(self, event: TurnEvent) -> None:
+        self._stop_thinking()
         if isinstance(event, TextDelta):
             self._text += event.text
             if self._live is None:
@@ -84,8 +92,14 @@ class _TurnView:
             self._live = None
             self._text = ''
 
+    def _stop_thinking(self) -> None:
+        if self._thinking is not None:
+            self._thinking.stop()
+            self._thinking = None
+
     def close(self) -> None:
         """Stop the live display, leaving the answer on screen."""
+        self._stop_thinking()
         self._stop_live()
 
 
@@ -104,10 +118,13 @@ class Repl:
         self.console = console
         self.prompt_session = prompt_session
         self.usage = TurnUsage()
+        """What this REPL's turns spent, across sessions (`/usage`)."""
+        self.session_tokens = 0
+        """The tokens the current session has spent, earlier runs included (the status bar)."""
         self._view: _TurnView | None = None
         self._confirm: PromptSession[str] = PromptSession(input=prompt_session.input, output=prompt_session.output)
         self.deps = replace(deps, approver=self.approve)
-        self._memory_commands = MemoryCommands(console)
+        self._memory_commands = MemoryCommands(console, confirm=self.ask)
         self._last_citations: dict[int, Citation] = {}
         self._last_answer = ''
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
@@ -121,6 +138,8 @@ class Repl:
             '/usage': self._usage,
             '/history': self._history,
             '/sources': self._sources,
+            '/markdown': self._markdown,
+            '/cp': self._copy,
             '/memory': self._memory,
             '/run': self._run_scenario,
             '/exit': self._exit,
@@ -132,11 +151,12 @@ class Repl:
         deps = self.deps
         return HTML(
             f' <b>{_escape(deps.backbone.name)}</b> · {_escape(deps.prompt.ref)} · session {_escape(deps.identity.session)}'
-            f' · {self.usage.total_tokens} tokens'
+            f' · {self.session_tokens} tokens'
         )
 
     async def run(self) -> None:
         """Read, run, print, until /exit or Ctrl-D."""
+        await self._load_session_tokens()
         self.console.print(
             f'[bold]Tandem[/] · {escape(self.deps.backbone.name)} · {escape(self.deps.prompt.ref)} · /help for commands'
         )
@@ -170,6 +190,11 @@ class Repl:
             return True
         return await handler(argument.strip())
 
+    async def ask(self, question: str) -> bool:
+        """Ask a yes/no question at the prompt; only y or yes is a yes."""
+        answer = await self._confirm.prompt_async(f'{question} [y/N] ', set_exception_handler=False)
+        return answer.strip().lower() in {'y', 'yes'}
+
     async def approve(self, request: ApprovalRequest) -> bool:
         """Show a held tool call and ask whether it may run."""
         if self._view is not None:
@@ -178,8 +203,7 @@ class Repl:
             '[yellow]Untrusted content entered this turn; the model wants to run a tool with side effects:[/]'
         )
         self.console.print(f'  {request.describe()}', highlight=False, markup=False)
-        answer = await self._confirm.prompt_async('Allow it? [y/N] ', set_exception_handler=False)
-        approved = answer.strip().lower() in {'y', 'yes'}
+        approved = await self.ask('Allow it?')
         self.console.print('allowed' if approved else 'denied; the model is told so')
         return approved
 
@@ -216,7 +240,12 @@ class Repl:
             view.close()
             self._view = None
         self.usage = self.usage + result.usage
+        self.session_tokens += result.usage.total_tokens
         self._last_citations, self._last_answer = result.citations, result.answer
+
+    async def _load_session_tokens(self) -> None:
+        record = await self.deps.conversations.read_record(self.deps.identity.session)
+        self.session_tokens = record.usage.total_tokens if record is not None else 0
 
     async def _help(self, _: str) -> bool:
         self.console.print(HELP, highlight=False, markup=False)
@@ -224,6 +253,7 @@ class Repl:
 
     async def _new(self, _: str) -> bool:
         self.deps = with_session(self.deps, new_session_id())
+        self.session_tokens = 0
         self.console.print(f'new session {self.deps.identity.session}', markup=False)
         return True
 
@@ -241,9 +271,16 @@ class Repl:
 
         if not argument:
             raise TandemError('usage: /switch SESSION_ID (see /sessions)')
-        self.deps = with_session(self.deps, validate_id('session', argument))
-        count = await self.deps.conversations.message_count(argument)
-        self.console.print(f'switched to session {argument} ({count} messages)', markup=False)
+        session = validate_id('session', argument)
+        if await self.deps.conversations.read_record(session) is None and not await self.ask(
+            f'There is no session {session}: start a new one by that name?'
+        ):
+            self.console.print(f'still in session {self.deps.identity.session}', markup=False)
+            return True
+        self.deps = with_session(self.deps, session)
+        await self._load_session_tokens()
+        count = await self.deps.conversations.message_count(session)
+        self.console.print(f'switched to session {session} ({count} messages)', markup=False)
         return True
 
     async def _backbone(self, argument: str) -> bool:
@@ -302,6 +339,26 @@ class Repl:
         self.console.print(headline, highlight=False, markup=False)
         if table is not None:
             self.console.print(table)  # its cells are escaped where they are made
+        return True
+
+    async def _markdown(self, _: str) -> bool:
+        if not self._last_answer:
+            raise TandemError('no answer yet in this REPL: /markdown shows the last one as raw markdown.')
+        self.console.print(self._last_answer, highlight=False, markup=False, soft_wrap=True)
+        return True
+
+    async def _copy(self, _: str) -> bool:
+        if not self._last_answer:
+            raise TandemError('no answer yet in this REPL: /cp copies the last one.')
+        # OSC 52 asks the terminal itself to set the clipboard: it works over SSH and needs no clipboard tool.
+        payload = base64.b64encode(self._last_answer.encode()).decode()
+        self.console.file.write(f'\x1b]52;c;{payload}\x07')
+        self.console.file.flush()
+        self.console.print(
+            f'copied the last answer ({len(self._last_answer)} characters) through the terminal; '
+            'if your terminal does not allow it (OSC 52), /markdown shows it to select',
+            markup=False,
+        )
         return True
 
     async def _memory(self, argument: str) -> bool:

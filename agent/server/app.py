@@ -41,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -410,7 +411,7 @@ def create_app(
             'or run `tandem serve --no-auth` on 127.0.0.1 for local use.'
         )
     service = _Service(settings, keys, allow_anonymous=allow_anonymous, backbones=backbones, redis=redis)
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served here, not from a CDN
         title='Tandem',
         summary='An OpenAI-compatible chat-completions service with Redis-backed sessions and server-side tools.',
         version='1',

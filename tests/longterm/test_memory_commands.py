@@ -189,6 +189,9 @@ async def test_repl_memory_list_forget_n_and_forget_all(tmp_path: Path, redis_ur
                 '/memory forget 9',
                 '/memory forget',
                 '/memory forget all',
+                'n',
+                '/memory forget all',
+                'y',
                 '/memory',
             ],
             TurnRequest(session='r1'),
@@ -201,6 +204,8 @@ async def test_repl_memory_list_forget_n_and_forget_all(tmp_path: Path, redis_ur
     assert '  2. The user has two cats.' in after and 'teal' not in after  # renumbered once teal is gone
     assert 'error: no fact number 9: /memory lists 2.' in after
     assert 'error: usage: /memory, /memory forget N' in after
-    assert after.index('forgot 2 facts') < after.index('(nothing remembered yet)')
+    assert (
+        after.index('nothing was forgotten') < after.index('forgot 2 facts') < after.index('(nothing remembered yet)')
+    )
     assert 'coffee' not in screen
     assert [f.text for f in await FactStore(redis).list_facts('default', 'bob')] == ['The user likes coffee.']
