@@ -19,9 +19,9 @@ uv:
 		echo "installing uv into .tools/uv (once)"; \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$(UV_HOME)" uv; }
 
-# The core: about 190 MB in .venv, no PyTorch, nothing to compile.
+# The core: about 230 MB in .venv, no PyTorch, nothing to compile.
 core: uv
-	@[ -d .venv ] || echo "setting up .venv with the core (about 190 MB, once)"
+	@[ -d .venv ] || echo "setting up .venv with the core (about 230 MB, once)"
 	@$(SYNC) --no-dev
 
 # The optional extras, on request; Tandem names these targets when a setting or command needs one.

@@ -102,10 +102,12 @@ class McpServerToolset(WrapperToolset[Any]):
     unusable: str | None = None
     """Why the server cannot be reached at all: its configuration names an unset variable."""
     failure: str | None = None
-    """Why this run has none of the server's tools (set on entering)."""
+    """Why this run has none of the server's tools (set on entering, or when listing them failed)."""
+    entered: bool = False
+    """Whether this run's connection came up, so leaving the run closes it."""
 
     async def for_run(self, ctx: RunContext[Any]) -> AbstractToolset[Any]:
-        return replace(self, wrapped=await self.wrapped.for_run(ctx), failure=None)
+        return replace(self, wrapped=await self.wrapped.for_run(ctx), failure=None, entered=False)
 
     async def __aenter__(self) -> McpServerToolset:
         if self.unusable is not None:
@@ -117,10 +119,13 @@ class McpServerToolset(WrapperToolset[Any]):
         except Exception as error:  # noqa: BLE001 -- a server that cannot start must not stop the turn
             self.failure = _reason(error)
             _log.warning('mcp.unavailable', server=self.server, reason=self.failure)
+        else:
+            self.entered = True
         return self
 
     async def __aexit__(self, *args: Any) -> bool | None:
-        if self.failure is None:
+        if self.entered:
+            self.entered = False
             try:
                 await self.wrapped.__aexit__(*args)
             except Exception as error:  # noqa: BLE001 -- a server that died has nothing left to close cleanly

@@ -37,7 +37,7 @@ from tandem.memory.facts import FACT_ID_PATTERN, MAX_FACT_CHARS, Fact, FactLimit
 from tandem.memory.keys import validate_id
 from tandem.memory.knowledge.retrieval import build_retriever
 
-__all__ = ['USER_HEADER', 'Identify', 'create_mcp_server', 'http_identity', 'local_identity', 'mcp_http_app']
+__all__ = ['USER_HEADER', 'Identify', 'create_mcp_server', 'local_identity', 'mcp_http_app']
 
 USER_HEADER = 'x-tandem-user'
 """Names the user a request acts for, when its key is not bound to one (as in `tandem serve`)."""
@@ -304,7 +304,7 @@ class _HttpAuth:
         return caller, user
 
 
-def http_identity(auth: _HttpAuth) -> Identify:
+def _http_identity(auth: _HttpAuth) -> Identify:
     """A tool call's tenant and user, from the request the middleware already let in."""
 
     async def identify(ctx: Context) -> tuple[str, str]:
@@ -373,5 +373,5 @@ def mcp_http_app(assistant: Assistant, keys: KeyRing, *, allow_anonymous: bool, 
             'or run `tandem mcp --http PORT --no-auth` for this machine only.'
         )
     auth = _HttpAuth(assistant, keys, allow_anonymous)
-    app: Starlette = create_mcp_server(assistant, http_identity(auth)).streamable_http_app(host=host)
+    app: Starlette = create_mcp_server(assistant, _http_identity(auth)).streamable_http_app(host=host)
     return _Guard(app, auth)

@@ -67,6 +67,18 @@ pytest() { readme_skip "pytest $*: would run the test suite inside itself"; }
 vllm() { readme_skip "vllm $1: needs vLLM, a GPU and model weights; the loopback server stands in for it"; }
 ollama() { readme_skip "ollama $1: needs Ollama and model weights; the loopback server stands in for it"; }
 docker() { readme_skip "docker $1: needs a Docker daemon and registry access (test_the_compose_image_builds_from_paths_that_exist checks the file)"; }
+readme_wait() {  # until the server on port $1 answers /healthz
+  python -c "
+import sys, time, httpx
+deadline = time.monotonic() + 120
+while True:
+    try:
+        if httpx.get('http://127.0.0.1:$1/healthz', timeout=1).status_code == 200: break
+    except httpx.HTTPError: pass
+    if time.monotonic() > deadline: sys.exit('the server on port $1 did not start')
+    time.sleep(0.2)
+"
+}
 readme_serve() {
   local port=8000 args=("$@") auth=1
   for ((i = 0; i < ${#args[@]}; i++)); do
@@ -75,16 +87,10 @@ readme_serve() {
   done
   command tandem "$@" 2>"serve-$port.log" &
   local pid=$!
+  readme_wait "$port"
   python -c "
-import os, sys, time, httpx
+import os, httpx
 base = 'http://127.0.0.1:$port'
-deadline = time.monotonic() + 120
-while True:
-    try:
-        if httpx.get(base + '/healthz', timeout=1).status_code == 200: break
-    except httpx.HTTPError: pass
-    if time.monotonic() > deadline: sys.exit('tandem serve did not start')
-    time.sleep(0.2)
 key = os.environ.get('TANDEM_API_KEYS', ':').split(',')[0].rsplit(':', 1)[0] if $auth else ''
 models = httpx.get(base + '/v1/models', headers={'Authorization': 'Bearer ' + key} if key else {}, timeout=30)
 models.raise_for_status()
@@ -97,18 +103,12 @@ readme_mcp_http() {
   local port="${@: -1}"
   command tandem "$@" 2>"mcp-$port.log" &
   local pid=$!
+  readme_wait "$port"
   python -c "
-import asyncio, os, sys, time, httpx, httpx2
+import asyncio, os, httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 base = 'http://127.0.0.1:$port'
-deadline = time.monotonic() + 120
-while True:
-    try:
-        if httpx.get(base + '/healthz', timeout=1).status_code == 200: break
-    except httpx.HTTPError: pass
-    if time.monotonic() > deadline: sys.exit('tandem mcp did not start')
-    time.sleep(0.2)
 key = os.environ['TANDEM_API_KEYS'].split(',')[0].rsplit(':', 1)[0]
 async def tools():
     async with httpx2.AsyncClient(headers={'Authorization': 'Bearer ' + key}) as http:

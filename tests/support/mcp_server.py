@@ -1,7 +1,8 @@
 """A real MCP server for tests, written with the `mcp` SDK: stdio by default, streamable HTTP with `--http PORT`.
 
 Its tools cover what Tandem's MCP policy tells apart: a read-only tool, a tool with a side effect
-(it appends to `$NOTES_FILE`), and one that kills the server mid-call. With `--http`, every request
+(it appends to `$NOTES_FILE`), and one that kills the server mid-call. With `$FAIL_LISTING` set it
+connects but fails to list its tools. With `--http`, every request
 must carry `Authorization: Bearer $MCP_TOKEN`.
 """
 
@@ -13,7 +14,15 @@ import sys
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
-server = MCPServer('demo')
+
+class _DemoServer(MCPServer):
+    async def list_tools(self):
+        if os.environ.get('FAIL_LISTING'):  # connects, then cannot say what it offers
+            raise RuntimeError('the tool list is broken')
+        return await super().list_tools()
+
+
+server = _DemoServer('demo')
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=True))

@@ -19,6 +19,7 @@ from tandem.agent.core.errors import ConfigError
 from tandem.agent.turn.build import selected_toolsets
 from tandem.agent.turn.run import run_turn
 from tandem.agent.turn.tool_status import ToolStatus, tool_statuses
+from tandem.tools.mcp import McpServerToolset
 from tests.support.deps import make_deps
 from tests.support.scripted import call, scripted_model
 from tests.support.served import Served, served
@@ -101,6 +102,19 @@ async def test_a_server_that_cannot_start_leaves_the_turn_without_its_tools(redi
     [row] = await demo_rows(settings_with(tmp_path, demo=missing))
     assert (row.toolset, row.tool) == ('demo', '-')
     assert row.status.startswith('failed: ')
+
+
+async def test_a_server_that_connects_but_cannot_list_its_tools_is_left_closed(redis: Redis, tmp_path: Path) -> None:
+    server = stdio_server(tmp_path / 'notes.txt')
+    server['env'] = {**server['env'], 'FAIL_LISTING': '1'}
+    result, script = await run_with_server(redis, tmp_path, server, 'Answered without it.')
+
+    assert result.answer == 'Answered without it.'
+    assert [tool.name for tool in script.seen[0][1].function_tools] == []
+    [plugin] = selected_toolsets(settings_with(tmp_path, demo=server), ['demo'])  # the same toolset, cached
+    toolset = plugin.build()
+    assert isinstance(toolset, McpServerToolset) and toolset.client is not None
+    assert not toolset.client.is_running  # the run's connection was closed, not left open
 
 
 async def test_tandem_tools_lists_a_connected_servers_tools_in_its_order(tmp_path: Path) -> None:
