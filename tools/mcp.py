@@ -1,9 +1,9 @@
 """MCP servers as tool plugins: each `[mcp.NAME]` of the settings offers its server's tools as `NAME_TOOL`.
 
 The client is pydantic-ai's `MCPToolset` (fastmcp underneath). What Tandem adds is policy:
-- every result is untrusted content, so it taints the turn (`UNTRUSTED_OUTPUT_KEY`);
-- a tool whose annotations do not say `readOnlyHint: true` has side effects, so in a tainted turn the
-  approval policy holds it (`SIDE_EFFECT_KEY`);
+- every result is untrusted content, so it taints the turn, and a tool whose annotations do not say
+  `readOnlyHint: true` has side effects, so in a tainted turn the approval policy holds it (both
+  rules are the registry's, `returns_untrusted` and `has_side_effects`, for any MCP toolset);
 - a server that fails to start, or whose configuration names an unset variable, offers no tools for
   that turn (logged, and shown by `tandem tools`), and one that dies mid-turn is a tool error the
   model sees: none of them crashes the turn, and the other servers keep working.
@@ -22,16 +22,16 @@ from fastmcp.exceptions import McpError  # pyright: ignore[reportPrivateImportUs
 from mcp_types import CONNECTION_CLOSED
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolFailed
 from pydantic_ai.mcp import MCPToolset
-from pydantic_ai.tools import RunContext, ToolDefinition
+from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
 
 from tandem.agent.core.config import McpServerConfig
 from tandem.agent.core.errors import ConfigError
 from tandem.agent.core.events import short
 from tandem.agent.core.log import get_logger
-from tandem.tools.registry import SIDE_EFFECT_KEY, UNTRUSTED_OUTPUT_KEY, ToolsetPlugin
+from tandem.tools.registry import ToolsetPlugin
 
-__all__ = ['McpServerToolset', 'mcp_plugin', 'server_tools']
+__all__ = ['McpServerToolset', 'mcp_plugin', 'server_listing']
 
 _log = get_logger('tandem.tools.mcp')
 
@@ -141,7 +141,7 @@ class McpServerToolset(WrapperToolset[Any]):
             self.failure = _reason(error)
             _log.warning('mcp.unavailable', server=self.server, reason=self.failure)
             return {}
-        return {name: replace(tool, tool_def=_with_policy(tool.tool_def)) for name, tool in tools.items()}
+        return tools
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
@@ -167,14 +167,6 @@ def _connection_closed(error: BaseException | None) -> bool:
     return isinstance(leaf, McpError) and leaf.error.code == CONNECTION_CLOSED
 
 
-def _with_policy(tool_def: ToolDefinition) -> ToolDefinition:
-    metadata = dict(tool_def.metadata or {})
-    annotations = cast(dict[str, Any], metadata.get('annotations') or {})
-    metadata.setdefault(SIDE_EFFECT_KEY, annotations.get('readOnlyHint') is not True)
-    metadata.setdefault(UNTRUSTED_OUTPUT_KEY, True)
-    return replace(tool_def, metadata=metadata)
-
-
 def _toolset(name: str, config: McpServerConfig) -> McpServerToolset:
     try:
         client = _client(name, config)
@@ -183,41 +175,32 @@ def _toolset(name: str, config: McpServerConfig) -> McpServerToolset:
     return McpServerToolset(client.prefixed(name), server=name, client=client)
 
 
-async def server_tools(toolset: McpServerToolset) -> list[tuple[str, str]]:
-    """The name and first description line of each tool an MCP server's toolset offers, connecting to ask.
+async def server_listing(toolset: McpServerToolset) -> tuple[str, list[tuple[str, str]]]:
+    """Connect and ask: the server's status line, and the name and first description line of each tool.
 
-    Raises:
-        ConfigError: The configuration names an unset variable.
-        Exception: Whatever connecting raised; `tandem tools` shows it as the server's status.
+    A server that cannot be reached is `failed: <why>` with no tools; this never raises.
     """
-    client = toolset.client
-    if client is None:
-        raise ConfigError(toolset.unusable or 'unusable configuration')
-    async with client:
-        listed = await client.list_tools()
+    try:
+        if toolset.client is None:
+            raise ConfigError(toolset.unusable or 'unusable configuration')
+        async with toolset.client:
+            listed = await toolset.client.list_tools()
+    except Exception as error:  # noqa: BLE001 -- `tandem tools` shows why
+        return f'failed: {_reason(error)}', []
     described: list[tuple[str, str]] = []
     for tool in listed:
         lines = (tool.description or '').strip().splitlines()
         described.append((f'{toolset.server}_{tool.name}', lines[0] if lines else ''))
-    return described
+    return f'connected, {len(described)} tool{"" if len(described) == 1 else "s"}', described
 
 
 def mcp_plugin(name: str, config: McpServerConfig) -> ToolsetPlugin:
     """The tool plugin for `[mcp.NAME]`: selected, listed and gated like any other."""
     toolset = _toolset(name, config)
     where = config.url if config.url is not None else ' '.join([config.command or '', *config.args])
-
-    async def status() -> str:
-        try:
-            tools = await server_tools(toolset)
-        except Exception as error:  # noqa: BLE001 -- the listing shows why
-            return f'failed: {_reason(error)}'
-        return f'connected, {len(tools)} tool{"" if len(tools) == 1 else "s"}'
-
     return ToolsetPlugin(
         name=name,
         description=f'MCP server: {short(where, 80)}',
         build=lambda: toolset,
-        status=status,
-        listing=lambda: server_tools(toolset),
+        listing=lambda: server_listing(toolset),
     )

@@ -21,7 +21,8 @@ approval policy treats a call to an address nobody trusted as a side effect (`ou
 
 A tool whose result comes from outside the conversation (a page, a mailbox, a ticket) declares
 `metadata={UNTRUSTED_OUTPUT_KEY: True}`: its result taints the turn, as the built-in web and knowledge
-tools' do (`returns_untrusted`). A tool served by an MCP server counts as one unless it says otherwise.
+tools' do (`returns_untrusted`). A tool served by an MCP server counts as one unless it says otherwise,
+and has side effects unless its annotations say `readOnlyHint: true`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import importlib.metadata
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
@@ -88,15 +89,16 @@ class ToolsetPlugin:
             `ctx.deps`. Declare side effects on each tool with `metadata={SIDE_EFFECT_KEY: ...}`.
         status: Optional async health check returning a short line such as `"ok"` or
             `"offline: no network"`; `None` means the plugin is always available.
-        listing: For tools known only once connected (an MCP server's): their names and descriptions,
-            for `tandem tools`; it may raise when the source is unreachable.
+        listing: For tools known only once connected (an MCP server's): connects once and returns the
+            status line and each tool's name and description, for `tandem tools`; it does not raise, and
+            takes the place of `status`.
     """
 
     name: str
     description: str
     build: Callable[[], AbstractToolset[Any]]
     status: Callable[[], Awaitable[str]] | None = None
-    listing: Callable[[], Awaitable[list[tuple[str, str]]]] | None = None
+    listing: Callable[[], Awaitable[tuple[str, list[tuple[str, str]]]]] | None = None
 
     def __post_init__(self) -> None:
         # Names end up in comma-separated CLI flags and config lists, so keep them boring.
@@ -251,10 +253,15 @@ async def plugin_status(plugin: ToolsetPlugin, *, timeout: float = 5.0) -> str:
 def has_side_effects(tool_def: ToolDefinition) -> bool:
     """Whether a tool may change anything outside the conversation, so approval policies can gate it.
 
-    Only an explicit `metadata={SIDE_EFFECT_KEY: False}` counts as side-effect free; a tool that
-    doesn't declare it is assumed to have side effects.
+    A tool says so with `metadata={SIDE_EFFECT_KEY: ...}`. Undeclared, a tool an MCP server serves is
+    side-effect free only when its annotations say `readOnlyHint: true`, and any other tool has side effects.
     """
-    return (tool_def.metadata or {}).get(SIDE_EFFECT_KEY) is not False
+    metadata = tool_def.metadata or {}
+    declared = metadata.get(SIDE_EFFECT_KEY)
+    if isinstance(declared, bool):
+        return declared
+    annotations = metadata.get('annotations') if metadata.keys() >= _MCP_METADATA else None
+    return not (isinstance(annotations, dict) and cast(dict[str, Any], annotations).get('readOnlyHint') is True)
 
 
 def outbound_url_argument(tool_def: ToolDefinition) -> str | None:

@@ -69,6 +69,19 @@ async def test_a_read_only_tool_runs_and_its_result_taints_the_turn(redis: Redis
     assert result.answer == 'Done.'
 
 
+async def test_a_read_only_tool_still_runs_in_a_tainted_turn(redis: Redis, tmp_path: Path) -> None:
+    result, _ = await run_with_server(
+        redis,
+        tmp_path,
+        stdio_server(tmp_path / 'notes.txt'),
+        call('demo_add', a=1, b=2),
+        call('demo_add', a=3, b=4),
+        'Done.',
+    )
+
+    assert [(c.name, c.ok, c.result) for c in result.tool_calls] == [('demo_add', True, '3'), ('demo_add', True, '7')]
+
+
 async def test_a_tool_not_marked_read_only_runs_in_an_untainted_turn(redis: Redis, tmp_path: Path) -> None:
     notes = tmp_path / 'notes.txt'
     result, _ = await run_with_server(redis, tmp_path, stdio_server(notes), call('demo_save_note', text='hi'), 'Saved.')

@@ -230,3 +230,18 @@ def test_a_tools_results_are_untrusted_when_it_says_so_or_an_mcp_server_serves_i
     assert returns_untrusted(tool(mcp))
     assert not returns_untrusted(tool({**mcp, UNTRUSTED_OUTPUT_KEY: False}))
     assert not returns_untrusted(tool(None)) and not returns_untrusted(tool({'side_effect': False}))
+
+
+def test_an_mcp_tool_has_side_effects_unless_its_annotations_say_read_only() -> None:
+    from pydantic_ai.tools import ToolDefinition
+
+    def tool(metadata: dict[str, Any] | None) -> ToolDefinition:
+        return ToolDefinition(name='t', metadata=metadata)
+
+    read_only = {'meta': None, 'annotations': {'readOnlyHint': True}, 'task': False}  # as pydantic_ai.mcp lists
+    assert not has_side_effects(tool(read_only))
+    assert has_side_effects(tool({**read_only, 'annotations': {'readOnlyHint': False}}))
+    assert has_side_effects(tool({**read_only, 'annotations': None}))
+    assert has_side_effects(tool({**read_only, 'side_effect': True}))  # a declaration wins
+    assert has_side_effects(tool({'annotations': {'readOnlyHint': True}}))  # not an MCP tool's metadata
+    assert has_side_effects(tool(None)) and not has_side_effects(tool({'side_effect': False}))
