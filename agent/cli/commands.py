@@ -77,10 +77,15 @@ async def _continued(settings: Settings, session: str | None, user: str | None) 
     """The session `--continue` means: the user's most recent one."""
     from tandem.agent.turn.build import last_session, open_redis
 
-    if session is not None:
-        raise TandemError('--continue picks your most recent session: leave out --session, or --continue.')
+    _one_session_choice(session, continue_last=True)
     async with open_redis(settings) as redis:
         return await last_session(settings, redis, user)
+
+
+def _one_session_choice(session: str | None, *, continue_last: bool) -> None:
+    """Refuse `--continue` with `--session`: each picks the session."""
+    if continue_last and session is not None:
+        raise TandemError('--continue picks your most recent session: leave out --session, or --continue.')
 
 
 def _message(text: str | None) -> str:
@@ -128,8 +133,10 @@ def ask(
         message = _message(text)
     except TandemError as error:
         raise fail(error) from None
-    if continue_last and session is not None:
-        raise fail(TandemError('--continue picks your most recent session: leave out --session, or --continue.'))
+    try:
+        _one_session_choice(session, continue_last=continue_last)
+    except TandemError as error:
+        raise fail(error) from None
 
     async def body() -> None:
         async with open_redis(settings) as redis:

@@ -272,13 +272,12 @@ class Repl:
         if not argument:
             raise TandemError('usage: /switch SESSION_ID (see /sessions)')
         session = validate_id('session', argument)
-        if await self.deps.conversations.read_record(session) is None and not await self.ask(
-            f'There is no session {session}: start a new one by that name?'
-        ):
+        record = await self.deps.conversations.read_record(session)
+        if record is None and not await self.ask(f'There is no session {session}: start a new one by that name?'):
             self.console.print(f'still in session {self.deps.identity.session}', markup=False)
             return True
         self.deps = with_session(self.deps, session)
-        await self._load_session_tokens()
+        self.session_tokens = record.usage.total_tokens if record is not None else 0
         count = await self.deps.conversations.message_count(session)
         self.console.print(f'switched to session {session} ({count} messages)', markup=False)
         return True

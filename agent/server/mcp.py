@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -151,18 +151,9 @@ def create_mcp_server(assistant: Assistant, identify: Identify) -> MCPServer:
         if retriever is None:
             return Passages(passages=[], note='Knowledge search is off (retrieval = "off" in the configuration).')
         found = await _answered(retriever.search(query, limit))
+        # The retriever's passages carry more (chunk and document ids); the model keeps what a client cites.
         passages = [
-            Passage(
-                n=n,
-                title=p.title,
-                source=p.source,
-                heading=p.heading,
-                page=p.page,
-                kb=p.kb,
-                text=p.text,
-                score=round(p.score, 4),
-            )
-            for n, p in enumerate(found, 1)
+            Passage.model_validate({**asdict(p), 'n': n, 'score': round(p.score, 4)}) for n, p in enumerate(found, 1)
         ]
         note = '' if passages else 'No passage matches: try other words, or add documents with `tandem ingest`.'
         return Passages(passages=passages, note=note)
@@ -236,10 +227,7 @@ def create_mcp_server(assistant: Assistant, identify: Identify) -> MCPServer:
             )
         tenant, user = await identify(ctx)
         result = await _answered(assistant.chat(question, session=session, user=user, tenant=tenant))
-        sources = [
-            Source(n=n, title=c.title, source=c.source, heading=c.heading, page=c.page, kb=c.kb)
-            for n, c in sorted(result.citations.items())
-        ]
+        sources = [Source.model_validate({**asdict(c), 'n': n}) for n, c in sorted(result.citations.items())]
         return Answer(
             answer=result.answer,
             session=result.session,

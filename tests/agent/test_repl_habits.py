@@ -82,7 +82,10 @@ async def test_the_status_bar_counts_the_current_sessions_tokens(settings: Setti
             resumed = repl.status_line().value
             await repl._new('')  # pyright: ignore[reportPrivateUsage]
             fresh = repl.status_line().value
+            await repl._switch('one')  # pyright: ignore[reportPrivateUsage]
+            switched_back = repl.status_line().value
 
     assert repl.usage.total_tokens == 0  # nothing ran in this REPL
     assert ' · 0 tokens' not in resumed and resumed.endswith(' tokens')
     assert fresh.endswith(' · 0 tokens')
+    assert switched_back.endswith(resumed.rsplit(' · ', 1)[1])  # the session's own count again

@@ -21,7 +21,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
 
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import FakeOpenAI, Reply, Text, ToolCall, last_tool_result
 from tests.support.served import Served, served
 
 TANDEM = str(Path(sys.executable).with_name('tandem'))
@@ -145,3 +145,19 @@ def test_http_without_keys_says_how_to_add_them(tandem_env: dict[str, str], tmp_
     )
     assert (done.returncode, done.stdout) == (1, '')
     assert done.stderr.startswith('error: no API keys: set TANDEM_API_KEYS="KEY:TENANT"')
+
+
+async def test_ask_returns_the_sources_its_answer_was_given(tandem_env: dict[str, str], model: FakeOpenAI) -> None:
+    def cite(body: dict[str, Any]) -> Reply:
+        if last_tool_result(body) is None:
+            return ToolCall.one('search_knowledge', query='refund days')
+        return Text('Within 30 days [1].')
+
+    model.script = cite
+    env = {**tandem_env, 'TANDEM_TOOLS': 'knowledge'}
+    async with Client(StdioServerParameters(command=TANDEM, args=['mcp'], env=env)) as client:
+        answer = payload(await client.call_tool('ask', {'question': 'How long do I have to return a product?'}))
+
+    assert (answer['answer'], answer['tools']) == ('Within 30 days [1].', ['search_knowledge'])
+    [source] = answer['sources']
+    assert (source['n'], source['title']) == (1, 'Returns') and source['source'].endswith('returns.md')
