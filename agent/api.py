@@ -46,7 +46,13 @@ from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.request import TurnRequest, new_session_id
 from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, run_turn
 from tandem.memory.connection import connect
-from tandem.memory.conversations import HistoryCache, RedisConversationStore, SessionInfo, SessionNotFoundError
+from tandem.memory.conversations import (
+    HistoryCache,
+    RedisConversationStore,
+    SessionInfo,
+    SessionMatch,
+    SessionNotFoundError,
+)
 from tandem.memory.keys import validate_id
 
 if TYPE_CHECKING:
@@ -331,6 +337,16 @@ class Assistant:
     ) -> list[SessionInfo]:
         """The tenant's sessions, or one user's, most recently saved first."""
         return await (await self._store(tenant)).list_sessions(user=user, limit=limit)
+
+    async def search_sessions(
+        self, text: str, *, user: str | None = None, tenant: str | None = None, limit: int = 20
+    ) -> list[SessionMatch]:
+        """The sessions whose title or text contains `text`, newest first (see `RedisConversationStore.search_sessions`).
+
+        Raises:
+            ValueError: `text` is blank, or `limit` isn't positive.
+        """
+        return await (await self._store(tenant)).search_sessions(text, user=user, limit=limit)
 
     async def messages(self, session: str, *, user: str | None = None, tenant: str | None = None) -> list[ModelMessage]:
         """Every message of a session's current history, oldest first.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Sequence
 from contextlib import contextmanager
@@ -52,7 +53,7 @@ from pydantic_ai.conversation_store import (
     ConversationStore,
 )
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import ModelMessage
+from pydantic_ai.messages import ModelMessage, ModelRequest, TextPart, UserPromptPart
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage
 from redis.asyncio.cluster import RedisCluster
@@ -64,7 +65,16 @@ from tandem.agent.core.errors import RedisUnavailableError, TandemError
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import SessionKeys, session_summary_key, sessions_index_key, validate_id
 
-__all__ = ('HistoryCache', 'RedisConversationStore', 'SessionInfo', 'SessionNotFoundError')
+__all__ = (
+    'TITLE_LENGTH',
+    'HistoryCache',
+    'RedisConversationStore',
+    'SessionInfo',
+    'SessionMatch',
+    'SessionNotFoundError',
+    'session_title',
+    'shorten_title',
+)
 
 # Bytes anywhere in a message (a binary attachment, a tool's raw return) are stored as base64, the
 # same as `ModelMessagesTypeAdapter` does, so stored messages read back as that adapter reads them.
@@ -81,8 +91,9 @@ _OK = 1
 _UNCHANGED = 2
 
 # Shared by the write and append scripts. `hset_all` writes one hash's fields with one HSET per slice:
-# Lua caps how many values `unpack` returns. `finish` stores the record and the message count, gives
-# every key the TTL (ARGV[ttl], in ms, 0 for none), and updates the session index when it is KEYS[6].
+# Lua caps how many values `unpack` returns. `finish` stores the record and the message count, sets
+# the title unless the session has one ('' for none to offer), gives every key the TTL (ARGV[ttl], in
+# ms, 0 for none), and updates the session index when it is KEYS[7].
 # Each `redis.call` costs a script a few microseconds, so they make as few as they can.
 _STORE = """
 local function hset_all(key, fields)
@@ -90,30 +101,31 @@ local function hset_all(key, fields)
     redis.call('HSET', key, unpack(fields, i, math.min(i + 999, #fields)))
   end
 end
-local function finish(record, count, ttl, score, member)
+local function finish(record, count, title, ttl, score, member)
   ttl = tonumber(ttl)
   -- A plain SET drops the key's TTL: ask the entries hash, which keeps it, whether the session had one.
   local had_ttl = ttl == 0 and redis.call('PTTL', KEYS[2]) >= 0
   redis.call('SET', KEYS[1], record)
   redis.call('SET', KEYS[5], count)
-  for i = 1, 5 do
+  if title ~= '' then redis.call('SET', KEYS[6], title, 'NX') end
+  for i = 1, 6 do
     -- All or none expire: a record outliving its entries would be a history with holes.
     if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) elseif had_ttl then redis.call('PERSIST', KEYS[i]) end
   end
-  if KEYS[6] then redis.call('ZADD', KEYS[6], 'GT', score, member) end
+  if KEYS[7] then redis.call('ZADD', KEYS[7], 'GT', score, member) end
 end
 """
 
-# KEYS: conv, entries, parents, depths, count (SessionKeys.all), then the tenant's session index on a
-# single server (a cluster keeps it in another slot, so there it is updated by a command of its own).
+# KEYS: conv, entries, parents, depths, count, title (SessionKeys.all), then the tenant's session index
+# on a single server (a cluster keeps it in another slot, so there it is updated by a command of its own).
 # ARGV: expected revision ('' for none), new revision, record JSON, head id ('' for none), TTL in ms
-# (0 for none), the index score and member, then id, parent id ('' for none), entry JSON for each new
-# entry, oldest first. Returns 1 when stored, 0 on a revision conflict, -1 when the head or a parent
+# (0 for none), the index score and member, the title to set if none is ('' for none), then id, parent
+# id ('' for none), entry JSON for each new entry, oldest first. Returns 1 when stored, 0 on a revision conflict, -1 when the head or a parent
 # isn't stored.
 _WRITE_SCRIPT = (
     _STORE
     + """
-local FIRST = 8
+local FIRST = 9
 local current = redis.call('GET', KEYS[1])
 if current then
   local revision = cjson.decode(current)['revision']
@@ -149,7 +161,7 @@ if count == nil then return -1 end
 hset_all(KEYS[2], entries)
 hset_all(KEYS[3], parents)
 hset_all(KEYS[4], depths)
-finish(ARGV[3], count, ARGV[5], ARGV[6], ARGV[7])
+finish(ARGV[3], count, ARGV[8], ARGV[5], ARGV[6], ARGV[7])
 return 1
 """
 )
@@ -157,14 +169,14 @@ return 1
 # Appends a turn after whatever the history ends with now, whoever saved last: concurrent turns on one
 # session each land whole, in the order the scripts run, with no revision to check and nothing to retry.
 # KEYS: as the write script's. ARGV: new revision, updated_at, scope ('' for none), TTL in ms (0 for
-# none), the index score and member, the turn's usage JSON, the session id, then id, entry JSON for
-# each entry, oldest first, chained; the first entry's JSON names itself as its parent, which the
+# none), the index score and member, the turn's usage JSON, the session id, the title to set if none
+# is ('' for none), then id, entry JSON for each entry, oldest first, chained; the first entry's JSON names itself as its parent, which the
 # script replaces with the stored head. Returns {1, record JSON, the head the turn was appended after
 # ('' for none)}, {0} when the session belongs to another scope, or {-1} when the stored head isn't stored.
 _APPEND_SCRIPT = (
     _STORE
     + """
-local FIRST = 9
+local FIRST = 10
 local current = redis.call('GET', KEYS[1])
 local record
 if current then
@@ -225,7 +237,7 @@ local encoded = cjson.encode(record)
 hset_all(KEYS[2], entries)
 hset_all(KEYS[3], parents)
 hset_all(KEYS[4], depths)
-finish(encoded, depth, ARGV[4], ARGV[5], ARGV[6])
+finish(encoded, depth, ARGV[9], ARGV[4], ARGV[5], ARGV[6])
 return {1, encoded, head}
 """
 )
@@ -310,6 +322,15 @@ end
 return removed
 """
 
+# KEYS: conv, title. ARGV: the title. Sets it with the record's TTL; returns 1, or 0 when there is no record.
+_TITLE_SCRIPT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
 _SCRIPTS = {
     'write': _WRITE_SCRIPT,
     'append': _APPEND_SCRIPT,
@@ -317,6 +338,7 @@ _SCRIPTS = {
     'history': _HISTORY_SCRIPT,
     'load': _LOAD_SCRIPT,
     'prune': _PRUNE_SCRIPT,
+    'title': _TITLE_SCRIPT,
 }
 
 _LIST_PAGE = 100
@@ -341,6 +363,40 @@ class SessionNotFoundError(TandemError, LookupError):
     """A session that doesn't exist, or belongs to another user."""
 
 
+TITLE_LENGTH = 60
+"""The most characters a title taken from a message has, an ellipsis included."""
+
+
+def session_title(messages: Iterable[ModelMessage]) -> str | None:
+    """The title a session takes from its first user message: that message's first non-blank line,
+    with its whitespace collapsed, cut at a word to at most `TITLE_LENGTH` characters. `None` when no
+    message has text from the user.
+    """
+    for message in messages:
+        if not isinstance(message, ModelRequest):
+            continue
+        for part in message.parts:
+            if not isinstance(part, UserPromptPart):
+                continue
+            texts = [part.content] if isinstance(part.content, str) else [c for c in part.content if isinstance(c, str)]
+            for text in texts:
+                line = next((' '.join(line.split()) for line in text.splitlines() if line.strip()), '')
+                if line:
+                    return shorten_title(line)
+    return None
+
+
+def shorten_title(text: str) -> str:
+    """`text` on one line, cut at a word (or mid-word, when one word is longer) to `TITLE_LENGTH` characters."""
+    text = ' '.join(text.split())
+    if len(text) <= TITLE_LENGTH:
+        return text
+    cut = text[: TITLE_LENGTH - 1]
+    if text[TITLE_LENGTH - 1] != ' ' and ' ' in cut:
+        cut = cut[: cut.rindex(' ')]
+    return cut.rstrip() + '…'
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     """One line of a session listing."""
@@ -355,6 +411,21 @@ class SessionInfo:
     """When it was last saved."""
     usage: RunUsage
     """Usage accumulated across every run in the session."""
+    title: str | None = None
+    """Its first user message, shortened (see `session_title`), or the title set for it; `None` before one."""
+
+
+@dataclass(frozen=True)
+class SessionMatch:
+    """A session `search_sessions` found, and where."""
+
+    session: SessionInfo
+    snippet: str
+    """The title, or the words around the first message text that matched, on one line."""
+
+
+_Listed = tuple[ConversationRecord, int, str | None]
+"""A listed session: its record, message count and title (0 and `None` when not asked for)."""
 
 
 class RedisConversationStore(ConversationStore):
@@ -434,7 +505,7 @@ class RedisConversationStore(ConversationStore):
             InvalidIdError: If `scope` isn't a valid user id.
             RedisUnavailableError: If Redis can't be reached.
         """
-        return [record for record, _ in await self._scan(scope=scope, limit=limit, with_counts=False)]
+        return [record for record, _, _ in await self._scan(scope=scope, limit=limit, with_details=False)]
 
     async def write_record(
         self,
@@ -468,6 +539,7 @@ class RedisConversationStore(ConversationStore):
             self.ttl_seconds * 1000 if self.ttl_seconds is not None else 0,
             score,
             keys.session,
+            session_title(entry.message for entry in new_entries) or '',
         ]
         encoded = [_ENTRY.dump_json(entry) for entry in new_entries]
         for entry, entry_json in zip(new_entries, encoded, strict=True):
@@ -519,6 +591,7 @@ class RedisConversationStore(ConversationStore):
             keys.session,
             _USAGE.dump_json(usage),
             session,
+            session_title(messages) or '',
         ]
         for entry, entry_json in zip(entries, encoded, strict=True):
             args += [entry.id, entry_json]
@@ -738,9 +811,77 @@ class RedisConversationStore(ConversationStore):
                 message_count=count,
                 updated_at=record.updated_at,
                 usage=record.usage,
+                title=title,
             )
-            for record, count in await self._scan(scope=user, limit=limit, with_counts=True)
+            for record, count, title in await self._scan(scope=user, limit=limit, with_details=True)
         ]
+
+    async def search_sessions(self, text: str, *, user: str | None = None, limit: int = 20) -> list[SessionMatch]:
+        """The sessions whose title, or whose user's or assistant's text, contains `text`, newest first.
+
+        The match ignores case and runs of whitespace. Every message a session stored counts, on any
+        branch; tool calls and their results don't. The tenant's sessions are read page by page, one
+        round trip a page, so a search costs about what exporting the matching user's sessions would.
+
+        Raises:
+            InvalidIdError: If `user` isn't a valid id.
+            ValueError: If `text` is blank or `limit` isn't positive.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        needle = ' '.join(text.split()).casefold()
+        if not needle:
+            raise ValueError('give some text to search the sessions for')
+        if limit <= 0:
+            raise ValueError('limit must be positive')
+        # Entries are JSON: the needle's words, escaped as JSON, are a cheap test for each one, and only
+        # the entries that have them all are parsed.
+        raw_words = [json.dumps(word, ensure_ascii=False)[1:-1].encode() for word in needle.split()]
+        infos = await self.list_sessions(user=user)
+        matches: list[SessionMatch] = []
+        for start in range(0, len(infos), _LIST_PAGE):
+            page = infos[start : start + _LIST_PAGE]
+            pipe = self._redis.pipeline(transaction=False)
+            for info in page:
+                pipe.hvals(self._keys(info.id).entries)
+            with _unavailable('searching sessions'):
+                stored: list[list[bytes]] = await pipe.execute()
+            for info, entries in zip(page, stored, strict=True):
+                snippet = _find(needle, info.title) if info.title else None
+                for raw in entries if snippet is None else ():
+                    if (
+                        all(word in raw.lower() for word in raw_words)
+                        and (entry := _ENTRY.validate_json(raw)) is not None
+                    ):
+                        snippet = next(filter(None, (_find(needle, t) for t in _message_texts(entry.message))), None)
+                        if snippet is not None:
+                            break
+                if snippet is not None:
+                    matches.append(SessionMatch(info, snippet))
+                    if len(matches) == limit:
+                        return matches
+        return matches
+
+    async def set_title(self, session: str, title: str) -> str:
+        """Give a session a title, in place of the one it took from its first message.
+
+        Returns:
+            The title as stored: on one line, and shortened as a first message's would be.
+
+        Raises:
+            InvalidIdError: If `session` isn't a valid id.
+            SessionNotFoundError: If the session doesn't exist.
+            ValueError: If `title` is blank.
+            RedisUnavailableError: If Redis can't be reached.
+        """
+        title = shorten_title(title)
+        if not title:
+            raise ValueError('a title needs some text')
+        keys = self._keys(session)
+        with _unavailable('saving a session'):
+            stored = await self._script('title')(keys=[keys.conv, keys.title], args=[title])
+        if stored != _OK:
+            raise SessionNotFoundError(f'no session {session!r}: it may have expired or been deleted.')
+        return title
 
     async def export_messages(self, session: str, *, user: str | None = None) -> list[ModelMessage]:
         """Every message of a session's current history, oldest first.
@@ -822,17 +963,16 @@ class RedisConversationStore(ConversationStore):
             )
         return self._keys(session)
 
-    async def _scan(
-        self, *, scope: str | None, limit: int | None, with_counts: bool
-    ) -> list[tuple[ConversationRecord, int]]:
-        """Records (and message counts) in the index, newest first, filtered by scope, pruning dead members."""
+    async def _scan(self, *, scope: str | None, limit: int | None, with_details: bool) -> list[_Listed]:
+        """Records (with message counts and titles) in the index, newest first, filtered by scope, pruning
+        dead members."""
         if limit is not None and limit < 0:
             raise UserError('`limit` must not be negative.')
         if scope is not None:
             validate_id('user', scope)
         if limit == 0:
             return []
-        found: list[tuple[ConversationRecord, int]] = []
+        found: list[_Listed] = []
         dead: list[tuple[str | bytes, float]] = []
         offset = 0
         with _unavailable('listing sessions'):
@@ -846,10 +986,10 @@ class RedisConversationStore(ConversationStore):
                 if limit is not None and len(found) >= limit:
                     # A member's score is never below its record's updated_at (saves only raise it),
                     # so once the page's best score is older than the limit-th newest record, stop.
-                    newest = sorted((record.updated_at.timestamp() for record, _ in found), reverse=True)
+                    newest = sorted((record.updated_at.timestamp() for record, _, _ in found), reverse=True)
                     if page[0][1] < newest[limit - 1]:
                         break
-                found += await self._fetch_page(page, scope, with_counts, dead)
+                found += await self._fetch_page(page, scope, with_details, dead)
                 offset += len(page)
                 if len(page) < _LIST_PAGE:
                     break
@@ -862,9 +1002,9 @@ class RedisConversationStore(ConversationStore):
         self,
         page: list[tuple[bytes, float]],
         scope: str | None,
-        with_counts: bool,
+        with_details: bool,
         dead: list[tuple[str | bytes, float]],
-    ) -> list[tuple[ConversationRecord, int]]:
+    ) -> list[_Listed]:
         sessions: list[tuple[SessionKeys, float]] = []
         for raw_member, score in page:
             try:
@@ -876,11 +1016,12 @@ class RedisConversationStore(ConversationStore):
         pipe = self._redis.pipeline(transaction=False)
         for keys, _ in sessions:
             pipe.get(keys.conv)
-            if with_counts:
+            if with_details:
                 pipe.get(keys.count)
+                pipe.get(keys.title)
         replies: list[bytes | None] = await pipe.execute()
-        step = 2 if with_counts else 1
-        found: list[tuple[ConversationRecord, int]] = []
+        step = 3 if with_details else 1
+        found: list[_Listed] = []
         for index, (keys, score) in enumerate(sessions):
             raw = replies[index * step]
             if raw is None:
@@ -889,8 +1030,8 @@ class RedisConversationStore(ConversationStore):
             record = _decode_record(raw)
             if scope is not None and record.scope != scope:
                 continue
-            count = replies[index * step + 1] if with_counts else None
-            found.append((record, int(count) if count is not None else 0))
+            count, title = replies[index * step + 1 : index * step + 3] if with_details else (None, None)
+            found.append((record, int(count) if count is not None else 0, title.decode() if title else None))
         return found
 
     async def _prune(self, members: Sequence[tuple[str | bytes, float]]) -> None:
@@ -898,6 +1039,32 @@ class RedisConversationStore(ConversationStore):
         for member, score in members:
             args += [member, repr(float(score))]
         await self._script('prune')(keys=[self._index], args=args)
+
+
+def _message_texts(message: ModelMessage) -> Iterable[str]:
+    """What the user and the assistant wrote in a message, for search."""
+    for part in message.parts:
+        if isinstance(part, UserPromptPart):
+            yield from (
+                [part.content] if isinstance(part.content, str) else (c for c in part.content if isinstance(c, str))
+            )
+        elif isinstance(part, TextPart):
+            yield part.content
+
+
+def _find(needle: str, text: str, *, context: int = 30) -> str | None:
+    """The words around `needle`'s first place in `text` (both on one line, needle casefolded), or `None`."""
+    line = ' '.join(text.split())
+    at = line.casefold().find(needle)
+    if at < 0:
+        return None
+    # casefold keeps lengths for all but a few letters (ß): the snippet is for reading, not slicing on.
+    start, end = max(at - context, 0), min(at + len(needle) + context, len(line))
+    if start > 0 and ' ' in line[start:at]:
+        start = line.index(' ', start, at) + 1  # at a word
+    if end < len(line) and ' ' in line[at + len(needle) : end]:
+        end = line.rindex(' ', at + len(needle), end)
+    return ('…' if start else '') + line[start:end] + ('…' if end < len(line) else '')
 
 
 @functools.lru_cache(maxsize=4096)

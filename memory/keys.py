@@ -163,9 +163,14 @@ class SessionKeys:
         return session_key(self.tenant, self.session, 'count')
 
     @cached_property
+    def title(self) -> str:
+        """The session's title: its first user message, shortened, unless one was set."""
+        return session_key(self.tenant, self.session, 'title')
+
+    @cached_property
     def all(self) -> tuple[str, ...]:
         """Every key of the session, in the order the store's Lua scripts take them as `KEYS`."""
-        return (self.conv, self.entries, self.parents, self.depths, self.count)
+        return (self.conv, self.entries, self.parents, self.depths, self.count, self.title)
 
     @cached_property
     def index(self) -> str:

@@ -33,10 +33,11 @@ if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
 
     from tandem.agent.core.config import Settings
+    from tandem.memory.conversations import SessionInfo
 
 commands = typer.Typer()
 """`chat`, `ask`, `tools` and `prompts`, merged into the root app by `main.py`."""
-sessions_app = typer.Typer(help='List, show, export and delete stored sessions.', no_args_is_help=True)
+sessions_app = typer.Typer(help='List, search, show, title, export and delete stored sessions.', no_args_is_help=True)
 config_app = typer.Typer(help='Inspect the effective configuration.', no_args_is_help=True)
 redis_app = typer.Typer(
     help='The embedded Redis server Tandem starts when TANDEM_REDIS_URL is unset.', no_args_is_help=True
@@ -328,24 +329,81 @@ def sessions_list(
         async with open_conversations(settings) as store:
             infos = await store.list_sessions(user=scope, limit=limit)
         if as_json:
-            rows = [
-                {
-                    'session': info.id,
-                    'user': info.user,
-                    'messages': info.message_count,
-                    'updated_at': info.updated_at.isoformat(),
-                    'total_tokens': info.usage.total_tokens,
-                }
-                for info in infos
-            ]
-            sys.stdout.write(json.dumps(rows, indent=2) + '\n')
+            sys.stdout.write(json.dumps([_session_row(info) for info in infos], indent=2) + '\n')
             return
-        table = Table('session', 'user', 'messages', 'updated')
+        table = Table('session', 'title', 'user', 'messages', 'updated')
         for info in infos:
-            table.add_row(info.id, info.user or '', str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+            updated = f'{info.updated_at:%Y-%m-%d %H:%M}'
+            table.add_row(info.id, info.title or '', info.user or '', str(info.message_count), updated)
         stdout.print(table, markup=False)
 
     async_command(body)()
+
+
+@sessions_app.command('search')
+def sessions_search(
+    text: Annotated[str, typer.Argument(help='Words the session contains, in any case.')],
+    user: UserOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help='At most this many, newest first.')] = 20,
+    as_json: Annotated[bool, typer.Option('--json')] = False,
+) -> None:
+    """Find sessions by their title or by what the user or the assistant wrote."""
+    from tandem.agent.turn.build import open_conversations
+    from tandem.memory.keys import validate_id
+
+    settings = cli_settings()
+    if not text.strip():
+        raise fail(TandemError('give some text to search for, such as `tandem sessions search "tax deadline"`.'))
+
+    async def body() -> None:
+        scope = validate_id('user', user) if user else None
+        async with open_conversations(settings) as store:
+            matches = await store.search_sessions(text, user=scope, limit=limit)
+        if as_json:
+            rows = [{**_session_row(match.session), 'match': match.snippet} for match in matches]
+            sys.stdout.write(json.dumps(rows, indent=2) + '\n')
+            return
+        if not matches:
+            stderr.print(f'no session mentions {text!r}', markup=False, highlight=False)
+            return
+        table = Table('session', 'title', 'match', 'updated')
+        for match in matches:
+            info = match.session
+            table.add_row(info.id, info.title or '', match.snippet, f'{info.updated_at:%Y-%m-%d %H:%M}')
+        stdout.print(table, markup=False)
+
+    async_command(body)()
+
+
+@sessions_app.command('title')
+def sessions_title(
+    session: Annotated[str, typer.Argument(help='Session id.')],
+    title: Annotated[str, typer.Argument(help='The new title.')],
+) -> None:
+    """Rename a session (it is titled by its first message until then)."""
+    from tandem.agent.turn.build import open_conversations
+
+    settings = cli_settings()
+    if not title.strip():
+        raise fail(TandemError('a title needs some text.'))
+
+    async def body() -> None:
+        async with open_conversations(settings) as store:
+            stored = await store.set_title(session, title)
+        stderr.print(f'session {session} is titled {stored!r}', markup=False, highlight=False)
+
+    async_command(body)()
+
+
+def _session_row(info: SessionInfo) -> dict[str, object]:
+    return {
+        'session': info.id,
+        'title': info.title,
+        'user': info.user,
+        'messages': info.message_count,
+        'updated_at': info.updated_at.isoformat(),
+        'total_tokens': info.usage.total_tokens,
+    }
 
 
 def _session_messages(session: str) -> list[ModelMessage]:

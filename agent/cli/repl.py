@@ -259,10 +259,11 @@ class Repl:
 
     async def _sessions(self, _: str) -> bool:
         infos = await self.deps.conversations.list_sessions(user=self.deps.identity.user, limit=20)
-        table = Table('session', 'messages', 'updated')
+        table = Table('session', 'title', 'messages', 'updated')
         for info in infos:
             current = ' ←' if info.id == self.deps.identity.session else ''
-            table.add_row(info.id + current, str(info.message_count), f'{info.updated_at:%Y-%m-%d %H:%M}')
+            updated = f'{info.updated_at:%Y-%m-%d %H:%M}'
+            table.add_row(info.id + current, info.title or '', str(info.message_count), updated)
         self.console.print(table, markup=False)
         return True
 

@@ -482,12 +482,23 @@ def create_app(
         user_header: UserHeader = None,
         user: Annotated[str | None, Query(description="Only this user's sessions.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        search: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                pattern=r'\S',
+                description="Only sessions whose title, or whose user's or assistant's text, has these words "
+                '(in any case); each then carries `match`, the words around them.',
+            ),
+        ] = None,
     ) -> dict[str, Any]:
-        """The tenant's sessions (or one user's), most recently saved first."""
-        infos = await service.assistant.sessions(
-            user=_acting_user(who, user, user_header), tenant=who.tenant, limit=limit
-        )
-        return {'object': 'list', 'data': [session_json(info) for info in infos]}
+        """The tenant's sessions (or one user's), most recently saved first, each with its title."""
+        acting = _acting_user(who, user, user_header)
+        if search is None:
+            infos = await service.assistant.sessions(user=acting, tenant=who.tenant, limit=limit)
+            return {'object': 'list', 'data': [session_json(info) for info in infos]}
+        matches = await service.assistant.search_sessions(search, user=acting, tenant=who.tenant, limit=limit)
+        return {'object': 'list', 'data': [{**session_json(m.session), 'match': m.snippet} for m in matches]}
 
     @app.get('/v1/sessions/{session_id}/messages', tags=['sessions'])
     async def session_messages(  # pyright: ignore[reportUnusedFunction]

@@ -272,6 +272,7 @@ def session_json(info: SessionInfo) -> dict[str, Any]:
     return {
         'id': info.id,
         'object': 'session',
+        'title': info.title,
         'user': info.user,
         'message_count': info.message_count,
         'updated_at': int(info.updated_at.timestamp()),

@@ -67,6 +67,40 @@ def test_sessions_list_show_export_delete(env: dict[str, str], server: FakeOpenA
     assert missing.exit_code == 1 and "no session 'keep'" in missing.stderr
 
 
+def test_sessions_are_listed_with_titles_found_by_text_and_renamed(env: dict[str, str], server: FakeOpenAI) -> None:
+    _ask(env, server, '--session', 'trip', 'Plan my trip to Rome')
+    _ask(env, server, '--session', 'tax', 'When is the tax deadline?')
+    _ask(env, server, '--session', 'tax', 'And for Rome residents?')
+
+    listed = json.loads(runner.invoke(app, ['sessions', 'list', '--json'], env=env).stdout)
+    found = runner.invoke(app, ['sessions', 'search', 'ROME', '--json'], env=env)
+    table = runner.invoke(app, ['sessions', 'search', 'tax deadline'], env={**env, 'COLUMNS': '200'})
+
+    assert [(row['session'], row['title']) for row in listed] == [
+        ('tax', 'When is the tax deadline?'),
+        ('trip', 'Plan my trip to Rome'),
+    ]
+    assert [(row['session'], row['match']) for row in json.loads(found.stdout)] == [
+        ('tax', 'And for Rome residents?'),
+        ('trip', 'Plan my trip to Rome'),
+    ]
+    assert 'tax' in table.stdout and 'When is the tax deadline?' in table.stdout and 'trip' not in table.stdout
+
+    renamed = runner.invoke(app, ['sessions', 'title', 'trip', 'Rome, three days'], env=env)
+    assert renamed.exit_code == 0 and "titled 'Rome, three days'" in renamed.stderr
+    listed = json.loads(runner.invoke(app, ['sessions', 'list', '--json'], env=env).stdout)
+    assert [row['title'] for row in listed] == ['When is the tax deadline?', 'Rome, three days']
+
+
+def test_a_search_that_finds_nothing_says_so_and_succeeds(env: dict[str, str], server: FakeOpenAI) -> None:
+    _ask(env, server, '--session', 'trip', 'Plan my trip')
+
+    result = runner.invoke(app, ['sessions', 'search', 'zanzibar'], env=env)
+
+    assert result.exit_code == 0 and result.stdout == ''
+    assert "no session mentions 'zanzibar'" in result.stderr
+
+
 def test_config_show_masks_secrets(env: dict[str, str]) -> None:
     result = runner.invoke(app, ['config', 'show'], env={**env, 'TANDEM_REDIS_URL': 'redis://:hunter2@127.0.0.1:1/0'})
     assert result.exit_code == 0
@@ -90,6 +124,9 @@ def _one_line_error(result_stderr: str, expected: str) -> None:
         (['ask', '--user', 'bad user', '--model', 'openai-chat:tiny', 'hi'], "invalid user id 'bad user'"),
         (['ask', '--prompt', 'missing@3', '--model', 'openai-chat:tiny', 'hi'], "unknown prompt 'missing'"),
         (['sessions', 'show', 'x*'], "invalid session id 'x*'"),
+        (['sessions', 'search', '  '], 'give some text to search for'),
+        (['sessions', 'title', 'nope', 'New name'], "no session 'nope'"),
+        (['sessions', 'title', 'nope', ' '], 'a title needs some text'),
     ],
 )
 def test_bad_input_is_one_actionable_line_and_exit_1(env: dict[str, str], args: list[str], expected: str) -> None:

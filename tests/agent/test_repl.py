@@ -86,7 +86,7 @@ async def test_new_switch_and_sessions(tmp_path: Path, redis_url: str, server: F
 
     assert re.search(r'^new session \d{8}-\d{6}-[0-9a-f]{6}$', screen, re.MULTILINE)
     assert 'switched to session one (2 messages)' in screen
-    assert re.search(r'│ one ← +│ 2 +│ \d{4}-\d\d-\d\d \d\d:\d\d │', screen)  # /sessions marks the current one
+    assert re.search(r'│ one ← +│ first session +│ 2 +│ \d{4}-\d\d-\d\d \d\d:\d\d │', screen)  # marks the current one
     assert 'base-model heard 2 messages' in screen
 
 

@@ -52,8 +52,10 @@ async def test_open_webuis_requests_keep_one_session_per_chat_and_titles_out_of_
             CHAT, json=chat([{'role': 'user', 'content': TITLE_PROMPT}], stream=False), headers=OPEN_WEBUI_HEADERS
         )
         stored = await http.get(f'/v1/sessions/{CHAT_ID}/messages', headers={**AUTH_A, 'X-Tandem-User': USER_ID})
+        listed = await http.get('/v1/sessions', headers={**AUTH_A, 'X-Tandem-User': USER_ID})
 
     assert [entry['id'] for entry in models.json()['data']] == ['scripted']
+    assert [(s['id'], s['title']) for s in listed.json()['data']] == [(CHAT_ID, 'I am Ada.')]
     assert (first.status_code, second.status_code) == (200, 200)
     assert first.headers['x-tandem-session'] == CHAT_ID
     assert second.text.endswith('data: [DONE]\n\n')
@@ -92,3 +94,29 @@ async def test_a_proxys_user_header_can_name_the_user(make_app: MakeApp) -> None
 
     assert mine.status_code == 200 and len(mine.json()['data']) == 2
     assert others.status_code == 404
+
+
+async def test_sessions_are_listed_with_titles_and_searched_by_text(make_app: MakeApp) -> None:
+    model, _ = scripted_model('Start at the Colosseum.', 'April 15.')
+    async with asgi(make_app(model)) as http:
+        for session, text in (('trip', 'Plan my trip to Rome'), ('tax', 'When is the tax deadline?')):
+            await http.post(
+                CHAT,
+                json=chat([{'role': 'user', 'content': text}], stream=False),
+                headers={
+                    **AUTH_A,
+                    'X-Tandem-Session': session,
+                },
+            )
+        listed = await http.get('/v1/sessions', headers=AUTH_A)
+        found = await http.get('/v1/sessions', params={'search': 'colosseum'}, headers=AUTH_A)
+        blank = await http.get('/v1/sessions', params={'search': '  '}, headers=AUTH_A)
+
+    assert [(s['id'], s['title']) for s in listed.json()['data']] == [
+        ('tax', 'When is the tax deadline?'),
+        ('trip', 'Plan my trip to Rome'),
+    ]
+    assert [(s['id'], s['title'], s['match']) for s in found.json()['data']] == [
+        ('trip', 'Plan my trip to Rome', 'Start at the Colosseum.')
+    ]
+    assert blank.status_code == 400
