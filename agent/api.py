@@ -438,9 +438,9 @@ class Assistant:
         self._closed = True
         client, self._redis = self._redis, None
         if client is not None:
-            from tandem.agent.turn.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+            from tandem.agent.turn.background import wait_for_background
 
-            await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # they write through this client
+            await wait_for_background()  # facts and titles are written through this client
         if client is not None and self._owns_redis:
             with contextlib.suppress(Exception):  # closing a client whose server went away must not fail shutdown
                 await client.aclose()

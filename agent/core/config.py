@@ -200,6 +200,9 @@ class MemoryConfig(BaseModel):
     enabled: bool = True
     extract: bool = False
     """After each turn, ask the backbone for durable facts about the user (off the latency path)."""
+    generate_titles: bool = False
+    """After a session's first turn, ask the backbone for a short title (off the latency path); else
+    the first message, shortened, is the title."""
     recall_tokens: int = Field(default=600, ge=0)
     """Most tokens of facts put into the prompt's memory slot each turn; 0 leaves the slot empty."""
     fact_ttl_seconds: int | None = Field(default=None, gt=0)

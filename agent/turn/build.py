@@ -38,9 +38,9 @@ async def open_redis(settings: Settings) -> AsyncGenerator[Redis]:
         try:
             yield client
         finally:
-            from tandem.agent.turn.extraction import EXTRACTION_TIMEOUT, wait_for_extractions
+            from tandem.agent.turn.background import wait_for_background
 
-            await wait_for_extractions(timeout=EXTRACTION_TIMEOUT)  # memory.extract runs after the answer
+            await wait_for_background()  # facts and titles are written after the answer
 
 
 @asynccontextmanager

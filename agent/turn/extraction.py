@@ -10,9 +10,8 @@ Only what the user wrote, and the assistant's final answer, are shown to the ext
 tool results; in a turn that untrusted content entered (web, documents), only what the user wrote.
 So a web page cannot plant a fact about the user through extraction.
 
-A front end that exits after a turn (`tandem ask`) waits for pending extractions when it closes
-its Redis connection (`agent.turn.build.open_redis`); tests await `wait_for_extractions()`.
-A failed extraction is logged and dropped: it never affects the turn.
+It is a background job (`agent.turn.background`): front ends wait for it before they close the Redis
+connection it writes through. A failed extraction is logged and dropped: it never affects the turn.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from pydantic_ai.usage import UsageLimits
 
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary
+from tandem.agent.turn.background import BACKGROUND_TIMEOUT, run_in_background
 from tandem.memory.facts import MAX_FACT_CHARS, FactStore, RememberResult, looks_like_secret
 
 if TYPE_CHECKING:
@@ -40,17 +40,13 @@ if TYPE_CHECKING:
 
     from tandem.agent.turn.deps import Deps
 
-__all__ = ['EXTRACTION_TIMEOUT', 'ExtractedFact', 'ExtractedFacts', 'schedule_extraction', 'wait_for_extractions']
+__all__ = ['ExtractedFact', 'ExtractedFacts', 'schedule_extraction']
 
 _log = get_logger('tandem.extraction')
 
-EXTRACTION_TIMEOUT = 60.0
-"""Seconds one extraction may take before it is abandoned."""
 _KNOWN_FACTS = 20
 _MAX_FACTS_PER_TURN = 10
 _MAX_TURN_CHARS = 8_000
-
-_pending: set[asyncio.Task[list[RememberResult]]] = set()
 
 
 class ExtractedFact(BaseModel):
@@ -123,21 +119,10 @@ def schedule_extraction(deps: Deps, result: AgentRunResult[Any]) -> asyncio.Task
             # In a tainted turn the answer may repeat untrusted content: the extractor sees only the user.
             answer=None if deps.turn.tainted else str(result.output),
         )
-        task = asyncio.get_running_loop().create_task(_extract(job), name=f'tandem-extract-{identity.session}')
+        return run_in_background(_extract(job), name=f'tandem-extract-{identity.session}')
     except Exception:  # noqa: BLE001 - extraction is best effort and must never fail a delivered turn
         _log.exception('extraction.not_started')
         return None
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-    return task
-
-
-async def wait_for_extractions(timeout: float | None = None) -> None:
-    """Wait until the extractions started on this event loop have finished (or `timeout` seconds passed)."""
-    loop = asyncio.get_running_loop()
-    tasks = [task for task in _pending if task.get_loop() is loop and not task.done()]
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
 
 
 _EXTRACTION_AGENT = Agent(None, output_type=ExtractedFacts, name='tandem-extraction')
@@ -146,7 +131,7 @@ _EXTRACTION_AGENT = Agent(None, output_type=ExtractedFacts, name='tandem-extract
 
 async def _extract(job: _Job) -> list[RememberResult]:
     try:
-        async with asyncio.timeout(EXTRACTION_TIMEOUT):
+        async with asyncio.timeout(BACKGROUND_TIMEOUT):
             return await _run(job)
     except Exception as error:  # noqa: BLE001 - logged and dropped; the turn was delivered long ago
         _log.warning('extraction.failed', error=f'{type(error).__name__}: {str(error)[:200]}')

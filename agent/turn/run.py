@@ -42,6 +42,7 @@ from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
 from tandem.agent.turn.persist import load_conversation, save_turn
 from tandem.agent.turn.prepare import render_instructions
+from tandem.agent.turn.titles import schedule_title
 
 EventSink = Callable[[TurnEvent], Awaitable[None] | None]
 
@@ -317,6 +318,7 @@ async def run_turn(
         if history is None:  # a stateless turn leaves nothing behind: no session, no facts
             await save_turn(deps, result, run_usage)
             schedule_extraction(deps, result)  # memory.extract: in the background, off the latency path
+            schedule_title(deps, result)  # memory.generate_titles: likewise
         duration = time.perf_counter() - started
         _log.info('turn.end', duration_ms=round(duration * 1000, 1), tokens=usage.total_tokens, tools=usage.tool_calls)
         return TurnResult(

@@ -9,7 +9,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from redis.asyncio import Redis
 
-from tandem.agent.turn.extraction import wait_for_extractions
+from tandem.agent.turn.background import wait_for_background
 from tandem.agent.turn.run import run_turn
 from tandem.memory.facts import FactStore
 from tests.longterm.helpers import injection_site, memory_deps
@@ -33,7 +33,7 @@ async def test_durable_facts_are_extracted_after_the_turn(redis: Redis, tmp_path
     deps = memory_deps(redis, model, home=tmp_path, session='intro', memory={'extract': True})
 
     result = await run_turn(deps, "Hi, I'm Ada, I work on mathematics all day.")
-    await wait_for_extractions()
+    await wait_for_background()
 
     assert result.answer == 'Nice to meet you, Ada.'
     facts = await FactStore(redis).list_facts('acme', 'alice')
@@ -73,7 +73,7 @@ async def test_extraction_is_off_the_latency_path(redis: Redis, tmp_path: Path) 
     await asyncio.wait_for(extraction_started.wait(), timeout=5)
     assert await FactStore(redis).list_facts('acme', 'alice') == []
     gate.set()
-    await wait_for_extractions()
+    await wait_for_background()
     assert [f.text for f in await FactStore(redis).list_facts('acme', 'alice')] == ['The user likes jazz.']
 
 
@@ -91,13 +91,13 @@ async def test_extraction_dedupes_skips_secrets_and_never_fails_a_turn(redis: Re
     deps = memory_deps(redis, model, home=tmp_path, store=store, memory={'extract': True})
 
     await run_turn(deps, 'I like jazz. My password is hunter2.')
-    await wait_for_extractions()
+    await wait_for_background()
     [fact] = await store.list_facts('acme', 'alice')
     assert (fact.id, fact.mentions) == (known.id, 2)  # the restatement updated the known fact
     assert 'The user likes jazz.' in (_extraction_requests(script)[0][1].instructions or '')  # shown as known
 
     result = await run_turn(deps, 'Anything else?')  # the extractor misbehaves: logged and dropped
-    await wait_for_extractions()
+    await wait_for_background()
     assert result.answer == 'Again.'
     assert len(await store.list_facts('acme', 'alice')) == 1
 
@@ -107,7 +107,7 @@ async def test_extraction_is_off_by_default(redis: Redis, tmp_path: Path) -> Non
     deps = memory_deps(redis, model, home=tmp_path)
 
     await run_turn(deps, "I'm Ada.")
-    await wait_for_extractions()
+    await wait_for_background()
 
     assert len(script.seen) == 1
     assert await FactStore(redis).list_facts('acme', 'alice') == []
@@ -130,7 +130,7 @@ async def test_in_a_tainted_turn_the_extractor_sees_only_the_user(redis: Redis, 
         )
 
         await run_turn(deps, f'What does {site.url("/")} say?')
-        await wait_for_extractions()
+        await wait_for_background()
 
     [(messages, _)] = _extraction_requests(script)
     sent = str(messages[-1].parts[-1].content)  # type: ignore[union-attr]
