@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping, MutableMapping, Sequence
@@ -57,11 +56,13 @@ from tandem.agent.core.errors import (
 )
 from tandem.agent.core.log import configure_logging, get_logger
 from tandem.agent.server.auth import (
-    ANONYMOUS_KEY_ID,
     API_KEYS_ENV,
     Caller,
     KeyRing,
     RateLimiter,
+    Refusal,
+    acting_user,
+    identify,
     is_loopback,
     load_api_keys,
 )
@@ -246,44 +247,16 @@ class _Service:
 
     async def authenticate(self, request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
         presented = credentials.credentials if credentials is not None else ''
-        found = self.keys.match(presented) if presented else None
-        if found is not None:
-            caller = found
-        elif self.allow_anonymous:
-            # Without auth, any key (the openai SDK insists on sending one) counts as none.
-            client = request.client.host if request.client is not None else ''
-            if not is_loopback(client):
-                raise APIError(
-                    403, 'this server runs without auth and answers only this machine.', type='permission_error'
-                )
-            caller = Caller(tenant=validate_id('tenant', self.settings.tenant), key_id=ANONYMOUS_KEY_ID)
-        elif not presented:
-            raise APIError(
-                401,
-                'missing API key: send the header "Authorization: Bearer YOUR_KEY".',
-                code='missing_api_key',
-                headers={'WWW-Authenticate': 'Bearer'},
+        client = request.client.host if request.client is not None else ''
+        try:
+            caller = identify(
+                self.keys, presented, client, allow_anonymous=self.allow_anonymous, tenant=self.settings.tenant
             )
-        else:
-            _log.info('server.auth_failed', path=request.url.path)
-            raise APIError(401, 'invalid API key.', code='invalid_api_key', headers={'WWW-Authenticate': 'Bearer'})
-        redis = await self.assistant.redis()
-        wait = await self.limiter.retry_after(redis, caller)
-        if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            raise APIError(
-                429,
-                f'rate limit reached: {self.limiter.limit} requests per '
-                f'{self.settings.server.rate_limit_window_seconds:g} s for this key; retry in {seconds} s.',
-                type='rate_limit_error',
-                code='rate_limit_exceeded',
-                headers={
-                    'Retry-After': str(seconds),
-                    'retry-after-ms': str(max(1, math.ceil(wait * 1000))),
-                    'x-ratelimit-limit-requests': str(self.limiter.limit),
-                    'x-ratelimit-remaining-requests': '0',
-                },
-            )
+        except Refusal as refusal:
+            if refusal.code == 'invalid_api_key':
+                _log.info('server.auth_failed', path=request.url.path)
+            raise
+        await self.limiter.admit(await self.assistant.redis(), caller)
         return caller
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -352,24 +325,6 @@ def _frontend_identity(limits: ServerConfig, request: Request) -> tuple[str | No
     user = request.headers.get(user_header) if user_header else None
     session = request.headers.get(session_header) if session_header else None
     return user or None, session or None
-
-
-def _acting_user(who: Caller, *named: str | None) -> str | None:
-    """The user a request acts for: a user-bound key's own, else the first one the request names.
-
-    Raises:
-        APIError: 403 when a user-bound key's request names another user.
-    """
-    if who.user is None:
-        return next((user for user in named if user is not None), None)
-    if any(user is not None and user != who.user for user in named):
-        raise APIError(
-            403,
-            f'this API key acts for user {who.user!r} only: leave the user out, or use a key of the tenant.',
-            type='permission_error',
-            code='user_mismatch',
-        )
-    return who.user
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
@@ -472,7 +427,7 @@ def create_app(
     @app.post('/v1/sessions', tags=['sessions'], status_code=201)
     async def create_session(body: SessionCreate, who: CallerDep, user_header: UserHeader = None) -> dict[str, Any]:  # pyright: ignore[reportUnusedFunction]
         """Create an empty session, to name in later chat completions."""
-        user = _acting_user(who, body.user, user_header) or service.settings.user
+        user = acting_user(who, body.user, user_header) or service.settings.user
         session = await service.assistant.create_session(body.id, user=user, tenant=who.tenant)
         return {'id': session, 'object': 'session', 'user': user}
 
@@ -493,7 +448,7 @@ def create_app(
         ] = None,
     ) -> dict[str, Any]:
         """The tenant's sessions (or one user's), most recently saved first, each with its title."""
-        acting = _acting_user(who, user, user_header)
+        acting = acting_user(who, user, user_header)
         if search is None:
             infos = await service.assistant.sessions(user=acting, tenant=who.tenant, limit=limit)
             return {'object': 'list', 'data': [session_json(info) for info in infos]}
@@ -510,7 +465,7 @@ def create_app(
     ) -> dict[str, Any]:
         """A session's messages, oldest first."""
         messages = await service.assistant.messages(
-            session_id, user=_acting_user(who, user, user_header), tenant=who.tenant
+            session_id, user=acting_user(who, user, user_header), tenant=who.tenant
         )
         data: list[Any] = (
             history_to_openai(messages)
@@ -527,7 +482,7 @@ def create_app(
         user: Annotated[str | None, Query(description="404 unless the session is this user's.")] = None,
     ) -> dict[str, Any]:
         """Delete a session and its messages."""
-        await service.assistant.delete_session(session_id, user=_acting_user(who, user, user_header), tenant=who.tenant)
+        await service.assistant.delete_session(session_id, user=acting_user(who, user, user_header), tenant=who.tenant)
         return {'id': session_id, 'object': 'session.deleted', 'deleted': True}
 
     @app.post(
@@ -564,7 +519,7 @@ def create_app(
         user: Annotated[str | None, Query(description="Into this user's own knowledge base.")] = None,
     ) -> Response:
         """Add (or replace) one document in one of the tenant's knowledge bases: chunked, indexed, searchable."""
-        return await _upload(service, request, who, filename, kb, _acting_user(who, user, user_header))
+        return await _upload(service, request, who, filename, kb, acting_user(who, user, user_header))
 
     @app.get('/v1/knowledge', tags=['knowledge'])
     async def list_knowledge(  # pyright: ignore[reportUnusedFunction]
@@ -576,7 +531,7 @@ def create_app(
         from tandem.memory.knowledge.store import list_knowledge_bases
 
         redis = await service.assistant.redis()
-        infos = await list_knowledge_bases(redis, tenant=who.tenant, user=_acting_user(who, user, user_header))
+        infos = await list_knowledge_bases(redis, tenant=who.tenant, user=acting_user(who, user, user_header))
         return {'object': 'list', 'data': [kb_json(info) for info in infos]}
 
     @app.get('/v1/knowledge/{kb}', tags=['knowledge'])
@@ -590,7 +545,7 @@ def create_app(
         from tandem.memory.knowledge.store import KnowledgeBase
 
         redis = await service.assistant.redis()
-        info = await KnowledgeBase(redis, tenant=who.tenant, name=kb, user=_acting_user(who, user, user_header)).info()
+        info = await KnowledgeBase(redis, tenant=who.tenant, name=kb, user=acting_user(who, user, user_header)).info()
         if info is None:
             raise APIError(404, f'no knowledge base {kb!r}: GET /v1/knowledge lists them.', code='kb_not_found')
         return kb_json(info)
@@ -600,7 +555,7 @@ def create_app(
 
 def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, error: Exception) -> Response:
-        return cast(APIError, error).response()
+        return APIError.refusing(cast(Refusal, error)).response()
 
     async def tandem_error(request: Request, error: Exception) -> Response:
         return api_error_from(cast(TandemError, error)).response()
@@ -632,7 +587,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         _log.exception('server.error', path=request.url.path)
         return INTERNAL_ERROR.response()
 
-    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(Refusal, api_error)  # APIError too
     app.add_exception_handler(TandemError, tandem_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -739,7 +694,7 @@ async def _chat(
     text = message_text(last.content, f'messages[{len(body.messages) - 1}]')
     backbone = await service.backbone_for(body.model)
     frontend_user, frontend_session = _frontend_identity(limits, request)
-    user = _acting_user(caller, user_header, frontend_user, body.user)
+    user = acting_user(caller, user_header, frontend_user, body.user)
     session = session_header or frontend_session or (body.user if limits.session_from_user_field else None) or None
     if session is not None and limits.frontend == 'open-webui' and open_webui_task(text):
         session = None  # a title or tags for the chat: not a turn of it

@@ -1,10 +1,12 @@
-"""Who is calling: API keys that name a tenant, the anonymous caller on a loopback address, and per-key rate limits."""
+"""Who is calling: API keys that name a tenant, the anonymous caller on a loopback address, the user a
+request acts for, and per-key rate limits; the rules both servers (`tandem serve`, `tandem mcp --http`) apply."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -86,6 +88,73 @@ class KeyRing:
         return found
 
 
+class Refusal(Exception):
+    """A request refused before it runs: the HTTP status, one line saying why, and what to send with it.
+
+    Both servers (`tandem serve`, `tandem mcp --http`) refuse by these rules, each in its own shape.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = 'invalid_request_error',
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.headers = dict(headers or {})
+
+
+def identify(keys: KeyRing, presented: str, client: str | None, *, allow_anonymous: bool, tenant: str) -> Caller:
+    """Who presents the bearer key `presented` (`''` for none) from the address `client`.
+
+    Without auth, any key counts as none (the openai SDK insists on sending one), and only this machine
+    is answered. `client` is `None` when the address was checked already.
+
+    Raises:
+        Refusal: 401 for a missing or wrong key; 403 for an anonymous call from another machine.
+    """
+    found = keys.match(presented) if presented else None
+    if found is not None:
+        return found
+    if allow_anonymous:
+        if client is not None and not is_loopback(client):
+            raise Refusal(403, 'this server runs without auth and answers only this machine.', type='permission_error')
+        return Caller(tenant=validate_id('tenant', tenant), key_id=ANONYMOUS_KEY_ID)
+    if not presented:
+        raise Refusal(
+            401,
+            'missing API key: send the header "Authorization: Bearer YOUR_KEY".',
+            code='missing_api_key',
+            headers={'WWW-Authenticate': 'Bearer'},
+        )
+    raise Refusal(401, 'invalid API key.', code='invalid_api_key', headers={'WWW-Authenticate': 'Bearer'})
+
+
+def acting_user(caller: Caller, *named: str | None) -> str | None:
+    """The user a request acts for: a user-bound key's own, else the first one the request names.
+
+    Raises:
+        Refusal: 403 when a user-bound key's request names another user.
+    """
+    if caller.user is None:
+        return next((user for user in named if user is not None), None)
+    if any(user is not None and user != caller.user for user in named):
+        raise Refusal(
+            403,
+            f'this API key acts for user {caller.user!r} only: leave the user out, or use a key of the tenant.',
+            type='permission_error',
+            code='user_mismatch',
+        )
+    return caller.user
+
+
 _SLIDING_WINDOW = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
@@ -130,6 +199,30 @@ class RateLimiter:
         )
         allowed, _remaining, wait_ms = (int(value) for value in reply)
         return None if allowed else max(wait_ms, 1) / 1000
+
+    async def admit(self, redis: Redis, caller: Caller) -> None:
+        """Log a request by `caller`, or refuse it.
+
+        Raises:
+            Refusal: 429, with `Retry-After`, when the key has used up its window.
+        """
+        wait = await self.retry_after(redis, caller)
+        if wait is None:
+            return
+        seconds = max(1, math.ceil(wait))
+        raise Refusal(
+            429,
+            f'rate limit reached: {self.limit} requests per {self.window_ms / 1000:g} s for this key; '
+            f'retry in {seconds} s.',
+            type='rate_limit_error',
+            code='rate_limit_exceeded',
+            headers={
+                'Retry-After': str(seconds),
+                'retry-after-ms': str(max(1, math.ceil(wait * 1000))),
+                'x-ratelimit-limit-requests': str(self.limit),
+                'x-ratelimit-remaining-requests': '0',
+            },
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,6 @@ key (`Authorization: Bearer KEY`), which names the tenant and maybe the user; ot
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypeVar
@@ -30,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tandem.agent.api import Assistant
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
-from tandem.agent.server.auth import ANONYMOUS_KEY_ID, Caller, KeyRing, RateLimiter, is_loopback
+from tandem.agent.server.auth import Caller, KeyRing, RateLimiter, Refusal, acting_user, identify
 from tandem.agent.turn.providers.knowledge import knowledge_retriever
 from tandem.agent.turn.providers.memory import fact_store_for
 from tandem.memory.facts import FACT_ID_PATTERN, MAX_FACT_CHARS, Fact, FactLimitError, FactStore, looks_like_secret
@@ -250,13 +249,6 @@ async def _answered(call: Awaitable[_T]) -> _T:
 
 
 @dataclass(frozen=True)
-class _Refusal(Exception):
-    status: int
-    message: str
-    headers: Mapping[str, str]
-
-
-@dataclass(frozen=True)
 class _HttpAuth:
     """Who an HTTP request is from, by the rules of `tandem serve`."""
 
@@ -265,30 +257,19 @@ class _HttpAuth:
     allow_anonymous: bool
 
     def caller(self, headers: Mapping[str, str], client: str | None) -> tuple[Caller, str]:
-        """The request's caller and the user it acts for.
+        """The request's caller and the user it acts for (`client` is `None` once the guard checked it).
 
         Raises:
-            _Refusal: No key, a wrong one, another user than the key's, or an anonymous call from elsewhere.
+            Refusal: No key, a wrong one, another user than the key's, or an anonymous call from elsewhere.
         """
         scheme, _, presented = headers.get('authorization', '').partition(' ')
         presented = presented.strip() if scheme.lower() == 'bearer' else ''
-        found = self.keys.match(presented) if presented else None
-        if found is not None:
-            caller = found
-        elif self.allow_anonymous:
-            if client is not None and not is_loopback(client):
-                raise _Refusal(403, 'this server runs without auth and answers only this machine.', {})
-            caller = Caller(tenant=validate_id('tenant', self.assistant.settings.tenant), key_id=ANONYMOUS_KEY_ID)
-        else:
-            message = 'invalid API key.' if presented else 'missing API key: send "Authorization: Bearer YOUR_KEY".'
-            raise _Refusal(401, message, {'www-authenticate': 'Bearer'})
-        named = headers.get(USER_HEADER)
-        if caller.user is not None and named is not None and named != caller.user:
-            raise _Refusal(403, f'this API key acts for user {caller.user!r} only: leave {USER_HEADER} out.', {})
+        settings = self.assistant.settings
+        caller = identify(self.keys, presented, client, allow_anonymous=self.allow_anonymous, tenant=settings.tenant)
         try:
-            user = validate_id('user', caller.user or named or self.assistant.settings.user)
+            user = validate_id('user', acting_user(caller, headers.get(USER_HEADER.lower())) or settings.user)
         except TandemError as error:
-            raise _Refusal(400, str(error), {}) from None
+            raise Refusal(400, str(error)) from None
         return caller, user
 
 
@@ -299,7 +280,7 @@ def _http_identity(auth: _HttpAuth) -> Identify:
         headers = {name.lower(): value for name, value in (ctx.headers or {}).items()}
         try:
             caller, user = auth.caller(headers, None)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             raise ToolError(refusal.message) from None
         return caller.tenant, user
 
@@ -326,13 +307,8 @@ class _Guard:
         client = scope.get('client')
         try:
             caller, _ = self.auth.caller(headers, client[0] if client else '')
-            wait = await self.limiter.retry_after(await self.auth.assistant.redis(), caller)
-            if wait is not None:
-                seconds = max(1, math.ceil(wait))
-                raise _Refusal(
-                    429, f'rate limit reached for this key; retry in {seconds} s.', {'retry-after': str(seconds)}
-                )
-        except _Refusal as refusal:
+            await self.limiter.admit(await self.auth.assistant.redis(), caller)
+        except Refusal as refusal:
             _log.info('mcp.refused', status=refusal.status, path=scope['path'])
             await _respond(send, refusal.status, {'error': refusal.message}, refusal.headers)
             return

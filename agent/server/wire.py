@@ -31,6 +31,7 @@ from tandem.agent.core.errors import (
     RedisUnavailableError,
     TandemError,
 )
+from tandem.agent.server.auth import Refusal
 from tandem.agent.turn.run import TurnResult, TurnUsage
 from tandem.memory.conversations import SessionInfo, SessionNotFoundError
 
@@ -44,7 +45,7 @@ SESSION_HEADER = 'X-Tandem-Session'
 USER_HEADER = 'X-Tandem-User'
 
 
-class APIError(Exception):
+class APIError(Refusal):
     """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
 
     def __init__(
@@ -57,13 +58,15 @@ class APIError(Exception):
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
+        super().__init__(status, message, type=type, code=code, headers=headers)
         self.param = param
-        self.headers = dict(headers or {})
+
+    @classmethod
+    def refusing(cls, refusal: Refusal) -> APIError:
+        """Auth's `refusal`, in OpenAI's shape."""
+        if isinstance(refusal, APIError):
+            return refusal
+        return cls(refusal.status, refusal.message, type=refusal.type, code=refusal.code, headers=refusal.headers)
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""

@@ -131,12 +131,31 @@ async def test_over_http_api_keys_name_the_tenant_and_user_as_in_tandem_serve(ht
         wrong_user = await raw.post('/mcp', json={}, headers={'Authorization': 'Bearer sk-bob', 'X-Tandem-User': 'ada'})
     assert (anonymous.status_code, anonymous.json()['error']) == (
         401,
-        'missing API key: send "Authorization: Bearer YOUR_KEY".',
+        'missing API key: send the header "Authorization: Bearer YOUR_KEY".',
     )
     assert (wrong_user.status_code, wrong_user.json()['error']) == (
         403,
-        "this API key acts for user 'bob' only: leave x-tandem-user out.",
+        "this API key acts for user 'bob' only: leave the user out, or use a key of the tenant.",
     )
+
+
+async def test_over_http_each_key_has_tandem_serves_rate_limit(tandem_env: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        **tandem_env,
+        'TANDEM_API_KEYS': 'sk-team:acme,sk-other:acme',
+        'TANDEM_SERVER__RATE_LIMIT_REQUESTS': '2',
+        'TANDEM_SERVER__RATE_LIMIT_WINDOW_SECONDS': '60',
+    }
+    with served(lambda port: [TANDEM, 'mcp', '--http', str(port)], env=env, cwd=tmp_path, start_timeout=60) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as raw:
+            team = {'Authorization': 'Bearer sk-team'}
+            allowed = [(await raw.post('/mcp', json={}, headers=team)).status_code for _ in range(2)]
+            refused = await raw.post('/mcp', json={}, headers=team)
+            other = await raw.post('/mcp', json={}, headers={'Authorization': 'Bearer sk-other'})
+
+    assert 429 not in allowed and other.status_code != 429
+    assert refused.status_code == 429 and 1 <= int(refused.headers['retry-after']) <= 60
+    assert refused.json()['error'].startswith('rate limit reached: 2 requests per 60 s for this key; retry in ')
 
 
 def test_http_without_keys_says_how_to_add_them(tandem_env: dict[str, str], tmp_path: Path) -> None:
