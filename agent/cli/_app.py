@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from tandem.agent.core.errors import TandemError
 
@@ -32,6 +33,42 @@ app = typer.Typer(
     context_settings={'max_content_width': 120},
 )
 
+
+class PlainHelpCommand(TyperCommand):
+    """A command whose help names each value by what it is, as `llm --help` does: `--session SESSION`,
+    `tandem ask [TEXT]`, with no `<str>` or `{text}` (typer's plain help marks types and required
+    arguments so). `main.py` gives every command this class; a metavar a parameter sets is kept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_values(self.params)
+
+
+class PlainHelpGroup(TyperGroup):
+    """`PlainHelpCommand`'s help for a group's own options, such as `tandem --log-format FORMAT`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_values(self.params)
+
+
+def _name_values(params: list[Any]) -> None:
+    for param in params:
+        if param.metavar is None and param.name and not getattr(param, 'is_flag', False):
+            param.metavar = param.name.upper()
+        if type(param) is TyperArgument:
+            param.__class__ = _PlainArgument
+
+
+class _PlainArgument(TyperArgument):
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = f'{self.metavar}...' if self.nargs != 1 else str(self.metavar)
+        return [name if self.required else f'[{name}]']
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
 # Rich wraps output at the terminal's width. Output that is not a terminal (a pipe, a file, a test) is
 # not wrapped at all, and tables get a fixed width: neither depends on COLUMNS or on path lengths.
 _NOT_A_TERMINAL_WIDTH = 240
@@ -48,15 +85,28 @@ stderr = _console(stderr=True)
 
 T = TypeVar('T')
 
-BackboneOpt = Annotated[str | None, typer.Option('--backbone', '-b', help='A backbone name from the config.')]
-ModelOpt = Annotated[str | None, typer.Option('--model', '-m', help='A model string, e.g. openai-chat:qwen2.5.')]
-PromptOpt = Annotated[str | None, typer.Option('--prompt', '-p', help='NAME or NAME@VERSION.')]
-SessionOpt = Annotated[str | None, typer.Option('--session', '-s', help='Session id; a new one when omitted.')]
-UserOpt = Annotated[str | None, typer.Option('--user', '-u', help='User id.')]
-ToolsOpt = Annotated[str | None, typer.Option('--tools', help='Comma-separated toolsets, e.g. calc,clock,web.')]
+BackboneOpt = Annotated[
+    str | None, typer.Option('--backbone', '-b', metavar='NAME', help='A backbone name from the config.')
+]
+ModelOpt = Annotated[
+    str | None, typer.Option('--model', '-m', metavar='SPEC', help='A model string, e.g. openai-chat:qwen2.5.')
+]
+PromptOpt = Annotated[
+    str | None, typer.Option('--prompt', '-p', metavar='NAME[@VERSION]', help='NAME or NAME@VERSION.')
+]
+SessionOpt = Annotated[
+    str | None, typer.Option('--session', '-s', metavar='ID', help='Session id; a new one when omitted.')
+]
+UserOpt = Annotated[str | None, typer.Option('--user', '-u', metavar='ID', help='User id.')]
+ToolsOpt = Annotated[
+    str | None, typer.Option('--tools', metavar='NAMES', help='Comma-separated toolsets, e.g. calc,clock,web.')
+]
 ContinueOpt = Annotated[bool, typer.Option('--continue', '-c', help='Continue your most recent session.')]
 SystemOpt = Annotated[
-    str | None, typer.Option('--system', help='A system prompt to use as written, in place of the prompt template.')
+    str | None,
+    typer.Option(
+        '--system', metavar='TEXT', help='A system prompt to use as written, in place of the prompt template.'
+    ),
 ]
 
 
@@ -132,7 +182,7 @@ def _main(
         bool, typer.Option('--version', callback=_print_version, is_eager=True, help='Print the version and exit.')
     ] = False,
     log_format: Annotated[
-        str | None, typer.Option('--log-format', help='Also log to stderr, as console or json.')
+        str | None, typer.Option('--log-format', metavar='FORMAT', help='Also log to stderr, as console or json.')
     ] = None,
 ) -> None:
     CliState.debug = debug
