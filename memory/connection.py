@@ -28,9 +28,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry  # not redis.retry.Retry: that one cannot retry a coroutine
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterDownError, RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import ScriptTextT
 
 from tandem.agent.core.errors import ConfigError, RedisUnavailableError
 from tandem.memory.redis_server import EmbeddedRedis
@@ -188,22 +190,29 @@ class _ClusterNodeSSLConnection(_ClusterNodeConnection, SSLConnection):
 class _FailoverTolerantCluster(RedisCluster):
     """`RedisCluster` that rides out a failover under concurrent commands.
 
-    Two things redis-py's cluster client leaves undone, both hit when a master fails over mid-turn:
+    Three things redis-py's cluster client leaves undone, all hit when a master fails over mid-turn:
     its nodes' connections report a socket closed by a slot map reload as a lost connection (see
-    `_ClusterNodeConnection`), and a command whose immediate retries all met the burst of reconnects
-    that follows a reload is tried again after a backoff, `rounds` times, as the single-server client's
-    retries are.
+    `_ClusterNodeConnection`); a command whose immediate retries all met the burst of reconnects that
+    follows a reload is tried again after a backoff, `rounds` times, as the single-server client's
+    retries are; and a script the promoted replica has never seen is loaded again and retried the same
+    way (redis-py reloads it once, on the primaries its slot map knew of, which may not include it yet).
     """
 
     def __init__(self, *args: Any, rounds: int, backoff: ExponentialBackoff, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # pyright: ignore[reportUnknownMemberType]
         self._rounds = rounds
         self._backoff = backoff
+        self._script_sources: dict[str, ScriptTextT] = {}
         tls = issubclass(self.connection_kwargs['connection_class'], SSLConnection)
         connection_class = _ClusterNodeSSLConnection if tls else _ClusterNodeConnection
         self.connection_kwargs['connection_class'] = connection_class  # shared with the nodes manager
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = connection_class
+
+    def register_script(self, script: ScriptTextT) -> AsyncScript:
+        registered = super().register_script(script)
+        self._script_sources[registered.sha] = script
+        return registered
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         failures = 0
@@ -215,6 +224,13 @@ class _FailoverTolerantCluster(RedisCluster):
                 if failures > self._rounds:
                     raise
                 await asyncio.sleep(self._backoff.compute(failures))
+            except NoScriptError:
+                source = self._script_sources.get(args[1]) if str(args[0]).upper() == 'EVALSHA' else None
+                failures += 1
+                if source is None or failures > self._rounds:
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+                await super().execute_command('SCRIPT LOAD', source)
 
 
 def _client(url: str, retries: int) -> RedisClient:

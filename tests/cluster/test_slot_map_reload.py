@@ -33,3 +33,20 @@ async def test_commands_running_while_the_client_reloads_the_slot_map_are_retrie
         assert [await client.get(key) for key in keys] == [b'39'] * len(keys)
     finally:
         await client.aclose()
+
+
+async def test_a_script_a_master_has_not_seen_is_loaded_again_and_run(
+    cluster: RedisClusterTestBed, tmp_path: Path
+) -> None:
+    # A replica promoted by a failover has none of its old master's scripts, and redis-py reloads a
+    # script only once, on the primaries its slot map knew of then. The client loads it again itself.
+    client = await connect(cluster.url, home=tmp_path)
+    script = client.register_script("return redis.call('INCR', KEYS[1])")
+    key = 'tandem:{acme:s1}:counter'
+    try:
+        assert await script(keys=[key]) == 1
+        await client.script_flush()  # every primary forgets it, as a promoted replica never knew it
+
+        assert await client.evalsha(script.sha, 1, key) == 2  # EVALSHA alone, with no redis-py reload
+    finally:
+        await client.aclose()
