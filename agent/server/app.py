@@ -707,7 +707,14 @@ async def _chat(
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return await stream_turn(
-            service.assistant, request, turn_request, headers, completion_id, body.model, include_usage
+            service.assistant,
+            request,
+            turn_request,
+            headers,
+            completion_id,
+            body.model,
+            include_usage=include_usage,
+            progress=body.tandem is not None and body.tandem.progress,
         )
     turn = asyncio.ensure_future(service.assistant.run(turn_request))
     result = await unless_disconnected(request, turn)

@@ -1,4 +1,9 @@
-"""Server-sent events: a turn streamed as OpenAI's chunks, with keep-alives, cancelled when the client goes away."""
+"""Server-sent events: a turn streamed as OpenAI's chunks, with keep-alives, cancelled when the client goes away.
+
+The framing, keep-alive comments, disconnect detection and shutdown are sse-starlette's. With
+`"tandem": {"progress": true}` in the request, each tool call also sends two chunks with no choices
+and a `tandem` field (`tool_call.started`, `tool_call.finished`): clients that don't know it skip it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,12 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from tandem.agent.api import Assistant, TurnFinished, TurnStream
 from tandem.agent.core.errors import TandemError
-from tandem.agent.core.events import TextDelta
+from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.log import get_logger
 from tandem.agent.server.wire import INTERNAL_ERROR, api_error_from, usage_json
 from tandem.agent.turn.request import TurnRequest
@@ -24,14 +29,24 @@ _T = TypeVar('_T')
 
 
 KEEPALIVE_SECONDS = 15.0
-"""An SSE comment goes out after this long without an event, so proxies keep a long tool call's stream open."""
+"""An SSE comment goes out this often, so proxies with idle timeouts keep a long tool call's stream open."""
 
 
-class _TurnResponse(StreamingResponse):
-    """SSE whose turn is cancelled whenever the response ends early: a disconnect, a send that fails."""
+_SEP = '\n'
+"""As OpenAI's streams (sse-starlette's default is CRLF): some clients split events on a blank "\n\n" only."""
 
-    def __init__(self, content: AsyncIterator[bytes], turn: TurnStream, headers: Mapping[str, str]) -> None:
-        super().__init__(content, media_type='text/event-stream', headers=headers)
+
+class _TurnResponse(EventSourceResponse):
+    """SSE whose turn is cancelled whenever the response ends early: a disconnect, a send that fails, a shutdown."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], turn: TurnStream, headers: Mapping[str, str]) -> None:
+        super().__init__(  # pyright: ignore[reportUnknownMemberType] - sse-starlette types a dict event as dict[Unknown, Unknown]
+            content,
+            headers=headers,
+            ping=KEEPALIVE_SECONDS,
+            ping_message_factory=lambda: ServerSentEvent(comment='keep-alive', sep=_SEP),
+            sep=_SEP,
+        )
         self._turn = turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,7 +86,9 @@ async def stream_turn(
     headers: dict[str, str],
     completion_id: str,
     model: str,
+    *,
     include_usage: bool,
+    progress: bool,
 ) -> Response:
     turn = assistant.run_stream(turn_request)
     # Wait for the first event before answering, so a turn that fails at once (an unknown session,
@@ -86,45 +103,35 @@ async def stream_turn(
         return Response(status_code=499)
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> ServerSentEvent:
         payload: dict[str, Any] = {
             'id': completion_id,
             'object': 'chat.completion.chunk',
             'created': created,
             'model': model,
             'system_fingerprint': None,
-            'choices': [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
+            'choices': choices,
         }
         if include_usage:
             payload['usage'] = None
-        return _sse(payload)
+        return _sse({**payload, **extra})
 
-    async def events() -> AsyncIterator[bytes]:
-        yield chunk({'role': 'assistant', 'content': ''})
+    def delta(content: dict[str, Any], finish: str | None = None) -> ServerSentEvent:
+        return chunk([{'index': 0, 'delta': content, 'logprobs': None, 'finish_reason': finish}])
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield delta({'role': 'assistant', 'content': ''})
         event = first
         try:
             while not isinstance(event, TurnFinished):
                 if isinstance(event, TextDelta) and event.text:
-                    yield chunk({'content': event.text})
-                pending = asyncio.ensure_future(anext(turn))
-                try:
-                    while not (await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS))[0]:
-                        yield b': keep-alive\n\n'
-                finally:
-                    pending.cancel()
-                event = pending.result()
-            yield chunk({}, 'stop')
+                    yield delta({'content': event.text})
+                elif progress and (note := _progress(event)) is not None:
+                    yield chunk([], tandem=note)
+                event = await anext(turn)
+            yield delta({}, 'stop')
             if include_usage:
-                usage: dict[str, Any] = {
-                    'id': completion_id,
-                    'object': 'chat.completion.chunk',
-                    'created': created,
-                    'model': model,
-                    'system_fingerprint': None,
-                    'choices': [],
-                    'usage': usage_json(event.usage),
-                }
-                yield _sse(usage)
+                yield chunk([], usage=usage_json(event.usage))
         except TandemError as error:
             # The stream ends with the error, as OpenAI's does: no `[DONE]`, so no client takes it for an answer.
             yield _sse(api_error_from(error).body())
@@ -135,10 +142,26 @@ async def stream_turn(
             return
         finally:
             await turn.aclose()
-        yield b'data: [DONE]\n\n'
+        yield ServerSentEvent(data='[DONE]', sep=_SEP)
 
-    return _TurnResponse(events(), turn, {**headers, 'Cache-Control': 'no-cache', 'X-Accel-Buffering': 'no'})
+    return _TurnResponse(events(), turn, {**headers, 'Cache-Control': 'no-cache'})
 
 
-def _sse(payload: Mapping[str, Any]) -> bytes:
-    return b'data: ' + json.dumps(payload, separators=(',', ':')).encode() + b'\n\n'
+def _progress(event: TurnEvent) -> dict[str, Any] | None:
+    """A tool call's start or end, as a progress chunk's `tandem` field."""
+    if isinstance(event, ToolCallStarted):
+        return {'event': 'tool_call.started', 'id': event.call_id, 'name': event.name, 'args': event.args}
+    if isinstance(event, ToolCallFinished):
+        return {
+            'event': 'tool_call.finished',
+            'id': event.call_id,
+            'name': event.name,
+            'ok': event.ok,
+            'duration_s': round(event.duration_s, 4),
+            'result': event.result,
+        }
+    return None
+
+
+def _sse(payload: Mapping[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(payload, separators=(',', ':')), sep=_SEP)

@@ -133,6 +133,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TandemOptions(BaseModel):
+    """A chat-completion request's `tandem` field: options OpenAI's API doesn't have."""
+
+    model_config = ConfigDict(extra='forbid')
+
+    progress: bool = Field(
+        default=False,
+        description='Stream a chunk with no choices and a `tandem` field when each tool call starts and ends.',
+    )
+
+
 class ChatCompletionRequest(BaseModel):
     """A chat-completion request. Sampling parameters are accepted and ignored: the backbone's config sets them."""
 
@@ -150,6 +161,7 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    tandem: TandemOptions | None = Field(default=None, description="Tandem's own options (an extension).")
 
 
 class SessionCreate(BaseModel):
