@@ -79,6 +79,7 @@ from tandem.agent.server.wire import (
     history_to_openai,
     kb_json,
     message_text,
+    model_json,
     open_webui_task,
     openai_to_history,
     session_json,
@@ -409,8 +410,7 @@ def create_app(
         """The backbones this server offers, as OpenAI model objects."""
         data: list[dict[str, Any]] = []
         for name in await service.model_names():
-            backbone = await service.assistant.backbone(name)
-            data.append({'id': name, 'object': 'model', 'created': 0, 'owned_by': 'tandem', 'kind': backbone.kind})
+            data.append(model_json(name, (await service.assistant.backbone(name)).kind))
         return {'object': 'list', 'data': data}
 
     @app.post('/v1/chat/completions', tags=['chat'], response_model=None)

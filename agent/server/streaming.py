@@ -11,9 +11,10 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request, Response
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
@@ -21,7 +22,7 @@ from tandem.agent.api import Assistant, TurnFinished, TurnStream
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.log import get_logger
-from tandem.agent.server.wire import INTERNAL_ERROR, api_error_from, usage_json
+from tandem.agent.server.wire import INTERNAL_ERROR, api_error_from, chunk_json
 from tandem.agent.turn.request import TurnRequest
 
 _log = get_logger('tandem.server')
@@ -103,35 +104,24 @@ async def stream_turn(
         return Response(status_code=499)
     created = int(time.time())
 
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> ServerSentEvent:
-        payload: dict[str, Any] = {
-            'id': completion_id,
-            'object': 'chat.completion.chunk',
-            'created': created,
-            'model': model,
-            'system_fingerprint': None,
-            'choices': choices,
-        }
-        if include_usage:
-            payload['usage'] = None
-        return _sse({**payload, **extra})
-
-    def delta(content: dict[str, Any], finish: str | None = None) -> ServerSentEvent:
-        return chunk([{'index': 0, 'delta': content, 'logprobs': None, 'finish_reason': finish}])
+    def chunk(delta: ChoiceDelta | None = None, finish: Literal['stop'] | None = None, **extra: Any) -> ServerSentEvent:
+        return _sse(
+            chunk_json(completion_id, created, model, delta=delta, finish=finish, include_usage=include_usage, **extra)
+        )
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        yield delta({'role': 'assistant', 'content': ''})
+        yield chunk(ChoiceDelta(role='assistant', content=''))
         event = first
         try:
             while not isinstance(event, TurnFinished):
                 if isinstance(event, TextDelta) and event.text:
-                    yield delta({'content': event.text})
+                    yield chunk(ChoiceDelta(content=event.text))
                 elif progress and (note := _progress(event)) is not None:
-                    yield chunk([], tandem=note)
+                    yield chunk(tandem=note)
                 event = await anext(turn)
-            yield delta({}, 'stop')
+            yield chunk(ChoiceDelta(), 'stop')
             if include_usage:
-                yield chunk([], usage=usage_json(event.usage))
+                yield chunk(usage=event.usage)
         except TandemError as error:
             # The stream ends with the error, as OpenAI's does: no `[DONE]`, so no client takes it for an answer.
             yield _sse(api_error_from(error).body())

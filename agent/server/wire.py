@@ -7,6 +7,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fastapi.responses import JSONResponse
+from openai import BaseModel as OpenAIObject
+from openai.types import Model as OpenAIModel
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_ai.messages import (
     ModelMessage,
@@ -275,14 +282,6 @@ def history_to_openai(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
     return converted
 
 
-def usage_json(usage: TurnUsage) -> dict[str, int]:
-    return {
-        'prompt_tokens': usage.input_tokens,
-        'completion_tokens': usage.output_tokens,
-        'total_tokens': usage.total_tokens,
-    }
-
-
 def session_json(info: SessionInfo) -> dict[str, Any]:
     return {
         'id': info.id,
@@ -324,31 +323,75 @@ def open_webui_task(text: str) -> bool:
     return text.lstrip().startswith(OPEN_WEBUI_TASK)
 
 
+def usage_of(usage: TurnUsage) -> CompletionUsage:
+    """A turn's tokens, as OpenAI counts them."""
+    return CompletionUsage(
+        prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+    )
+
+
 def completion_json(result: TurnResult, completion_id: str, model: str, *, stored: bool = True) -> dict[str, Any]:
     """A chat completion; `stored` says whether the turn was kept in `result.session` (a stateless one is not)."""
-    return {
-        'id': completion_id,
-        'object': 'chat.completion',
-        'created': int(time.time()),
-        'model': model,
-        'system_fingerprint': None,
-        'choices': [
-            {
-                'index': 0,
-                'message': {'role': 'assistant', 'content': result.answer, 'refusal': None},
-                'logprobs': None,
-                'finish_reason': 'stop',
-            }
+    completion = ChatCompletion(
+        id=completion_id,
+        object='chat.completion',
+        created=int(time.time()),
+        model=model,
+        system_fingerprint=None,
+        choices=[
+            Choice(
+                index=0,
+                message=ChatCompletionMessage(role='assistant', content=result.answer, refusal=None),
+                logprobs=None,
+                finish_reason='stop',
+            )
         ],
-        'usage': usage_json(result.usage),
-        'tandem': {
-            'session': result.session if stored else None,
-            'backbone': result.backbone,
-            'prompt': result.prompt,
-            'run_id': result.run_id,
-            'tool_calls': [
-                {'name': call.name, 'args': call.args, 'ok': call.ok, 'duration_s': round(call.duration_s, 4)}
-                for call in result.tool_calls
-            ],
-        },
+        usage=usage_of(result.usage),
+    )
+    tandem = {
+        'session': result.session if stored else None,
+        'backbone': result.backbone,
+        'prompt': result.prompt,
+        'run_id': result.run_id,
+        'tool_calls': [
+            {'name': call.name, 'args': call.args, 'ok': call.ok, 'duration_s': round(call.duration_s, 4)}
+            for call in result.tool_calls
+        ],
     }
+    return {**_wire(completion), 'tandem': tandem}
+
+
+def chunk_json(
+    completion_id: str,
+    created: int,
+    model: str,
+    *,
+    delta: ChoiceDelta | None = None,
+    finish: Literal['stop'] | None = None,
+    usage: TurnUsage | None = None,
+    include_usage: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One streamed chunk: a delta (none for a usage or progress chunk), its usage when asked for, and `extra`
+    fields (Tandem's extensions) after OpenAI's."""
+    chunk = ChatCompletionChunk(
+        id=completion_id,
+        object='chat.completion.chunk',
+        created=created,
+        model=model,
+        system_fingerprint=None,
+        choices=[] if delta is None else [ChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish)],
+    )
+    if include_usage:  # set, even to None, so it is sent: OpenAI's chunks carry it only when asked for
+        chunk.usage = usage_of(usage) if usage is not None else None
+    return {**_wire(chunk), **extra}
+
+
+def model_json(name: str, kind: str) -> dict[str, Any]:
+    """A backbone, as an OpenAI model object (plus its kind)."""
+    return {**_wire(OpenAIModel(id=name, object='model', created=0, owned_by='tandem')), 'kind': kind}
+
+
+def _wire(value: OpenAIObject) -> dict[str, Any]:
+    # Only the fields set: OpenAI's types have many optional ones its own responses leave out.
+    return value.model_dump(mode='json', exclude_unset=True)
