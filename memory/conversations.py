@@ -322,10 +322,12 @@ end
 return removed
 """
 
-# KEYS: conv, title. ARGV: the title. Sets it with the record's TTL; returns 1, or 0 when there is no record.
+# KEYS: conv, title. ARGV: the title, the title it may replace ('' for any). Sets it with the record's TTL;
+# returns 1, 0 when there is no record, or 2 when the stored title is not the one it may replace.
 _TITLE_SCRIPT = """
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -2 then return 0 end
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 2 end
 redis.call('SET', KEYS[2], ARGV[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
@@ -861,11 +863,18 @@ class RedisConversationStore(ConversationStore):
                         return matches
         return matches
 
-    async def set_title(self, session: str, title: str) -> str:
+    async def set_title(self, session: str, title: str, *, replacing: str | None = None) -> str | None:
         """Give a session a title, in place of the one it took from its first message.
 
+        Args:
+            session: The session to title.
+            title: The new title.
+            replacing: Set it only if the session's title is still this one (so a title written
+                meanwhile, by a user say, stays).
+
         Returns:
-            The title as stored: on one line, and shortened as a first message's would be.
+            The title as stored: on one line, and shortened as a first message's would be; `None` when
+            the title was not `replacing`.
 
         Raises:
             InvalidIdError: If `session` isn't a valid id.
@@ -878,10 +887,10 @@ class RedisConversationStore(ConversationStore):
             raise ValueError('a title needs some text')
         keys = self._keys(session)
         with _unavailable('saving a session'):
-            stored = await self._script('title')(keys=[keys.conv, keys.title], args=[title])
-        if stored != _OK:
+            stored = await self._script('title')(keys=[keys.conv, keys.title], args=[title, replacing or ''])
+        if stored == 0:
             raise SessionNotFoundError(f'no session {session!r}: it may have expired or been deleted.')
-        return title
+        return title if stored == _OK else None
 
     async def export_messages(self, session: str, *, user: str | None = None) -> list[ModelMessage]:
         """Every message of a session's current history, oldest first.

@@ -47,6 +47,8 @@ class _Job:
     store: RedisConversationStore
     session: str
     message: str
+    first_title: str | None
+    """The title the session took from `message`: the generated one replaces only that one."""
     model: Model
     model_settings: ModelSettings
     prompts_dir: Path | None
@@ -68,10 +70,12 @@ def schedule_title(deps: Deps, result: AgentRunResult[Any]) -> asyncio.Task[str 
         first = _first_user_text(result.new_messages())
         if first is None or session_title(earlier) is not None:
             return None  # not the session's first turn with words from the user
+        stored_title = session_title(result.new_messages())
         job = _Job(
             store=deps.conversations,
             session=deps.identity.session,
             message=first,
+            first_title=stored_title,
             model=deps.backbone.model,
             model_settings=deps.backbone.model_settings,
             prompts_dir=deps.settings.prompts_dir,
@@ -101,7 +105,10 @@ async def _name(job: _Job) -> str | None:
             if not title:
                 _log.warning('title.empty')
                 return None
-            return await job.store.set_title(job.session, title)
+            stored = await job.store.set_title(job.session, title, replacing=job.first_title)
+            if stored is None:
+                _log.info('title.kept', reason='the session was titled meanwhile')
+            return stored
     except Exception as error:  # noqa: BLE001 - logged and dropped; the first message stays the title
         _log.warning('title.failed', error=f'{type(error).__name__}: {str(error)[:200]}')
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic_ai.conversation import Conversation
 from redis.asyncio import Redis
 
 from tandem.agent.turn.background import wait_for_background
@@ -84,3 +85,16 @@ async def test_the_namer_sees_only_the_users_words_never_a_tools_result(redis: R
 
     assert _title_requests(script) == ['<message>\nWhat is new in the release?\n</message>']
     assert await _titles(redis) == ['Release notes']
+
+
+async def test_a_title_the_user_gave_before_the_first_turn_is_kept(redis: Redis, tmp_path: Path) -> None:
+    store = RedisConversationStore(redis, tenant='acme')
+    await store.save(Conversation(conversation_id='trip'), scope='alice')
+    await store.set_title('trip', 'My Rome notes')
+    model, _ = scripted_model('Start at the Colosseum.', 'Three days in Rome')
+    deps = memory_deps(redis, model, home=tmp_path, session='trip', memory={'generate_titles': True})
+
+    await run_turn(deps, 'I have three days in Rome, where do I start?')
+    await wait_for_background()
+
+    assert await _titles(redis) == ['My Rome notes']

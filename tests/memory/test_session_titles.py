@@ -118,6 +118,15 @@ async def test_a_set_title_replaces_the_first_message_and_keeps_the_ttl(redis: R
     assert 0 < await redis.pttl(SessionKeys(TENANT, 'trip').title) <= 60_000
 
 
+async def test_a_title_set_in_place_of_another_leaves_a_different_one(store: RedisConversationStore) -> None:
+    await _save(store, 'trip', _turn('Plan my trip', 'ok'))
+
+    assert await store.set_title('trip', 'Rome', replacing='Plan my trip') == 'Rome'
+    assert await store.set_title('trip', 'Paris', replacing='Plan my trip') is None
+
+    assert [info.title for info in await store.list_sessions()] == ['Rome']
+
+
 async def test_a_title_for_a_missing_session_or_a_blank_one_is_refused(store: RedisConversationStore) -> None:
     with pytest.raises(SessionNotFoundError, match="no session 'nope'"):
         await store.set_title('nope', 'a title')
