@@ -75,6 +75,7 @@ __all__ = (
     'ImportReport',
     'RememberOutcome',
     'RememberResult',
+    'SecretFactError',
     'Similarity',
     'looks_like_secret',
     'normalize_fact',
@@ -160,6 +161,10 @@ class FactLimitError(TandemError):
     """A user already has as many facts as the store allows."""
 
 
+class SecretFactError(ValueError):
+    """A fact that looks like a credential: long-term memory never stores one, whoever proposes it."""
+
+
 class Similarity(Protocol):
     """How alike two normalized fact texts are, from 0 (unrelated) to 1 (the same)."""
 
@@ -209,7 +214,7 @@ _SECRET = re.compile(
 def looks_like_secret(text: str) -> bool:
     """Whether `text` looks like it holds a credential (a password, an API key, a private key).
 
-    Long-term memory never stores those: the memory tools and automatic extraction refuse them.
+    Long-term memory never stores those: `FactStore.remember` refuses them, for every caller.
     """
     return _SECRET.search(text) is not None
 
@@ -829,6 +834,7 @@ class FactStore:
 
         Raises:
             InvalidIdError: An invalid tenant, user or session id.
+            SecretFactError: Text that looks like a credential (see `looks_like_secret`).
             ValueError: Empty text, text over `MAX_FACT_CHARS`, an unknown source or a non-positive TTL.
             FactLimitError: The user has `max_facts` facts already and this one is new.
             TandemError: Too many concurrent writers to the same user's memory.
@@ -840,6 +846,8 @@ class FactStore:
             raise ValueError('a fact needs some text')
         if len(text) > MAX_FACT_CHARS:
             raise ValueError(f'a fact is at most {MAX_FACT_CHARS} characters; this one has {len(text)}')
+        if looks_like_secret(text):
+            raise SecretFactError('it looks like a secret (a password, key or token), and secrets are never remembered')
         if source not in _TRUST:
             raise ValueError(f'unknown fact source {source!r}: use user-stated, tool or inferred')
         if session is not None:

@@ -28,7 +28,7 @@ from tandem.memory.facts import (
     FactLimitError,
     FactSource,
     FactStore,
-    looks_like_secret,
+    SecretFactError,
 )
 from tandem.tools.registry import SIDE_EFFECT_KEY, ToolsetPlugin
 from tandem.tools.untrusted import wrap_untrusted
@@ -117,8 +117,6 @@ def memory_toolset() -> FunctionToolset[MemoryToolDeps]:
             raise ModelRetry(
                 f'The fact has {len(text)} characters; keep it to one sentence of at most {MAX_FACT_CHARS}.'
             )
-        if looks_like_secret(text):
-            return 'Not stored: it looks like a secret (a password, key or token), and secrets are never remembered.'
         identity = ctx.deps.identity
         source: FactSource = 'tool' if ctx.deps.turn.tainted else 'user-stated'
         try:
@@ -132,6 +130,8 @@ def memory_toolset() -> FunctionToolset[MemoryToolDeps]:
             )
         except FactLimitError as error:
             return f'Not stored: {error}'
+        except SecretFactError as error:  # refused, not retried: rewording a secret would not make it one to keep
+            return f'Not stored: {error}.'
         except ValueError as error:
             raise ModelRetry(f'Not stored: {error}.') from error
         stored = result.fact

@@ -30,16 +30,14 @@ from tandem.agent.api import Assistant
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.agent.server.auth import Caller, KeyRing, RateLimiter, Refusal, acting_user, identify
+from tandem.agent.server.wire import USER_HEADER
 from tandem.agent.turn.providers.knowledge import knowledge_retriever
 from tandem.agent.turn.providers.memory import fact_store_for
-from tandem.memory.facts import FACT_ID_PATTERN, MAX_FACT_CHARS, Fact, FactLimitError, FactStore, looks_like_secret
+from tandem.memory.facts import FACT_ID_PATTERN, MAX_FACT_CHARS, Fact, FactLimitError, FactStore
 from tandem.memory.keys import validate_id
 from tandem.memory.knowledge.retrieval import build_retriever
 
-__all__ = ['USER_HEADER', 'Identify', 'create_mcp_server', 'local_identity', 'mcp_http_app']
-
-USER_HEADER = 'x-tandem-user'
-"""Names the user a request acts for, when its key is not bound to one (as in `tandem serve`)."""
+__all__ = ['Identify', 'create_mcp_server', 'local_identity', 'mcp_http_app']
 
 _log = get_logger('tandem.mcp')
 _T = TypeVar('_T')
@@ -178,17 +176,10 @@ def create_mcp_server(assistant: Assistant, identify: Identify) -> MCPServer:
         Args:
             fact: The fact, e.g. "The user's favourite colour is teal.". Secrets are refused.
         """
-        text = ' '.join(fact.split())
-        if not text:
-            raise ToolError('The fact is empty: write it as one sentence.')
-        if looks_like_secret(text):
-            raise ToolError(
-                'Not stored: it looks like a secret (a password, key or token), and secrets are never remembered.'
-            )
         tenant, user = await identify(ctx)
         store = await facts()
         try:
-            result = await _answered(store.remember(tenant, user, text, source='user-stated'))
+            result = await _answered(store.remember(tenant, user, fact, source='user-stated'))
         except (FactLimitError, ValueError) as error:
             raise ToolError(f'Not stored: {error}') from None
         return Remembered(fact=result.fact, outcome=result.outcome)

@@ -69,10 +69,11 @@ async def last_session(settings: Settings, redis: Redis, user: str | None) -> st
     """
     tenant = validate_id('tenant', settings.tenant)
     user = validate_id('user', user or settings.user)
-    latest = await _conversation_store(settings, redis, tenant).list_sessions(user, limit=1)
+    # The record alone: a listing would also fetch each session's message count and title.
+    latest = await _conversation_store(settings, redis, tenant).read_records(scope=user, limit=1)
     if not latest:
         raise TandemError(f'user {user!r} has no session to continue yet: leave out --continue to start one.')
-    return latest[0].id
+    return latest[0].conversation_id
 
 
 async def build_deps(

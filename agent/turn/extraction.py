@@ -33,7 +33,7 @@ from pydantic_ai.usage import UsageLimits
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.turn.background import BACKGROUND_TIMEOUT, run_in_background
-from tandem.memory.facts import MAX_FACT_CHARS, FactStore, RememberResult, looks_like_secret
+from tandem.memory.facts import MAX_FACT_CHARS, FactStore, RememberResult
 
 if TYPE_CHECKING:
     from pydantic_ai.run import AgentRunResult
@@ -159,8 +159,6 @@ async def _run(job: _Job) -> list[RememberResult]:
     )
     stored: list[RememberResult] = []
     for extracted in result.output.facts:
-        if looks_like_secret(extracted.text):
-            continue  # never remembered, whoever proposes it
         try:
             stored.append(
                 await job.store.remember(
@@ -168,7 +166,7 @@ async def _run(job: _Job) -> list[RememberResult]:
                 )
             )
         except ValueError:
-            continue  # an empty or over-long fact: skip it, keep the others
+            continue  # an empty, over-long or secret fact: skip it, keep the others
     _log.info(
         'extraction.done',
         proposed=len(result.output.facts),

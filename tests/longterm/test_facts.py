@@ -12,7 +12,14 @@ from dirty_equals import IsDatetime, IsStr
 from redis.asyncio import Redis
 
 from tandem.memory.connection import connect
-from tandem.memory.facts import FACT_ID_PATTERN, FactLimitError, FactStore, normalize_fact, text_similarity
+from tandem.memory.facts import (
+    FACT_ID_PATTERN,
+    FactLimitError,
+    FactStore,
+    SecretFactError,
+    normalize_fact,
+    text_similarity,
+)
 from tandem.memory.keys import UserFactKeys
 from tests.conftest import RedisTestServer
 
@@ -327,6 +334,18 @@ async def test_import_accepts_plain_lists_and_refuses_other_data(redis: Redis) -
         await store.import_facts('acme', 'alice', {'format': 'something-else', 'facts': []})
     with pytest.raises(Exception, match='no facts to import'):
         await store.import_facts('acme', 'alice', {'format': 'tandem.facts'})
+
+
+async def test_no_way_in_stores_a_secret_whatever_its_source(redis: Redis) -> None:
+    store = FactStore(redis)
+
+    for source in ('user-stated', 'tool', 'inferred'):
+        with pytest.raises(SecretFactError, match='secrets are never remembered'):
+            await store.remember('acme', 'alice', "The user's password is hunter2.", source=source)
+    report = await store.import_facts('acme', 'alice', ['The user likes tea.', 'api key: sk-abcdefghijklmnopqrstuv'])
+
+    assert (report.created, report.skipped) == (1, 1)
+    assert [fact.text for fact in await store.list_facts('acme', 'alice')] == ['The user likes tea.']
 
 
 async def test_the_per_user_limit_is_enforced_but_restatements_still_work(redis: Redis) -> None:
