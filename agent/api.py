@@ -8,6 +8,8 @@ async with Assistant.from_config() as assistant:
     print(result.answer, result.tool_calls, result.usage.total_tokens)
     async for event in assistant.stream('And divided by 3?', session='s1', user='alice'):
         ...  # TextDelta, ToolCallStarted, ToolCallFinished, then TurnFinished (the result, usage included)
+    invoice = await assistant.chat('Read this invoice: ...', output_type=Invoice)
+    print(invoice.output.total)  # an `Invoice`, validated; `invoice.answer` is its JSON
 ```
 
 Scripts without an event loop use `chat_sync` and `stream_sync` (and `with`/`close()`), which run
@@ -27,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 import anyio
 from pydantic_ai.conversation import Conversation
@@ -38,7 +40,7 @@ from tandem.agent.backbones import base as _backbones
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import Settings, load_settings
 from tandem.agent.core.errors import TandemError
-from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
+from tandem.agent.core.events import PartialOutput, TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.turn.build import build_deps, selected_toolsets
@@ -57,17 +59,21 @@ from tandem.memory.keys import validate_id
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
+    from pydantic_ai.output import OutputSpec
     from redis.asyncio import Redis
 
     from tandem.tools.registry import ToolsetPlugin
 
 _log = get_logger('tandem.api')
 
+T = TypeVar('T')
+
 _TENANT_STORES = 64
 """How many tenants' conversation stores an assistant keeps, with their record and entry caches."""
 
 __all__ = [
     'Assistant',
+    'PartialOutput',
     'SessionExistsError',
     'StreamEvent',
     'TextDelta',
@@ -86,15 +92,20 @@ class SessionExistsError(TandemError):
 class TurnFinished:
     """The last event of a streamed turn: its whole result, usage included."""
 
-    result: TurnResult
+    result: TurnResult[Any]
 
     @property
     def usage(self) -> TurnUsage:
         """What the turn spent."""
         return self.result.usage
 
+    @property
+    def output(self) -> Any:
+        """The final answer: the text, or the whole validated object a typed turn asked for."""
+        return self.result.output
 
-StreamEvent = TextDelta | ToolCallStarted | ToolCallFinished | TurnFinished
+
+StreamEvent = TextDelta | ToolCallStarted | ToolCallFinished | PartialOutput | TurnFinished
 """What `Assistant.stream` yields: the runtime's `TurnEvent`s, then one `TurnFinished`."""
 
 
@@ -119,14 +130,14 @@ class TurnStream:
     saved. A stream that is merely abandoned lets the turn run to its end and be saved whole.
     """
 
-    def __init__(self, run: Callable[[EventSink], Coroutine[Any, Any, TurnResult]]) -> None:
+    def __init__(self, run: Callable[[EventSink], Coroutine[Any, Any, TurnResult[Any]]]) -> None:
         self._run = run
         self._queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
-        self._task: asyncio.Task[TurnResult] | None = None
+        self._task: asyncio.Task[TurnResult[Any]] | None = None
         self._finished = False
 
     @property
-    def result(self) -> TurnResult | None:
+    def result(self) -> TurnResult[Any] | None:
         """The turn's result once it has finished successfully, else `None`."""
         task = self._task
         if task is None or not task.done() or task.cancelled() or task.exception() is not None:
@@ -228,6 +239,7 @@ class Assistant:
 
     # -- turns ------------------------------------------------------------------------------------------
 
+    @overload
     async def chat(
         self,
         text: str,
@@ -239,7 +251,37 @@ class Assistant:
         prompt: str | None = None,
         tools: Sequence[str] | None = None,
         history: Sequence[ModelMessage] | None = None,
-    ) -> TurnResult:
+        output_type: None = None,
+    ) -> TurnResult[str]: ...
+
+    @overload
+    async def chat(
+        self,
+        text: str,
+        *,
+        session: str | None = None,
+        user: str | None = None,
+        tenant: str | None = None,
+        backbone: str | None = None,
+        prompt: str | None = None,
+        tools: Sequence[str] | None = None,
+        history: Sequence[ModelMessage] | None = None,
+        output_type: OutputSpec[T],
+    ) -> TurnResult[T]: ...
+
+    async def chat(
+        self,
+        text: str,
+        *,
+        session: str | None = None,
+        user: str | None = None,
+        tenant: str | None = None,
+        backbone: str | None = None,
+        prompt: str | None = None,
+        tools: Sequence[str] | None = None,
+        history: Sequence[ModelMessage] | None = None,
+        output_type: Any = None,
+    ) -> TurnResult[Any]:
         """Run one turn and return its answer, tool calls and usage.
 
         Args:
@@ -251,9 +293,15 @@ class Assistant:
             prompt: `NAME` or `NAME@VERSION`; the settings' prompt when omitted.
             tools: Toolset names; the settings' when omitted.
             history: Run statelessly on these messages: nothing is loaded or saved.
+            output_type: Ask for data, not prose: a pydantic model, a dataclass, a TypedDict or a union of them.
+                `result.output` is then the validated object and `result.answer` its JSON. An answer that
+                does not validate is sent back to the model, up to `limits.output_retries` times, each
+                retry counted in `result.usage.output_retries`.
 
         Raises:
             SessionNotFoundError: The session belongs to another user.
+            OutputSchemaError: `output_type` has no JSON Schema (an arbitrary class).
+            InvalidOutputError: The model gave no valid answer of `output_type` in all its tries.
             TandemError: Any other user-facing failure (backbone, Redis, limits, invalid ids).
         """
         return await self.run(
@@ -266,6 +314,7 @@ class Assistant:
                 prompt=prompt,
                 tools=tools,
                 history=history,
+                output_type=output_type,
             )
         )
 
@@ -280,11 +329,14 @@ class Assistant:
         prompt: str | None = None,
         tools: Sequence[str] | None = None,
         history: Sequence[ModelMessage] | None = None,
+        output_type: Any = None,
     ) -> TurnStream:
         """Run one turn, yielding text deltas and tool-call events as they happen, then `TurnFinished`.
 
         The arguments are those of `chat`. Use `async with assistant.stream(...) as events:` when
         you may stop reading early: leaving the block cancels the turn, and nothing is saved.
+        With `output_type`, the answer comes as `PartialOutput`s, each a validated object as far as the
+        model has written it, in place of `TextDelta`s; `TurnFinished.output` is the final, whole one.
         """
         return self.run_stream(
             TurnRequest(
@@ -296,23 +348,31 @@ class Assistant:
                 prompt=prompt,
                 tools=tools,
                 history=history,
+                output_type=output_type,
             )
         )
 
-    async def run(self, request: TurnRequest, *, on_event: EventSink | None = None) -> TurnResult:
+    async def run(self, request: TurnRequest, *, on_event: EventSink | None = None) -> TurnResult[Any]:
         """Run the turn `request` asks for: what `chat` does with its arguments, for a front end that has one.
 
         Raises:
             SessionNotFoundError: The session belongs to another user.
             TandemError: Any other user-facing failure (backbone, Redis, limits, invalid ids).
         """
-        return await run_turn(await self._deps(request), request.text, on_event=on_event, history=request.history)
+        return await run_turn(
+            await self._deps(request),
+            request.text,
+            on_event=on_event,
+            history=request.history,
+            output_type=request.output_type,
+            strict=request.strict,
+        )
 
     def run_stream(self, request: TurnRequest) -> TurnStream:
         """`stream` for a `TurnRequest`."""
         return TurnStream(lambda on_event: self.run(request, on_event=on_event))
 
-    def chat_sync(self, text: str, **options: Any) -> TurnResult:
+    def chat_sync(self, text: str, **options: Any) -> TurnResult[Any]:
         """`chat` for programs without an event loop; the keyword arguments are the same."""
         return self._blocking_portal().call(lambda: self.chat(text, **options))
 

@@ -28,7 +28,7 @@ from tandem.agent.cli.memory import MemoryCommands
 from tandem.agent.cli.transcript import render_transcript
 from tandem.agent.core.config import Settings
 from tandem.agent.core.errors import BackboneError, TandemError
-from tandem.agent.core.events import TextDelta, ToolCallStarted, TurnEvent
+from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.core.turn_state import Citation
 from tandem.agent.turn.approvals import ApprovalRequest
@@ -82,7 +82,7 @@ class _TurnView:
             self._console.print(
                 f'[cyan]⚙ {escape(event.name)}[/]([dim]{escape(summarize_args(event.args))}[/]) …', highlight=False
             )
-        else:
+        elif isinstance(event, ToolCallFinished):
             mark = '[green]✓[/]' if event.ok else '[red]✗[/]'
             self._console.print(f'  {mark} {escape(event.name)} {event.duration_s * 1000:.0f} ms', highlight=False)
 

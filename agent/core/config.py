@@ -69,6 +69,9 @@ class BackboneConfig(BaseModel):
     attempts: int = Field(default=3, ge=1, le=10)
     """Tries per model request, the first included: rate limits (429), server errors and lost connections are
     retried with the openai SDK's exponential backoff, honouring `Retry-After`; each retry is logged."""
+    output_mode: Literal['tool', 'native', 'prompted'] | None = None
+    """How typed answers are asked for: an output tool call, the server's JSON-schema `response_format`, or the
+    schema in the instructions (any model). Unset: the model's usual mode, else `prompted`."""
     input_price_per_mtok: float | None = None
     """USD per million input tokens, for cost reports when pydantic-ai's price table lacks the model."""
     output_price_per_mtok: float | None = None
@@ -83,6 +86,8 @@ class LimitsConfig(BaseModel):
     tool_timeout_seconds: float = 30.0
     tool_retries: int = 3
     """How often the model may retry a tool call that failed validation or asked for a retry."""
+    output_retries: int = 2
+    """How often the model may retry a typed answer that did not validate against its type or schema."""
     tool_argument_bytes: int = 65_536
     """Larger tool arguments are refused before validation, and the model is asked to send less."""
 

@@ -54,5 +54,9 @@ class IncompleteAnswerError(BackboneError):
         super().__init__(f'{why}; the turn was not saved. {then}'.rstrip())
 
 
+class InvalidOutputError(BackboneError):
+    """The backbone gave no answer that validates against the type or schema asked for, in all its tries."""
+
+
 class PromptError(TandemError):
     """A prompt template is missing, malformed, or needs a variable that was not given."""

@@ -33,7 +33,17 @@ class ToolCallFinished:
     result: str
 
 
-TurnEvent = TextDelta | ToolCallStarted | ToolCallFinished
+@dataclass(frozen=True)
+class PartialOutput:
+    """A typed answer as far as the model has written it, validated as it streams.
+
+    A typed turn streams these instead of `TextDelta`s; the turn's result holds the final, whole answer.
+    """
+
+    output: Any
+
+
+TurnEvent = TextDelta | ToolCallStarted | ToolCallFinished | PartialOutput
 
 
 def short(value: Any, limit: int = 80) -> str:

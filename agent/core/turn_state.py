@@ -60,6 +60,8 @@ class TurnState:
     """The URLs the answer may keep live, once untrusted content entered the turn; `None` leaves them all live."""
     citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
     """Knowledge-base passages shown to the model this turn, by citation number (`/sources`)."""
+    output_tools: set[str] = field(default_factory=set[str])
+    """The names of the output tools a typed turn offered the model, whose retries are the answer's."""
     history_start: int = 0
     """How many of the session's stored messages come before the first one this turn loaded: a running
     summary (compaction) stands for them, so the turn reads only what it may send."""

@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
@@ -40,6 +40,10 @@ class TurnRequest:
     """Toolset names; the config's (else every installed one) when `None`."""
     history: Sequence[ModelMessage] | None = None
     """Run statelessly on these messages: nothing is loaded or saved."""
+    output_type: Any = None
+    """The type the answer must have (see `agent.turn.output`); prose when `None`."""
+    strict: bool | None = None
+    """Ask the server to hold a typed answer to its schema while it decodes (`response_format`'s `strict`)."""
 
 
 def new_session_id() -> str:

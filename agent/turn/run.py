@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, cast
 
 import structlog
 from pydantic_ai import exceptions as ai_errors
@@ -29,22 +29,32 @@ from pydantic_ai.messages import (
     TextPart,
     TextPartDelta,
 )
+from pydantic_ai.result import AgentStream
 from pydantic_ai.tools import RunContext
 from pydantic_ai.usage import RunUsage, UsageLimits
+from typing_extensions import TypeVar
 
-from tandem.agent.core.errors import BackboneError, IncompleteAnswerError, TandemError
-from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
+from tandem.agent.core.errors import BackboneError, IncompleteAnswerError, InvalidOutputError, TandemError
+from tandem.agent.core.events import PartialOutput, TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.links import StreamNeutralizer
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import Citation
 from tandem.agent.turn.agent import plugin_toolsets, run_capabilities, run_toolsets, tandem_agent
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
+from tandem.agent.turn.output import answer_json, check_output_type, output_retries, output_spec
 from tandem.agent.turn.persist import load_conversation, save_turn
 from tandem.agent.turn.prepare import render_instructions
 from tandem.agent.turn.titles import schedule_title
 
 EventSink = Callable[[TurnEvent], Awaitable[None] | None]
+OutputT = TypeVar('OutputT', default=str)
+
+ANSWER_METADATA = 'tandem.answer'
+"""The key of a typed answer's JSON in its final response's `metadata`: the answer as it was sent,
+which `tandem tune export` writes as the assistant's content."""
+OUTPUT_CALL_METADATA = 'tandem.output_call'
+"""The key of the id of the output tool call that carried a typed answer, which the export leaves out."""
 
 _log = get_logger('tandem.runtime')
 
@@ -59,6 +69,9 @@ class TurnUsage:
     output_tokens: int = 0
     cost_usd: float | None = None
     """`None` when the backbone's price is unknown."""
+    output_retries: int = 0
+    """How often the model was sent back because its answer did not validate (a typed answer that failed its
+    schema, prose where a typed answer was due): a cost of prompting that a fine-tune may remove."""
 
     @property
     def total_tokens(self) -> int:
@@ -75,14 +88,18 @@ class TurnUsage:
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cost_usd=cost,
+            output_retries=self.output_retries + other.output_retries,
         )
 
 
 @dataclass(frozen=True)
-class TurnResult:
+class TurnResult(Generic[OutputT]):
     """The outcome of one turn."""
 
     answer: str
+    """The answer as sent: its text, or a typed answer's JSON."""
+    output: OutputT
+    """The answer as its type: the text, or the validated object a typed turn asked for."""
     session: str
     backbone: str
     prompt: str
@@ -103,7 +120,7 @@ async def _emit(sink: EventSink | None, event: TurnEvent) -> None:
 
 
 def _stream_handler(
-    sink: EventSink, deps: Deps
+    sink: EventSink, deps: Deps, *, typed: bool
 ) -> Callable[[RunContext[Deps], AsyncIterable[AgentStreamEvent]], Awaitable[None]]:
     async def handle(ctx: RunContext[Deps], events: AsyncIterable[AgentStreamEvent]) -> None:
         # A tainted turn's text is held to its link policy as it streams: each text part has its own
@@ -121,8 +138,24 @@ def _stream_handler(
             if neutralizer is not None and (rest := neutralizer.finish()):
                 await _emit(sink, TextDelta(rest))
 
+        shown: list[Any] = []  # the last partial typed answer sent, if any
+
+        async def partial(stream: AgentStream[Deps, Any]) -> None:
+            # pydantic-ai's own partial validation, as its `stream_output` does; the text deltas of a typed
+            # answer are not sent, since an attempt that fails validation would leave the reader invalid JSON.
+            try:
+                output = await stream.validate_response_output(stream.response, allow_partial=True)
+            except Exception:  # noqa: BLE001 - an unfinished answer fails in many ways; only the final one counts
+                return
+            if not shown or shown[0] != output:
+                shown[:] = [output]
+                await _emit(sink, PartialOutput(output))
+
         async for event in events:
-            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+            if typed and isinstance(event, PartStartEvent | PartDeltaEvent):
+                if isinstance(events, AgentStream):
+                    await partial(cast(AgentStream[Deps, Any], events))
+            elif isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
                 policy = deps.turn.link_policy
                 texts[event.index] = StreamNeutralizer(policy) if policy is not None else None
                 if event.part.content:
@@ -237,6 +270,13 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
             f'turn stopped and not saved: it would exceed {" and ".join(over) or "its limits"}. '
             'Raise the [limits] table in tandem.toml if it needs more.'
         )
+    if isinstance(error, ai_errors.UnexpectedModelBehavior) and 'maximum output retries' in error.message:
+        tries = deps.settings.limits.output_retries + 1
+        why = short(str(error.__cause__), 160) if error.__cause__ is not None else 'no valid answer'
+        return InvalidOutputError(
+            f'backbone {name!r} gave no valid typed answer in {tries} tries (the last: {why}); the turn was not '
+            'saved. Try again, simplify the schema, or raise limits.output_retries.'
+        )
     if isinstance(error, ai_errors.UnexpectedModelBehavior):
         return BackboneError(f'backbone {name!r} misbehaved: {short(str(error), 160)}')
     return None
@@ -258,8 +298,14 @@ def usage_limits(deps: Deps, spent: RunUsage | None = None) -> UsageLimits:
 
 
 async def run_turn(
-    deps: Deps, text: str, *, on_event: EventSink | None = None, history: Sequence[ModelMessage] | None = None
-) -> TurnResult:
+    deps: Deps,
+    text: str,
+    *,
+    on_event: EventSink | None = None,
+    history: Sequence[ModelMessage] | None = None,
+    output_type: Any = None,
+    strict: bool | None = None,
+) -> TurnResult[Any]:
     """Run one turn of the session in `deps`: load its history, run, persist, report.
 
     The turn is saved whole or not at all: a failure or a cancellation (Ctrl-C, a client that
@@ -272,10 +318,19 @@ async def run_turn(
             model is asked to stream.
         history: Run on these messages instead of the session's, and save nothing: a stateless
             turn (the HTTP service's requests that name no session).
+        output_type: Ask for a typed answer of this type (see `agent.turn.output`): `output` is the
+            validated object, `answer` its JSON, and `on_event` gets `PartialOutput`s in place of text.
+        strict: Whether the server should hold a typed answer to its schema as it decodes.
 
     Raises:
+        OutputSchemaError: `output_type` cannot be asked for.
+        InvalidOutputError: The model gave no valid typed answer within `limits.output_retries`.
         TandemError: A user-facing failure (backbone, Redis, limits), with an actionable message.
     """
+    typed = output_type is not None
+    if typed:
+        check_output_type(output_type)
+    spec = output_spec(output_type, deps.backbone, strict=strict) if typed else None
     run_id = str(uuid.uuid4())
     deps.turn = TurnState(run_id=run_id)
     identity = deps.identity
@@ -296,12 +351,13 @@ async def run_turn(
                 deps=deps,
                 model=deps.backbone.model,
                 model_settings=deps.backbone.model_settings,
-                retries=deps.settings.limits.tool_retries,
+                output_type=spec,
+                retries={'tools': deps.settings.limits.tool_retries, 'output': deps.settings.limits.output_retries},
                 toolsets=run_toolsets(deps.toolsets),
                 capabilities=run_capabilities(deps.toolsets),
                 instructions=await render_instructions(deps, plugin_toolsets(deps.toolsets), text),
                 usage_limits=usage_limits(deps, conversation.usage),
-                event_stream_handler=_stream_handler(on_event, deps) if on_event is not None else None,
+                event_stream_handler=_stream_handler(on_event, deps, typed=typed) if on_event is not None else None,
                 run_id=run_id,
             )
         except Exception as error:
@@ -310,8 +366,14 @@ async def run_turn(
             if mapped is None:
                 raise
             raise mapped from error
-        responses = [m for m in result.new_messages() if isinstance(m, ModelResponse)]
-        usage = _turn_usage(deps, responses)
+        new_messages = result.new_messages()
+        responses = [m for m in new_messages if isinstance(m, ModelResponse)]
+        usage = replace(
+            _turn_usage(deps, responses), output_retries=output_retries(new_messages, deps.turn.output_tools)
+        )
+        answer = answer_json(result.output) if typed else result.output
+        if typed:
+            _mark_answer(deps, result.response, answer)
         run_usage = RunUsage(requests=usage.requests, tool_calls=usage.tool_calls)
         for response in responses:
             run_usage = run_usage + response.usage
@@ -322,7 +384,8 @@ async def run_turn(
         duration = time.perf_counter() - started
         _log.info('turn.end', duration_ms=round(duration * 1000, 1), tokens=usage.total_tokens, tools=usage.tool_calls)
         return TurnResult(
-            answer=result.output,
+            answer=answer,
+            output=result.output,
             session=identity.session,
             backbone=deps.backbone.name,
             prompt=deps.prompt.ref,
@@ -334,6 +397,16 @@ async def run_turn(
         )
     finally:
         structlog.contextvars.unbind_contextvars('run_id', 'tenant', 'user', 'session')
+
+
+def _mark_answer(deps: Deps, response: ModelResponse, answer: str) -> None:
+    """Keep a typed answer's JSON, as sent, with the response that gave it: the export's assistant content."""
+    metadata = dict(response.metadata or {})
+    metadata[ANSWER_METADATA] = answer
+    call = next((part for part in response.tool_calls if part.tool_name in deps.turn.output_tools), None)
+    if call is not None:
+        metadata[OUTPUT_CALL_METADATA] = call.tool_call_id
+    response.metadata = metadata
 
 
 def with_session(deps: Deps, session: str) -> Deps:
