@@ -82,6 +82,7 @@ from tandem.agent.server.wire import (
     model_json,
     open_webui_task,
     openai_to_history,
+    requested_output,
     session_json,
 )
 from tandem.agent.turn.request import TurnRequest
@@ -699,8 +700,16 @@ async def _chat(
     if session is not None and limits.frontend == 'open-webui' and open_webui_task(text):
         session = None  # a title or tags for the chat: not a turn of it
     history = None if session is not None else openai_to_history(body.messages[:-1])
+    output_type, strict = requested_output(body.response_format)
     turn_request = TurnRequest(
-        text, session=session, user=user, tenant=caller.tenant, backbone=backbone, history=history
+        text,
+        session=session,
+        user=user,
+        tenant=caller.tenant,
+        backbone=backbone,
+        history=history,
+        output_type=output_type,
+        strict=strict,
     )
     headers = {SESSION_HEADER: session} if session is not None else {}
     completion_id = f'chatcmpl-{uuid.uuid4().hex}'

@@ -119,6 +119,9 @@ async def stream_turn(
                 elif progress and (note := _progress(event)) is not None:
                     yield chunk(tandem=note)
                 event = await anext(turn)
+            if turn_request.output_type is not None:
+                # A typed answer goes out whole, once it validated: a failed attempt's text never reaches the client.
+                yield chunk(ChoiceDelta(content=event.result.answer))
             yield chunk(ChoiceDelta(), 'stop')
             if include_usage:
                 yield chunk(usage=event.usage)

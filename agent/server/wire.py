@@ -34,11 +34,13 @@ from tandem.agent.core.errors import (
     ConfigError,
     IncompleteAnswerError,
     InvalidIdError,
+    InvalidOutputError,
     PromptError,
     RedisUnavailableError,
     TandemError,
 )
 from tandem.agent.server.auth import Refusal
+from tandem.agent.turn.output import OutputSchemaError, UnsupportedOutputError, as_sent, schema_type
 from tandem.agent.turn.run import TurnResult, TurnUsage
 from tandem.memory.conversations import SessionInfo, SessionNotFoundError
 
@@ -95,6 +97,10 @@ def api_error_from(error: TandemError) -> APIError:
         return APIError(409, message, code='session_exists')
     if isinstance(error, RedisUnavailableError):
         return APIError(503, message, type='service_unavailable', code='redis_unavailable')
+    if isinstance(error, UnsupportedOutputError):
+        return APIError(400, message, param='response_format', code='response_format_unsupported')
+    if isinstance(error, InvalidOutputError):
+        return APIError(502, message, type='api_error', code='invalid_output')
     if isinstance(error, IncompleteAnswerError):
         return APIError(502, message, type='api_error', code='backbone_incomplete')
     if isinstance(error, BackboneError):
@@ -151,6 +157,46 @@ class TandemOptions(BaseModel):
     )
 
 
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the schema the answer must validate against, and its name."""
+
+    model_config = ConfigDict(extra='allow', populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias='schema')
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`response_format`: prose (`text`), any JSON object (`json_object`), or JSON that validates (`json_schema`)."""
+
+    model_config = ConfigDict(extra='allow')
+
+    type: Literal['text', 'json_object', 'json_schema']
+    json_schema: JsonSchemaFormat | None = None
+
+
+def requested_output(response_format: ResponseFormat | None) -> tuple[Any, bool | None]:
+    """The output type `response_format` asks for, and whether strictly; `(None, None)` for prose.
+
+    Raises:
+        APIError: The schema is missing or invalid (400, naming the parameter).
+    """
+    if response_format is None or response_format.type == 'text':
+        return None, None
+    if response_format.type == 'json_object':
+        return schema_type({'type': 'object'}, name='json_object'), None
+    spec = response_format.json_schema
+    param = 'response_format.json_schema.schema'
+    if spec is None or spec.schema_ is None:
+        raise APIError(400, 'response_format: json_schema needs a "schema": a JSON Schema of an object.', param=param)
+    try:
+        return schema_type(spec.schema_, name=spec.name, description=spec.description), spec.strict
+    except OutputSchemaError as error:
+        raise APIError(400, f'response_format: {error}', param=param) from None
+
+
 class ChatCompletionRequest(BaseModel):
     """A chat-completion request. Sampling parameters are accepted and ignored: the backbone's config sets them."""
 
@@ -168,6 +214,9 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    response_format: ResponseFormat | None = Field(
+        default=None, description='`json_object` or `json_schema` for an answer in JSON that validates.'
+    )
     tandem: TandemOptions | None = Field(default=None, description="Tandem's own options (an extension).")
 
 
@@ -250,9 +299,9 @@ def openai_to_history(messages: Sequence[ChatMessage]) -> list[ModelMessage]:
 
 
 def history_to_openai(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
-    """Stored messages in OpenAI's message format (lossy: `?format=pydantic-ai` is lossless)."""
+    """Stored messages in OpenAI's message format, typed answers as sent (lossy: `?format=pydantic-ai` is lossless)."""
     converted: list[dict[str, Any]] = []
-    for message in messages:
+    for message in as_sent(messages):
         if isinstance(message, ModelRequest):
             for part in message.parts:
                 if isinstance(part, SystemPromptPart):

@@ -10,7 +10,8 @@ validate, which `output_retries` counts, since they are a cost of prompting that
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
@@ -18,7 +19,15 @@ import pydantic_core
 from pydantic import GetCoreSchemaHandler, PydanticSchemaGenerationError, PydanticUserError, TypeAdapter
 from pydantic_ai import NativeOutput, PromptedOutput, StructuredDict, TextOutput, ToolOutput
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import ModelMessage, ModelRequest, RetryFeedbackPart, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    RetryFeedbackPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
 from pydantic_core import core_schema
 
 from tandem.agent.core.errors import BackboneError, TandemError
@@ -29,12 +38,17 @@ if TYPE_CHECKING:
     from tandem.agent.backbones.base import Backbone
 
 __all__ = [
+    'ANSWER_METADATA',
+    'OUTPUT_TOOLS_METADATA',
     'OutputMode',
     'OutputSchemaError',
+    'UnsupportedOutputError',
     'answer_json',
+    'as_sent',
     'check_output_type',
     'concise_schema',
     'list_schema',
+    'mark_answer',
     'output_retries',
     'output_spec',
     'schema_type',
@@ -45,8 +59,18 @@ OutputMode = Literal['tool', 'native', 'prompted']
 `response_format`, or the schema in the instructions (any model; validated all the same)."""
 
 
+ANSWER_METADATA = 'tandem.answer'
+"""The key of a typed answer's JSON, as it was sent, in the `metadata` of the response that gave it."""
+OUTPUT_TOOLS_METADATA = 'tandem.output_tools'
+"""The key of the names of the output tools the turn offered, whose calls carried the answer."""
+
+
 class OutputSchemaError(TandemError, ValueError):
     """A schema or output type Tandem cannot ask a model for; the message names what to change."""
+
+
+class UnsupportedOutputError(BackboneError):
+    """The backbone's output mode is one its model cannot follow."""
 
 
 # -- JSON Schemas as output types ------------------------------------------------------------------
@@ -215,7 +239,7 @@ def output_spec(output_type: Any, backbone: Backbone, *, strict: bool | None = N
     prompted output works on any model, and its answer is validated and retried all the same.
 
     Raises:
-        BackboneError: The configured mode is one the backbone's model cannot follow.
+        UnsupportedOutputError: The configured mode is one the backbone's model cannot follow.
     """
     if isinstance(output_type, _MARKERS):
         return output_type  # pyright: ignore[reportUnknownVariableType]
@@ -240,8 +264,8 @@ def output_spec(output_type: Any, backbone: Backbone, *, strict: bool | None = N
     return PromptedOutput(members)
 
 
-def _cannot_follow(backbone: Backbone, mode: str, why: str) -> BackboneError:
-    return BackboneError(
+def _cannot_follow(backbone: Backbone, mode: str, why: str) -> UnsupportedOutputError:
+    return UnsupportedOutputError(
         f'backbone {backbone.name!r} cannot give typed answers in output_mode {mode!r}: {why}. Set output_mode to '
         f"'prompted' (or remove it) under [backbones.{backbone.name}] in tandem.toml."
     )
@@ -272,3 +296,58 @@ def output_retries(messages: Sequence[ModelMessage], output_tools: set[str]) -> 
             ):
                 count += 1
     return count
+
+
+def mark_answer(response: ModelResponse, answer: str, output_tools: Iterable[str]) -> None:
+    """Keep a typed answer's JSON, as sent, with the response that gave it (see `as_sent`)."""
+    response.metadata = {
+        **(response.metadata or {}),
+        ANSWER_METADATA: answer,
+        OUTPUT_TOOLS_METADATA: sorted(output_tools),
+    }
+
+
+def as_sent(messages: Sequence[ModelMessage]) -> list[ModelMessage]:
+    """The conversation as its user saw it: each typed answer as the assistant's JSON text.
+
+    How an answer was asked for is left out: output tool calls and their returns, and the attempts
+    that failed validation with the feedback they got. This is what `tandem tune export` writes, so
+    a fine-tune learns to answer in the format, not to retry.
+    """
+    output_tools: set[str] = set()
+    dropped_calls: set[str] = set()
+    for message in messages:
+        if isinstance(message, ModelResponse) and message.metadata and ANSWER_METADATA in message.metadata:
+            output_tools.update(message.metadata.get(OUTPUT_TOOLS_METADATA, ()))
+            dropped_calls.update(part.tool_call_id for part in message.tool_calls)
+    failed: set[int] = set()
+    for index, message in enumerate(messages):
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, RetryFeedbackPart) and index > 0:
+                    failed.add(index - 1)
+                elif isinstance(part, ToolReturnPart) and part.tool_name in output_tools:
+                    dropped_calls.add(part.tool_call_id)
+    sent: list[ModelMessage] = []
+    for index, message in enumerate(messages):
+        if isinstance(message, ModelResponse):
+            answer = (message.metadata or {}).get(ANSWER_METADATA)
+            if answer is not None:
+                sent.append(replace(message, parts=[TextPart(answer)]))
+                continue
+            parts = [p for p in message.parts if not (isinstance(p, ToolCallPart) and p.tool_call_id in dropped_calls)]
+            if index in failed or (
+                len(parts) < len(message.parts) and not any(isinstance(p, ToolCallPart) for p in parts)
+            ):
+                continue  # an attempt that failed validation
+            sent.append(message if len(parts) == len(message.parts) else replace(message, parts=parts))
+        else:
+            kept = [
+                part
+                for part in message.parts
+                if not isinstance(part, RetryFeedbackPart)
+                and not (isinstance(part, ToolReturnPart) and part.tool_call_id in dropped_calls)
+            ]
+            if kept:
+                sent.append(message if len(kept) == len(message.parts) else replace(message, parts=kept))
+    return sent

@@ -42,19 +42,13 @@ from tandem.agent.core.turn_state import Citation
 from tandem.agent.turn.agent import plugin_toolsets, run_capabilities, run_toolsets, tandem_agent
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
-from tandem.agent.turn.output import answer_json, check_output_type, output_retries, output_spec
+from tandem.agent.turn.output import answer_json, check_output_type, mark_answer, output_retries, output_spec
 from tandem.agent.turn.persist import load_conversation, save_turn
 from tandem.agent.turn.prepare import render_instructions
 from tandem.agent.turn.titles import schedule_title
 
 EventSink = Callable[[TurnEvent], Awaitable[None] | None]
 OutputT = TypeVar('OutputT', default=str)
-
-ANSWER_METADATA = 'tandem.answer'
-"""The key of a typed answer's JSON in its final response's `metadata`: the answer as it was sent,
-which `tandem tune export` writes as the assistant's content."""
-OUTPUT_CALL_METADATA = 'tandem.output_call'
-"""The key of the id of the output tool call that carried a typed answer, which the export leaves out."""
 
 _log = get_logger('tandem.runtime')
 
@@ -373,7 +367,7 @@ async def run_turn(
         )
         answer = answer_json(result.output) if typed else result.output
         if typed:
-            _mark_answer(deps, result.response, answer)
+            mark_answer(result.response, answer, deps.turn.output_tools)
         run_usage = RunUsage(requests=usage.requests, tool_calls=usage.tool_calls)
         for response in responses:
             run_usage = run_usage + response.usage
@@ -397,16 +391,6 @@ async def run_turn(
         )
     finally:
         structlog.contextvars.unbind_contextvars('run_id', 'tenant', 'user', 'session')
-
-
-def _mark_answer(deps: Deps, response: ModelResponse, answer: str) -> None:
-    """Keep a typed answer's JSON, as sent, with the response that gave it: the export's assistant content."""
-    metadata = dict(response.metadata or {})
-    metadata[ANSWER_METADATA] = answer
-    call = next((part for part in response.tool_calls if part.tool_name in deps.turn.output_tools), None)
-    if call is not None:
-        metadata[OUTPUT_CALL_METADATA] = call.tool_call_id
-    response.metadata = metadata
 
 
 def with_session(deps: Deps, session: str) -> Deps:

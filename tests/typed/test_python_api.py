@@ -21,8 +21,7 @@ from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig
 from tandem.agent.core.errors import BackboneError, InvalidOutputError
 from tandem.agent.core.events import TextDelta
-from tandem.agent.turn.output import OutputSchemaError
-from tandem.agent.turn.run import ANSWER_METADATA
+from tandem.agent.turn.output import ANSWER_METADATA, OutputSchemaError
 from tests.support.fake_openai import FakeOpenAI, Reply, Text
 from tests.typed.conftest import PROSE, answer, loopback_settings
 
