@@ -121,12 +121,15 @@ def parse_tools(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(',') if part.strip()]
 
 
-def fail(error: Exception) -> typer.Exit:
-    """Print `error` as one line (a traceback only with --debug) and return the exit to raise."""
+def fail(error: Exception, *, code: int = 1) -> typer.Exit:
+    """Print `error` as one line (a traceback only with --debug) and return the exit to raise.
+
+    `code` is 1 for a failure, 2 for input the command cannot take (a usage error).
+    """
     if CliState.debug:
         raise error
     stderr.print(f'[bold red]error:[/] {escape(str(error))}', highlight=False, soft_wrap=True)
-    return typer.Exit(1)
+    return typer.Exit(code)
 
 
 def cli_settings() -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -123,6 +123,25 @@ def ask(
     as_json: Annotated[
         bool, typer.Option('--json', help='Print answer, session, tool_calls and usage as JSON.')
     ] = False,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            '--schema',
+            metavar='SCHEMA',
+            help="Answer in JSON that fits SCHEMA: a JSON Schema (a .json file, or inline) or fields as 'name str, "
+            "age int, tags list[str]'.",
+            show_default=False,
+        ),
+    ] = None,
+    schema_multi: Annotated[
+        str | None,
+        typer.Option(
+            '--schema-multi',
+            metavar='SCHEMA',
+            help='As --schema, for a list of such objects: {"items": [...]}.',
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Ask one question and print the answer. Without --session or --continue, each ask is a new session."""
     from tandem.agent.turn.build import build_deps, last_session, open_redis
@@ -138,6 +157,10 @@ def ask(
         _one_session_choice(session, continue_last=continue_last)
     except TandemError as error:
         raise fail(error) from None
+    try:
+        output_type = _schema_option(schema, schema_multi)
+    except TandemError as error:
+        raise fail(error, code=2) from None
 
     async def body() -> None:
         async with open_redis(settings) as redis:
@@ -150,6 +173,7 @@ def ask(
                 prompt=prompt,
                 system=system,
                 tools=parse_tools(tools),
+                output_type=output_type,
             )
             deps = await build_deps(settings, redis, request)
 
@@ -158,10 +182,14 @@ def ask(
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
 
-            result = await run_turn(deps, request.text, on_event=None if as_json else show)
+            typed = output_type is not None
+            result = await run_turn(
+                deps, request.text, on_event=None if as_json or typed else show, output_type=output_type
+            )
         if as_json:
             payload = {
                 'answer': result.answer,
+                **({'output': json.loads(result.answer)} if output_type is not None else {}),
                 'session': result.session,
                 'backbone': result.backbone,
                 'prompt': result.prompt,
@@ -170,6 +198,8 @@ def ask(
             }
             sys.stdout.write(json.dumps(payload, indent=2, default=str) + '\n')
         else:
+            if output_type is not None:
+                sys.stdout.write(json.dumps(json.loads(result.answer), indent=2, ensure_ascii=False))
             sys.stdout.write('\n')
             stderr.print(
                 f'session {result.session} · {result.backbone} · {result.usage.total_tokens} tokens',
@@ -178,6 +208,20 @@ def ask(
             )
 
     async_command(body)()
+
+
+def _schema_option(schema: str | None, schema_multi: str | None) -> Any:
+    """The output type `--schema` or `--schema-multi` asks for; `None` for prose."""
+    if schema is None and schema_multi is None:
+        return None
+    from tandem.agent.turn.output import list_schema, load_schema, schema_type
+
+    if schema is not None and schema_multi is not None:
+        raise TandemError('give --schema or --schema-multi, not both.')
+    if schema is not None:
+        return schema_type(load_schema(schema, what='--schema'))
+    assert schema_multi is not None
+    return schema_type(list_schema(load_schema(schema_multi, what='--schema-multi')))
 
 
 @config_app.command('show')

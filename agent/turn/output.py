@@ -9,11 +9,13 @@ validate, which `output_retries` counts, since they are a cost of prompting that
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, cast, get_args, get_origin
 
 import pydantic_core
 from pydantic import GetCoreSchemaHandler, PydanticSchemaGenerationError, PydanticUserError, TypeAdapter
@@ -48,6 +50,7 @@ __all__ = [
     'check_output_type',
     'concise_schema',
     'list_schema',
+    'load_schema',
     'mark_answer',
     'output_retries',
     'output_spec',
@@ -179,6 +182,42 @@ def _concise_type(name: str, type_name: str) -> dict[str, Any]:
     if lowered == 'list':
         return {'type': 'array', 'items': {'type': 'string'}}
     raise OutputSchemaError(f'field {name!r} has unknown type {type_name!r}: use str, int, float, bool or list[...].')
+
+
+def load_schema(spec: str, *, what: str = 'the schema', base: Path | None = None) -> dict[str, Any]:
+    """A schema given as text: a JSON Schema file, a JSON Schema written inline, or llm's concise form.
+
+    Args:
+        spec: A path to a `.json` file (relative to `base`), `{...}`, or `'name str, age int'`.
+        what: How the messages name the schema, e.g. `--schema`.
+        base: The directory relative paths start from; the working directory when `None`.
+
+    Raises:
+        OutputSchemaError: The file cannot be read, or the text is neither JSON nor the concise form.
+    """
+    text = spec.strip()
+    if not text.startswith('{'):
+        path = Path(text).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if path.suffix.lower() == '.json' or path.is_file():
+            try:
+                text = path.read_text(encoding='utf-8').strip()
+            except (OSError, UnicodeDecodeError) as error:
+                why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                raise OutputSchemaError(f'cannot read {what} file {spec}: {why}.') from None
+            what = f'{what} file {spec}'
+    if not text.startswith('{'):
+        return concise_schema(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise OutputSchemaError(
+            f'{what} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.'
+        ) from None
+    if not isinstance(value, dict):
+        raise OutputSchemaError(f'{what} is not a JSON Schema: expected an object, {{"type": "object", ...}}.')
+    return cast(dict[str, Any], value)
 
 
 def list_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
