@@ -17,7 +17,7 @@ from pydantic_evals.otel import SpanTree
 
 from tandem.agent.core.events import short
 from tandem.agent.scenarios.results import CheckResult, ToolCallResult
-from tandem.agent.scenarios.schema import ArgMatch, Expectations, Judge, ToolCall
+from tandem.agent.scenarios.schema import ArgMatch, Expectations, FieldMatch, Judge, OutputExpectation, ToolCall
 
 __all__ = ['check_turn', 'judge_answer', 'matches_call']
 
@@ -67,8 +67,54 @@ def _quote(answer: str) -> str:
     return f'the answer was {short(answer, 120)!r}'
 
 
+def _field(value: Any, path: str) -> tuple[bool, Any]:
+    """The value at a dotted path (`lines.0.sku`), and whether it is there."""
+    for key in path.split('.'):
+        if isinstance(value, dict) and key in value:
+            value = cast(dict[str, Any], value)[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(cast(list[Any], value)):
+            value = cast(list[Any], value)[int(key)]
+        else:
+            return False, None
+    return True, value
+
+
+def _field_matches(match: FieldMatch, present: bool, value: Any) -> bool:
+    if match.min is None and match.max is None:
+        return _arg_matches(match, present, value)
+    if not present or isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return (match.min is None or value >= match.min) and (match.max is None or value <= match.max)
+
+
+def _output_checks(turn: int, spec: OutputExpectation, answer: str, error: str | None) -> list[CheckResult]:
+    checks = [
+        CheckResult(turn=turn, kind='output', label='answers in its schema', passed=error is None, detail=error or '')
+    ]
+    value = json.loads(answer) if error is None else None
+    for path, match in spec.fields.items():
+        present, found = _field(value, path)
+        passed = error is None and _field_matches(match, present, found)
+        if passed:
+            detail = ''
+        elif error is not None:
+            detail = 'no valid answer to check'
+        else:
+            detail = f'{path} was {found!r}' if present else f'{path} is missing'
+        checks.append(
+            CheckResult(turn=turn, kind='output_field', label=f'{path}{match.describe()}', passed=passed, detail=detail)
+        )
+    return checks
+
+
 def check_turn(
-    turn: int, expect: Expectations, answer: str, calls: Sequence[ToolCallResult], tokens: int
+    turn: int,
+    expect: Expectations,
+    answer: str,
+    calls: Sequence[ToolCallResult],
+    tokens: int,
+    *,
+    output_error: str | None = None,
 ) -> list[CheckResult]:
     """The checks of one turn, except the judge's (see `judge_answer`), in the order of the schema.
 
@@ -78,6 +124,7 @@ def check_turn(
         answer: The assistant's final answer.
         calls: Every tool call of the turn, including failed and denied ones.
         tokens: Input plus output tokens of the turn.
+        output_error: Why a turn that asked for a typed answer (`expect.output`) got none; `None` when it did.
     """
     checks = [_tool_check(turn, expected, calls) for expected in expect.tools]
     for name in expect.tools_not_called:
@@ -148,6 +195,8 @@ def check_turn(
                 detail='' if tokens <= expect.max_tokens else f'{tokens} tokens',
             )
         )
+    if expect.output is not None:
+        checks.extend(_output_checks(turn, expect.output, answer, output_error))
     return checks
 
 

@@ -76,11 +76,21 @@ def _problems(run: ScenarioRun) -> str:
     return '\n'.join(lines)
 
 
+def _format(summary: CellSummary) -> str:
+    """`format 92% · 0.25 output retries/turn`, for a cell with typed turns; else nothing."""
+    if not summary.typed_turns:
+        return ''
+    return (
+        f'format {_percent(summary.format_compliance)} · {summary.output_retries_per_turn:.2f} output retries/turn · '
+    )
+
+
 def caption(summary: CellSummary) -> str:
     """One line with a cell's numbers."""
     return (
         f'pass {summary.passed}/{summary.scenarios} ({_percent(summary.pass_rate)}) · '
         f'tool-call accuracy {_percent(summary.tool_accuracy)} · '
+        f'{_format(summary)}'
         f'{summary.total_tokens:,} tokens ({summary.tokens_per_turn:,.0f}/turn) · '
         f'latency p50 {format_seconds(summary.latency_p50_s)}, p95 {format_seconds(summary.latency_p95_s)} · '
         f'cost {format_cost(summary.cost_usd)}'
@@ -117,7 +127,9 @@ def comparison_table(report: SuiteReport) -> Table:
     """The cells side by side, with the change from the first cell."""
     table = Table(title='[bold]matrix[/]')
     table.add_column('cell', overflow='fold')
-    for name in ('pass', 'tools ok', 'tok/turn', 'p50', 'cost'):
+    typed = any(summary.typed_turns for summary in report.cells)
+    names = ('pass', 'tools ok', *(('format', 'retries') if typed else ()), 'tok/turn', 'p50', 'cost')
+    for name in names:
         table.add_column(name, justify='right', no_wrap=True)
     first = report.cells[0]
     for label, summary in zip(short_labels(report.cells), report.cells, strict=True):
@@ -129,6 +141,7 @@ def comparison_table(report: SuiteReport) -> Table:
             Text(label),
             f'{_percent(summary.pass_rate)}{delta}',
             _percent(summary.tool_accuracy),
+            *((_percent(summary.format_compliance), f'{summary.output_retries_per_turn:.2f}') if typed else ()),
             f'{summary.tokens_per_turn:,.0f}',
             format_seconds(summary.latency_p50_s),
             format_cost(summary.cost_usd),

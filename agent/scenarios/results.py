@@ -82,7 +82,16 @@ class CheckResult(_Model):
     turn: int
     """1 for the first turn."""
     kind: Literal[
-        'tool', 'tool_not_called', 'contains', 'not_contains', 'regex', 'max_tool_calls', 'max_tokens', 'judge'
+        'tool',
+        'tool_not_called',
+        'contains',
+        'not_contains',
+        'regex',
+        'max_tool_calls',
+        'max_tokens',
+        'judge',
+        'output',
+        'output_field',
     ]
     label: str
     """What was expected, e.g. `calculate(expression=~/17/)` or `contains '391'`."""
@@ -116,6 +125,10 @@ class TurnOutcome(_Model):
     latency_s: float = 0.0
     """Wall time of the turn; for a replayed turn, the recorded latency of its model requests plus the replay's time."""
     checks: list[CheckResult] = Field(default_factory=list[CheckResult])
+    output_valid: bool | None = None
+    """For a turn that asked for a typed answer (`expect.output`): whether it got one that fits the schema."""
+    output_retries: int = 0
+    """How often the model was sent back because its answer did not validate."""
 
     @property
     def total_tokens(self) -> int:
@@ -195,6 +208,12 @@ class CellSummary(_Model):
     """Median latency of a turn."""
     latency_p95_s: float
     latency_total_s: float
+    typed_turns: int = 0
+    """Turns that asked for a typed answer."""
+    valid_outputs: int = 0
+    """Of those, the turns whose answer fit the schema."""
+    output_retries: int = 0
+    """Retries of answers that did not validate, over all turns."""
 
     @property
     def pass_rate(self) -> float:
@@ -207,6 +226,16 @@ class CellSummary(_Model):
         return self.tool_checks_passed / self.tool_checks if self.tool_checks else None
 
     @property
+    def format_compliance(self) -> float | None:
+        """Share of typed turns whose answer fit the schema: how consistently the arm keeps a format."""
+        return self.valid_outputs / self.typed_turns if self.typed_turns else None
+
+    @property
+    def output_retries_per_turn(self) -> float:
+        """Mean retries of invalid answers per turn: what keeping the format costs."""
+        return self.output_retries / self.turns if self.turns else 0.0
+
+    @property
     def tokens_per_turn(self) -> float:
         """Mean tokens of a turn."""
         return self.total_tokens / self.turns if self.turns else 0.0
@@ -216,6 +245,7 @@ class CellSummary(_Model):
         """Summarize the runs of one cell."""
         tool_checks = [check for run in runs for check in run.checks if check.about_tools]
         latencies = [turn.latency_s for run in runs for turn in run.turns]
+        typed = [turn for run in runs for turn in run.turns if turn.output_valid is not None]
         costs = [run.cost_usd for run in runs if run.turns]
         return cls(
             cell=cell,
@@ -231,6 +261,9 @@ class CellSummary(_Model):
             latency_p50_s=statistics.median(latencies) if latencies else 0.0,
             latency_p95_s=_percentile(latencies, 0.95),
             latency_total_s=sum(latencies),
+            typed_turns=len(typed),
+            valid_outputs=sum(bool(turn.output_valid) for turn in typed),
+            output_retries=sum(turn.output_retries for run in runs for turn in run.turns),
         )
 
 

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from tandem.agent.backbones import base as backbone_registry
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig, Settings
-from tandem.agent.core.errors import BackboneError, PromptError, TandemError
+from tandem.agent.core.errors import BackboneError, InvalidOutputError, PromptError, TandemError
 from tandem.agent.core.events import TurnEvent
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
@@ -41,9 +41,10 @@ from tandem.agent.scenarios.cassettes import Cassettes, model_time
 from tandem.agent.scenarios.expectations import check_turn, judge_answer
 from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
 from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
-from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError
+from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError, Turn
 from tandem.agent.turn.build import build_deps
 from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.output import schema_type
 from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn, with_session
 from tandem.tools.installed import installed_plugins
@@ -292,10 +293,26 @@ async def _turns(
             await _emit(
                 on_step, TurnStarted(index, len(scenario.turns), turn.user, session, turn.new_session and index > 1)
             )
+            typed = turn.expect.output
             with model_time() as served:
                 started = time.perf_counter()
-                # Streaming only when someone watches: the same turn either way, as `tandem ask` runs it.
-                result = await run_turn(deps, turn.user, on_event=on_step)
+                try:
+                    # Streaming only when someone watches: the same turn either way, as `tandem ask` runs it.
+                    result = await run_turn(
+                        deps,
+                        turn.user,
+                        on_event=on_step,
+                        output_type=schema_type(typed.json_schema) if typed is not None else None,
+                    )
+                except InvalidOutputError as error:
+                    if typed is None:
+                        raise
+                    # No answer in the format is a failed expectation (the format-compliance rate), not an error.
+                    latency = time.perf_counter() - started + served.recorded_seconds
+                    outcome = _invalid_output(index, session, turn, str(error), latency, settings)
+                    out.turns.append(outcome)
+                    await _emit(on_step, TurnFinished(outcome))
+                    continue
                 latency = time.perf_counter() - started + served.recorded_seconds
             calls = _tool_calls(result.tool_calls)
             usage = result.usage
@@ -314,11 +331,28 @@ async def _turns(
                 cost_usd=usage.cost_usd,
                 latency_s=latency,
                 checks=checks,
+                output_valid=True if typed is not None else None,
+                output_retries=usage.output_retries,
             )
             out.turns.append(outcome)
             await _emit(on_step, TurnFinished(outcome))
     finally:
         out.messages = await _messages(deps, sessions)
+
+
+def _invalid_output(
+    index: int, session: str, turn: Turn, error: str, latency: float, settings: Settings
+) -> TurnOutcome:
+    """A turn whose model gave no answer in its schema, in all `limits.output_retries` retries."""
+    return TurnOutcome(
+        index=index,
+        session=session,
+        user=turn.user,
+        latency_s=latency,
+        checks=check_turn(index, turn.expect, '', [], 0, output_error=error),
+        output_valid=False,
+        output_retries=settings.limits.output_retries,
+    )
 
 
 async def _run_scenario(

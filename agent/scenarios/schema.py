@@ -54,7 +54,9 @@ __all__ = [
     'Document',
     'Expectations',
     'Fact',
+    'FieldMatch',
     'Judge',
+    'OutputExpectation',
     'Scenario',
     'ScenarioFileError',
     'Setup',
@@ -182,6 +184,72 @@ class ToolCall(_Model):
         return f'{self.name}({args})' if args else self.name
 
 
+class FieldMatch(ArgMatch):
+    """How one field of a typed answer must look: as a tool argument (`equals`, `contains`, `regex`), or a
+    number in a range (`min`, `max`, either or both)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode='before')
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            mapping = cast(dict[str, Any], value)
+            if mapping and set(mapping) <= {'equals', 'contains', 'regex', 'min', 'max'}:
+                return mapping
+        shorthand: dict[str, Any] = {'equals': value}
+        return shorthand
+
+    @model_validator(mode='after')
+    def _one_comparison(self) -> FieldMatch:
+        ranged = self.min is not None or self.max is not None
+        if ranged and (self.contains is not None or self.regex is not None or self.equals is not None):
+            raise ValueError('compare a field either by range (min, max) or by equals, contains or regex')
+        return self
+
+    def describe(self) -> str:
+        """The comparison, as shown in a failure: `='ACME'`, ` in [10, 20]`, ` >= 0`."""
+        if self.min is not None and self.max is not None:
+            return f' in [{self.min:g}, {self.max:g}]'
+        if self.min is not None:
+            return f' >= {self.min:g}'
+        if self.max is not None:
+            return f' <= {self.max:g}'
+        return super().describe()
+
+
+class OutputExpectation(_Model):
+    """A typed answer: the turn asks for JSON that fits `schema`, and its `fields` are checked."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_: dict[str, Any] | str = Field(alias='schema')
+    """A JSON Schema (a mapping, or a `.json` file relative to the scenario file), or llm's concise form,
+    `'number str, total float'`."""
+    fields: dict[str, FieldMatch] = Field(default_factory=dict[str, FieldMatch])
+    """Fields by dotted path (`lines.0.sku`), each compared as a tool argument is, or by range."""
+
+    @field_validator('schema_', mode='after')
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | str, info: ValidationInfo) -> dict[str, Any]:
+        from tandem.agent.turn.output import OutputSchemaError, load_schema, schema_type
+
+        context = cast(dict[str, Any], info.context or {})
+        base = cast(Path | None, context.get('base_dir'))
+        try:
+            schema = load_schema(value, base=base) if isinstance(value, str) else dict(value)
+            schema_type(schema)
+        except OutputSchemaError as error:
+            raise ValueError(str(error)) from None
+        return schema
+
+    @property
+    def json_schema(self) -> dict[str, Any]:
+        """The schema the turn asks for, as a JSON Schema (a concise form or a file, read)."""
+        return cast(dict[str, Any], self.schema_)
+
+
 class Judge(_Model):
     """An LLM-judge rubric (pydantic-evals' `LLMJudge`): a statement that must be true of the answer."""
 
@@ -214,6 +282,8 @@ class Expectations(_Model):
     max_tokens: int | None = Field(default=None, ge=1)
     """Input plus output tokens of the whole turn, over all its model requests."""
     judge: Judge | None = None
+    output: OutputExpectation | None = None
+    """Ask for a typed answer that fits a schema, and check its fields."""
 
     _lists = field_validator('tools', 'tools_not_called', 'contains', 'not_contains', 'regex', mode='before')(_as_list)
 
@@ -376,9 +446,9 @@ def _known_keys(loc: Loc) -> list[str] | None:
             continue
         field = model.model_fields.get(part)
         model = _annotation_fields(field.annotation) if field is not None else None
-        if model is ArgMatch:  # below `args`, keys are the tool's argument names: anything goes
+        if model is not None and issubclass(model, ArgMatch):  # below `args` and `fields`: names, anything goes
             return None
-    return list(model.model_fields) if model is not None else None
+    return [field.alias or name for name, field in model.model_fields.items()] if model is not None else None
 
 
 def _problem(source: SourceMap, error: Any) -> Problem:

@@ -63,6 +63,16 @@ class Arm:
         return self.summary.tool_accuracy
 
     @property
+    def format_compliance(self) -> float | None:
+        """Share of typed answers that fit their schema: the consistency criterion; `None` without any."""
+        return self.summary.format_compliance
+
+    @property
+    def output_retries_per_turn(self) -> float:
+        """Mean retries of answers that did not validate, per turn: what keeping the format costs."""
+        return self.summary.output_retries_per_turn
+
+    @property
     def tokens_per_turn(self) -> float:
         """Mean tokens (input and output) of a turn."""
         return self.summary.tokens_per_turn
@@ -109,6 +119,8 @@ class Comparison:
                     'passed': arm.summary.passed,
                     'pass_rate': arm.pass_rate,
                     'tool_accuracy': arm.tool_accuracy,
+                    'format_compliance': arm.format_compliance,
+                    'output_retries_per_turn': round(arm.output_retries_per_turn, 4),
                     'tokens_per_turn': round(arm.tokens_per_turn, 1),
                     'latency_p50_s': round(arm.latency_s, 4),
                     'cost_per_1k_turns_usd': None if arm.cost_per_1k_turns is None else round(arm.cost_per_1k_turns, 4),
@@ -132,9 +144,15 @@ def _deltas(arm: Arm, baseline: Arm) -> dict[str, float | None]:
         if arm.tool_accuracy is None or baseline.tool_accuracy is None
         else arm.tool_accuracy - baseline.tool_accuracy
     )
+    compliance = (
+        None
+        if arm.format_compliance is None or baseline.format_compliance is None
+        else arm.format_compliance - baseline.format_compliance
+    )
     return {
         'pass_rate_pp': round((arm.pass_rate - baseline.pass_rate) * 100, 1),
         'tool_accuracy_pp': None if accuracy is None else round(accuracy * 100, 1),
+        'format_compliance_pp': None if compliance is None else round(compliance * 100, 1),
         'tokens_per_turn': _rounded(_relative(arm.tokens_per_turn, baseline.tokens_per_turn)),
         'latency': _rounded(_relative(arm.latency_s, baseline.latency_s)),
         'cost_per_1k_turns': _rounded(_relative(arm.cost_per_1k_turns, baseline.cost_per_1k_turns)),
@@ -148,15 +166,31 @@ def _rounded(value: float | None) -> float | None:
 # -- the verdict --------------------------------------------------------------------------------------
 
 
-def _quality(arm: Arm, baseline: Arm) -> Literal['better', 'equal', 'worse']:
+def _edge(arm: Arm, baseline: Arm) -> tuple[str, float, float] | None:
+    """The first criterion on which `arm` and `baseline` differ: pass rate, then tool-call accuracy, then
+    format compliance (the consistency criterion); `(name, arm's, baseline's)`, or `None` when they are equal."""
     if arm.pass_rate != baseline.pass_rate:
-        return 'better' if arm.pass_rate > baseline.pass_rate else 'worse'
-    if arm.tool_accuracy is None or baseline.tool_accuracy is None:
+        return 'pass rate', arm.pass_rate, baseline.pass_rate
+    for name, mine, theirs in (
+        ('tool accuracy', arm.tool_accuracy, baseline.tool_accuracy),
+        ('format', arm.format_compliance, baseline.format_compliance),
+    ):
+        if mine is not None and theirs is not None and abs(mine - theirs) > _EQUAL_ACCURACY:
+            return name, mine, theirs
+    return None
+
+
+def _quality(arm: Arm, baseline: Arm) -> Literal['better', 'equal', 'worse']:
+    edge = _edge(arm, baseline)
+    if edge is None:
         return 'equal'
-    gap = arm.tool_accuracy - baseline.tool_accuracy
-    if abs(gap) <= _EQUAL_ACCURACY:
-        return 'equal'
-    return 'better' if gap > 0 else 'worse'
+    return 'better' if edge[1] > edge[2] else 'worse'
+
+
+_EDGE_WORDS = {
+    'tool accuracy': ('makes more accurate tool calls', 'makes less accurate tool calls'),
+    'format': ('keeps the answer format more consistently', 'keeps the answer format less consistently'),
+}
 
 
 def _savings(arm: Arm, baseline: Arm) -> str:
@@ -197,8 +231,9 @@ def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
         return f'{lead}; the short prompt alone does as well{extra}, so the fine-tune adds nothing here'
     if tuned_quality == 'better':
         clause = f'the fine-tune does better ({_rate(tuned)} vs {_rate(prompting)})'
-        if tuned.pass_rate == prompting.pass_rate and tuned.tool_accuracy is not None:
-            clause = f'the fine-tune makes more accurate tool calls ({tuned.tool_accuracy:.0%} vs {prompting.tool_accuracy or 0:.0%})'
+        edge = _edge(tuned, prompting)
+        if edge is not None and edge[0] in _EDGE_WORDS:
+            clause = f'the fine-tune {_EDGE_WORDS[edge[0]][0]} ({edge[1]:.0%} vs {edge[2]:.0%})'
         return (
             f'{lead}; {clause}' + (f' and {tuned_saving}' if tuned_saving.startswith('saves') else '') + ': it pays off'
         )
@@ -210,10 +245,10 @@ def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
         return (
             f'{lead}; the fine-tune matches it at about the same cost: keep prompting + RAG, which is easier to change'
         )
-    shortfall = f'the fine-tune falls short ({_rate(tuned)} vs {_rate(prompting)}'
-    if tuned.pass_rate == prompting.pass_rate and tuned.tool_accuracy is not None:
-        shortfall = f'the fine-tune makes less accurate tool calls ({tuned.tool_accuracy:.0%} vs {prompting.tool_accuracy or 0:.0%}'
-    shortfall += ')'
+    shortfall = f'the fine-tune falls short ({_rate(tuned)} vs {_rate(prompting)})'
+    edge = _edge(tuned, prompting)
+    if edge is not None and edge[0] in _EDGE_WORDS:
+        shortfall = f'the fine-tune {_EDGE_WORDS[edge[0]][1]} ({edge[1]:.0%} vs {edge[2]:.0%})'
     if short.pass_rate < tuned.pass_rate < prompting.pass_rate:
         shortfall += f', though it recovers part of what the short prompt alone loses ({_rate(short)})'
     return f'{lead}; {shortfall}: keep prompting + RAG, or tune on more (or better) examples'
@@ -375,6 +410,22 @@ def metric_rows(comparison: Comparison) -> list[list[str]]:
             'tool-call accuracy',
             lambda arm: _percent(arm.tool_accuracy),
             lambda arm, base: _points(arm.tool_accuracy, base.tool_accuracy),
+        ),
+        *(
+            [
+                row(
+                    'format compliance',
+                    lambda arm: _percent(arm.format_compliance),
+                    lambda arm, base: _points(arm.format_compliance, base.format_compliance),
+                ),
+                row(
+                    'output retries per turn',
+                    lambda arm: f'{arm.output_retries_per_turn:.2f}',
+                    lambda arm, base: _change(arm.output_retries_per_turn, base.output_retries_per_turn),
+                ),
+            ]
+            if any(arm.summary.typed_turns for arm in comparison.arms)
+            else []
         ),
         row(
             'tokens per turn',

@@ -46,6 +46,7 @@ from tandem.agent.core.files import write_atomically
 from tandem.agent.core.prompts import PromptLibrary
 from tandem.agent.tune.scrub import Scrubber
 from tandem.agent.tune.validate import check_example
+from tandem.agent.turn.output import as_sent
 
 __all__ = [
     'ExportOptions',
@@ -197,7 +198,8 @@ def openai_messages(messages: Sequence[ModelMessage]) -> tuple[str | None, list[
 
     The system prompt is the conversation's first instructions (with any system-prompt parts
     before them). Thinking, native (provider-side) tool parts and framework bookkeeping parts are
-    left out: they are not part of the chat format.
+    left out: they are not part of the chat format. Typed answers are the assistant's JSON, as they
+    were sent (`agent.turn.output.as_sent`): no output tool calls, no failed attempts or their retries.
 
     Raises:
         _Unexportable: A user message holds images or files, or a tool result is a file.
@@ -205,7 +207,7 @@ def openai_messages(messages: Sequence[ModelMessage]) -> tuple[str | None, list[
     system: str | None = None
     out: list[dict[str, Any]] = []
     first_request = True
-    for message in messages:
+    for message in as_sent(messages):
         if isinstance(message, ModelRequest):
             leading: list[str] = []
             for part in message.parts:
