@@ -293,6 +293,8 @@ def _run_python(block: Block, sandbox: Sandbox) -> None:
         _run_mcp_client_example(block)
     elif 'FastAPI(' in block.text:
         _run_fastapi_example(block)
+    elif 'output_type=' in block.text:
+        _run_typed_answers_example(block)
     elif block.text.lstrip().startswith('from tandem.') and 'assert ' in block.text:
         _run_checking_example(block)
     else:
@@ -328,6 +330,20 @@ def _run_fastapi_example(block: Block) -> None:
     assert response.json() == {'answer': 'You said: What is 2**20?', 'tools': [], 'tokens': response.json()['tokens']}
 
 
+def _run_typed_answers_example(block: Block) -> None:
+    """The Python API's typed answers, on the sandbox's model, which fills every schema with examples."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block.text, block.id, 'exec'), {'__name__': 'readme_typed'})  # noqa: S102
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == '1.5 {"number":"example","total":1.5} 0', lines
+    assert lines[-1] == "whole: number='example' total=1.5", lines
+    assert any(line.startswith('so far: ') for line in lines[1:-1]), lines
+
+
 def _run_openai_client_example(block: Block, sandbox: Sandbox) -> None:
     """The openai SDK against `tandem serve`, started as the block before it says."""
     env = {**sandbox.env, 'TANDEM_API_KEYS': 'KEY:acme'}
@@ -336,6 +352,8 @@ def _run_openai_client_example(block: Block, sandbox: Sandbox) -> None:
         source = block.text.replace('http://127.0.0.1:8000', server.base_url)
         exec(compile(source, block.id, 'exec'), namespace)  # noqa: S102
     assert namespace['reply'].choices[0].message.content == 'You said: What is 2**20?'
+    parsed = namespace['invoice'].choices[0].message.parsed
+    assert (type(parsed).__name__, parsed.number, parsed.total) == ('Invoice', 'example', 1.5)
 
 
 def _run_scenarios_api_example(block: Block, sandbox: Sandbox) -> None:
@@ -422,7 +440,7 @@ def _run_yaml(block: Block, sandbox: Sandbox) -> None:
     (folder / 'docs' / 'handbook.md').write_text('# Handbook\n')
     (folder / 'example.yaml').write_text(block.text)
     [scenario] = load_scenarios([folder])
-    assert scenario.name == 'calculator'
+    assert scenario.name == re.search(r'^name: (\S+)', block.text, flags=re.M)[1]  # pyright: ignore[reportOptionalSubscript]
 
 
 def test_the_compose_image_builds_from_paths_that_exist() -> None:

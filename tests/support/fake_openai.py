@@ -74,8 +74,45 @@ def user_texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
+def example_of(schema: dict[str, Any]) -> Any:
+    """A value that fits a JSON Schema of the kinds typed answers use: every required property, filled in."""
+    if 'enum' in schema:
+        return schema['enum'][0]
+    if 'const' in schema:
+        return schema['const']
+    for key in ('anyOf', 'oneOf'):
+        if key in schema:
+            return example_of(schema[key][0])
+    kind = schema.get('type', 'object')
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == 'object':
+        properties: dict[str, Any] = schema.get('properties', {})
+        return {name: example_of(properties[name]) for name in schema.get('required', properties)}
+    if kind == 'array':
+        return [example_of(schema.get('items', {'type': 'string'}))]
+    return {'string': 'example', 'integer': 1, 'number': 1.5, 'boolean': True, 'null': None}.get(kind, 'example')
+
+
+def _typed_answer(body: dict[str, Any]) -> Reply | None:
+    """A typed answer, when the request asks for one: a call of its output tool, or JSON in the text."""
+    for tool in body.get('tools') or []:
+        function = tool.get('function', {})
+        if function.get('name', '').startswith('final_result'):
+            return ToolCall(((function['name'], example_of(function.get('parameters', {}))),))
+    response_format = body.get('response_format') or {}
+    if response_format.get('type') == 'json_schema':
+        return Text(json.dumps(example_of(response_format['json_schema'].get('schema', {}))))
+    if response_format.get('type') == 'json_object':
+        return Text('{}')
+    return None
+
+
 def echo_script(body: dict[str, Any]) -> Reply:
-    """Default behaviour: after a tool result, report it; otherwise echo the last user message."""
+    """Default behaviour: a typed answer that fits, when one is asked for (`example_of`); after a tool
+    result, report it; otherwise echo the last user message."""
+    typed = _typed_answer(body)
+    if typed is not None:
+        return typed
     result = last_tool_result(body)
     if result is not None:
         return Text(f'The tool said: {result}')
