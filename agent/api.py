@@ -39,12 +39,13 @@ from pydantic_ai.messages import ModelMessage
 from tandem.agent.backbones import base as _backbones
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import Settings, load_settings
-from tandem.agent.core.errors import TandemError
+from tandem.agent.core.errors import InvalidOutputError, TandemError
 from tandem.agent.core.events import PartialOutput, TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.turn.build import build_deps, selected_toolsets
 from tandem.agent.turn.deps import Deps
+from tandem.agent.turn.output import OutputSchemaError
 from tandem.agent.turn.request import TurnRequest, new_session_id
 from tandem.agent.turn.run import EventSink, TurnResult, TurnUsage, run_turn
 from tandem.memory.connection import connect
@@ -73,6 +74,8 @@ _TENANT_STORES = 64
 
 __all__ = [
     'Assistant',
+    'InvalidOutputError',
+    'OutputSchemaError',
     'PartialOutput',
     'SessionExistsError',
     'StreamEvent',

@@ -27,7 +27,7 @@ import re
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, cast, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -147,12 +147,16 @@ class ArgMatch(_Model):
     regex: Regex | None = None
     """A regular expression found in the value's text (`re.search`)."""
 
+    _KEYS: ClassVar[frozenset[str]] = frozenset({'equals', 'contains', 'regex'})
+    """The keys of a mapping that chooses the comparison; any other value means `equals`."""
+    _MOST_KEYS: ClassVar[int] = 1
+
     @model_validator(mode='before')
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         if isinstance(value, dict):
             mapping = cast(dict[str, Any], value)
-            if len(mapping) == 1 and set(mapping) <= {'equals', 'contains', 'regex'}:
+            if 1 <= len(mapping) <= cls._MOST_KEYS and set(mapping) <= cls._KEYS:
                 return mapping
         shorthand: dict[str, Any] = {'equals': value}
         return shorthand
@@ -191,15 +195,8 @@ class FieldMatch(ArgMatch):
     min: float | None = None
     max: float | None = None
 
-    @model_validator(mode='before')
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            mapping = cast(dict[str, Any], value)
-            if mapping and set(mapping) <= {'equals', 'contains', 'regex', 'min', 'max'}:
-                return mapping
-        shorthand: dict[str, Any] = {'equals': value}
-        return shorthand
+    _KEYS: ClassVar[frozenset[str]] = frozenset({'equals', 'contains', 'regex', 'min', 'max'})
+    _MOST_KEYS: ClassVar[int] = 2  # min and max together
 
     @model_validator(mode='after')
     def _one_comparison(self) -> FieldMatch:

@@ -95,12 +95,18 @@ class TurnGuard(AbstractCapability['Deps']):
         )
         # Set before the request, so a streamed answer is held to the same policy as it arrives (`run`).
         policy = ctx.deps.turn.link_policy = link_policy(ctx.deps, request_context.messages)
-        if output_tools := request_context.model_request_parameters.output_tools:
-            ctx.deps.turn.output_tools.update(tool.name for tool in output_tools)
+        parameters = request_context.model_request_parameters
+        if parameters.output_tools:
+            ctx.deps.turn.output_tools.update(tool.name for tool in parameters.output_tools)
         started = time.perf_counter()
         response = await handler(request_context)
         if policy is not None:
-            neutralize_response(response, policy)
+            neutralize_response(
+                response,
+                policy,
+                json_text=parameters.output_object is not None,
+                output_tools=ctx.deps.turn.output_tools,
+            )
         unfinished = _unfinished(ctx.deps, request_context.model, response)
         if unfinished is not None:
             _log.warning('model.unfinished', finish_reason=response.finish_reason)

@@ -147,7 +147,8 @@ def _stream_handler(
 
         async for event in events:
             if typed and isinstance(event, PartStartEvent | PartDeltaEvent):
-                if isinstance(events, AgentStream):
+                # In a tainted turn only the final answer is given, its links made inert as the response returns.
+                if isinstance(events, AgentStream) and deps.turn.link_policy is None:
                     await partial(cast(AgentStream[Deps, Any], events))
             elif isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
                 policy = deps.turn.link_policy

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.profiles.openai import OpenAIModelProfile
+from pydantic_ai.providers.openai import OpenAIProvider
 
+from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig, Settings
 from tests.support.fake_openai import FakeOpenAI, Text, ToolCall
 
@@ -36,3 +40,13 @@ def loopback_settings(tmp_path: Path, redis_url: str, server: FakeOpenAI, **back
         backbone='loop',
         backbones={'loop': BackboneConfig(model='openai-chat:tiny-chat', base_url=server.url, **backbone)},  # pyright: ignore[reportArgumentType]
     )
+
+
+def loopback_backbone(
+    server: FakeOpenAI, name: str = 'loop', *, profile: OpenAIModelProfile | None = None, **config: object
+) -> Backbone:
+    """A backbone on the loopback server, its model's profile overridden (what it can follow) when given."""
+    model = OpenAIChatModel(
+        'tiny-chat', provider=OpenAIProvider(base_url=server.url, api_key='unused'), profile=profile
+    )
+    return Backbone(name=name, config=BackboneConfig(model='openai-chat:tiny-chat', **config), model=model)  # pyright: ignore[reportArgumentType]

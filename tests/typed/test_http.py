@@ -10,16 +10,13 @@ import httpx
 import openai
 from fastapi import FastAPI
 from pydantic import BaseModel
-from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.profiles.openai import OpenAIModelProfile
-from pydantic_ai.providers.openai import OpenAIProvider
 
-from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig
 from tandem.agent.server.app import create_app
 from tests.service.conftest import AUTH_A, KEY_A, asgi, live, service_settings
 from tests.support.fake_openai import FakeOpenAI, Text
-from tests.typed.conftest import PROSE, answer
+from tests.typed.conftest import PROSE, answer, loopback_backbone
 
 INVOICE = {
     'type': 'object',
@@ -66,6 +63,19 @@ async def test_json_schema_answers_are_json_that_validates(tmp_path: Path, redis
     assert tool['strict'] is True
     feedback = server.chat_requests[1]['messages'][-1]  # the schema's verdict went back to the model
     assert "number: '7' does not match '^INV-[0-9]+$'" in feedback['content']
+
+
+async def test_strict_is_passed_on_to_the_output_tool(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> None:
+    loose = {'type': 'json_schema', 'json_schema': {'name': 'invoice', 'schema': INVOICE, 'strict': False}}
+    server.script = [answer(number='INV-7', total=12.5), answer(number='INV-8', total=3.0)]
+    async with asgi(_app(tmp_path, redis_url, server)) as http:
+        for response_format in (JSON_SCHEMA, loose):
+            response = await http.post('/v1/chat/completions', headers=AUTH_A, json=_body(response_format))
+            assert response.status_code == 200, response.text
+
+    strict, not_strict = (request['tools'][-1]['function'] for request in server.chat_requests)
+    assert strict['strict'] is True
+    assert 'strict' not in not_strict
 
 
 async def test_json_object_answers_are_a_json_object(tmp_path: Path, redis_url: str, server: FakeOpenAI) -> None:
@@ -136,14 +146,8 @@ async def test_an_invalid_schema_is_a_400_naming_the_parameter(
 async def test_response_format_on_a_backbone_that_cannot_follow_it_is_a_400(
     tmp_path: Path, redis_url: str, server: FakeOpenAI
 ) -> None:
-    no_tools = OpenAIChatModel(
-        'tiny-chat',
-        provider=OpenAIProvider(base_url=server.url, api_key='unused'),
-        profile=OpenAIModelProfile(supports_tools=False),
-    )
-    config = BackboneConfig(model='openai-chat:tiny-chat', output_mode='tool')
-    settings = service_settings(tmp_path, redis_url)
-    app = create_app(settings, backbones={'plain': Backbone(name='plain', config=config, model=no_tools)})
+    no_tools = loopback_backbone(server, 'plain', profile=OpenAIModelProfile(supports_tools=False), output_mode='tool')
+    app = create_app(service_settings(tmp_path, redis_url), backbones={'plain': no_tools})
     async with asgi(app) as http:
         body = {**_body(JSON_SCHEMA), 'model': 'plain'}
         response = await http.post('/v1/chat/completions', headers=AUTH_A, json=body)

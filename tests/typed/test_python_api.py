@@ -10,20 +10,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from pydantic_ai.messages import ModelResponse
-from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.profiles.openai import OpenAIModelProfile
-from pydantic_ai.providers.openai import OpenAIProvider
 from typing_extensions import TypedDict
 
 from tandem.agent import Assistant
 from tandem.agent.api import PartialOutput, TurnFinished
-from tandem.agent.backbones.base import Backbone
-from tandem.agent.core.config import BackboneConfig
 from tandem.agent.core.errors import BackboneError, InvalidOutputError
 from tandem.agent.core.events import TextDelta
 from tandem.agent.turn.output import ANSWER_METADATA, OutputSchemaError
 from tests.support.fake_openai import FakeOpenAI, Reply, Text
-from tests.typed.conftest import PROSE, answer, loopback_settings
+from tests.typed.conftest import PROSE, answer, loopback_backbone, loopback_settings
 
 
 class Person(BaseModel):
@@ -209,13 +205,8 @@ async def test_typed_answers_are_stored_as_sent_and_the_session_goes_on(
 async def test_native_output_on_a_model_that_cannot_follow_it_is_one_clear_error(
     tmp_path: Path, redis_url: str, server: FakeOpenAI
 ) -> None:
-    no_json_schema = OpenAIChatModel(
-        'tiny-chat',
-        provider=OpenAIProvider(base_url=server.url, api_key='unused'),
-        profile=OpenAIModelProfile(supports_json_schema_output=False),
-    )
-    config = BackboneConfig(model='openai-chat:tiny-chat', output_mode='native')
-    backbones = {'plain': Backbone(name='plain', config=config, model=no_json_schema)}
+    no_json_schema = OpenAIModelProfile(supports_json_schema_output=False)
+    backbones = {'plain': loopback_backbone(server, 'plain', profile=no_json_schema, output_mode='native')}
     async with Assistant(loopback_settings(tmp_path, redis_url, server), backbones=backbones) as assistant:
         with pytest.raises(BackboneError) as raised:
             await assistant.chat('Who?', backbone='plain', output_type=Person)
