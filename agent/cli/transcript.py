@@ -14,11 +14,12 @@ from pydantic_ai.messages import (
 )
 
 from tandem.agent.core.events import short
+from tandem.agent.turn.output import as_sent
 
 
 def render_transcript(messages: Sequence[ModelMessage]) -> Iterator[str]:
-    """One line per user message, answer, tool call and tool result."""
-    for message in messages:
+    """One line per user message, answer, tool call and tool result; a typed answer as it was sent."""
+    for message in as_sent(messages):
         if isinstance(message, ModelRequest):
             for part in message.parts:
                 if isinstance(part, UserPromptPart):

@@ -15,6 +15,7 @@ from typing_extensions import TypedDict
 
 from tandem.agent import Assistant
 from tandem.agent.api import PartialOutput, TurnFinished
+from tandem.agent.cli.transcript import render_transcript
 from tandem.agent.core.errors import BackboneError, InvalidOutputError
 from tandem.agent.core.events import TextDelta
 from tandem.agent.turn.output import ANSWER_METADATA, OutputSchemaError
@@ -198,6 +199,12 @@ async def test_typed_answers_are_stored_as_sent_and_the_session_goes_on(
     assert prose.answer == 'She was 36.'
     answers = [m.metadata.get(ANSWER_METADATA) for m in stored if isinstance(m, ModelResponse) and m.metadata]
     assert answers == [typed.answer]
+    assert list(render_transcript(stored)) == [
+        'you: Who?',
+        'assistant: {"name":"Ada","age":36,"tags":[]}',
+        'you: How old, in words?',
+        'assistant: She was 36.',
+    ]
     roles = [message['role'] for message in server.chat_requests[1]['messages']]
     assert roles == ['system', 'user', 'assistant', 'tool', 'user']
 
