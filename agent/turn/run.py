@@ -50,6 +50,9 @@ from tandem.agent.turn.titles import schedule_title
 EventSink = Callable[[TurnEvent], Awaitable[None] | None]
 OutputT = TypeVar('OutputT', default=str)
 
+PARTIAL_INTERVAL = 0.1
+"""Seconds between validations of a typed answer as it streams, as pydantic-ai's `stream_output` debounces."""
+
 _log = get_logger('tandem.runtime')
 
 
@@ -132,24 +135,30 @@ def _stream_handler(
             if neutralizer is not None and (rest := neutralizer.finish()):
                 await _emit(sink, TextDelta(rest))
 
-        shown: list[Any] = []  # the last partial typed answer sent, if any
+        shown: Any = None  # the last partial typed answer sent
+        validated_at = -PARTIAL_INTERVAL
 
-        async def partial(stream: AgentStream[Deps, Any]) -> None:
+        async def partial(stream: AgentStream[Deps, Any], *, part_done: bool) -> None:
             # pydantic-ai's own partial validation, as its `stream_output` does; the text deltas of a typed
             # answer are not sent, since an attempt that fails validation would leave the reader invalid JSON.
+            nonlocal shown, validated_at
+            now = time.monotonic()
+            if not part_done and now - validated_at < PARTIAL_INTERVAL:
+                return  # each validation parses the whole answer so far: at most one per interval
+            validated_at = now
             try:
                 output = await stream.validate_response_output(stream.response, allow_partial=True)
             except Exception:  # noqa: BLE001 - an unfinished answer fails in many ways; only the final one counts
                 return
-            if not shown or shown[0] != output:
-                shown[:] = [output]
+            if output != shown:
+                shown = output
                 await _emit(sink, PartialOutput(output))
 
         async for event in events:
-            if typed and isinstance(event, PartStartEvent | PartDeltaEvent):
+            if typed and isinstance(event, PartStartEvent | PartDeltaEvent | PartEndEvent):
                 # In a tainted turn only the final answer is given, its links made inert as the response returns.
                 if isinstance(events, AgentStream) and deps.turn.link_policy is None:
-                    await partial(cast(AgentStream[Deps, Any], events))
+                    await partial(cast(AgentStream[Deps, Any], events), part_done=isinstance(event, PartEndEvent))
             elif isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
                 policy = deps.turn.link_policy
                 texts[event.index] = StreamNeutralizer(policy) if policy is not None else None
@@ -232,7 +241,7 @@ _CUT_STREAM = 'ended without a `finish_reason`'
 """What pydantic-ai says of a chat stream that ended without one (`openai_chat_streaming_requires_finish_reason`)."""
 
 
-def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
+def _as_tandem_error(deps: Deps, error: Exception, *, typed: bool = False) -> TandemError | None:
     """The user-facing error for a model-side failure, or `None` to let it propagate."""
     name = deps.backbone.name
     if isinstance(error, ai_errors.ModelAuthenticationError):
@@ -265,7 +274,8 @@ def _as_tandem_error(deps: Deps, error: Exception) -> TandemError | None:
             f'turn stopped and not saved: it would exceed {" and ".join(over) or "its limits"}. '
             'Raise the [limits] table in tandem.toml if it needs more.'
         )
-    if isinstance(error, ai_errors.UnexpectedModelBehavior) and 'maximum output retries' in error.message:
+    # pydantic-ai has no exception of its own for spent output retries: its message is what tells them apart.
+    if typed and isinstance(error, ai_errors.UnexpectedModelBehavior) and 'maximum output retries' in error.message:
         tries = deps.settings.limits.output_retries + 1
         why = short(str(error.__cause__), 160) if error.__cause__ is not None else 'no valid answer'
         return InvalidOutputError(
@@ -356,7 +366,7 @@ async def run_turn(
                 run_id=run_id,
             )
         except Exception as error:
-            mapped = _as_tandem_error(deps, error)
+            mapped = _as_tandem_error(deps, error, typed=typed)
             _log.warning('turn.failed', error=type(error).__name__)
             if mapped is None:
                 raise

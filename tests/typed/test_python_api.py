@@ -224,3 +224,15 @@ async def test_native_output_on_a_model_that_cannot_follow_it_is_one_clear_error
         'tandem.toml.'
     )
     assert server.chat_requests == []
+
+
+async def test_a_prose_turn_that_spends_its_output_retries_is_not_called_a_typed_failure(
+    tmp_path: Path, redis_url: str, server: FakeOpenAI
+) -> None:
+    server.script = [Text(''), Text(''), Text('')]  # empty answers: pydantic-ai retries them too
+    async with Assistant(loopback_settings(tmp_path, redis_url, server)) as assistant:
+        with pytest.raises(BackboneError) as raised:
+            await assistant.chat('Who?')
+
+    assert not isinstance(raised.value, InvalidOutputError)
+    assert str(raised.value).startswith("backbone 'loop' misbehaved: Exceeded maximum output retries (2)")
