@@ -138,6 +138,9 @@ def run(
         list[str] | None, typer.Option('-k', help='Only scenarios with this tag (or in their name); repeatable.')
     ] = None,
     concurrency: Annotated[int, typer.Option('--concurrency', '-j', min=1, help='Runs at once.')] = 4,
+    trials: Annotated[
+        int, typer.Option('--trials', '-n', min=1, help='Runs of each scenario per cell; rates get tighter intervals.')
+    ] = 1,
     report: Annotated[
         Path | None, typer.Option('--report', help='Write report.json and report.html into this directory.')
     ] = None,
@@ -177,7 +180,7 @@ def run(
         chosen = await _backbones(settings, backbone or [], model or [], cassettes)
         judge_backbone = _judge(settings, judge, cassettes)
         prompts: list[str | None] = list(prompt) if prompt else [None]
-        total = len(selected) * len(chosen) * len(prompts) * len(ablations)
+        total = len(selected) * len(chosen) * len(prompts) * len(ablations) * trials
         failures = 0
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -215,6 +218,7 @@ def run(
                     prompts=prompts,
                     ablations=ablations,
                     concurrency=concurrency,
+                    trials=trials,
                     judge=judge_backbone,
                     cassettes=cassettes,
                     on_run_start=started,

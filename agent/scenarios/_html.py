@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport, TurnOutcome
+from tandem.agent.scenarios.stats import Interval
 
-__all__ = ['render_html']
+__all__ = ['Bar', 'chart', 'interval_text', 'render_html', 'trial_mark']
 
 _PALETTE = ('#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2', '#edc948', '#b07aa1', '#ff9da7', '#9c755f')
 
@@ -32,6 +33,7 @@ figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 
 figcaption { font-weight: 600; margin-bottom: 6px; }
 svg.chart text { font: 12px system-ui, sans-serif; fill: #222; }
 svg.chart .axis { stroke: #bbb; } svg.chart .p95 { stroke: #222; stroke-width: 2; }
+svg.chart .whisker { stroke: #222; stroke-width: 1.2; }
 table { border-collapse: collapse; }
 table.grid th, table.grid td { border: 1px solid var(--line); padding: 4px 8px; text-align: center; }
 table.grid th.scenario, table.grid td.scenario { text-align: left; }
@@ -76,26 +78,46 @@ def _seconds(seconds: float) -> str:
     return f'{seconds * 1000:.0f} ms' if seconds < 1 else f'{seconds:.2f} s'
 
 
-def _percent(value: float | None) -> str:
-    return '—' if value is None else f'{value:.0%}'
+def interval_text(interval: Interval | None, show: str = 'percent') -> str:
+    """`63% [55–70%]`, `1,204 [1,180–1,230]` (`count`), `850 ms [800 ms–910 ms]` (`seconds`), or `—`."""
+    if interval is None:
+        return '—'
+    if show == 'percent':
+        return interval.percent()
+    if show == 'seconds':
+        return f'{_seconds(interval.value)} [{_seconds(interval.low)}–{_seconds(interval.high)}]'
+    if show == 'usd':
+        return f'${interval.value:.5f} [${interval.low:.5f}–{interval.high:.5f}]'
+    return f'{interval.value:,.0f} [{interval.low:,.0f}–{interval.high:,.0f}]'
 
 
 @dataclass(frozen=True)
-class _Bar:
+class Bar:
+    """One bar of a chart; `low` and `high` draw its confidence interval as an error bar."""
+
     label: str
     value: float | None
     shown: str
     color: str
     mark: float | None = None
     """A second value drawn as a tick on the bar (p95 latency)."""
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def of(cls, label: str, interval: Interval | None, shown: str, color: str, mark: float | None = None) -> Bar:
+        """A bar at an interval's value, with its error bar."""
+        if interval is None:
+            return cls(label, None, shown, color, mark)
+        return cls(label, interval.value, shown, color, mark, interval.low, interval.high)
 
 
-def _chart(metric: str, bars: Sequence[_Bar], *, scale: float | None = None) -> str:
-    """A horizontal bar chart as inline SVG, one bar per cell."""
+def chart(metric: str, bars: Sequence[Bar], *, scale: float | None = None) -> str:
+    """A horizontal bar chart as inline SVG, one bar per cell (or arm), with error bars."""
     label_width, bar_width, row, top = 230, 240, 26, 6
-    width = label_width + bar_width + 130  # room for the value after the longest bar
+    width = label_width + bar_width + 190  # room for the value and its interval after the longest bar
     height = top + row * len(bars) + 6
-    known = [value for bar in bars for value in (bar.value, bar.mark) if value is not None]
+    known = [value for bar in bars for value in (bar.value, bar.mark, bar.high) if value is not None]
     maximum = scale if scale is not None else (max(known) if known else 0.0)
     parts = [
         f'<svg class="chart" data-metric="{_e(metric)}" role="img" viewBox="0 0 {width} {height}" '
@@ -114,6 +136,16 @@ def _chart(metric: str, bars: Sequence[_Bar], *, scale: float | None = None) -> 
             f'fill="{bar.color}" rx="2"><title>{_e(bar.label)}: {_e(bar.shown)}</title></rect>'
         )
         end = label_width + length
+        if bar.low is not None and bar.high is not None and maximum > 0:
+            x1, x2 = (label_width + bar_width * bound / maximum for bound in (bar.low, bar.high))
+            middle = y + row / 2
+            parts.append(
+                f'<g class="whisker" data-low="{bar.low:.6g}" data-high="{bar.high:.6g}">'
+                f'<line x1="{x1:.1f}" y1="{middle:.1f}" x2="{x2:.1f}" y2="{middle:.1f}"/>'
+                f'<line x1="{x1:.1f}" y1="{middle - 5:.1f}" x2="{x1:.1f}" y2="{middle + 5:.1f}"/>'
+                f'<line x1="{x2:.1f}" y1="{middle - 5:.1f}" x2="{x2:.1f}" y2="{middle + 5:.1f}"/></g>'
+            )
+            end = max(end, x2)
         if bar.mark is not None and maximum > 0:
             x = label_width + bar_width * bar.mark / maximum
             parts.append(f'<line class="p95" x1="{x:.1f}" y1="{y + 2}" x2="{x:.1f}" y2="{y + row - 2}"/>')
@@ -134,56 +166,60 @@ def short_labels(cells: Sequence[CellSummary]) -> list[str]:
     return [' · '.join(column[index] for column in varying) for index in range(len(cells))]
 
 
+def _cost_total(summary: CellSummary) -> Interval | None:
+    """The cell's cost, with the interval of its mean cost per turn scaled to its turns."""
+    per_turn = summary.cost_per_turn_ci
+    if summary.cost_usd is None or per_turn is None:
+        return None
+    turns = summary.turns
+    return Interval(value=summary.cost_usd, low=per_turn.low * turns, high=per_turn.high * turns, n=per_turn.n)
+
+
 def _charts(cells: Sequence[CellSummary]) -> str:
     colors = [_PALETTE[index % len(_PALETTE)] for index in range(len(cells))]
     labels = short_labels(cells)
+    rows = list(zip(labels, cells, colors, strict=True))
     figures = [
         (
             'Pass rate',
             'pass_rate',
             [
-                _Bar(lab, s.pass_rate, f'{s.pass_rate:.0%} ({s.passed}/{s.scenarios})', c)
-                for lab, s, c in zip(labels, cells, colors, strict=True)
+                Bar.of(lab, s.pass_rate_ci, f'{interval_text(s.pass_rate_ci)} ({s.passed}/{s.scenarios})', c)
+                for lab, s, c in rows
             ],
             1.0,
         ),
         (
             'Tool-call accuracy',
             'tool_accuracy',
-            [
-                _Bar(lab, s.tool_accuracy, _percent(s.tool_accuracy), c)
-                for lab, s, c in zip(labels, cells, colors, strict=True)
-            ],
+            [Bar.of(lab, s.tool_accuracy_ci, interval_text(s.tool_accuracy_ci), c) for lab, s, c in rows],
             1.0,
         ),
         (
             'Tokens per turn',
             'tokens_per_turn',
-            [
-                _Bar(lab, s.tokens_per_turn, f'{s.tokens_per_turn:,.0f}', c)
-                for lab, s, c in zip(labels, cells, colors, strict=True)
-            ],
+            [Bar.of(lab, s.tokens_per_turn_ci, interval_text(s.tokens_per_turn_ci, 'count'), c) for lab, s, c in rows],
             None,
         ),
         (
             'Latency per turn (bar: p50, tick: p95)',
             'latency',
             [
-                _Bar(
+                Bar.of(
                     lab,
-                    s.latency_p50_s,
+                    s.latency_p50_ci,
                     f'{_seconds(s.latency_p50_s)} / {_seconds(s.latency_p95_s)}',
                     c,
                     s.latency_p95_s,
                 )
-                for lab, s, c in zip(labels, cells, colors, strict=True)
+                for lab, s, c in rows
             ],
             None,
         ),
         (
             'Cost',
             'cost',
-            [_Bar(lab, s.cost_usd, _cost(s.cost_usd), c) for lab, s, c in zip(labels, cells, colors, strict=True)],
+            [Bar.of(lab, _cost_total(s), _cost(s.cost_usd), c) for lab, s, c in rows],
             None,
         ),
     ]
@@ -195,48 +231,81 @@ def _charts(cells: Sequence[CellSummary]) -> str:
             "output_price_per_mtok in the backbone's config).</p>"
         )
     charts = ''.join(
-        f'<figure><figcaption>{_e(title)}</figcaption>{_chart(metric, bars, scale=scale)}</figure>'
+        f'<figure><figcaption>{_e(title)}</figcaption>{chart(metric, bars, scale=scale)}</figure>'
         for title, metric, bars, scale in figures
     )
-    return f'<div class="charts">{charts}</div>{note}'
+    intervals = (
+        '<p class="small">Error bars and [brackets]: 95% confidence intervals (Wilson for rates, bootstrap for '
+        'tokens, latency and cost). Run more trials (<code>tandem run -n N</code>) to narrow them.</p>'
+    )
+    return f'<div class="charts">{charts}</div>{note}{intervals}'
 
 
 def _numbers(cells: Sequence[CellSummary]) -> str:
+    repeated = any(s.trials > 1 for s in cells)
     rows = ''.join(
         '<tr>'
         f'<td><span class="swatch" style="background:{_PALETTE[index % len(_PALETTE)]}"></span>{_e(s.cell.label)}</td>'
-        f'<td>{s.passed}/{s.scenarios}</td><td>{_percent(s.pass_rate)}</td><td>{_percent(s.tool_accuracy)}</td>'
-        f'<td>{s.total_tokens:,}</td><td>{s.tokens_per_turn:,.0f}</td><td>{_seconds(s.latency_p50_s)}</td>'
-        f'<td>{_seconds(s.latency_p95_s)}</td><td>{_cost(s.cost_usd)}</td>'
-        '</tr>'
+        f'<td>{s.passed}/{s.scenarios}</td><td>{interval_text(s.pass_rate_ci)}</td>'
+        f'<td>{interval_text(s.tool_accuracy_ci)}</td>'
+        f'<td>{s.total_tokens:,}</td><td>{interval_text(s.tokens_per_turn_ci, "count")}</td>'
+        f'<td>{interval_text(s.latency_p50_ci, "seconds")}</td><td>{interval_text(s.latency_p95_ci, "seconds")}</td>'
+        f'<td>{_cost(s.cost_usd)}</td>'
+        + (
+            f'<td>{interval_text(s.answer_agreement)}</td><td>{interval_text(s.normalized_agreement)}</td>'
+            f'<td>{interval_text(s.tool_agreement)}</td>'
+            if repeated
+            else ''
+        )
+        + '</tr>'
         for index, s in enumerate(cells)
     )
-    head = ''.join(
-        f'<th>{name}</th>'
-        for name in ('cell', 'passed', 'pass rate', 'tool accuracy', 'tokens', 'tokens/turn', 'p50', 'p95', 'cost')
-    )
+    names = ['cell', 'passed', 'pass rate', 'tool accuracy', 'tokens', 'tokens/turn', 'p50', 'p95', 'cost']
+    if repeated:
+        names += ['same answer', 'same answer (normalized)', 'same tool calls']
+    head = ''.join(f'<th>{name}</th>' for name in names)
     return f'<table class="numbers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def trial_mark(runs: Sequence[ScenarioRun]) -> tuple[str, str]:
+    """`(status, mark)` of one scenario's trials in one cell: `✓`, `✗`, `!`, or `3/5` when they disagree."""
+    marks = {'passed': '✓', 'failed': '✗', 'error': '!'}
+    statuses = {run.status for run in runs}
+    if len(runs) == 1 or len(statuses) == 1:
+        status = runs[0].status
+        mark = marks[status]
+        return status, mark if len(runs) == 1 else f'{mark} {len(runs)}/{len(runs)}'
+    passed = sum(run.status == 'passed' for run in runs)
+    return ('failed' if 'failed' in statuses else 'error'), f'{passed}/{len(runs)}'
 
 
 def _grid(report: SuiteReport) -> str:
     names = list(dict.fromkeys(run.scenario for run in report.runs))
-    runs = {(run.scenario, run.cell): run for run in report.runs}
+    runs: dict[tuple[str, object], list[ScenarioRun]] = {}
+    for run in report.runs:
+        runs.setdefault((run.scenario, run.cell), []).append(run)
     head = '<th class="scenario">scenario</th>' + ''.join(
         f'<th title="{_e(s.cell.label)}">{_e(s.cell.backbone)}<br><span class="small">{_e(s.cell.prompt or "scenario prompt")}'
         f' · {_e(s.cell.ablation_label)}</span></th>'
         for s in report.cells
     )
     rows: list[str] = []
-    marks = {'passed': '✓', 'failed': '✗', 'error': '!'}
     for name in names:
         cells: list[str] = []
         for summary in report.cells:
-            run = runs.get((name, summary.cell))
-            if run is None:
+            trials = runs.get((name, summary.cell))
+            if not trials:
                 cells.append('<td>—</td>')
                 continue
-            why = '\n'.join([check.describe() for check in run.failures] + ([run.error] if run.error else []))
-            cells.append(f'<td class="status-{run.status}" title="{_e(why or run.status)}">{marks[run.status]}</td>')
+            why = '\n'.join(
+                dict.fromkeys(
+                    line
+                    for run in trials
+                    for line in [check.describe() for check in run.failures] + ([run.error] if run.error else [])
+                )
+            )
+            status, mark = trial_mark(trials)
+            cells.append(f'<td class="status-{status}" title="{_e(why or status)}">{_e(mark)}</td>')
         rows.append(f'<tr><td class="scenario">{_e(name)}</td>{"".join(cells)}</tr>')
     return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -265,13 +334,14 @@ def _turn(turn: TurnOutcome) -> str:
     )
 
 
-def _run(run: ScenarioRun) -> str:
+def _run(run: ScenarioRun, repeated: bool = False) -> str:
     marks = {'passed': ('✓', 'pass'), 'failed': ('✗', 'fail'), 'error': ('!', 'error')}
     mark, style = marks[run.status]
     failures = len(run.failures)
     why = f' — {failures} failing expectation{"s" if failures != 1 else ""}' if failures else ''
     if run.error:
         why = ' — could not finish'
+    trial = f' <span class="small">trial {run.trial}</span>' if run.trial > 1 or repeated else ''
     body = f'<p class="small">{_e(run.description)}</p>' if run.description else ''
     body += f'<p class="small">{_e(run.file or "")} · prompt {_e(run.prompt)} · {_seconds(run.duration_s)}</p>'
     if run.error:
@@ -279,7 +349,7 @@ def _run(run: ScenarioRun) -> str:
     body += ''.join(_turn(turn) for turn in run.turns)
     return (
         f'<details class="run status-{run.status}"{" open" if run.status != "passed" else ""}>'
-        f'<summary><span class="{style}">{mark}</span> {_e(run.scenario)}{_e(why)}</summary>{body}</details>'
+        f'<summary><span class="{style}">{mark}</span> {_e(run.scenario)}{trial}{_e(why)}</summary>{body}</details>'
     )
 
 
@@ -296,7 +366,8 @@ def render_html(report: SuiteReport) -> str:
         f'{"s" if scenarios != 1 else ""} · {mode[report.mode]}'
     )
     details = ''.join(
-        f'<h3>{_e(summary.cell.label)}</h3>' + ''.join(_run(run) for run in report.runs_of(summary.cell))
+        f'<h3>{_e(summary.cell.label)}</h3>'
+        + ''.join(_run(run, summary.trials > 1) for run in report.runs_of(summary.cell))
         for summary in report.cells
     )
     return (

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from tandem.agent.core.events import short
 from tandem.agent.core.files import write_atomically
-from tandem.agent.scenarios._html import render_html, short_labels
+from tandem.agent.scenarios._html import interval_text, render_html, short_labels, trial_mark
 from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport
 
 __all__ = ['format_cost', 'format_seconds', 'print_report', 'render_html', 'write_html', 'write_json', 'write_junit']
@@ -46,6 +46,9 @@ def format_seconds(seconds: float) -> str:
 
 def _percent(value: float | None) -> str:
     return '—' if value is None else f'{value:.0%}'
+
+
+_STATUS_STYLES = {'passed': 'green', 'failed': 'red', 'error': 'bold red'}
 
 
 def _status(run: ScenarioRun) -> Text:
@@ -85,12 +88,25 @@ def _format(summary: CellSummary) -> str:
     )
 
 
-def caption(summary: CellSummary) -> str:
-    """One line with a cell's numbers."""
+def _agreement(summary: CellSummary) -> str:
+    """`same answer 80% [..] · same tool calls 100% [..] · `, for a cell with repeated trials; else nothing."""
+    if summary.answer_agreement is None:
+        return ''
     return (
-        f'pass {summary.passed}/{summary.scenarios} ({_percent(summary.pass_rate)}) · '
-        f'tool-call accuracy {_percent(summary.tool_accuracy)} · '
+        f'same answer {interval_text(summary.answer_agreement)} '
+        f'(normalized {interval_text(summary.normalized_agreement)}) · '
+        f'same tool calls {interval_text(summary.tool_agreement)} · '
+    )
+
+
+def caption(summary: CellSummary) -> str:
+    """One line with a cell's numbers; rates with their 95% intervals."""
+    trials = f' · {summary.trials} trials each' if summary.trials > 1 else ''
+    return (
+        f'pass {summary.passed}/{summary.scenarios} ({interval_text(summary.pass_rate_ci)}){trials} · '
+        f'tool-call accuracy {interval_text(summary.tool_accuracy_ci)} · '
         f'{_format(summary)}'
+        f'{_agreement(summary)}'
         f'{summary.total_tokens:,} tokens ({summary.tokens_per_turn:,.0f}/turn) · '
         f'latency p50 {format_seconds(summary.latency_p50_s)}, p95 {format_seconds(summary.latency_p95_s)} · '
         f'cost {format_cost(summary.cost_usd)}'
@@ -111,14 +127,38 @@ def cell_table(report: SuiteReport, summary: CellSummary) -> Table:
     table.add_column('tokens', justify='right')
     table.add_column('latency', justify='right')
     table.add_column('cost', justify='right')
+    by_scenario: dict[str, list[ScenarioRun]] = {}
     for run in report.runs_of(summary.cell):
+        by_scenario.setdefault(run.scenario, []).append(run)
+    for name, trials in by_scenario.items():
+        if len(trials) == 1:
+            run = trials[0]
+            table.add_row(
+                Text(run.scenario),
+                _status(run),
+                Text(_problems(run), style='red' if run.status != 'passed' else ''),
+                f'{run.total_tokens:,}',
+                format_seconds(run.latency_s),
+                format_cost(run.cost_usd),
+            )
+            continue
+        status, mark = trial_mark(trials)
+        problems = '\n'.join(
+            dict.fromkeys(
+                f'trial {run.trial}: {line}'
+                for run in trials
+                for line in _problems(run).splitlines()
+                if not line.startswith('  ')
+            )
+        )
+        costs = [run.cost_usd for run in trials]
         table.add_row(
-            Text(run.scenario),
-            _status(run),
-            Text(_problems(run), style='red' if run.status != 'passed' else ''),
-            f'{run.total_tokens:,}',
-            format_seconds(run.latency_s),
-            format_cost(run.cost_usd),
+            Text(name),
+            Text(mark if mark[0] in '✓✗!' else f'{mark} passed', style=_STATUS_STYLES[status]),
+            Text(problems, style='red' if problems else ''),
+            f'{sum(run.total_tokens for run in trials) / len(trials):,.0f}/run',
+            f'{format_seconds(sum(run.latency_s for run in trials) / len(trials))}/run',
+            format_cost(None if any(cost is None for cost in costs) else sum(c for c in costs if c is not None)),
         )
     return table
 
@@ -139,8 +179,8 @@ def comparison_table(report: SuiteReport) -> Table:
             delta = f' {change:+.0%}' if change else ''
         table.add_row(
             Text(label),
-            f'{_percent(summary.pass_rate)}{delta}',
-            _percent(summary.tool_accuracy),
+            f'{interval_text(summary.pass_rate_ci)}{delta}',
+            interval_text(summary.tool_accuracy_ci),
             *((_percent(summary.format_compliance), f'{summary.output_retries_per_turn:.2f}') if typed else ()),
             f'{summary.tokens_per_turn:,.0f}',
             format_seconds(summary.latency_p50_s),
@@ -253,8 +293,9 @@ def junit_tree(report: SuiteReport) -> ET.Element:
         for name, value in values.items():
             ET.SubElement(properties, 'property', name=name, value=_xml(value))
         for run in runs:
+            name = run.scenario if summary.trials == 1 else f'{run.scenario} [trial {run.trial}]'
             case = ET.SubElement(
-                suite, 'testcase', classname=_classname(summary), name=_xml(run.scenario), time=f'{run.duration_s:.3f}'
+                suite, 'testcase', classname=_classname(summary), name=_xml(name), time=f'{run.duration_s:.3f}'
             )
             if run.file:
                 case.set('file', _xml(run.file))

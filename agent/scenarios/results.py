@@ -8,12 +8,16 @@ scenario's Redis namespace is deleted once it finishes.
 
 from __future__ import annotations
 
+import re
 import statistics
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tandem.agent.scenarios.stats import Interval, bootstrap, median, p95, wilson
 
 __all__ = [
     'REPORT_FORMAT',
@@ -144,6 +148,8 @@ class ScenarioRun(_Model):
     tags: list[str] = Field(default_factory=list[str])
     description: str = ''
     cell: Cell
+    trial: int = 1
+    """Which repetition of the scenario in its cell (`tandem run -n N`), from 1."""
     status: Status
     error: str | None = None
     """Why the run could not finish (setup, backbone, replay miss, ...): then `status` is `error`."""
@@ -214,6 +220,36 @@ class CellSummary(_Model):
     """Of those, the turns whose answer fit the schema."""
     output_retries: int = 0
     """Retries of answers that did not validate, over all turns."""
+    trials: int = 1
+    """Runs of each scenario (`tandem run -n N`); `scenarios` counts every run."""
+    tokens_per_turn_ci: Interval | None = None
+    """Mean tokens of a turn, bootstrapped over turns."""
+    latency_p50_ci: Interval | None = None
+    latency_p95_ci: Interval | None = None
+    cost_per_turn_ci: Interval | None = None
+    """Mean USD of a turn, bootstrapped; `None` when a price is unknown."""
+    answer_agreement: Interval | None = None
+    """Consistency: the share of trials whose answer is the most common one for the same turn of the same
+    scenario, exactly. `None` with one trial."""
+    normalized_agreement: Interval | None = None
+    """The same, comparing answers case-folded with punctuation and spacing ignored."""
+    tool_agreement: Interval | None = None
+    """The same, comparing the sequence of tool calls (names and arguments)."""
+
+    @property
+    def pass_rate_ci(self) -> Interval | None:
+        """The pass rate with its Wilson interval."""
+        return wilson(self.passed, self.scenarios)
+
+    @property
+    def tool_accuracy_ci(self) -> Interval | None:
+        """Tool-call accuracy with its Wilson interval."""
+        return wilson(self.tool_checks_passed, self.tool_checks)
+
+    @property
+    def format_compliance_ci(self) -> Interval | None:
+        """Format compliance with its Wilson interval."""
+        return wilson(self.valid_outputs, self.typed_turns)
 
     @property
     def pass_rate(self) -> float:
@@ -247,6 +283,8 @@ class CellSummary(_Model):
         latencies = [turn.latency_s for run in runs for turn in run.turns]
         typed = [turn for run in runs for turn in run.turns if turn.output_valid is not None]
         costs = [run.cost_usd for run in runs if run.turns]
+        turn_costs = [turn.cost_usd for run in runs for turn in run.turns]
+        known_costs = [cost for cost in turn_costs if cost is not None]
         return cls(
             cell=cell,
             scenarios=len(runs),
@@ -264,7 +302,35 @@ class CellSummary(_Model):
             typed_turns=len(typed),
             valid_outputs=sum(bool(turn.output_valid) for turn in typed),
             output_retries=sum(turn.output_retries for run in runs for turn in run.turns),
+            trials=max((run.trial for run in runs), default=1),
+            tokens_per_turn_ci=bootstrap([turn.total_tokens for run in runs for turn in run.turns]),
+            latency_p50_ci=bootstrap(latencies, median),
+            latency_p95_ci=bootstrap(latencies, p95),
+            cost_per_turn_ci=bootstrap(known_costs) if len(known_costs) == len(turn_costs) else None,
+            answer_agreement=_agreement(runs, lambda turn: turn.answer),
+            normalized_agreement=_agreement(runs, lambda turn: _normalized(turn.answer)),
+            tool_agreement=_agreement(runs, lambda turn: tuple(call.describe() for call in turn.tool_calls)),
         )
+
+
+_NOT_WORDS = re.compile(r'[\W_]+')
+
+
+def _normalized(answer: str) -> str:
+    """`The answer is 391.` and `the answer is 391` alike."""
+    return ' '.join(_NOT_WORDS.sub(' ', answer.casefold()).split())
+
+
+def _agreement(runs: Sequence[ScenarioRun], key: Callable[[TurnOutcome], object]) -> Interval | None:
+    """Of the trials of every (scenario, turn) asked more than once, the share giving that turn's most common
+    `key`, with its Wilson interval. `None` when no turn was asked twice."""
+    trials: defaultdict[tuple[str, int], list[object]] = defaultdict(list)
+    for run in runs:
+        for turn in run.turns:
+            trials[run.scenario, turn.index].append(key(turn))
+    asked = [keys for keys in trials.values() if len(keys) > 1]
+    agreeing = sum(Counter(keys).most_common(1)[0][1] for keys in asked)
+    return wilson(agreeing, sum(len(keys) for keys in asked))
 
 
 class SuiteReport(_Model):

@@ -356,7 +356,7 @@ def _invalid_output(
 
 
 async def _run_scenario(
-    env: _Env, scenario: Scenario, cell: Cell, backbone: Backbone, on_step: StepSink | None
+    env: _Env, scenario: Scenario, cell: Cell, backbone: Backbone, on_step: StepSink | None, trial: int = 1
 ) -> ScenarioRun:
     tenant = new_tenant()
     started = time.perf_counter()
@@ -379,6 +379,7 @@ async def _run_scenario(
         tags=list(scenario.tags),
         description=scenario.description,
         cell=cell,
+        trial=trial,
         status=status,
         error=error,
         prompt=out.prompt,
@@ -512,6 +513,7 @@ async def run_suite(
     prompts: Sequence[str | None] = (None,),
     ablations: Sequence[tuple[str, ...]] = ((),),
     concurrency: int = 4,
+    trials: int = 1,
     judge: Backbone | None = None,
     cassettes: Cassettes | None = None,
     seed: Seeder = seed_scenario,
@@ -534,6 +536,8 @@ async def run_suite(
         prompts: The prompt dimension: `NAME@VERSION`s, or `None` for each scenario's own prompt.
         ablations: The ablation dimension, e.g. from `parse_ablations`.
         concurrency: How many runs at once.
+        trials: How often each scenario runs in each cell: models are stochastic, and the reports' intervals
+            narrow with more trials.
         judge: Judges rubrics that name no backbone; else the backbone under test does.
         cassettes: Record into, or replay from, these cassettes.
         seed: Seeds each run's namespace.
@@ -544,10 +548,12 @@ async def run_suite(
 
     Raises:
         ScenarioFileError: A scenario names a prompt, toolset or judge that does not exist.
-        TandemError: Two backbones share a name, a `--prompt` does not exist, or `concurrency` < 1.
+        TandemError: Two backbones share a name, a `--prompt` does not exist, or `concurrency` or `trials` < 1.
     """
     if concurrency < 1:
         raise TandemError('--concurrency must be at least 1.')
+    if trials < 1:
+        raise TandemError('--trials must be at least 1.')
     names = [backbone.name for backbone in backbones]
     if not names:
         raise TandemError('no backbone to run the scenarios on: pass --backbone NAME or --model SPEC.')
@@ -572,15 +578,17 @@ async def run_suite(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
 
-    async def one(cell: Cell, scenario: Scenario) -> ScenarioRun:
+    async def one(cell: Cell, scenario: Scenario, trial: int) -> ScenarioRun:
         async with limit:
             if on_run_start is not None:
                 on_run_start(scenario, cell)
-            run = await _run_scenario(env, scenario, cell, by_name[cell.backbone], on_step)
+            run = await _run_scenario(env, scenario, cell, by_name[cell.backbone], on_step, trial)
             if on_run is not None:
                 on_run(run)
             return run
 
-    runs = await asyncio.gather(*(one(cell, scenario) for cell in cells for scenario in scenarios))
+    runs = await asyncio.gather(
+        *(one(cell, scenario, trial) for cell in cells for scenario in scenarios for trial in range(1, trials + 1))
+    )
     mode: Literal['live', 'record', 'replay'] = cassettes.mode if cassettes is not None else 'live'
     return SuiteReport.of(cells, runs, started_at=started_at, duration_s=time.perf_counter() - started, mode=mode)

@@ -90,7 +90,7 @@ def test_a_passing_suite_exits_0_with_a_table_per_cell_and_reports(
     )
     assert result.exit_code == 0, result.output
     assert 'scripted · scenario prompt · full' in result.stdout
-    assert 'pass 3/3 (100%) · tool-call accuracy 100%' in result.stdout
+    assert 'pass 3/3 (100% [44–100%]) · tool-call accuracy 100% [' in result.stdout
     assert '3 passed, 0 failed, 0 errors in' in result.stdout
     assert f'report: {out / "report.html"} · {out / "report.json"}' in result.stderr
     data = json.loads((out / 'report.json').read_text())

@@ -62,7 +62,9 @@ def test_the_console_shows_a_table_per_cell_then_the_matrix(report: SuiteReport)
     text = console.export_text()
     for label in ('scripted · scenario prompt · full', 'hostile · scenario prompt · -tools'):
         assert label in text
-    assert 'pass 2/3 (67%) · tool-call accuracy 100% ·' in text  # scripted, full: broken-setup errs
+    assert (
+        'pass 2/3 (67% [21–94%]) · tool-call accuracy 100% [' in text
+    )  # scripted, full: broken-setup errs; 95% Wilson
     assert 'turn 1: calls calculate(expression=~/17\\s*\\*\\s*23/) — not called; the calls were: no tool calls' in text
     assert 'answer: "I can\'t do that without a suitable tool."' in text
     assert 'the setup cannot be seeded: line 1' in text
