@@ -440,6 +440,9 @@ def tune_compare(
         list[str] | None, typer.Option('-k', help='Only scenarios with this tag (or in their name); repeatable.')
     ] = None,
     concurrency: Annotated[int, typer.Option('--concurrency', '-j', min=1, help='Runs at once, per arm.')] = 4,
+    trials: Annotated[
+        int, typer.Option('--trials', '-n', min=1, help='Runs of each scenario per arm; differences need enough.')
+    ] = 1,
     judge: Annotated[
         str | None, typer.Option(help='The backbone that judges rubrics (default: the one tested).')
     ] = None,
@@ -475,7 +478,8 @@ def tune_compare(
             done += 1
             mark = {'passed': '[green]✓[/]', 'failed': '[red]✗[/]', 'error': '[bold red]![/]'}[run.status]
             stderr.print(
-                f'{mark} {done}/{3 * len(scenarios)} ' + escape(f'{run.scenario} · {run.cell.label}'), highlight=False
+                f'{mark} {done}/{3 * len(scenarios) * trials} ' + escape(f'{run.scenario} · {run.cell.label}'),
+                highlight=False,
             )
 
         async with open_redis(settings) as redis:
@@ -489,6 +493,7 @@ def tune_compare(
                 short_prompt=short_prompt,
                 short_rag=short_rag,
                 concurrency=concurrency,
+                trials=trials,
                 judge=judge_backbone,
                 on_run=on_run,
             )

@@ -133,12 +133,12 @@ class Difference(BaseModel):
         return round(self.delta.value * 100)
 
     def describe(self, unit: str = 'trials') -> str:
-        """`+5 pp [+1, +9]`, or `no detectable difference at 40 trials (about 600 would tell 5 pp)`."""
+        """`+5 pp [+1, +9]`, or `no detectable difference at 40 trials; about 600 would tell 5 pp`."""
         if self.call != 'none':
             return f'{self.points:+d} pp [{self.delta.low * 100:+.0f}, {self.delta.high * 100:+.0f}]'
-        text = f'no detectable difference at {self.delta.n} {unit}'
+        text = f'no detectable difference at {self.delta.n:,} {unit}'
         if self.needed is not None and self.points:
-            text += f' (about {self.needed:,} would tell {abs(self.points)} pp)'
+            text += f'; about {self.needed:,} would tell {abs(self.points)} pp'
         return text
 
 

@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from tandem.agent.core.errors import TandemError
+from tandem.agent.scenarios.attribution import RATES, UNITS, difference
+from tandem.agent.scenarios.stats import Difference, wilson
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ['ARM_LABELS', 'Arm', 'Comparison', 'compare', 'comparison_of', 'render_markdown', 'verdict']
 
 ARM_LABELS = ('prompting + RAG', 'short prompt', 'fine-tune')
-_EQUAL_ACCURACY = 0.005
 _NOTABLE_SAVING = 0.05
 
 
@@ -125,6 +126,8 @@ class Comparison:
                     'latency_p50_s': round(arm.latency_s, 4),
                     'cost_per_1k_turns_usd': None if arm.cost_per_1k_turns is None else round(arm.cost_per_1k_turns, 4),
                     'delta': None if arm is baseline else _deltas(arm, baseline),
+                    'intervals': _intervals(arm),
+                    'differences': None if arm is baseline else _differences(arm, baseline),
                 }
                 for arm in self.arms
             ],
@@ -159,6 +162,33 @@ def _deltas(arm: Arm, baseline: Arm) -> dict[str, float | None]:
     }
 
 
+def _intervals(arm: Arm) -> dict[str, Any]:
+    """Each rate's and measure's 95% interval, as JSON."""
+    summary = arm.summary
+    named = {
+        'pass_rate': summary.pass_rate_ci,
+        'tool_accuracy': summary.tool_accuracy_ci,
+        'format_compliance': summary.format_compliance_ci,
+        'tokens_per_turn': summary.tokens_per_turn_ci,
+        'latency_p50_s': summary.latency_p50_ci,
+        'latency_p95_s': summary.latency_p95_ci,
+        'cost_per_turn_usd': summary.cost_per_turn_ci,
+        'answer_agreement': summary.answer_agreement,
+        'normalized_agreement': summary.normalized_agreement,
+        'tool_agreement': summary.tool_agreement,
+    }
+    return {name: None if interval is None else interval.model_dump() for name, interval in named.items()}
+
+
+def _differences(arm: Arm, baseline: Arm) -> dict[str, Any]:
+    """Each rate's difference from the baseline, with its interval and whether the trials can tell."""
+    found: dict[str, Any] = {}
+    for rate in RATES:
+        measured = difference(arm.summary, baseline.summary, rate)
+        found[rate.replace(' ', '_').replace('-', '_')] = None if measured is None else measured.model_dump()
+    return found
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -166,38 +196,27 @@ def _rounded(value: float | None) -> float | None:
 # -- the verdict --------------------------------------------------------------------------------------
 
 
-def _edge(arm: Arm, baseline: Arm) -> tuple[str, float, float] | None:
-    """The first criterion on which `arm` and `baseline` differ: pass rate, then tool-call accuracy, then
-    format compliance (the consistency criterion); `(name, arm's, baseline's)`, or `None` when they are equal."""
-    if arm.pass_rate != baseline.pass_rate:
-        return 'pass rate', arm.pass_rate, baseline.pass_rate
-    for name, mine, theirs in (
-        ('tool accuracy', arm.tool_accuracy, baseline.tool_accuracy),
-        ('format', arm.format_compliance, baseline.format_compliance),
-    ):
-        if mine is not None and theirs is not None and abs(mine - theirs) > _EQUAL_ACCURACY:
-            return name, mine, theirs
-    return None
+def _step(prompting: Arm, short: Arm) -> str:
+    """What arm 2 changes from arm 1, in words: `the short prompt without RAG`."""
+    words = 'the short prompt' if short.cell.prompt != prompting.cell.prompt else 'the same prompt'
+    if 'rag' in short.cell.ablation and 'rag' not in prompting.cell.ablation:
+        words += ' without RAG'
+    return words
 
 
-def _quality(arm: Arm, baseline: Arm) -> Literal['better', 'equal', 'worse']:
-    edge = _edge(arm, baseline)
-    if edge is None:
-        return 'equal'
-    return 'better' if edge[1] > edge[2] else 'worse'
-
-
-_EDGE_WORDS = {
-    'tool accuracy': ('makes more accurate tool calls', 'makes less accurate tool calls'),
-    'format': ('keeps the answer format more consistently', 'keeps the answer format less consistently'),
-}
+def _tokens_differ(arm: Arm, baseline: Arm) -> bool:
+    """Whether the two arms' tokens per turn differ beyond noise: their bootstrap intervals do not overlap."""
+    mine, theirs = arm.summary.tokens_per_turn_ci, baseline.summary.tokens_per_turn_ci
+    if mine is None or theirs is None:
+        return arm.tokens_per_turn != baseline.tokens_per_turn
+    return mine.high < theirs.low or theirs.high < mine.low
 
 
 def _savings(arm: Arm, baseline: Arm) -> str:
-    """`saves 38% tokens and 41% cost per 1,000 turns`, or `uses 12% more tokens`, or ``."""
+    """`saves 38% tokens and 41% of the cost per 1,000 turns`, or `uses 12% more tokens`, or ``."""
     tokens = _relative(arm.tokens_per_turn, baseline.tokens_per_turn)
     cost = _relative(arm.cost_per_1k_turns, baseline.cost_per_1k_turns)
-    if tokens is None or abs(tokens) < _NOTABLE_SAVING:
+    if tokens is None or abs(tokens) < _NOTABLE_SAVING or not _tokens_differ(arm, baseline):
         return ''
     if tokens < 0:
         text = f'saves {-tokens:.0%} tokens'
@@ -211,9 +230,76 @@ def _rate(arm: Arm) -> str:
     return f'{arm.pass_rate:.0%}'
 
 
+def _percent_of(arm: Arm, rate: str) -> str:
+    successes, n = RATES[rate](arm.summary)
+    return f'{successes / n:.0%}' if n else '—'
+
+
+def _first_detectable(prompting: Arm, short: Arm, tuned: Arm) -> tuple[str, Difference, Difference, Difference] | None:
+    """The first rate (pass rate, tool-call accuracy, format compliance) on which some step makes a
+    difference the trials can tell: `(rate, arm 1 → 2, arm 2 → 3, arm 1 → 3)`."""
+    for rate in RATES:
+        first = difference(short.summary, prompting.summary, rate)
+        second = difference(tuned.summary, short.summary, rate)
+        whole = difference(tuned.summary, prompting.summary, rate)
+        if first is None or second is None or whole is None:
+            continue
+        if any(step.call != 'none' for step in (first, second, whole)):
+            return rate, first, second, whole
+    return None
+
+
+def _undetected(prompting: Arm, short: Arm, tuned: Arm) -> str:
+    """`no detectable difference at 20 runs; about 600 would tell 5 pp` for the largest difference the
+    trials cannot tell, or `` when the arms measured exactly alike."""
+    candidates = [
+        (measured, rate)
+        for rate in RATES
+        for arm in (short, tuned)
+        if (measured := difference(arm.summary, prompting.summary, rate)) is not None and measured.points
+    ]
+    if not candidates:
+        return ''
+    largest, rate = max(candidates, key=lambda found: abs(found[0].delta.value))
+    return f'{largest.describe(UNITS[rate])} in {rate}'
+
+
+def _attribution(rate: str, step: str, arms: tuple[Arm, Arm, Arm], first: Difference, second: Difference) -> str:
+    """`the short prompt without RAG costs 5 points of tool-call accuracy (63% → 58%); the fine-tune
+    recovers none of it (58%)`: each step's effect, named by the factor that changed."""
+    prompting, short, tuned = (_percent_of(arm, rate) for arm in arms)
+    if first.call == 'worse':
+        lost = f'{step} costs {-first.points} points of {rate} ({prompting} → {short})'
+        if second.call == 'better':
+            whole = difference(arms[2].summary, arms[0].summary, rate)
+            if whole is not None and whole.call == 'worse':
+                return f'{lost}; the fine-tune recovers {second.points} of them ({tuned})'
+            if whole is not None and whole.call == 'better':
+                return f'{lost}; the fine-tune more than recovers it ({tuned})'
+            return f'{lost}; the fine-tune recovers all of it ({tuned})'
+        if second.call == 'worse':
+            return f'{lost}; the fine-tune loses {-second.points} more ({tuned})'
+        return f'{lost}; the fine-tune recovers none of it ({tuned})'
+    if first.call == 'better':
+        gained = f'{step} gains {first.points} points of {rate} ({prompting} → {short})'
+        if second.call == 'better':
+            return f'{gained}; the fine-tune adds {second.points} more ({tuned})'
+        if second.call == 'worse':
+            return f'{gained}; the fine-tune loses {-second.points} of them ({tuned})'
+        return f'{gained}; the fine-tune changes nothing detectable ({tuned})'
+    same = f'{step} makes no detectable difference to {rate} ({prompting} → {short})'
+    if second.call == 'better':
+        return f'{same}; the fine-tune gains {second.points} points ({short} → {tuned})'
+    if second.call == 'worse':
+        return f'{same}; the fine-tune costs {-second.points} points ({short} → {tuned})'
+    return f'{same}, nor does the fine-tune on its own ({tuned})'
+
+
 def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
-    """The decision in plain words, e.g. `prompting + RAG already passes these scenarios; the fine-tune
-    saves 38% tokens at equal quality`."""
+    """The decision in plain words, naming the factor behind each difference and calling a difference only
+    when the trials can tell, e.g. `prompting + RAG passes 80% of these scenarios; the short prompt without
+    RAG costs 5 points of tool-call accuracy (63% → 58%); the fine-tune recovers none of it (58%): keep
+    prompting + RAG, or tune on more (or better) examples`."""
     if prompting.summary.scenarios == 0:
         return 'no scenario ran, so there is nothing to decide'
     if prompting.pass_rate == 1:
@@ -222,36 +308,31 @@ def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
         lead = 'prompting + RAG passes none of these scenarios'
     else:
         lead = f'prompting + RAG passes {_rate(prompting)} of these scenarios'
-    tuned_quality = _quality(tuned, prompting)
-    tuned_saving = _savings(tuned, prompting)
-    short_quality = _quality(short, prompting)
-    if short_quality != 'worse' and tuned_quality != 'better':
-        saving = _savings(short, prompting)
-        extra = f' and {saving}' if saving.startswith('saves') else ''
-        return f'{lead}; the short prompt alone does as well{extra}, so the fine-tune adds nothing here'
-    if tuned_quality == 'better':
-        clause = f'the fine-tune does better ({_rate(tuned)} vs {_rate(prompting)})'
-        edge = _edge(tuned, prompting)
-        if edge is not None and edge[0] in _EDGE_WORDS:
-            clause = f'the fine-tune {_EDGE_WORDS[edge[0]][0]} ({edge[1]:.0%} vs {edge[2]:.0%})'
-        return (
-            f'{lead}; {clause}' + (f' and {tuned_saving}' if tuned_saving.startswith('saves') else '') + ': it pays off'
-        )
-    if tuned_quality == 'equal':
-        if tuned_saving.startswith('saves'):
-            return f'{lead}; the fine-tune {tuned_saving} at equal quality'
-        if tuned_saving:
-            return f'{lead}; the fine-tune matches it but {tuned_saving}: keep prompting + RAG'
-        return (
-            f'{lead}; the fine-tune matches it at about the same cost: keep prompting + RAG, which is easier to change'
-        )
-    shortfall = f'the fine-tune falls short ({_rate(tuned)} vs {_rate(prompting)})'
-    edge = _edge(tuned, prompting)
-    if edge is not None and edge[0] in _EDGE_WORDS:
-        shortfall = f'the fine-tune {_EDGE_WORDS[edge[0]][1]} ({edge[1]:.0%} vs {edge[2]:.0%})'
-    if short.pass_rate < tuned.pass_rate < prompting.pass_rate:
-        shortfall += f', though it recovers part of what the short prompt alone loses ({_rate(short)})'
-    return f'{lead}; {shortfall}: keep prompting + RAG, or tune on more (or better) examples'
+    step = _step(prompting, short)
+    saving = _savings(tuned, prompting)
+    found = _first_detectable(prompting, short, tuned)
+    if found is None:
+        noise = _undetected(prompting, short, tuned)
+        if noise:
+            return (
+                f'{lead}; neither {step} nor the fine-tune makes a difference these trials can tell ({noise}): '
+                'run more trials (-n) before deciding'
+            )
+        short_saving = _savings(short, prompting)
+        extra = f' and {short_saving}' if short_saving.startswith('saves') else ''
+        return f'{lead}; {step} does as well{extra}, so the fine-tune adds nothing here'
+    rate, first, second, whole = found
+    story = _attribution(rate, step, (prompting, short, tuned), first, second)
+    if whole.call == 'better':
+        return f'{lead}; {story}' + (f' and {saving}' if saving.startswith('saves') else '') + ': it pays off'
+    if whole.call == 'worse':
+        return f'{lead}; {story}: keep prompting + RAG, or tune on more (or better) examples'
+    quality = 'equal quality' if not whole.points else f'no detectable loss ({whole.describe(UNITS[rate])})'
+    if saving.startswith('saves'):
+        return f'{lead}; {story} and {saving} at {quality}'
+    if saving:
+        return f'{lead}; {story} but {saving}: keep prompting + RAG'
+    return f'{lead}; {story} at about the same cost: keep prompting + RAG, which is easier to change'
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -291,6 +372,7 @@ async def compare(
     short_prompt: str = 'short',
     short_rag: bool = False,
     concurrency: int = 4,
+    trials: int = 1,
     judge: Backbone | None = None,
     on_run: Callable[[ScenarioRun], None] | None = None,
 ) -> Comparison:
@@ -326,6 +408,7 @@ async def compare(
             prompts=[cell.prompt],
             ablations=[cell.ablation],
             concurrency=concurrency,
+            trials=trials,
             judge=judge,
             on_run=on_run,
         )
@@ -365,15 +448,23 @@ async def _warm_up(scenario: Scenario, *, settings: Settings, redis: Redis) -> N
 # -- the report ---------------------------------------------------------------------------------------
 
 
-def _percent(value: float | None) -> str:
-    return '—' if value is None else f'{value:.0%}'
-
-
-def _points(value: float | None, base: float | None) -> str:
-    if value is None or base is None:
+def _points(arm: Arm, base: Arm, rate: str) -> str:
+    """`-50 pp [-65, -33]` when the trials tell a difference, `-5 pp (n.s.)` when they cannot, `±0 pp`."""
+    measured = difference(arm.summary, base.summary, rate)
+    if measured is None:
         return '—'
-    points = round((value - base) * 100)
-    return f'{points:+d} pp' if points else '±0 pp'
+    if measured.call != 'none':
+        return measured.describe()
+    return f'{measured.points:+d} pp (n.s.)' if measured.points else '±0 pp'
+
+
+def _with_interval(arm: Arm, rate: str) -> str:
+    """`63% [60–66%]`, with `(40/40)` for the pass rate."""
+    successes, n = RATES[rate](arm.summary)
+    interval = wilson(successes, n)
+    if interval is None:
+        return '—'
+    return interval.percent() + (f' ({successes}/{n})' if rate == 'pass rate' else '')
 
 
 def _change(value: float | None, base: float | None) -> str:
@@ -403,20 +494,20 @@ def metric_rows(comparison: Comparison) -> list[list[str]]:
     return [
         row(
             'pass rate',
-            lambda arm: f'{_percent(arm.pass_rate)} ({arm.summary.passed}/{arm.summary.scenarios})',
-            lambda arm, base: _points(arm.pass_rate, base.pass_rate),
+            lambda arm: _with_interval(arm, 'pass rate'),
+            lambda arm, base: _points(arm, base, 'pass rate'),
         ),
         row(
             'tool-call accuracy',
-            lambda arm: _percent(arm.tool_accuracy),
-            lambda arm, base: _points(arm.tool_accuracy, base.tool_accuracy),
+            lambda arm: _with_interval(arm, 'tool-call accuracy'),
+            lambda arm, base: _points(arm, base, 'tool-call accuracy'),
         ),
         *(
             [
                 row(
                     'format compliance',
-                    lambda arm: _percent(arm.format_compliance),
-                    lambda arm, base: _points(arm.format_compliance, base.format_compliance),
+                    lambda arm: _with_interval(arm, 'format compliance'),
+                    lambda arm, base: _points(arm, base, 'format compliance'),
                 ),
                 row(
                     'output retries per turn',
@@ -478,7 +569,8 @@ def render_markdown(comparison: Comparison) -> str:
         '',
         f'{len(scenarios)} scenario(s), run {report.started_at:%Y-%m-%d %H:%M} UTC ({report.mode}), '
         f'{report.duration_s:.1f} s in all. Δ is the change from **{ARM_LABELS[0]}**: percentage points '
-        'for rates, percent for the rest.',
+        'for rates, percent for the rest. [Brackets]: 95% confidence intervals; `n.s.`: a difference these '
+        'trials cannot tell from noise.',
         '',
         '| ' + ' | '.join(headers) + ' |',
         '| ' + ' | '.join(['---'] * len(headers)) + ' |',

@@ -30,7 +30,7 @@ def test_a_difference_is_called_only_when_its_interval_excludes_zero() -> None:
     noise = rate_difference((13, 20), (12, 20))
     assert noise is not None and noise.call == 'none'
     assert noise.needed is not None and noise.needed > 100
-    assert noise.describe() == f'no detectable difference at 20 trials (about {noise.needed:,} would tell 5 pp)'
+    assert noise.describe() == f'no detectable difference at 20 trials; about {noise.needed:,} would tell 5 pp'
     worse = rate_difference((2, 20), (18, 20))
     assert worse is not None and worse.call == 'worse'
 
