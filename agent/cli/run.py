@@ -142,7 +142,8 @@ def run(
         int, typer.Option('--trials', '-n', min=1, help='Runs of each scenario per cell; rates get tighter intervals.')
     ] = 1,
     report: Annotated[
-        Path | None, typer.Option('--report', help='Write report.json and report.html into this directory.')
+        Path | None,
+        typer.Option('--report', help='Write the decision report (report.json, report.html) into this directory.'),
     ] = None,
     junit: Annotated[Path | None, typer.Option('--junit', help='Write JUnit XML to this file.')] = None,
     record: Annotated[
@@ -157,6 +158,7 @@ def run(
     ] = None,
 ) -> None:
     """Run scenario suites over backbones × prompts × ablations; exit 1 when anything fails."""
+    from tandem.agent.scenarios.attribution import decide
     from tandem.agent.scenarios.cassettes import Cassettes
     from tandem.agent.scenarios.report import print_report, write_html, write_json, write_junit
     from tandem.agent.scenarios.runner import parse_ablations, run_suite
@@ -227,6 +229,7 @@ def run(
         finally:
             if progress.live.is_started:
                 progress.stop()
+        outcome = outcome.model_copy(update={'decision': decide(outcome.cells)})
         print_report(outcome, stdout)
         if report is not None:
             html = write_html(outcome, report / 'report.html')

@@ -450,11 +450,13 @@ def tune_compare(
         'tandem-compare.md'
     ),
     report: Annotated[
-        Path | None, typer.Option('--report', help='Also write the runs as a scenario report (JSON).')
+        Path | None,
+        typer.Option('--report', help='Also write the decision report (report.json, report.html) into this directory.'),
     ] = None,
     as_json: Annotated[bool, typer.Option('--json', help='Print the numbers and the verdict as JSON.')] = False,
 ) -> None:
     """Run your scenarios on base + full prompting + RAG, base + short prompt, and tuned + short prompt; decide."""
+    from tandem.agent.scenarios.report import write_html, write_json
     from tandem.agent.scenarios.schema import load_scenarios, select_scenarios
     from tandem.agent.tune.compare import arm_headers, compare, metric_rows, render_markdown
     from tandem.agent.turn.build import open_redis
@@ -462,6 +464,8 @@ def tune_compare(
     settings = cli_settings()
 
     async def body() -> None:
+        if report is not None and report.exists() and not report.is_dir():
+            raise TandemError(f'--report takes a directory, as tandem run does; {report} is a file.')
         scenarios = select_scenarios(load_scenarios(paths), keyword or [])
         if not scenarios:
             raise TandemError(
@@ -498,8 +502,11 @@ def tune_compare(
                 on_run=on_run,
             )
         _write_text(out, render_markdown(comparison))
+        written = ''
         if report is not None:
-            _write_text(report, comparison.report.model_dump_json(indent=2))
+            decided = comparison.decided_report
+            html, data = write_html(decided, report / 'report.html'), write_json(decided, report / 'report.json')
+            written = f'; report: {html} · {data}'
         if as_json:
             sys.stdout.write(json.dumps(comparison.as_dict(), indent=2) + '\n')
         else:
@@ -509,7 +516,7 @@ def tune_compare(
             stdout.print(table, markup=False)
             sentence = comparison.verdict
             stdout.print('[bold]Verdict:[/] ' + escape(f'{sentence[0].upper()}{sentence[1:]}.'), highlight=False)
-        stderr.print(escape(f'decision report: {out}' + (f'; runs: {report}' if report else '')), highlight=False)
+        stderr.print(escape(f'decision report: {out}{written}'), highlight=False)
 
     async_command(body)()
 

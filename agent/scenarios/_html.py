@@ -10,6 +10,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tandem.agent.scenarios.decision import Decision
 from tandem.agent.scenarios.results import CellSummary, ScenarioRun, SuiteReport, TurnOutcome
 from tandem.agent.scenarios.stats import Interval
 
@@ -53,6 +54,13 @@ body.only-failures details.run.status-passed { display: none; }
 ul.checks { margin: 4px 0; padding-left: 18px; } ul.checks li.ok { color: var(--pass); } ul.checks li.ko { color: var(--fail); }
 .problem { color: var(--fail); white-space: pre-wrap; }
 .small { color: var(--muted); font-size: 12px; }
+.card { border: 2px solid var(--line); border-radius: 8px; padding: 4px 16px 10px; margin-top: 18px; }
+.card h2 { border: none; margin: 8px 0 4px; }
+.card.confidence-high { border-color: var(--pass); } .card.confidence-medium { border-color: #f9a825; }
+.recommendation { font-size: 18px; font-weight: 700; margin: 4px 0; }
+ul.criteria { padding-left: 18px; margin: 6px 0 0; } ul.criteria li.unmeasured { color: var(--muted); }
+table.attribution td { text-align: left; } table.attribution tr.call-worse td:last-child { color: var(--fail); }
+table.attribution tr.call-better td:last-child { color: var(--pass); }
 """
 
 _JS = """
@@ -353,6 +361,43 @@ def _run(run: ScenarioRun, repeated: bool = False) -> str:
     )
 
 
+def _decision(decision: Decision) -> str:
+    """The verdict card: the recommendation, its confidence, and one line per criterion."""
+    criteria = ''.join(
+        f'<li class="criterion{"" if criterion.measured else " unmeasured"}" data-criterion="{_e(criterion.name)}">'
+        f'<b>{_e(criterion.name)}</b>: {_e(criterion.line)}</li>'
+        for criterion in decision.criteria
+    )
+    return (
+        f'<section id="decision" class="card confidence-{_e(decision.confidence)}">'
+        f'<h2>Verdict</h2><p class="recommendation">{_e(decision.recommendation)}</p>'
+        f'<p class="confidence">confidence: <b>{_e(decision.confidence)}</b> — {_e(decision.why)}</p>'
+        f'<ul class="criteria">{criteria}</ul></section>'
+    )
+
+
+def _attribution(decision: Decision) -> str:
+    if not decision.attribution:
+        return (
+            '<section id="attribution"><h2>Attribution</h2><p class="small">No two cells differ in exactly one '
+            'factor (backbone, prompt, or ingredients), so no difference can be pinned on one.</p></section>'
+        )
+    rows = ''.join(
+        f'<tr class="call-{row.call}"><td>{_e(row.factor)}</td><td>{_e(row.change)}</td><td>{_e(row.held)}</td>'
+        f'<td>{_e(row.rate)}</td><td>{_e(row.before.percent())}</td><td>{_e(row.after.percent())}</td>'
+        f'<td>{_e(row.reading)}</td></tr>'
+        for row in decision.attribution
+    )
+    head = ''.join(
+        f'<th>{name}</th>' for name in ('factor', 'change', 'held fixed', 'rate', 'before', 'after', 'difference')
+    )
+    return (
+        '<section id="attribution"><h2>Attribution</h2><p class="small">Cells that differ in one factor only, '
+        'compared: a difference is called only when its 95% interval (Newcombe) excludes zero.</p>'
+        f'<table class="numbers attribution"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>'
+    )
+
+
 def render_html(report: SuiteReport) -> str:
     """The report as one self-contained HTML page."""
     passed = sum(run.status == 'passed' for run in report.runs)
@@ -365,6 +410,8 @@ def render_html(report: SuiteReport) -> str:
         f'{len(report.cells)} cell{"s" if len(report.cells) != 1 else ""} × {scenarios} scenario'
         f'{"s" if scenarios != 1 else ""} · {mode[report.mode]}'
     )
+    decision = report.decision
+    kind = 'decision report' if decision is not None else 'scenario report'
     details = ''.join(
         f'<h3>{_e(summary.cell.label)}</h3>'
         + ''.join(_run(run, summary.trials > 1) for run in report.runs_of(summary.cell))
@@ -373,12 +420,14 @@ def render_html(report: SuiteReport) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>Tandem scenarios: {passed}/{len(report.runs)} passed</title><style>{_CSS}</style></head><body>'
-        f'<header><h1>Tandem scenario report</h1><p class="meta">{_e(meta)}</p>'
+        f'<title>Tandem {kind}: {passed}/{len(report.runs)} passed</title><style>{_CSS}</style></head><body>'
+        f'<header><h1>Tandem {kind}</h1><p class="meta">{_e(meta)}</p>'
         f'<div class="totals"><span class="pass">{passed} passed</span><span class="fail">{failed} failed</span>'
         f'<span class="error">{errors} errors</span></div></header>'
-        f'<section id="cells-compared"><h2>Cells compared</h2>{_charts(report.cells)}{_numbers(report.cells)}</section>'
-        f'<section id="grid"><h2>Scenarios × cells</h2>{_grid(report)}</section>'
+        + (_decision(decision) if decision is not None else '')
+        + f'<section id="cells-compared"><h2>Cells compared</h2>{_charts(report.cells)}{_numbers(report.cells)}</section>'
+        + (_attribution(decision) if decision is not None else '')
+        + f'<section id="grid"><h2>Scenarios × cells</h2>{_grid(report)}</section>'
         '<section id="runs"><h2>Runs</h2><label><input type="checkbox" id="only-failures"> show only failing runs</label>'
         f'{details}</section>'
         f'<script>{_JS}</script></body></html>\n'

@@ -1,9 +1,12 @@
-"""Attribution over the matrix: which factor made the difference, compared one factor at a time.
+"""Attribution over the matrix, and the decision it supports.
 
 Two cells that differ in one factor only (the backbone, the prompt, or the ingredients turned off)
 tell what that factor does; cells that differ in two say nothing about either. `effects` pairs
 every such two cells of a report and, for each rate both measured, gives the difference with its
 Newcombe interval (`stats.rate_difference`): `better` or `worse` only when the trials can tell.
+
+`decide` turns a matrix into the card at the top of its report (`decision.Decision`): the best cell by
+quality, how sure that is, a line per criterion, and the attribution table.
 """
 
 from __future__ import annotations
@@ -12,10 +15,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from tandem.agent.scenarios.decision import AttributionRow, Confidence, Criterion, Decision
 from tandem.agent.scenarios.results import Cell, CellSummary
-from tandem.agent.scenarios.stats import Difference, rate_difference
+from tandem.agent.scenarios.stats import Difference, Interval, rate_difference, wilson
 
-__all__ = ['FACTORS', 'RATES', 'UNITS', 'Effect', 'Factor', 'difference', 'effects', 'factor_change']
+__all__ = [
+    'FACTORS',
+    'RATES',
+    'UNITS',
+    'Effect',
+    'Factor',
+    'attribution_row',
+    'attribution_rows',
+    'consistency_criterion',
+    'cost_criterion',
+    'decide',
+    'difference',
+    'effects',
+    'factor_change',
+    'latency_criterion',
+    'rate_interval',
+]
 
 Factor = Literal['backbone', 'prompt', 'ingredients']
 FACTORS: tuple[Factor, ...] = ('backbone', 'prompt', 'ingredients')
@@ -91,3 +111,156 @@ def effects(cells: Sequence[CellSummary]) -> list[Effect]:
                 if measured is not None:
                     found.append(Effect(factor, before, after, (old, new), rate, measured))
     return found
+
+
+# --- the decision a matrix supports ------------------------------------------------------------------
+
+
+def rate_interval(summary: CellSummary, rate: str) -> Interval | None:
+    """A cell's `rate` with its Wilson interval; `None` when it measured none."""
+    return wilson(*RATES[rate](summary))
+
+
+def attribution_row(
+    factor: str, change: str, held: str, before: CellSummary, after: CellSummary, rate: str
+) -> AttributionRow | None:
+    """One row of an attribution table; `None` when either cell measured none of `rate`."""
+    old, new, measured = rate_interval(before, rate), rate_interval(after, rate), difference(after, before, rate)
+    if old is None or new is None or measured is None:
+        return None
+    return AttributionRow(
+        factor=factor,
+        change=change,
+        held=held,
+        rate=rate,
+        before=old,
+        after=new,
+        difference=measured.delta,
+        call=measured.call,
+        reading=measured.describe(UNITS[rate]),
+    )
+
+
+def attribution_rows(cells: Sequence[CellSummary]) -> list[AttributionRow]:
+    """Every one-factor comparison of `cells`, as rows."""
+    rows: list[AttributionRow] = []
+    for effect in effects(cells):
+        row = attribution_row(
+            effect.factor, ' → '.join(effect.change), effect.held, effect.before, effect.after, effect.rate
+        )
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _rank(summary: CellSummary) -> tuple[float, float, float, float]:
+    """Best first: pass rate, tool-call accuracy, format compliance, then fewer tokens."""
+    return (
+        -summary.pass_rate,
+        -(summary.tool_accuracy if summary.tool_accuracy is not None else 0.0),
+        -(summary.format_compliance if summary.format_compliance is not None else 0.0),
+        summary.tokens_per_turn,
+    )
+
+
+def _seconds(value: float) -> str:
+    return f'{value * 1000:.0f} ms' if value < 1 else f'{value:.2f} s'
+
+
+def _quality(best: CellSummary, others: Sequence[CellSummary]) -> tuple[Criterion, Confidence, str]:
+    interval = best.pass_rate_ci
+    line = f'{best.cell.label} passes {interval.percent() if interval else "—"}'
+    if best.tool_accuracy_ci is not None:
+        line += f', tool-call accuracy {best.tool_accuracy_ci.percent()}'
+    if not others:
+        return Criterion(name='quality', line=line), 'low', 'one cell only: nothing to compare it with'
+    beaten = 0
+    closest = ''
+    for other in others:
+        measured = [difference(best, other, rate) for rate in RATES]
+        if any(found is not None and found.call == 'better' for found in measured):
+            beaten += 1
+        elif not closest:
+            reading = measured[0].describe(UNITS['pass rate']) if measured[0] is not None else 'not measured'
+            closest = f'{other.cell.label} ({reading})'
+    if beaten == len(others):
+        line += '; better than every other cell beyond noise'
+        return Criterion(name='quality', line=line), 'high', 'its quality beats every other cell beyond noise'
+    line += f'; not detectably better than {closest}'
+    if beaten:
+        return (
+            Criterion(name='quality', line=line),
+            'medium',
+            f'it beats {beaten} of {len(others)} other cells beyond noise',
+        )
+    return Criterion(name='quality', line=line), 'low', 'no cell is detectably better at these trials: run more (-n)'
+
+
+def consistency_criterion(cells: Sequence[CellSummary], labels: Sequence[str] | None = None) -> Criterion:
+    """How often repeated trials agree, per cell; unmeasured with one trial."""
+    names = labels or [summary.cell.label for summary in cells]
+    parts = [
+        f'{name}: same answer {summary.normalized_agreement.percent()}'
+        + (f', same tool calls {summary.tool_agreement.percent()}' if summary.tool_agreement is not None else '')
+        for name, summary in zip(names, cells, strict=True)
+        if summary.normalized_agreement is not None
+    ]
+    if not parts:
+        return Criterion(
+            name='consistency',
+            line='one trial per scenario: run -n 3 or more to see whether repeated trials agree',
+            measured=False,
+        )
+    return Criterion(name='consistency', line='; '.join(parts))
+
+
+def cost_criterion(cells: Sequence[CellSummary], labels: Sequence[str] | None = None) -> Criterion:
+    """Cost per 1,000 turns per cell, with tokens; unmeasured where no price is known."""
+    names = labels or [summary.cell.label for summary in cells]
+    parts: list[str] = []
+    unpriced: list[str] = []
+    for name, summary in zip(names, cells, strict=True):
+        per_turn = summary.cost_per_turn_ci
+        if per_turn is None:
+            unpriced.append(summary.cell.backbone)
+            parts.append(f'{name}: {summary.tokens_per_turn:,.0f} tokens/turn, price unknown')
+        else:
+            parts.append(
+                f'{name}: ${per_turn.value * 1000:,.4f} [{per_turn.low * 1000:,.4f}–{per_turn.high * 1000:,.4f}] '
+                f'per 1,000 turns ({summary.tokens_per_turn:,.0f} tokens/turn)'
+            )
+    line = '; '.join(parts)
+    if unpriced:
+        line += (
+            f'. No price is known for {", ".join(sorted(set(unpriced)))}: set input_price_per_mtok and '
+            "output_price_per_mtok in the backbone's config"
+        )
+    return Criterion(name='cost', line=line, measured=not unpriced)
+
+
+def latency_criterion(cells: Sequence[CellSummary], labels: Sequence[str] | None = None) -> Criterion:
+    """Median and p95 latency of a turn, per cell."""
+    names = labels or [summary.cell.label for summary in cells]
+    return Criterion(
+        name='latency',
+        line='; '.join(
+            f'{name}: p50 {_seconds(summary.latency_p50_s)}, p95 {_seconds(summary.latency_p95_s)}'
+            for name, summary in zip(names, cells, strict=True)
+        ),
+    )
+
+
+def decide(cells: Sequence[CellSummary]) -> Decision:
+    """The decision a matrix supports: its best cell by quality (then fewer tokens), and how sure that is."""
+    if not cells or all(summary.scenarios == 0 for summary in cells):
+        return Decision(recommendation='nothing ran, so there is nothing to decide', confidence='low', why='no runs')
+    ranked = sorted(cells, key=_rank)
+    best, others = ranked[0], ranked[1:]
+    quality, confidence, why = _quality(best, others)
+    return Decision(
+        recommendation=f'choose {best.cell.label}' if others else f'{best.cell.label}: the only cell',
+        confidence=confidence,
+        why=why,
+        criteria=[quality, consistency_criterion(cells), cost_criterion(cells), latency_criterion(cells)],
+        attribution=attribution_rows(cells),
+    )

@@ -212,6 +212,13 @@ def print_report(report: SuiteReport, console: Console) -> None:
     if len(report.cells) > 1:
         parts.append(comparison_table(report))
     console.print(Group(*parts))
+    decision = report.decision
+    if decision is not None and len(report.cells) > 1:
+        console.print(
+            Text.assemble(
+                ('Verdict: ', 'bold'), f'{decision.recommendation} (confidence {decision.confidence}: {decision.why})'
+            )
+        )
     console.print(totals_line(report))
 
 

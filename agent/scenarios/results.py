@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tandem.agent.scenarios.decision import Decision
 from tandem.agent.scenarios.stats import Interval, bootstrap, median, p95, wilson
 
 __all__ = [
@@ -343,6 +344,8 @@ class SuiteReport(_Model):
     """Whether the model traffic was live, recorded into cassettes, or replayed from them."""
     cells: list[CellSummary] = Field(default_factory=list[CellSummary])
     runs: list[ScenarioRun] = Field(default_factory=list[ScenarioRun])
+    decision: Decision | None = None
+    """What the runs support (`attribution.decide`, or the comparison's for `tandem tune compare`)."""
 
     @property
     def passed(self) -> bool:

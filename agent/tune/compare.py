@@ -24,7 +24,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from tandem.agent.core.errors import TandemError
-from tandem.agent.scenarios.attribution import RATES, UNITS, difference
+from tandem.agent.scenarios.attribution import (
+    RATES,
+    UNITS,
+    attribution_row,
+    consistency_criterion,
+    cost_criterion,
+    difference,
+    latency_criterion,
+)
+from tandem.agent.scenarios.decision import AttributionRow, Confidence, Criterion, Decision
 from tandem.agent.scenarios.stats import Difference, wilson
 
 if TYPE_CHECKING:
@@ -35,7 +44,18 @@ if TYPE_CHECKING:
     from tandem.agent.scenarios.results import Cell, CellSummary, ScenarioRun, SuiteReport
     from tandem.agent.scenarios.schema import Scenario
 
-__all__ = ['ARM_LABELS', 'Arm', 'Comparison', 'compare', 'comparison_of', 'render_markdown', 'verdict']
+__all__ = [
+    'ARM_LABELS',
+    'RECOMMENDATIONS',
+    'Arm',
+    'Choice',
+    'Comparison',
+    'compare',
+    'comparison_of',
+    'decide_arms',
+    'render_markdown',
+    'verdict',
+]
 
 ARM_LABELS = ('prompting + RAG', 'short prompt', 'fine-tune')
 _NOTABLE_SAVING = 0.05
@@ -106,6 +126,80 @@ class Comparison:
         """The decision, in one plain sentence."""
         return verdict(*self.arms)
 
+    @property
+    def decided_report(self) -> SuiteReport:
+        """The runs with this comparison's decision: what `--report DIR` writes as JSON and HTML."""
+        return self.report.model_copy(update={'decision': self.decision()})
+
+    def decision(self) -> Decision:
+        """The card at the top of the decision report: the choice, its confidence, a line per criterion,
+        and each step's effect, named by the factor it changes."""
+        choice, confidence, sentence = decide_arms(*self.arms)
+        summaries = [arm.summary for arm in self.arms]
+        labels = list(ARM_LABELS)
+        quality = '; '.join(
+            f'{arm.label}: pass rate {_with_interval(arm, "pass rate")}'
+            + (
+                f', tool-call accuracy {_with_interval(arm, "tool-call accuracy")}'
+                if arm.tool_accuracy is not None
+                else ''
+            )
+            + (f', format {_with_interval(arm, "format compliance")}' if arm.format_compliance is not None else '')
+            for arm in self.arms
+        )
+        return Decision(
+            recommendation=RECOMMENDATIONS[choice],
+            confidence=confidence,
+            why=sentence[0].upper() + sentence[1:] + '.',
+            criteria=[
+                Criterion(name='quality', line=quality),
+                consistency_criterion(summaries, labels),
+                cost_criterion(summaries, labels),
+                latency_criterion(summaries, labels),
+                Criterion(
+                    name='freshness',
+                    line='not measured: no scenario here changes its documents after the tune, so a stale '
+                    'fine-tune cannot show',
+                    measured=False,
+                ),
+                Criterion(
+                    name='data',
+                    line=f'not recorded: how many examples trained {self.tuned} is not in its backbone config',
+                    measured=False,
+                ),
+            ],
+            attribution=self._steps(),
+        )
+
+    def _steps(self) -> list[AttributionRow]:
+        """Arm 1 → 2 (the prompt, and RAG unless kept) and arm 2 → 3 (the backbone), per rate."""
+        prompting, short, tuned = self.arms
+        changed = 'prompt and ingredients' if short.cell.ablation != prompting.cell.ablation else 'prompt'
+        steps = [
+            (
+                changed,
+                f'{prompting.cell.prompt or "scenario prompt"} · {prompting.cell.ablation_label} → '
+                f'{short.cell.prompt} · {short.cell.ablation_label}',
+                prompting.cell.backbone,
+                prompting,
+                short,
+            ),
+            (
+                'backbone',
+                f'{short.cell.backbone} → {tuned.cell.backbone}',
+                f'{short.cell.prompt} · {short.cell.ablation_label}',
+                short,
+                tuned,
+            ),
+        ]
+        rows: list[AttributionRow] = []
+        for factor, change, held, before, after in steps:
+            for rate in RATES:
+                row = attribution_row(factor, change, held, before.summary, after.summary, rate)
+                if row is not None:
+                    rows.append(row)
+        return rows
+
     def as_dict(self) -> dict[str, Any]:
         """The numbers and the verdict, as JSON-ready data."""
         baseline = self.arms[0]
@@ -132,6 +226,7 @@ class Comparison:
                 for arm in self.arms
             ],
             'verdict': self.verdict,
+            'decision': self.decision().model_dump(mode='json'),
         }
 
 
@@ -295,13 +390,21 @@ def _attribution(rate: str, step: str, arms: tuple[Arm, Arm, Arm], first: Differ
     return f'{same}, nor does the fine-tune on its own ({tuned})'
 
 
-def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
-    """The decision in plain words, naming the factor behind each difference and calling a difference only
-    when the trials can tell, e.g. `prompting + RAG passes 80% of these scenarios; the short prompt without
-    RAG costs 5 points of tool-call accuracy (63% → 58%); the fine-tune recovers none of it (58%): keep
-    prompting + RAG, or tune on more (or better) examples`."""
+Choice = Literal['prompting', 'short', 'fine-tune', 'undecided']
+
+RECOMMENDATIONS: dict[Choice, str] = {
+    'prompting': 'keep prompting + RAG',
+    'short': 'use the short prompt: the fine-tune adds nothing',
+    'fine-tune': 'use the fine-tune',
+    'undecided': 'run more trials before deciding',
+}
+
+
+def decide_arms(prompting: Arm, short: Arm, tuned: Arm) -> tuple[Choice, Confidence, str]:
+    """The choice, how sure it is (`high` when it rests on a difference the trials can tell), and the
+    verdict in plain words, naming the factor behind each difference."""
     if prompting.summary.scenarios == 0:
-        return 'no scenario ran, so there is nothing to decide'
+        return 'undecided', 'low', 'no scenario ran, so there is nothing to decide'
     if prompting.pass_rate == 1:
         lead = 'prompting + RAG already passes these scenarios'
     elif prompting.pass_rate == 0:
@@ -315,24 +418,40 @@ def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
         noise = _undetected(prompting, short, tuned)
         if noise:
             return (
+                'undecided',
+                'low',
                 f'{lead}; neither {step} nor the fine-tune makes a difference these trials can tell ({noise}): '
-                'run more trials (-n) before deciding'
+                'run more trials (-n) before deciding',
             )
         short_saving = _savings(short, prompting)
         extra = f' and {short_saving}' if short_saving.startswith('saves') else ''
-        return f'{lead}; {step} does as well{extra}, so the fine-tune adds nothing here'
+        choice: Choice = 'short' if extra else 'prompting'
+        return choice, 'medium', f'{lead}; {step} does as well{extra}, so the fine-tune adds nothing here'
     rate, first, second, whole = found
     story = _attribution(rate, step, (prompting, short, tuned), first, second)
     if whole.call == 'better':
-        return f'{lead}; {story}' + (f' and {saving}' if saving.startswith('saves') else '') + ': it pays off'
+        return (
+            'fine-tune',
+            'high',
+            f'{lead}; {story}' + (f' and {saving}' if saving.startswith('saves') else '') + ': it pays off',
+        )
     if whole.call == 'worse':
-        return f'{lead}; {story}: keep prompting + RAG, or tune on more (or better) examples'
+        return 'prompting', 'high', f'{lead}; {story}: keep prompting + RAG, or tune on more (or better) examples'
     quality = 'equal quality' if not whole.points else f'no detectable loss ({whole.describe(UNITS[rate])})'
+    sure: Confidence = 'medium' if not whole.points else 'low'
     if saving.startswith('saves'):
-        return f'{lead}; {story} and {saving} at {quality}'
+        return 'fine-tune', sure, f'{lead}; {story} and {saving} at {quality}'
     if saving:
-        return f'{lead}; {story} but {saving}: keep prompting + RAG'
-    return f'{lead}; {story} at about the same cost: keep prompting + RAG, which is easier to change'
+        return 'prompting', sure, f'{lead}; {story} but {saving}: keep prompting + RAG'
+    return 'prompting', sure, f'{lead}; {story} at about the same cost: keep prompting + RAG, which is easier to change'
+
+
+def verdict(prompting: Arm, short: Arm, tuned: Arm) -> str:
+    """The decision in plain words, naming the factor behind each difference and calling a difference only
+    when the trials can tell, e.g. `prompting + RAG passes 80% of these scenarios; the short prompt without
+    RAG costs 5 points of tool-call accuracy (63% → 58%); the fine-tune recovers none of it (58%): keep
+    prompting + RAG, or tune on more (or better) examples`."""
+    return decide_arms(prompting, short, tuned)[2]
 
 
 # -- running ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from typer.testing import CliRunner
 
+from tandem.agent.backbones.base import Backbone
 from tandem.agent.cli.main import app
 from tandem.agent.cli.run import injected_backbones
 from tandem.agent.core.config import Settings
@@ -25,13 +26,14 @@ from tandem.agent.scenarios.results import SuiteReport
 from tandem.agent.scenarios.runner import run_suite
 from tandem.agent.scenarios.schema import load_scenarios
 from tests.scenarios.conftest import WriteScenario
+from tests.support.browser import dump_dom, needs_chromium
 from tests.support.deps import scripted_backbone
 
 ANSWERS = ('The answer is 391.', 'the answer is 391', 'The answer is 391.', 'It is 390.')
 """What the stochastic stand-in says on its 1st, 2nd, 3rd and 4th call, round and round."""
 
 
-def wavering(name: str = 'wavering'):
+def wavering(name: str = 'wavering') -> Backbone:
     said = itertools.cycle(ANSWERS)
 
     def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -129,3 +131,41 @@ def test_tandem_run_takes_n(product: Path, redis_url: str, tmp_path: Path, monke
     assert data['cells'][0]['answer_agreement']['value'] == 0.5
     refused = CliRunner().invoke(app, ['run', str(product), '-n', '0'], env=env)
     assert refused.exit_code == 2 and 'Invalid value' in refused.output
+
+
+def steady(name: str = 'steady') -> Backbone:
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart('The answer is 391.')])
+
+    return scripted_backbone(FunctionModel(answer), name)
+
+
+@needs_chromium
+def test_the_run_decision_report_passes_its_browser_check(
+    product: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+    with injected_backbones(wavering(), steady()):
+        result = CliRunner().invoke(
+            app,
+            ['run', str(product), '-b', 'wavering', '-b', 'steady', '-n', '4', '-j', '1', '--report', 'out'],
+            env=env,
+        )
+    assert result.exit_code == 1, result.output
+    said = ' '.join(result.stdout.split())
+    assert 'Verdict: choose steady · scenario prompt · full (confidence low: no cell is detectably better' in said
+
+    dom, console = dump_dom((tmp_path / 'out' / 'report.html').as_uri(), tmp_path / 'profile')
+    assert console == []
+    card = dom[dom.index('<section id="decision"') : dom.index('<section id="cells-compared"')]
+    assert '<p class="recommendation">choose steady · scenario prompt · full</p>' in card
+    assert re.findall(r'data-criterion="([a-z]+)"', card) == ['quality', 'consistency', 'cost', 'latency']
+    assert 'steady · scenario prompt · full passes 100% [51–100%]' in card
+    assert 'wavering · scenario prompt · full: same answer 75% [30–95%]' in card  # normalized
+    attribution = dom[dom.index('<section id="attribution">') : dom.index('<section id="grid">')]
+    assert '<td>backbone</td><td>wavering → steady</td><td>scenario prompt · full</td><td>pass rate</td>' in attribution
+    assert 'no detectable difference at 4 runs' in attribution
+    assert dom.count('class="whisker"') >= 6  # two cells × pass rate, tokens, latency
+    data = SuiteReport.model_validate_json((tmp_path / 'out' / 'report.json').read_text())
+    assert data.decision is not None and data.decision.confidence == 'low'

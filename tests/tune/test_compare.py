@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tandem.agent.tune.compare import Arm, compare, render_markdown, verdict
 from tandem.agent.tune.export import ExportOptions, build_examples, report_traces, write_jsonl
 from tandem.agent.tune.validate import validate_file
 from tests.scenarios.scripted_backbone import policy
+from tests.support.browser import dump_dom, needs_chromium
 
 SCENARIOS = [Path(__file__).parents[2] / 'scenarios' / name for name in ('calculator.yaml', 'clock.yaml')]
 runner = CliRunner()
@@ -251,7 +253,7 @@ def test_cli_compare_writes_the_decision_report(
             app,
             [
                 'tune', 'compare', *map(str, SCENARIOS), '--base', 'base', '--tuned', 'tuned',
-                '--out', str(tmp_path / 'decision.md'), '--report', str(tmp_path / 'runs.json'),
+                '--out', str(tmp_path / 'decision.md'), '--report', str(tmp_path / 'out'),
             ],
             env=env,
         )  # fmt: skip
@@ -262,8 +264,17 @@ def test_cli_compare_writes_the_decision_report(
     assert '6/6' in result.stderr
     markdown = (tmp_path / 'decision.md').read_text()
     assert markdown.rstrip().splitlines()[-1].startswith('**Verdict:**')
-    report = SuiteReport.model_validate_json((tmp_path / 'runs.json').read_text())
+    report = SuiteReport.model_validate_json((tmp_path / 'out' / 'report.json').read_text())
     assert len(report.cells) == 3 and len(report.runs) == 6
+    assert report.decision is not None and report.decision.recommendation == 'use the fine-tune'
+    assert (tmp_path / 'out' / 'report.html').read_text().count('<h1>Tandem decision report</h1>') == 1
+
+    a_file = tmp_path / 'decision.md'
+    refused = runner.invoke(
+        app, ['tune', 'compare', str(SCENARIOS[0]), '--base', 'base', '--tuned', 'x', '--report', str(a_file)], env=env
+    )
+    assert refused.exit_code == 1
+    assert f'--report takes a directory, as tandem run does; {a_file} is a file.' in ' '.join(refused.stderr.split())
 
     with injected_backbones(_backbone('base', needs_the_full_prompt=True)):
         same = runner.invoke(app, ['tune', 'compare', str(SCENARIOS[0]), '--base', 'base', '--tuned', 'base'], env=env)
@@ -280,7 +291,7 @@ def test_cli_compare_writes_the_decision_report(
             'tune',
             'export',
             '--report',
-            str(tmp_path / 'runs.json'),
+            str(tmp_path / 'out' / 'report.json'),
             '--only-passing',
             '--backbone',
             'base',
@@ -291,3 +302,48 @@ def test_cli_compare_writes_the_decision_report(
     )
     assert exported.exit_code == 0, exported.stderr
     assert 'wrote 2 example(s)' in exported.stderr
+
+
+@needs_chromium
+def test_the_compare_decision_report_passes_its_browser_check(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('TANDEM_CONFIG', raising=False)
+    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+    with injected_backbones(
+        _backbone('base', needs_the_full_prompt=True), _backbone('tuned', needs_the_full_prompt=False)
+    ):
+        result = runner.invoke(
+            app,
+            [
+                'tune',
+                'compare',
+                *map(str, SCENARIOS),
+                '--base',
+                'base',
+                '--tuned',
+                'tuned',
+                '-n',
+                '3',
+                '--report',
+                'out',
+            ],
+            env=env,
+        )
+    assert result.exit_code == 0, result.stderr
+    page = tmp_path / 'out' / 'report.html'
+    dom, console = dump_dom(page.as_uri(), tmp_path / 'profile')
+    assert console == []
+    card = dom[dom.index('<section id="decision"') : dom.index('<section id="cells-compared"')]
+    assert 'class="card confidence-medium"' in card  # chosen on cost at equal quality
+    assert '<p class="recommendation">use the fine-tune</p>' in card
+    assert 'the short prompt without RAG costs 100 points of pass rate (100% → 0%); the fine-tune recovers all' in card
+    criteria = re.findall(r'data-criterion="([a-z]+)"', card)
+    assert criteria == ['quality', 'consistency', 'cost', 'latency', 'freshness', 'data']
+    assert 'prompting + RAG: pass rate 100% [61–100%] (6/6)' in card  # 2 scenarios × 3 trials
+    attribution = dom[dom.index('<section id="attribution">') : dom.index('<section id="grid">')]
+    assert '<td>prompt and ingredients</td><td>scenario prompt · full → short@1 · -rag</td>' in attribution
+    assert '<td>backbone</td><td>base → tuned</td><td>short@1 · -rag</td><td>pass rate</td>' in attribution
+    assert dom.count('class="whisker"') >= 9  # three arms × pass rate, tool accuracy, tokens
+    assert '✓ 3/3' in dom and '✗ 3/3' in dom  # the grid counts trials
