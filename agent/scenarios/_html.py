@@ -336,7 +336,11 @@ def _turn(turn: TurnOutcome) -> str:
     return (
         f'<div class="turn"><div class="small">turn {turn.index} · session {_e(turn.session)} · {numbers}</div>'
         f'<p class="said"><b>user:</b> {_e(turn.user)}</p>{tools}'
-        f'<p class="said"><b>assistant:</b> {_e(turn.answer)}</p>'
+        + (
+            f'<p class="problem">stopped: {_e(turn.error)}</p>'
+            if turn.error is not None
+            else f'<p class="said"><b>assistant:</b> {_e(turn.answer)}</p>'
+        )
         + (f'<ul class="checks">{checks}</ul>' if checks else '')
         + '</div>'
     )

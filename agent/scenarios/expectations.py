@@ -19,7 +19,7 @@ from tandem.agent.core.events import short
 from tandem.agent.scenarios.results import CheckResult, ToolCallResult
 from tandem.agent.scenarios.schema import ArgMatch, Expectations, FieldMatch, Judge, OutputExpectation, ToolCall
 
-__all__ = ['check_turn', 'judge_answer', 'matches_call']
+__all__ = ['check_stopped_turn', 'check_turn', 'judge_answer', 'matches_call']
 
 
 def _text_of(value: Any) -> str:
@@ -41,7 +41,10 @@ def _arg_matches(match: ArgMatch, present: bool, value: Any) -> bool:
 
 
 def matches_call(expected: ToolCall, call: ToolCallResult) -> bool:
-    """Whether `call` is the tool `expected` names, with every argument it constrains matching."""
+    """Whether `call` is the tool `expected` names (or one of its alternatives), with every argument it
+    constrains matching."""
+    if expected.any_of:
+        return any(matches_call(option, call) for option in expected.any_of)
     if call.name != expected.name:
         return False
     return all(_arg_matches(match, name in call.args, call.args.get(name)) for name, match in expected.args.items())
@@ -55,7 +58,7 @@ def _tool_check(turn: int, expected: ToolCall, calls: Sequence[ToolCallResult]) 
     label = f'calls {expected.describe()}'
     if any(matches_call(expected, call) for call in calls):
         return CheckResult(turn=turn, kind='tool', label=label, passed=True)
-    same_name = [call for call in calls if call.name == expected.name]
+    same_name = [call for call in calls if call.name in expected.names]
     if same_name:
         detail = f'called with other arguments: {_calls(same_name)}'
     else:
@@ -115,6 +118,7 @@ def check_turn(
     tokens: int,
     *,
     output_error: str | None = None,
+    latency_s: float = 0.0,
 ) -> list[CheckResult]:
     """The checks of one turn, except the judge's (see `judge_answer`), in the order of the schema.
 
@@ -125,6 +129,7 @@ def check_turn(
         calls: Every tool call of the turn, including failed and denied ones.
         tokens: Input plus output tokens of the turn.
         output_error: Why a turn that asked for a typed answer (`expect.output`) got none; `None` when it did.
+        latency_s: Wall time of the turn.
     """
     checks = [_tool_check(turn, expected, calls) for expected in expect.tools]
     for name in expect.tools_not_called:
@@ -197,6 +202,64 @@ def check_turn(
         )
     if expect.output is not None:
         checks.extend(_output_checks(turn, expect.output, answer, output_error))
+    checks.extend(_ending_checks(turn, expect, None, latency_s, answer))
+    return checks
+
+
+def check_stopped_turn(turn: int, expect: Expectations, error: str, latency_s: float = 0.0) -> list[CheckResult]:
+    """The checks of a turn that stopped with `error`: whether it was meant to, and its other budgets."""
+    checks = [
+        CheckResult(turn=turn, kind='tool_not_called', label=f'does not call {name}', passed=True)
+        for name in expect.tools_not_called
+    ]
+    return checks + _ending_checks(turn, expect, error, latency_s, '')
+
+
+def _ending_checks(
+    turn: int, expect: Expectations, error: str | None, latency_s: float, answer: str
+) -> list[CheckResult]:
+    """`error`, `completes` and `max_latency_ms`: how the turn ended, and when."""
+    checks: list[CheckResult] = []
+    if expect.error is not None:
+        label = expect.error.describe()
+        if error is None:
+            checks.append(
+                CheckResult(
+                    turn=turn, kind='error', label=label, passed=False, detail=f'it completed: {_quote(answer)}'
+                )
+            )
+        else:
+            held = expect.error.matches(error)
+            checks.append(
+                CheckResult(
+                    turn=turn,
+                    kind='error',
+                    label=label,
+                    passed=held,
+                    detail='' if held else f'it stopped with: {short(error, 200)}',
+                )
+            )
+    if expect.completes:
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='completes',
+                label='completes',
+                passed=error is None,
+                detail='' if error is None else f'it stopped with: {short(error, 200)}',
+            )
+        )
+    if expect.max_latency_ms is not None:
+        took = latency_s * 1000
+        checks.append(
+            CheckResult(
+                turn=turn,
+                kind='max_latency',
+                label=f'within {expect.max_latency_ms:g} ms',
+                passed=took <= expect.max_latency_ms,
+                detail='' if took <= expect.max_latency_ms else f'took {took:.0f} ms',
+            )
+        )
     return checks
 
 

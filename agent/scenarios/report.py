@@ -245,7 +245,11 @@ def _transcript(run: ScenarioRun) -> str:
         lines.append(f'[{turn.session}] user: {turn.user}')
         for call in turn.tool_calls:
             lines.append(f'  tool {call.describe()} -> {"ok" if call.ok else "failed"}: {call.result}')
-        lines.append(f'[{turn.session}] assistant: {turn.answer}')
+        lines.append(
+            f'[{turn.session}] stopped: {turn.error}'
+            if turn.error is not None
+            else f'[{turn.session}] assistant: {turn.answer}'
+        )
         for check in turn.checks:
             lines.append(
                 f'  {"PASS" if check.passed else "FAIL"} {check.label}' + (f': {check.detail}' if check.detail else '')

@@ -97,6 +97,9 @@ class CheckResult(_Model):
         'judge',
         'output',
         'output_field',
+        'error',
+        'completes',
+        'max_latency',
     ]
     label: str
     """What was expected, e.g. `calculate(expression=~/17/)` or `contains '391'`."""
@@ -134,6 +137,8 @@ class TurnOutcome(_Model):
     """For a turn that asked for a typed answer (`expect.output`): whether it got one that fits the schema."""
     output_retries: int = 0
     """How often the model was sent back because its answer did not validate."""
+    error: str | None = None
+    """Why the turn stopped without an answer: expected (`expect.error`), or the run's error."""
 
     @property
     def total_tokens(self) -> int:

@@ -38,7 +38,7 @@ from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.core.turn_state import ToolCallRecord
 from tandem.agent.scenarios._yaml import Problem
 from tandem.agent.scenarios.cassettes import Cassettes, model_time
-from tandem.agent.scenarios.expectations import check_turn, judge_answer
+from tandem.agent.scenarios.expectations import check_stopped_turn, check_turn, judge_answer
 from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
 from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError, Turn
@@ -304,19 +304,30 @@ async def _turns(
                         on_event=on_step,
                         output_type=schema_type(typed.json_schema) if typed is not None else None,
                     )
-                except InvalidOutputError as error:
-                    if typed is None:
+                except Exception as error:
+                    if isinstance(error, InvalidOutputError) and typed is not None:
+                        # No answer in the format is a failed expectation (the format-compliance rate), not an error.
+                        latency = time.perf_counter() - started + served.recorded_seconds
+                        outcome = _invalid_output(index, session, turn, str(error), latency, settings)
+                        out.turns.append(outcome)
+                        await _emit(on_step, TurnFinished(outcome))
+                        continue
+                    message = str(error) if isinstance(error, TandemError) else f'{type(error).__name__}: {error}'
+                    expected = isinstance(error, TandemError) and (
+                        turn.expect.error is not None or bool(turn.expect.completes)
+                    )
+                    outcome = _stopped(
+                        index, session, turn, message, started, served.recorded_seconds, checked=expected
+                    )
+                    out.turns.append(outcome)  # the transcript up to the error stays in the report
+                    if not expected:
                         raise
-                    # No answer in the format is a failed expectation (the format-compliance rate), not an error.
-                    latency = time.perf_counter() - started + served.recorded_seconds
-                    outcome = _invalid_output(index, session, turn, str(error), latency, settings)
-                    out.turns.append(outcome)
                     await _emit(on_step, TurnFinished(outcome))
                     continue
                 latency = time.perf_counter() - started + served.recorded_seconds
             calls = _tool_calls(result.tool_calls)
             usage = result.usage
-            checks = check_turn(index, turn.expect, result.answer, calls, usage.total_tokens)
+            checks = check_turn(index, turn.expect, result.answer, calls, usage.total_tokens, latency_s=latency)
             if turn.expect.judge is not None:
                 checks.append(await _judge(env, scenario, index, turn.user, result.answer, latency, backbone))
             outcome = TurnOutcome(
@@ -338,6 +349,21 @@ async def _turns(
             await _emit(on_step, TurnFinished(outcome))
     finally:
         out.messages = await _messages(deps, sessions)
+
+
+def _stopped(
+    index: int, session: str, turn: Turn, error: str, started: float, recorded: float, *, checked: bool = False
+) -> TurnOutcome:
+    """A turn that stopped with `error`; `checked`: it was expected to stop (or to complete), so its checks say."""
+    latency = time.perf_counter() - started + recorded
+    return TurnOutcome(
+        index=index,
+        session=session,
+        user=turn.user,
+        latency_s=latency,
+        error=error,
+        checks=check_stopped_turn(index, turn.expect, error, latency) if checked else [],
+    )
 
 
 def _invalid_output(

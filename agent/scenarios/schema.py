@@ -171,21 +171,72 @@ class ArgMatch(_Model):
 
 
 class ToolCall(_Model):
-    """A tool the model must call in the turn, and optionally how its arguments must look."""
+    """A tool the model must call in the turn, and optionally how its arguments must look; or, with
+    `any_of`, one of several such calls (`{any_of: [web_search, search_knowledge]}`)."""
 
-    name: str = Field(min_length=1)
+    name: str | None = Field(default=None, min_length=1)
     args: dict[str, ArgMatch] = Field(default_factory=dict[str, ArgMatch])
     """Only the arguments named here are compared; others may be anything."""
+    any_of: list[ToolCall] = Field(default_factory=list['ToolCall'])
+    """Alternatives: the check holds when any of them was called."""
 
     @model_validator(mode='before')
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {'name': value} if isinstance(value, str) else value
 
+    @model_validator(mode='after')
+    def _name_or_alternatives(self) -> ToolCall:
+        if (self.name is None) == (not self.any_of):
+            raise ValueError('name one tool, or give alternatives with any_of (not both)')
+        if self.any_of and self.args:
+            raise ValueError('with any_of, give args on each alternative')
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The tool names this expectation accepts."""
+        return [self.name] if self.name is not None else [name for option in self.any_of for name in option.names]
+
     def describe(self) -> str:
-        """`calculate(expression=~/17/)`, as shown in reports."""
+        """`calculate(expression=~/17/)`, or `any of web_search, search_knowledge`, as shown in reports."""
+        if self.any_of:
+            return 'any of ' + ', '.join(option.describe() for option in self.any_of)
         args = ', '.join(f'{name}{match.describe()}' for name, match in self.args.items())
-        return f'{self.name}({args})' if args else self.name
+        return f'{self.name}({args})' if args else str(self.name)
+
+
+class ErrorExpectation(_Model):
+    """How the clean error that must stop the turn reads: `contains` (case-insensitive) or `regex`.
+
+    In a file, a plain string means `contains`: `error: 'tool-call limit'`.
+    """
+
+    contains: str | None = None
+    regex: Regex | None = None
+
+    @model_validator(mode='before')
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {'contains': value} if isinstance(value, str) else value
+
+    @model_validator(mode='after')
+    def _one(self) -> ErrorExpectation:
+        if (self.contains is None) == (self.regex is None):
+            raise ValueError('give the error as contains or regex (one of them)')
+        return self
+
+    def matches(self, message: str) -> bool:
+        """Whether an error message reads as expected."""
+        if self.regex is not None:
+            return self.regex.search(message) is not None
+        return str(self.contains).lower() in message.lower()
+
+    def describe(self) -> str:
+        """`stops with an error containing 'limit'`."""
+        if self.regex is not None:
+            return f'stops with an error matching /{self.regex.pattern}/'
+        return f'stops with an error containing {self.contains!r}'
 
 
 class FieldMatch(ArgMatch):
@@ -281,8 +332,25 @@ class Expectations(_Model):
     judge: Judge | None = None
     output: OutputExpectation | None = None
     """Ask for a typed answer that fits a schema, and check its fields."""
+    error: ErrorExpectation | None = None
+    """The turn must stop with a clean error that reads so (a limit that must stop it); the run goes on."""
+    completes: bool | None = None
+    """`true`: the turn must finish; an error is then a failed check of the turn, not the run's error."""
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    """Wall time of the turn, model requests and tools included."""
 
     _lists = field_validator('tools', 'tools_not_called', 'contains', 'not_contains', 'regex', mode='before')(_as_list)
+
+    @model_validator(mode='after')
+    def _error_or_answer(self) -> Expectations:
+        if self.error is not None and self.completes:
+            raise ValueError('a turn cannot both stop with an error and complete: drop error or completes')
+        answered = self.tools or self.contains or self.regex or self.judge or self.output
+        if self.error is not None and answered:
+            raise ValueError(
+                'a turn that must stop with an error has no answer to check: drop error, or the answer checks'
+            )
+        return self
 
 
 class Turn(_Model):

@@ -140,7 +140,11 @@ async def test_a_backbone_error_stops_the_run_as_an_error_and_its_namespace_is_d
     )
     assert run.status == 'error'
     assert run.error == "backbone 'flaky' answered HTTP 503: {'error': 'overloaded'}"
-    assert [turn.answer for turn in run.turns] == ['first answer']  # the turn before the error is kept
+    # The transcript up to the error is kept: the turn before it, and the turn that stopped, with why.
+    assert [(turn.user, turn.answer, turn.error) for turn in run.turns] == [
+        ('one', 'first answer', None),
+        ('two', '', "backbone 'flaky' answered HTTP 503: {'error': 'overloaded'}"),
+    ]
     assert list(run.messages) == ['s1'] and len(run.messages['s1']) == 2  # and so is its transcript
     assert await _tandem_keys(redis) == []
 
