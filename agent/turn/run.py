@@ -22,12 +22,15 @@ from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
     ModelMessage,
+    ModelRequest,
     ModelResponse,
     PartDeltaEvent,
     PartEndEvent,
     PartStartEvent,
     TextPart,
     TextPartDelta,
+    ToolCallPart,
+    ToolReturnPart,
 )
 from pydantic_ai.result import AgentStream
 from pydantic_ai.tools import RunContext
@@ -189,6 +192,59 @@ def _stream_handler(
             await end_text(index)
 
     return handle
+
+
+def _retry_reason(content: Any) -> str:
+    """`Unknown tool name: 'x'`, or `expression: Field required; formula: Extra inputs are not permitted`:
+    why a call was sent back, from its retry's content (a message, or pydantic's error details)."""
+    if isinstance(content, list):
+        errors = cast(list[dict[str, Any]], content)
+        return '; '.join(
+            f'{".".join(str(step) for step in error.get("loc", ())) or "arguments"}: {error.get("msg", "")}'
+            for error in errors
+        )
+    return str(content)
+
+
+def _every_call(turn: TurnState, messages: Sequence[ModelMessage]) -> list[ToolCallRecord]:
+    """The turn's tool calls in the order the model made them, attempts that never ran included.
+
+    A call to a tool that does not exist, or with arguments that do not validate, never reaches a tool
+    (so `wrap_tool_execute` keeps no record of it), yet the model made it: it is recorded here as
+    failed, with the reason the model was sent back, so budgets count it and transcripts show it.
+    """
+    reasons: dict[str, str] = {}
+    for message in messages:
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if not isinstance(part, ToolReturnPart):
+                    continue
+                if part.outcome == 'retried':  # an unknown tool, or arguments that did not validate
+                    reasons[part.tool_call_id] = _retry_reason(part.content)
+                else:  # e.g. skipped once a final answer was given
+                    reasons.setdefault(part.tool_call_id, part.model_response_str())
+    ordered: list[ToolCallRecord] = []
+    seen: set[str] = set()
+    for message in messages:
+        if not isinstance(message, ModelResponse):
+            continue
+        for part in message.parts:
+            if not isinstance(part, ToolCallPart) or part.tool_name in turn.output_tools:
+                continue
+            seen.add(part.tool_call_id)
+            record = turn.find_call(part.tool_call_id)
+            if record is None:
+                try:
+                    args = part.args_as_dict()
+                except ValueError:
+                    args = {'arguments': str(part.args)}  # not even JSON: kept as the model sent it
+                reason = reasons.get(part.tool_call_id, 'not run')
+                record = ToolCallRecord(
+                    call_id=part.tool_call_id, name=part.tool_name, args=args, ok=False, result=short(reason, 200)
+                )
+            ordered.append(record)
+    # Calls resumed after an approval began in an earlier run: their parts are not among these messages.
+    return [record for record in turn.tool_calls if record.call_id not in seen] + ordered
 
 
 def _turn_usage(deps: Deps, responses: list[ModelResponse]) -> TurnUsage:
@@ -397,7 +453,7 @@ async def run_turn(
             run_id=run_id,
             usage=usage,
             duration_s=duration,
-            tool_calls=list(deps.turn.tool_calls),
+            tool_calls=_every_call(deps.turn, new_messages),
             citations=dict(deps.turn.citations),
         )
     finally:

@@ -196,3 +196,34 @@ def test_bad_new_keys_are_refused_with_their_line(write_scenario: WriteScenario,
     with pytest.raises(ScenarioFileError) as caught:
         load_scenario(path)
     assert f'{path}:4:' in str(caught.value) and message in str(caught.value)
+
+
+async def test_calls_to_unknown_tools_and_with_bad_arguments_are_recorded_counted_and_shown(
+    redis: Redis, settings: Settings, write_scenario: WriteScenario, plugins: dict[str, ToolsetPlugin]
+) -> None:
+    path = write_scenario(
+        'name: sloppy\nsetup: {tools: [calc]}\nturns: [{user: "What is 2+2?", expect: {max_tool_calls: 1}}]\n'
+    )
+    script = iter(
+        [
+            ModelResponse(parts=[ToolCallPart('teleport', {'to': 'Mars'})]),
+            ModelResponse(parts=[ToolCallPart('calculate', {'formula': '2+2'})]),
+            ModelResponse(parts=[ToolCallPart('calculate', {'expression': '2+2'})]),
+            ModelResponse(parts=[TextPart('4')]),
+        ]
+    )
+
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return next(script)
+
+    run = await run_scenario(
+        load_scenario(path), scripted_backbone(FunctionModel(answer)), settings=settings, redis=redis, plugins=plugins
+    )
+    calls = run.turns[0].tool_calls
+    assert [(call.name, call.ok) for call in calls] == [('teleport', False), ('calculate', False), ('calculate', True)]
+    assert calls[0].result == "Unknown tool name: 'teleport'. Available tools: 'calculate'"
+    assert calls[1].result == 'expression: Field required; formula: Extra inputs are not permitted'
+    assert calls[1].args == {'formula': '2+2'}
+    (budget,) = run.failures
+    assert budget.detail.startswith("3 calls: teleport(to='Mars'), calculate(formula='2+2'), calculate(")
+    assert 'teleport(to=&#x27;Mars&#x27;) → failed: Unknown tool name' in render_html_of(run)
