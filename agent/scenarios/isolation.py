@@ -32,6 +32,7 @@ __all__ = [
     'new_tenant',
     'seed_documents',
     'seed_facts',
+    'seed_other_users',
     'seed_scenario',
 ]
 
@@ -189,3 +190,46 @@ async def seed_scenario(deps: Deps, scenario: Scenario, ablated: frozenset[str])
         await seed_documents(deps, scenario)
     if 'memory' not in ablated:
         await seed_facts(deps, scenario)
+    await seed_other_users(deps, scenario, ablated)
+
+
+async def seed_other_users(deps: Deps, scenario: Scenario, ablated: frozenset[str]) -> None:
+    """Seed each of `setup.other_users`: facts into their memory, documents into their own knowledge base.
+
+    Raises:
+        ScenarioSetupError: A fact the store refuses, or a document that was not ingested.
+    """
+    from tandem.memory.facts import FactStore
+    from tandem.memory.knowledge.embeddings import make_embedder
+    from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
+    from tandem.memory.knowledge.store import KnowledgeBase
+
+    tenant, config = deps.identity.tenant, deps.settings.knowledge
+    for number, other in enumerate(scenario.setup.other_users):
+        where = ('setup', 'other_users', number)
+        if 'memory' not in ablated:
+            for index, fact in enumerate(other.facts):
+                try:
+                    await FactStore(deps.redis).remember(tenant, other.id, fact.text, source=fact.source)
+                except ValueError as error:
+                    raise ScenarioSetupError(
+                        f'{scenario.where(*where, "facts", index)}: cannot seed this fact: {error}'
+                    ) from error
+        if 'rag' in ablated or not other.documents:
+            continue
+        kb = KnowledgeBase(deps.redis, tenant=tenant, name=config.default_kb, user=other.id)
+        options = IngestOptions(
+            chunk_tokens=config.chunk_tokens,
+            chunk_overlap=config.chunk_overlap,
+            max_file_bytes=config.max_file_bytes,
+            language=config.language,
+        )
+        ingestor = Ingestor(kb, embedder=make_embedder(config), options=options)
+        for index, document in enumerate(other.documents):
+            source, data, name = _named(scenario, index, document)
+            report = await ingestor.ingest_bytes(source, data, name=name)
+            if report.skipped_total:
+                reason = report.skipped[0].reason if report.skipped else 'skipped'
+                raise ScenarioSetupError(
+                    f'{scenario.where(*where, "documents", index)}: {source} was not ingested: {reason}'
+                )

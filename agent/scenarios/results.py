@@ -100,6 +100,7 @@ class CheckResult(_Model):
         'error',
         'completes',
         'max_latency',
+        'state',
     ]
     label: str
     """What was expected, e.g. `calculate(expression=~/17/)` or `contains '391'`."""
@@ -124,6 +125,9 @@ class TurnOutcome(_Model):
     """1 for the first turn."""
     session: str
     user: str
+    """What the user said."""
+    as_user: str | None = None
+    """The other user the turn ran as (`as_user`); `None`: the scenario's user."""
     answer: str = ''
     tool_calls: list[ToolCallResult] = Field(default_factory=list[ToolCallResult])
     requests: int = 0

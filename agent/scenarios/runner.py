@@ -42,6 +42,7 @@ from tandem.agent.scenarios.expectations import check_stopped_turn, check_turn, 
 from tandem.agent.scenarios.isolation import ScenarioSetupError, Seeder, delete_namespace, new_tenant, seed_scenario
 from tandem.agent.scenarios.results import Cell, CheckResult, ScenarioRun, SuiteReport, ToolCallResult, TurnOutcome
 from tandem.agent.scenarios.schema import Judge, Scenario, ScenarioFileError, Turn
+from tandem.agent.scenarios.state import check_state
 from tandem.agent.turn.build import build_deps
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.output import schema_type
@@ -283,13 +284,28 @@ async def _turns(
     )
     await _emit(on_step, RunStarted(scenario=scenario, cell=cell, tenant=tenant, prompt=prompt.ref, tools=tools))
     sessions = ['s1']
+    others: dict[str, Deps] = {}  # the other users turns run as (`as_user`), each in a session of their own
     try:
         await env.seed(deps, scenario, frozenset(cell.ablation))
         for index, turn in enumerate(scenario.turns, 1):
             if turn.new_session and index > 1:
                 sessions.append(f's{len(sessions) + 1}')
                 deps = with_session(deps, sessions[-1])
-            session = deps.identity.session
+            current = deps
+            if turn.as_user is not None and turn.as_user != deps.identity.user:
+                if turn.as_user not in others:
+                    other = TurnRequest(tenant=tenant, user=turn.as_user, prompt=prompt.ref, tools=tools)
+                    others[turn.as_user] = await build_deps(
+                        settings,
+                        env.redis,
+                        other,
+                        session=f'{turn.as_user}-s1',
+                        backbone=backbone,
+                        prompt=prompt,
+                        toolsets=select(tools, env.plugins),
+                    )
+                current = others[turn.as_user]
+            session = current.identity.session
             await _emit(
                 on_step, TurnStarted(index, len(scenario.turns), turn.user, session, turn.new_session and index > 1)
             )
@@ -299,7 +315,7 @@ async def _turns(
                 try:
                     # Streaming only when someone watches: the same turn either way, as `tandem ask` runs it.
                     result = await run_turn(
-                        deps,
+                        current,
                         turn.user,
                         on_event=on_step,
                         output_type=schema_type(typed.json_schema) if typed is not None else None,
@@ -319,6 +335,9 @@ async def _turns(
                     outcome = _stopped(
                         index, session, turn, message, started, served.recorded_seconds, checked=expected
                     )
+                    if expected and turn.expect.state is not None:
+                        stored = await check_state(index, turn.expect.state, current)
+                        outcome = outcome.model_copy(update={'checks': [*outcome.checks, *stored]})
                     out.turns.append(outcome)  # the transcript up to the error stays in the report
                     if not expected:
                         raise
@@ -330,10 +349,13 @@ async def _turns(
             checks = check_turn(index, turn.expect, result.answer, calls, usage.total_tokens, latency_s=latency)
             if turn.expect.judge is not None:
                 checks.append(await _judge(env, scenario, index, turn.user, result.answer, latency, backbone))
+            if turn.expect.state is not None:
+                checks += await check_state(index, turn.expect.state, current)
             outcome = TurnOutcome(
                 index=index,
                 session=session,
                 user=turn.user,
+                as_user=turn.as_user,
                 answer=result.answer,
                 tool_calls=calls,
                 requests=usage.requests,
@@ -349,6 +371,8 @@ async def _turns(
             await _emit(on_step, TurnFinished(outcome))
     finally:
         out.messages = await _messages(deps, sessions)
+        for other in others.values():
+            out.messages |= await _messages(other, [other.identity.session])
 
 
 def _stopped(
@@ -494,7 +518,16 @@ def _check_suite(
                 select([name], plugins)
             except TandemError as error:
                 problems.append(scenario.problem(('setup', 'tools', index), str(error)))
+        users = {scenario.setup.user, *(other.id for other in scenario.setup.other_users)}
         for index, turn in enumerate(scenario.turns):
+            if turn.as_user is not None and turn.as_user not in users:
+                known = ', '.join(sorted(users - {scenario.setup.user})) or 'none'
+                problems.append(
+                    scenario.problem(
+                        ('turns', index, 'as_user'),
+                        f'{turn.as_user!r} is not a user of this scenario: add it to setup.other_users (there: {known})',
+                    )
+                )
             judge = turn.expect.judge
             if judge is not None and judge.backbone is not None and judge.backbone not in judges:
                 problems.append(

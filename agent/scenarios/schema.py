@@ -313,6 +313,21 @@ class Judge(_Model):
         return {'rubric': value} if isinstance(value, str) else value
 
 
+class StateExpectation(_Model):
+    """What must be stored after the turn (once its background memory work is done)."""
+
+    user: str | None = None
+    """Whose memory; default: the user the turn ran as."""
+    facts_contain: list[str] = Field(default_factory=list[str])
+    """Texts that some stored fact must contain, case-insensitive."""
+    facts_not_contain: list[str] = Field(default_factory=list[str])
+    """Texts that no stored fact may contain, case-insensitive."""
+    documents: list[str] = Field(default_factory=list[str])
+    """Sources that must exist in the tenant's knowledge base (`knowledge.default_kb`)."""
+
+    _lists = field_validator('facts_contain', 'facts_not_contain', 'documents', mode='before')(_as_list)
+
+
 class Expectations(_Model):
     """What must hold after one turn. Every item is a separate check in the report."""
 
@@ -338,6 +353,8 @@ class Expectations(_Model):
     """`true`: the turn must finish; an error is then a failed check of the turn, not the run's error."""
     max_latency_ms: float | None = Field(default=None, gt=0)
     """Wall time of the turn, model requests and tools included."""
+    state: StateExpectation | None = None
+    """Facts stored (or not) and documents present after the turn."""
 
     _lists = field_validator('tools', 'tools_not_called', 'contains', 'not_contains', 'regex', mode='before')(_as_list)
 
@@ -360,7 +377,14 @@ class Turn(_Model):
     """What the user says."""
     new_session: bool = False
     """Start a new session (same user) before this turn: only long-term memory carries over."""
+    as_user: str | None = None
+    """Run this turn as another user (one of `setup.other_users`), in a session of their own."""
     expect: Expectations = Field(default_factory=Expectations)
+
+    @field_validator('as_user')
+    @classmethod
+    def _user_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_id('user', value)
 
 
 class Document(_Model):
@@ -409,6 +433,21 @@ class Fact(_Model):
         return {'text': value} if isinstance(value, str) else value
 
 
+class OtherUser(_Model):
+    """Another user of the same tenant, with data of their own: what the scenario's user must never see."""
+
+    id: str
+    facts: list[Fact] = Field(default_factory=list[Fact])
+    """Stored in this user's long-term memory."""
+    documents: list[Document] = Field(default_factory=list[Document])
+    """Ingested into this user's own knowledge base (`tandem ingest --user`), not the tenant's."""
+
+    @field_validator('id')
+    @classmethod
+    def _user_id(cls, value: str) -> str:
+        return validate_id('user', value)
+
+
 class Setup(_Model):
     """What the scenario starts from."""
 
@@ -422,6 +461,8 @@ class Setup(_Model):
     facts: list[Fact] = Field(default_factory=list[Fact])
     settings: dict[str, Any] = Field(default_factory=dict[str, Any])
     """Overrides of Tandem's settings for this scenario, e.g. `{retrieval: auto, limits: {requests: 4}}`."""
+    other_users: list[OtherUser] = Field(default_factory=list[OtherUser])
+    """Other users of the tenant and their data, seeded too; a turn may run as one of them (`as_user`)."""
 
     @field_validator('user')
     @classmethod
