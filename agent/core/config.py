@@ -75,6 +75,9 @@ class BackboneConfig(BaseModel):
     input_price_per_mtok: float | None = None
     """USD per million input tokens, for cost reports when pydantic-ai's price table lacks the model."""
     output_price_per_mtok: float | None = None
+    training_cost_usd: float | None = None
+    """What training this fine-tune cost: the decision report amortizes it into a break-even volume.
+    `tandem tune status` sets it from the job's trained tokens."""
 
 
 class LimitsConfig(BaseModel):

@@ -17,9 +17,10 @@ words.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -120,6 +121,29 @@ class Comparison:
     tuned: str
     report: SuiteReport
     arms: tuple[Arm, Arm, Arm]
+    prices: dict[str, str] = field(default_factory=dict[str, str])
+    """Per backbone, the prices its costs assume and where they come from."""
+    training_cost_usd: float | None = None
+    """What training the fine-tune cost (its backbone's `training_cost_usd`)."""
+    amortize_months: int = 12
+
+    def break_even(self) -> str:
+        """The training cost amortized, and the monthly volume from which the fine-tune is the cheaper choice."""
+        prompting, _, tuned = self.arms
+        mine, theirs = _per_turn(tuned), _per_turn(prompting)
+        if mine is None or theirs is None:
+            return 'break-even unknown: a price is missing'
+        if self.training_cost_usd is None:
+            return (
+                f'break-even unknown: set training_cost_usd on [backbones.{self.tuned}] (tandem tune status sets it '
+                'for the tunes it registers)'
+            )
+        saving = theirs - mine
+        monthly = self.training_cost_usd / self.amortize_months
+        paid = f'training ${self.training_cost_usd:,.2f}, amortized over {self.amortize_months} months'
+        if saving <= 0:
+            return f'{paid}: the fine-tune costs as much or more per turn, so it never pays its training back'
+        return f'{paid} (${monthly:,.2f} a month): the fine-tune is cheaper above {math.ceil(monthly / saving):,} turns a month'
 
     @property
     def verdict(self) -> str:
@@ -154,7 +178,7 @@ class Comparison:
             criteria=[
                 Criterion(name='quality', line=quality),
                 consistency_criterion(summaries, labels),
-                cost_criterion(summaries, labels),
+                _with_prices(cost_criterion(summaries, labels), self),
                 latency_criterion(summaries, labels),
                 Criterion(
                     name='freshness',
@@ -226,8 +250,46 @@ class Comparison:
                 for arm in self.arms
             ],
             'verdict': self.verdict,
+            'prices': self.prices,
+            'break_even': self.break_even(),
             'decision': self.decision().model_dump(mode='json'),
         }
+
+
+def _per_turn(arm: Arm) -> float | None:
+    summary = arm.summary
+    return None if summary.cost_usd is None or not summary.turns else summary.cost_usd / summary.turns
+
+
+def _with_prices(criterion: Criterion, comparison: Comparison) -> Criterion:
+    """The cost line, with the prices it assumes and the fine-tune's break-even volume."""
+    assumed = '; '.join(f'{name}: {source}' for name, source in comparison.prices.items())
+    line = criterion.line + (f'. Prices assumed: {assumed}' if assumed else '') + f'. {comparison.break_even()}'
+    return criterion.model_copy(update={'line': line})
+
+
+def priced(backbone: Backbone) -> tuple[Backbone, str]:
+    """The backbone with a price to cost its turns, and where that price comes from.
+
+    A fine-tuned OpenAI model (`ft:...`) with no price in its config gets OpenAI's rates for fine-tunes
+    of its base model (`agent.tune.pricing`): pydantic-ai's price table does not know tuned models.
+    """
+    from tandem.agent.tune.pricing import PRICES_CHECKED, price_for
+
+    config = backbone.config
+    if config.input_price_per_mtok is not None and config.output_price_per_mtok is not None:
+        return backbone, (
+            f'${config.input_price_per_mtok:g} in, ${config.output_price_per_mtok:g} out per Mtok (its config)'
+        )
+    row = price_for(config.model) if 'ft:' in config.model else None
+    if row is None:
+        return backbone, "pydantic-ai's price table (genai-prices), where it knows the model"
+    update = {'input_price_per_mtok': row.input_per_mtok, 'output_price_per_mtok': row.output_per_mtok}
+    source = (
+        f"${row.input_per_mtok:g} in, ${row.output_per_mtok:g} out per Mtok: OpenAI's rates for fine-tuned "
+        f'{row.model} (checked {PRICES_CHECKED}; set input_price_per_mtok and output_price_per_mtok to override)'
+    )
+    return replace(backbone, config=config.model_copy(update=update)), source
 
 
 def _relative(value: float | None, base: float | None) -> float | None:
@@ -509,6 +571,8 @@ async def compare(
         raise TandemError('no scenarios to compare on: give scenario files or folders.')
     if base.name == tuned.name:
         raise TandemError(f'--base and --tuned are the same backbone ({base.name}): compare two different ones.')
+    base, base_price = priced(base)
+    tuned, tuned_price = priced(tuned)
     library = PromptLibrary.default(settings.prompts_dir)
     short_ref = library.get(short_prompt).ref
     full_ref = library.get(full_prompt).ref if full_prompt is not None else None
@@ -536,7 +600,11 @@ async def compare(
         runs += part.runs
     assert started_at is not None
     report = SuiteReport.of(cells, runs, started_at=started_at, duration_s=time.perf_counter() - started, mode=mode)
-    return comparison_of(report, base.name, tuned.name)
+    return replace(
+        comparison_of(report, base.name, tuned.name),
+        prices={base.name: base_price, tuned.name: tuned_price},
+        training_cost_usd=tuned.config.training_cost_usd,
+    )
 
 
 async def _warm_up(scenario: Scenario, *, settings: Settings, redis: Redis) -> None:

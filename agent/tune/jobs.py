@@ -325,6 +325,9 @@ def backbone_for_job(
         base_model=job.model,
         input_price_per_mtok=price.input_per_mtok if price else None,
         output_price_per_mtok=price.output_per_mtok if price else None,
+        training_cost_usd=round(job.trained_tokens * price.training_per_mtok / 1e6, 4)
+        if price and job.trained_tokens
+        else None,
     )
     return name, config
 

@@ -18,7 +18,7 @@ from tandem.agent.cli.run import injected_backbones
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.scenarios.results import Cell, CellSummary, SuiteReport
 from tandem.agent.scenarios.schema import load_scenarios
-from tandem.agent.tune.compare import Arm, compare, render_markdown, verdict
+from tandem.agent.tune.compare import Arm, Comparison, compare, priced, render_markdown, verdict
 from tandem.agent.tune.export import ExportOptions, build_examples, report_traces, write_jsonl
 from tandem.agent.tune.validate import validate_file
 from tests.scenarios.scripted_backbone import policy
@@ -347,3 +347,40 @@ def test_the_compare_decision_report_passes_its_browser_check(
     assert '<td>backbone</td><td>base → tuned</td><td>short@1 · -rag</td><td>pass rate</td>' in attribution
     assert dom.count('class="whisker"') >= 9  # three arms × pass rate, tool accuracy, tokens
     assert '✓ 3/3' in dom and '✗ 3/3' in dom  # the grid counts trials
+
+
+def test_a_fine_tuned_openai_model_is_costed_at_its_own_rates_and_the_report_says_so() -> None:
+    tuned = Backbone(
+        name='support-ft',
+        config=BackboneConfig(model='openai:ft:gpt-4.1-mini-2025-04-14:acme:support:abc123'),
+        model=FunctionModel(policy),
+    )
+    costed, source = priced(tuned)
+    assert (costed.config.input_price_per_mtok, costed.config.output_price_per_mtok) == (0.8, 3.2)
+    assert source.startswith("$0.8 in, $3.2 out per Mtok: OpenAI's rates for fine-tuned gpt-4.1-mini (checked ")
+    configured = _backbone('base', needs_the_full_prompt=True)
+    assert priced(configured) == (configured, '$1 in, $4 out per Mtok (its config)')
+    local = Backbone(name='local', config=BackboneConfig(model='openai-chat:qwen2.5'), model=FunctionModel(policy))
+    assert priced(local)[1] == "pydantic-ai's price table (genai-prices), where it knows the model"
+
+
+def test_the_training_cost_is_amortized_into_a_break_even_volume() -> None:
+    prompting = _arm('p', passed=40, tool_ok=100, tokens=1000, cost=0.02)  # $0.002 a turn
+    short = _arm('s', passed=10, tool_ok=50, tokens=300, cost=0.005)
+    tuned = _arm('t', passed=40, tool_ok=100, tokens=400, cost=0.008)  # $0.0008 a turn
+    report = SuiteReport.model_construct()
+    comparison = Comparison(
+        base='base', tuned='tuned', report=report, arms=(prompting, short, tuned), training_cost_usd=12.0
+    )
+    # $1 a month of training over 12 months, saved at $0.0012 a turn: from 834 turns a month.
+    assert comparison.break_even() == (
+        'training $12.00, amortized over 12 months ($1.00 a month): the fine-tune is cheaper above 834 turns a month'
+    )
+    unknown = Comparison(base='base', tuned='tuned', report=report, arms=(prompting, short, tuned))
+    assert unknown.break_even().startswith('break-even unknown: set training_cost_usd on [backbones.tuned]')
+    dearer = Comparison(
+        base='base', tuned='tuned', report=report, arms=(tuned, short, prompting), training_cost_usd=12.0
+    )
+    assert dearer.break_even().endswith('so it never pays its training back')
+    cost = next(c for c in comparison.decision().criteria if c.name == 'cost')
+    assert cost.line.endswith('the fine-tune is cheaper above 834 turns a month')

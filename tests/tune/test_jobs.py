@@ -95,6 +95,8 @@ def test_submit_then_status_registers_the_tuned_model_as_a_backbone(
     assert text.startswith('# my settings: keep this comment\n') and '[backbones.local]   # the vLLM box' in text
     assert f'# fine-tuned by OpenAI job {job_id}' in text
     registered = tomllib.loads(text)['backbones']['support-bot']
+    # Training cost: the job's trained tokens at OpenAI's training price for gpt-4.1-mini ($5 per Mtok).
+    assert registered.pop('training_cost_usd') == round(fake.jobs[job_id]['trained_tokens'] * 5.0 / 1e6, 4) > 0
     assert registered == {
         'model': f'openai-chat:{tuned}',
         'base_url': fake.url,
