@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolReturnPart, UserPromptPart
@@ -384,3 +385,38 @@ def test_the_training_cost_is_amortized_into_a_break_even_volume() -> None:
     assert dearer.break_even().endswith('so it never pays its training back')
     cost = next(c for c in comparison.decision().criteria if c.name == 'cost')
     assert cost.line.endswith('the fine-tune is cheaper above 834 turns a month')
+
+
+def test_freshness_is_the_pass_rate_on_scenarios_whose_knowledge_changed_after_the_tune() -> None:
+    from datetime import UTC, datetime
+
+    from tandem.agent.scenarios.results import ScenarioRun
+    from tandem.agent.tune.compare import comparison_of
+
+    cells = [
+        Cell(backbone='base'),
+        Cell(backbone='base', prompt='short@1', ablation=('rag',)),
+        Cell(backbone='tuned', prompt='short@1', ablation=('rag',)),
+    ]
+    outcomes: list[Literal['passed', 'failed']] = ['passed', 'failed', 'failed']  # only retrieval knows the new price
+    runs = [
+        run
+        for index, cell in enumerate(cells)
+        for trial in range(4)
+        for run in (
+            ScenarioRun(scenario=f'new-price-{trial}', tags=['freshness'], cell=cell, status=outcomes[index]),
+            ScenarioRun(scenario=f'greeting-{trial}', cell=cell, status='passed'),
+        )
+    ]
+    report = SuiteReport.of(cells, runs, started_at=datetime.now(UTC), duration_s=1.0)
+    fresh = next(c for c in comparison_of(report, 'base', 'tuned').decision().criteria if c.name == 'freshness')
+    assert fresh.measured
+    assert fresh.line == (
+        'on knowledge that changed after the tune: prompting + RAG 100% [51–100%], short prompt 0% [0–49%], '
+        'fine-tune 0% [0–49%]'
+    )
+    untagged = SuiteReport.of(
+        cells, [run for run in runs if not run.tags], started_at=datetime.now(UTC), duration_s=1.0
+    )
+    stale = next(c for c in comparison_of(untagged, 'base', 'tuned').decision().criteria if c.name == 'freshness')
+    assert not stale.measured and 'tag scenarios whose documents changed after the tune `freshness`' in stale.line
