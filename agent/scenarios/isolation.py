@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
 from tandem.agent.core.errors import TandemError
-from tandem.agent.scenarios.schema import Document, Scenario
+from tandem.agent.scenarios.schema import Document, Fact, Scenario
 from tandem.agent.turn.deps import Deps
 from tandem.memory.connection import RedisClient, query_engine_available
 from tandem.memory.keys import tenant_key_patterns, validate_id
@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 _BATCH = 500
+
+Where = tuple[str | int, ...]
+"""A path into a scenario file, e.g. `('setup', 'other_users', 0, 'facts')`."""
 
 Seeder = Callable[[Deps, Scenario, frozenset[str]], Awaitable[None]]
 """Seeds a run's namespace from a scenario's setup; the set names the ingredients turned off (`rag`, `memory`)."""
@@ -105,7 +108,11 @@ async def seed_facts(deps: Deps, scenario: Scenario) -> None:
     Raises:
         ScenarioSetupError: A fact the fact store refuses.
     """
-    facts = scenario.setup.facts
+    await _remember(deps, scenario, scenario.setup.facts, ('setup', 'facts'), deps.identity.user)
+
+
+async def _remember(deps: Deps, scenario: Scenario, facts: Sequence[Fact], where: Where, user: str) -> None:
+    """Store `facts` in `user`'s memory; `where` locates them in the file, for errors."""
     if not facts:
         return
     from tandem.memory.facts import FactStore
@@ -113,14 +120,11 @@ async def seed_facts(deps: Deps, scenario: Scenario) -> None:
     store: Any = deps.facts
     if not isinstance(store, FactStore):
         store = FactStore(deps.redis)
-    identity = deps.identity
     for index, fact in enumerate(facts):
         try:
-            await cast(FactStore, store).remember(identity.tenant, identity.user, fact.text, source=fact.source)
+            await cast(FactStore, store).remember(deps.identity.tenant, user, fact.text, source=fact.source)
         except ValueError as error:
-            raise ScenarioSetupError(
-                f'{scenario.where("setup", "facts", index)}: cannot seed this fact: {error}'
-            ) from error
+            raise ScenarioSetupError(f'{scenario.where(*where, index)}: cannot seed this fact: {error}') from error
 
 
 def _slug(text: str) -> str:
@@ -155,7 +159,13 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
     Raises:
         ScenarioSetupError: A document was skipped (unreadable, empty, too large), or ingestion failed.
     """
-    documents = scenario.setup.documents
+    await _ingest(deps, scenario, scenario.setup.documents, ('setup', 'documents'))
+
+
+async def _ingest(
+    deps: Deps, scenario: Scenario, documents: Sequence[Document], where: Where, user: str | None = None
+) -> None:
+    """Ingest `documents` into `knowledge.default_kb`: the tenant's, or `user`'s own."""
     if not documents:
         return
     from tandem.memory.knowledge.embeddings import make_embedder
@@ -163,7 +173,7 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
     from tandem.memory.knowledge.store import KnowledgeBase
 
     config = deps.settings.knowledge
-    kb = KnowledgeBase(deps.redis, tenant=deps.identity.tenant, name=config.default_kb)
+    kb = KnowledgeBase(deps.redis, tenant=deps.identity.tenant, name=config.default_kb, user=user)
     options = IngestOptions(
         chunk_tokens=config.chunk_tokens,
         chunk_overlap=config.chunk_overlap,
@@ -176,9 +186,7 @@ async def seed_documents(deps: Deps, scenario: Scenario) -> None:
         report = await ingestor.ingest_bytes(source, data, name=name)
         if report.skipped_total:
             reason = report.skipped[0].reason if report.skipped else 'skipped'
-            raise ScenarioSetupError(
-                f'{scenario.where("setup", "documents", index)}: {source} was not ingested: {reason}'
-            )
+            raise ScenarioSetupError(f'{scenario.where(*where, index)}: {source} was not ingested: {reason}')
 
 
 async def seed_scenario(deps: Deps, scenario: Scenario, ablated: frozenset[str]) -> None:
@@ -199,37 +207,9 @@ async def seed_other_users(deps: Deps, scenario: Scenario, ablated: frozenset[st
     Raises:
         ScenarioSetupError: A fact the store refuses, or a document that was not ingested.
     """
-    from tandem.memory.facts import FactStore
-    from tandem.memory.knowledge.embeddings import make_embedder
-    from tandem.memory.knowledge.ingest import IngestOptions, Ingestor
-    from tandem.memory.knowledge.store import KnowledgeBase
-
-    tenant, config = deps.identity.tenant, deps.settings.knowledge
     for number, other in enumerate(scenario.setup.other_users):
         where = ('setup', 'other_users', number)
         if 'memory' not in ablated:
-            for index, fact in enumerate(other.facts):
-                try:
-                    await FactStore(deps.redis).remember(tenant, other.id, fact.text, source=fact.source)
-                except ValueError as error:
-                    raise ScenarioSetupError(
-                        f'{scenario.where(*where, "facts", index)}: cannot seed this fact: {error}'
-                    ) from error
-        if 'rag' in ablated or not other.documents:
-            continue
-        kb = KnowledgeBase(deps.redis, tenant=tenant, name=config.default_kb, user=other.id)
-        options = IngestOptions(
-            chunk_tokens=config.chunk_tokens,
-            chunk_overlap=config.chunk_overlap,
-            max_file_bytes=config.max_file_bytes,
-            language=config.language,
-        )
-        ingestor = Ingestor(kb, embedder=make_embedder(config), options=options)
-        for index, document in enumerate(other.documents):
-            source, data, name = _named(scenario, index, document)
-            report = await ingestor.ingest_bytes(source, data, name=name)
-            if report.skipped_total:
-                reason = report.skipped[0].reason if report.skipped else 'skipped'
-                raise ScenarioSetupError(
-                    f'{scenario.where(*where, "documents", index)}: {source} was not ingested: {reason}'
-                )
+            await _remember(deps, scenario, other.facts, (*where, 'facts'), other.id)
+        if 'rag' not in ablated:
+            await _ingest(deps, scenario, other.documents, (*where, 'documents'), other.id)

@@ -11,7 +11,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 from redis.asyncio import Redis
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.cli.main import app
@@ -241,23 +241,26 @@ def test_a_fine_tune_that_beats_prompting_pays_off() -> None:
     )
 
 
-def test_cli_compare_writes_the_decision_report(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a `tandem` command run in `tmp_path`, on the test's Redis."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv('TANDEM_CONFIG', raising=False)
-    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+    return {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+
+
+def _compare(env: dict[str, str], *args: str) -> Result:
+    """`tandem tune compare` over the two scripted scenarios, base against tuned."""
     with injected_backbones(
         _backbone('base', needs_the_full_prompt=True), _backbone('tuned', needs_the_full_prompt=False)
     ):
-        result = runner.invoke(
-            app,
-            [
-                'tune', 'compare', *map(str, SCENARIOS), '--base', 'base', '--tuned', 'tuned',
-                '--out', str(tmp_path / 'decision.md'), '--report', str(tmp_path / 'out'),
-            ],
-            env=env,
-        )  # fmt: skip
+        return runner.invoke(
+            app, ['tune', 'compare', *map(str, SCENARIOS), '--base', 'base', '--tuned', 'tuned', *args], env=env
+        )
+
+
+def test_cli_compare_writes_the_decision_report(env: dict[str, str], tmp_path: Path) -> None:
+    result = _compare(env, '--out', str(tmp_path / 'decision.md'), '--report', str(tmp_path / 'out'))
     assert result.exit_code == 0, result.stderr
     assert 'Verdict: Prompting + RAG already passes these scenarios; the short prompt without RAG costs' in ' '.join(
         result.stdout.split()
@@ -306,32 +309,8 @@ def test_cli_compare_writes_the_decision_report(
 
 
 @needs_chromium
-def test_the_compare_decision_report_passes_its_browser_check(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv('TANDEM_CONFIG', raising=False)
-    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
-    with injected_backbones(
-        _backbone('base', needs_the_full_prompt=True), _backbone('tuned', needs_the_full_prompt=False)
-    ):
-        result = runner.invoke(
-            app,
-            [
-                'tune',
-                'compare',
-                *map(str, SCENARIOS),
-                '--base',
-                'base',
-                '--tuned',
-                'tuned',
-                '-n',
-                '3',
-                '--report',
-                'out',
-            ],
-            env=env,
-        )
+def test_the_compare_decision_report_passes_its_browser_check(env: dict[str, str], tmp_path: Path) -> None:
+    result = _compare(env, '-n', '3', '--report', 'out')
     assert result.exit_code == 0, result.stderr
     page = tmp_path / 'out' / 'report.html'
     dom, console = dump_dom(page.as_uri(), tmp_path / 'profile')
