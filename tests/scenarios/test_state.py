@@ -99,7 +99,8 @@ async def test_other_users_are_seeded_apart_and_a_turn_can_run_as_one_of_them(
     ]
     searched = run.turns[1].tool_calls[0]
     assert searched.name == 'search_knowledge' and '4321' not in searched.result  # Bob's documents stay his
-    assert run.turns[2].session == 'bob-s1' and set(run.messages) == {'s1', 'bob-s1'}
+    assert (run.turns[2].as_user, run.turns[2].session) == ('bob', 'bob-s1') and run.turns[3].as_user is None
+    assert set(run.messages) == {'s1', 'bob-s1'}
 
 
 async def test_a_state_that_does_not_hold_says_what_is_stored(
