@@ -94,8 +94,6 @@ def interval_text(interval: Interval | None, show: str = 'percent') -> str:
         return interval.percent()
     if show == 'seconds':
         return f'{_seconds(interval.value)} [{_seconds(interval.low)}–{_seconds(interval.high)}]'
-    if show == 'usd':
-        return f'${interval.value:.5f} [${interval.low:.5f}–{interval.high:.5f}]'
     return f'{interval.value:,.0f} [{interval.low:,.0f}–{interval.high:,.0f}]'
 
 

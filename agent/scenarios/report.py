@@ -44,10 +44,6 @@ def format_seconds(seconds: float) -> str:
     return f'{seconds * 1000:.0f} ms' if seconds < 1 else f'{seconds:.2f} s'
 
 
-def _percent(value: float | None) -> str:
-    return '—' if value is None else f'{value:.0%}'
-
-
 _STATUS_STYLES = {'passed': 'green', 'failed': 'red', 'error': 'bold red'}
 
 
@@ -84,7 +80,8 @@ def _format(summary: CellSummary) -> str:
     if not summary.typed_turns:
         return ''
     return (
-        f'format {_percent(summary.format_compliance)} · {summary.output_retries_per_turn:.2f} output retries/turn · '
+        f'format {interval_text(summary.format_compliance_ci)} · '
+        f'{summary.output_retries_per_turn:.2f} output retries/turn · '
     )
 
 
@@ -181,7 +178,7 @@ def comparison_table(report: SuiteReport) -> Table:
             Text(label),
             f'{interval_text(summary.pass_rate_ci)}{delta}',
             interval_text(summary.tool_accuracy_ci),
-            *((_percent(summary.format_compliance), f'{summary.output_retries_per_turn:.2f}') if typed else ()),
+            *((interval_text(summary.format_compliance_ci), f'{summary.output_retries_per_turn:.2f}') if typed else ()),
             f'{summary.tokens_per_turn:,.0f}',
             format_seconds(summary.latency_p50_s),
             format_cost(summary.cost_usd),

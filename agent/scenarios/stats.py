@@ -29,6 +29,7 @@ __all__ = [
     'Difference',
     'Interval',
     'bootstrap',
+    'mean',
     'median',
     'p95',
     'rate_difference',
@@ -55,15 +56,6 @@ class Interval(BaseModel):
     high: float
     n: int
 
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width: the `±` of `value ± error`."""
-        return (self.high - self.low) / 2
-
-    def contains(self, value: float) -> bool:
-        """Whether `value` lies in the interval."""
-        return self.low <= value <= self.high
-
     def percent(self) -> str:
         """`63% [55–70%]`."""
         return f'{self.value:.0%} [{self.low * 100:.0f}–{self.high:.0%}]'
@@ -81,9 +73,32 @@ def wilson(successes: int, n: int, confidence: float = CONFIDENCE) -> Interval |
     return Interval(value=p, low=max(0.0, min(p, centre - spread)), high=min(1.0, max(p, centre + spread)), n=n)
 
 
+Statistic = Callable[[np.ndarray], np.ndarray]
+"""Row by row: a 2-D array of resamples in, one estimate per row out."""
+
+
+def mean(rows: np.ndarray) -> np.ndarray:
+    """The mean of each row, as a bootstrap statistic."""
+    return np.mean(rows, axis=-1)
+
+
+def median(rows: np.ndarray) -> np.ndarray:
+    """The median of each row, as a bootstrap statistic."""
+    return np.median(rows, axis=-1)
+
+
+def p95(rows: np.ndarray) -> np.ndarray:
+    """The 95th percentile of each row, as a bootstrap statistic."""
+    return np.percentile(rows, 95, axis=-1)
+
+
+_CELLS_PER_BATCH = 2_000_000
+"""Resampled values held at once (16 MB): a cell of 12,000 turns would need 24 million for all resamples."""
+
+
 def bootstrap(
     values: Sequence[float],
-    statistic: Callable[[np.ndarray], float] = np.mean,  # type: ignore[assignment]
+    statistic: Statistic = mean,
     confidence: float = CONFIDENCE,
     resamples: int = _RESAMPLES,
 ) -> Interval | None:
@@ -98,21 +113,16 @@ def bootstrap(
     if len(data) == 1 or bool(np.all(data == data[0])):
         return Interval(value=value, low=value, high=value, n=len(data))
     rng = np.random.default_rng(_SEED)
-    samples = data[rng.integers(0, len(data), size=(resamples, len(data)))]
-    estimates = np.apply_along_axis(statistic, 1, samples)
+    batch = max(1, _CELLS_PER_BATCH // len(data))
+    estimates = np.concatenate(
+        [
+            statistic(data[rng.integers(0, len(data), size=(min(batch, resamples - done), len(data)))])
+            for done in range(0, resamples, batch)
+        ]
+    )
     tail = (1 - confidence) / 2 * 100
     low, high = (float(bound) for bound in np.percentile(estimates, [tail, 100 - tail]))
     return Interval(value=value, low=min(low, value), high=max(high, value), n=len(data))
-
-
-def median(values: np.ndarray) -> float:
-    """The median, as a bootstrap statistic."""
-    return float(np.median(values))
-
-
-def p95(values: np.ndarray) -> float:
-    """The 95th percentile, as a bootstrap statistic."""
-    return float(np.percentile(values, 95))
 
 
 class Difference(BaseModel):

@@ -33,6 +33,7 @@ from tandem.agent.scenarios.attribution import (
     cost_criterion,
     difference,
     latency_criterion,
+    rate_interval,
 )
 from tandem.agent.scenarios.decision import AttributionRow, Confidence, Criterion, Decision
 from tandem.agent.scenarios.stats import Difference, wilson
@@ -403,8 +404,8 @@ def _rate(arm: Arm) -> str:
 
 
 def _percent_of(arm: Arm, rate: str) -> str:
-    successes, n = RATES[rate](arm.summary)
-    return f'{successes / n:.0%}' if n else '—'
+    interval = rate_interval(arm.summary, rate)
+    return '—' if interval is None else f'{interval.value:.0%}'
 
 
 def _first_detectable(prompting: Arm, short: Arm, tuned: Arm) -> tuple[str, Difference, Difference, Difference] | None:
@@ -436,17 +437,18 @@ def _undetected(prompting: Arm, short: Arm, tuned: Arm) -> str:
     return f'{largest.describe(UNITS[rate])} in {rate}'
 
 
-def _attribution(rate: str, step: str, arms: tuple[Arm, Arm, Arm], first: Difference, second: Difference) -> str:
+def _attribution(
+    rate: str, step: str, arms: tuple[Arm, Arm, Arm], first: Difference, second: Difference, whole: Difference
+) -> str:
     """`the short prompt without RAG costs 5 points of tool-call accuracy (63% → 58%); the fine-tune
     recovers none of it (58%)`: each step's effect, named by the factor that changed."""
     prompting, short, tuned = (_percent_of(arm, rate) for arm in arms)
     if first.call == 'worse':
         lost = f'{step} costs {-first.points} points of {rate} ({prompting} → {short})'
         if second.call == 'better':
-            whole = difference(arms[2].summary, arms[0].summary, rate)
-            if whole is not None and whole.call == 'worse':
+            if whole.call == 'worse':
                 return f'{lost}; the fine-tune recovers {second.points} of them ({tuned})'
-            if whole is not None and whole.call == 'better':
+            if whole.call == 'better':
                 return f'{lost}; the fine-tune more than recovers it ({tuned})'
             return f'{lost}; the fine-tune recovers all of it ({tuned})'
         if second.call == 'worse':
@@ -505,7 +507,7 @@ def decide_arms(prompting: Arm, short: Arm, tuned: Arm) -> tuple[Choice, Confide
         choice: Choice = 'short' if extra else 'prompting'
         return choice, 'medium', f'{lead}; {step} does as well{extra}, so the fine-tune adds nothing here'
     rate, first, second, whole = found
-    story = _attribution(rate, step, (prompting, short, tuned), first, second)
+    story = _attribution(rate, step, (prompting, short, tuned), first, second, whole)
     if whole.call == 'better':
         return (
             'fine-tune',
@@ -662,11 +664,11 @@ def _points(arm: Arm, base: Arm, rate: str) -> str:
 
 def _with_interval(arm: Arm, rate: str) -> str:
     """`63% [60–66%]`, with `(40/40)` for the pass rate."""
-    successes, n = RATES[rate](arm.summary)
-    interval = wilson(successes, n)
+    interval = rate_interval(arm.summary, rate)
     if interval is None:
         return '—'
-    return interval.percent() + (f' ({successes}/{n})' if rate == 'pass rate' else '')
+    summary = arm.summary
+    return interval.percent() + (f' ({summary.passed}/{summary.scenarios})' if rate == 'pass rate' else '')
 
 
 def _change(value: float | None, base: float | None) -> str:

@@ -60,3 +60,10 @@ def test_bootstrap_is_reproducible_and_brackets_its_statistic() -> None:
     assert bootstrap([]) is None
     single = bootstrap([4.0])
     assert single is not None and (single.low, single.high) == (4.0, 4.0)
+
+
+def test_a_large_cell_is_bootstrapped_in_batches_with_the_same_result_each_time() -> None:
+    turns = [float(index % 100) for index in range(5000)]  # 5,000 turns: resampled 400 rows at a time
+    first, again = bootstrap(turns), bootstrap(turns)
+    assert first == again
+    assert first is not None and first.value == 49.5 and 48 < first.low < 49.5 < first.high < 51

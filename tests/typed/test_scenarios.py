@@ -76,7 +76,7 @@ def test_a_valid_typed_answer_passes_its_field_checks(tmp_path: Path, env: dict[
     ]
     (cell,) = report['cells']  # pyright: ignore[reportGeneralTypeIssues]
     assert cell['typed_turns'] == 1 and cell['valid_outputs'] == 1 and cell['output_retries'] == 1
-    assert 'format 100% · 1.00 output retries/turn' in output
+    assert 'format 100% [21–100%] · 1.00 output retries/turn' in output
 
 
 def test_wrong_fields_fail_their_checks(tmp_path: Path, env: dict[str, str], server: FakeOpenAI) -> None:
@@ -108,7 +108,7 @@ def test_prose_fails_the_format_check_and_counts_against_compliance(
     check = turn['checks'][0]
     assert check['label'] == 'answers in its schema' and check['passed'] is False
     assert 'gave no valid typed answer in 3 tries' in check['detail']
-    assert 'format 0% · 2.00 output retries/turn' in output
+    assert 'format 0% [0–79%] · 2.00 output retries/turn' in output
 
 
 def test_a_bad_schema_in_a_scenario_points_at_its_line(tmp_path: Path, env: dict[str, str]) -> None:
