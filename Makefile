@@ -12,7 +12,7 @@ UV_HOME := $(CURDIR)/.tools/uv
 UV := $(or $(shell command -v uv 2>/dev/null),$(UV_HOME)/bin/uv)
 SYNC := $(UV) sync --locked --inexact --quiet
 
-.PHONY: chat test lint uv core embeddings local search dev bench browser
+.PHONY: chat test lint uv core embeddings local search distributed dev bench browser
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV_HOME)/bin/uv" ] || { \
@@ -36,6 +36,10 @@ local: uv
 # RSALv2/SSPLv1, not MIT: it is installed only when asked for.
 search: uv
 	@$(SYNC) --no-dev --extra search
+
+# `tandem run --distributed` and `tandem worker`: taskiq's Redis stream queue.
+distributed: uv
+	@$(SYNC) --no-dev --extra distributed
 
 # What the tests need: every extra and the dev tools.
 dev: uv

@@ -12,6 +12,9 @@ keys one operation touches always live in the same slot):
 - `tandem:{<tenant>}:<part>`: tenant-wide keys, e.g. `sessions` (sorted set of session id by last
   save time).
 - `tandem:{<tenant>:user:<user>}:<part>`: one user's keys, for features such as long-term memory.
+- `tandem:suite:{<suite>}:<part>`: one distributed scenario suite's keys (`SuiteKeys`), and
+  `tandem:queue:{scenario-runs}`, the stream `tandem worker`s take its runs from. No tenant pattern
+  matches them: they do not start with `tandem:{`.
 
 Ids can't contain `:`, so a session tag (one colon) never collides with a user tag (two colons).
 """
@@ -27,8 +30,10 @@ from tandem.agent.core.errors import InvalidIdError
 __all__ = (
     'ID_PATTERN',
     'MAX_ID_LENGTH',
+    'SCENARIO_QUEUE',
     'KnowledgeKeys',
     'SessionKeys',
+    'SuiteKeys',
     'UserFactKeys',
     'knowledge_bases_key',
     'knowledge_key',
@@ -117,6 +122,47 @@ def sessions_index_key(tenant: str) -> str:
         InvalidIdError: If `tenant` isn't a valid id.
     """
     return tenant_key(tenant, 'sessions')
+
+
+SCENARIO_QUEUE = f'{PREFIX}:queue:{{scenario-runs}}'
+"""The Redis stream of queued scenario runs (`tandem run --distributed`), which `tandem worker`s read."""
+
+
+@dataclass(frozen=True)
+class SuiteKeys:
+    """The keys of one distributed suite run, under one hash tag: recording a run touches two of them at once.
+
+    Raises:
+        InvalidIdError: If `suite` isn't a valid id.
+    """
+
+    suite: str
+
+    def __post_init__(self) -> None:
+        validate_id('suite', self.suite)
+
+    def _key(self, part: str) -> str:
+        return f'{PREFIX}:suite:{{{self.suite}}}:{part}'
+
+    @property
+    def spec(self) -> str:
+        """What workers need to run the suite's runs, as JSON; deleted when the suite ends or is cancelled."""
+        return self._key('spec')
+
+    @property
+    def runs(self) -> str:
+        """Hash of run id (`cell:scenario:trial`) to the finished run's JSON; a run is set once (HSETNX)."""
+        return self._key('runs')
+
+    @property
+    def done(self) -> str:
+        """Stream of the run ids as they are recorded, which the suite's process reads for progress."""
+        return self._key('done')
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        """Every key of the suite."""
+        return (self.spec, self.runs, self.done)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ tandem run scenarios/ -b local -b tuned -p assistant@1 -p short@1 --ablate rag,m
 tandem run scenarios/ -k memory --report out/ --junit out/junit.xml
 tandem run scenarios/ --record cassettes/               # then, in CI, with no key and no network:
 tandem run scenarios/ --replay cassettes/
+tandem run scenarios/ -n 5 --distributed                # queued for `tandem worker`s (see `worker`)
 ```
 
 The exit code is 0 when every run passed, 1 when anything failed or could not run.
@@ -16,9 +17,14 @@ say) selectable with `--backbone NAME` while the block runs, without registering
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
     from tandem.agent.scenarios.results import Cell, ScenarioRun
     from tandem.agent.scenarios.schema import Scenario
 
-__all__ = ['commands', 'injected_backbone', 'injected_backbones', 'run']
+__all__ = ['commands', 'distributed_module', 'injected_backbone', 'injected_backbones', 'run', 'worker']
 
 _injected: dict[str, Backbone] = {}
 
@@ -156,6 +162,12 @@ def run(
         str | None,
         typer.Option('--judge', help='The backbone that judges rubrics naming none (default: the one tested).'),
     ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            '--distributed', help='Queue the runs in Redis for `tandem worker`s instead of running them here.'
+        ),
+    ] = False,
 ) -> None:
     """Run scenario suites over backbones × prompts × ablations; exit 1 when anything fails."""
     from tandem.agent.scenarios.attribution import decide
@@ -170,6 +182,10 @@ def run(
     async def body() -> None:
         if record is not None and replay is not None:
             raise TandemError('--record and --replay exclude each other: record once, then replay.')
+        if distributed and record is not None:
+            raise TandemError('--record runs here: record once without --distributed, then --distributed --replay DIR.')
+        # The queue's Redis before anything runs: a missing extra or a cluster URL stops here, in one line.
+        queue = await asyncio.to_thread(distributed_module().broker_url, settings) if distributed else None
         scenarios = load_scenarios(paths)
         selected = select_scenarios(scenarios, keyword or [])
         if not selected:
@@ -198,6 +214,12 @@ def run(
         )
         task = progress.add_task('running scenarios', total=total)
 
+        def queued(count: int) -> None:
+            progress.start()
+            progress.update(task, description=f'{count} runs queued: waiting for `tandem worker`s')
+
+        engine = distributed_module().DistributedEngine(queue, on_queued=queued) if queue is not None else None
+
         def started(scenario: Scenario, cell: Cell) -> None:
             if not progress.live.is_started:
                 progress.start()
@@ -225,6 +247,7 @@ def run(
                     cassettes=cassettes,
                     on_run_start=started,
                     on_run=finished,
+                    engine=engine,
                 )
         finally:
             if progress.live.is_started:
@@ -242,5 +265,77 @@ def run(
             stderr.print(f'cassettes in {cassettes.directory}: {done}', style='dim', highlight=False, markup=False)
         if not outcome.passed:
             raise typer.Exit(1)
+
+    async_command(body)()
+
+
+def distributed_module() -> ModuleType:
+    """`agent.scenarios.distributed`, or one line naming the extra it needs."""
+    try:
+        from tandem.agent.scenarios import distributed
+    except ImportError as error:
+        raise TandemError(
+            f'distributed runs need the `distributed` extra ({error.name} is missing): '
+            'run `make distributed`, or `pip install "tandem[distributed]"`.'
+        ) from None
+    return distributed
+
+
+@commands.command('worker')
+def worker(
+    concurrency: Annotated[int, typer.Option('--concurrency', '-j', min=1, help='Runs at once.')] = 4,
+    name: Annotated[
+        str | None, typer.Option('--name', help='How runs and logs name this worker (default: host-pid).')
+    ] = None,
+    reclaim_after: Annotated[
+        float,
+        typer.Option(
+            '--reclaim-after',
+            min=0.1,
+            help="Seconds after which a run held by a worker that died goes to another (a live worker's never does).",
+        ),
+    ] = 60.0,
+) -> None:
+    """Run the scenario runs `tandem run --distributed` queues, from any machine that reaches its Redis."""
+    from tandem.agent.turn.build import open_redis
+    from tandem.memory.connection import mask_url
+
+    settings = cli_settings()
+    module = distributed_module()
+    label = name or f'{socket.gethostname()}-{os.getpid()}'
+
+    def ready(url: str) -> None:
+        stderr.print(
+            f'worker {label}: taking scenario runs from {mask_url(url)}, {concurrency} at a time; '
+            'Ctrl-C stops it (its unfinished runs go to other workers).',
+            highlight=False,
+            markup=False,
+        )
+
+    def started(suite: str, scenario: Scenario, cell: Cell, trial: int) -> None:
+        stderr.print(f'→ {scenario.name} [{cell.label}] trial {trial}', highlight=False, markup=False)
+
+    def finished(result: ScenarioRun, recorded: bool) -> None:
+        note = '' if recorded else ' (recorded already by another worker)'
+        stderr.print(
+            f'{result.status}: {result.scenario} [{result.cell.label}] trial {result.trial}{note}',
+            highlight=False,
+            markup=False,
+        )
+
+    async def body() -> None:
+        url = await asyncio.to_thread(module.broker_url, settings)
+        serving = asyncio.current_task()
+        assert serving is not None
+        # SIGTERM (a service manager, `kill`) stops it as Ctrl-C does: unfinished runs go back to the queue.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
+        async with open_redis(settings) as redis:
+            runner = module.Worker(settings, redis, label, on_start=started, on_run=finished)
+            try:
+                await module.serve_worker(
+                    runner, url, concurrency=concurrency, reclaim_after_s=reclaim_after, on_ready=lambda: ready(url)
+                )
+            except asyncio.CancelledError:
+                stderr.print(f'worker {label} stopped', highlight=False, markup=False)
 
     async_command(body)()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,11 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,  # else every call builds a new bound logger, even one filtered out
     )
+
+
+def drop_records(name: str, expected: Callable[[logging.LogRecord], bool]) -> None:
+    """Drop the records of a library's stdlib logger `name` that `expected` matches: news that is no news."""
+    logging.getLogger(name).addFilter(lambda record: not expected(record))
 
 
 def configure_logging(home: Path, level: str = 'INFO', stderr_format: LogFormat | None = None) -> Path:

@@ -167,6 +167,8 @@ class ScenarioRun(_Model):
     """The prompt the run used, `NAME@VERSION`."""
     tenant: str = ''
     """The run's own namespace (deleted when it finished)."""
+    worker: str | None = None
+    """The `tandem worker` that ran it (`tandem run --distributed`); `None` when it ran in the suite's process."""
     turns: list[TurnOutcome] = Field(default_factory=list[TurnOutcome])
     duration_s: float = 0.0
     messages: dict[str, list[dict[str, Any]]] = Field(default_factory=dict[str, list[dict[str, Any]]])

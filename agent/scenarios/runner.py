@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from pydantic import ValidationError
 from pydantic_ai.messages import ModelMessagesTypeAdapter
@@ -53,13 +53,19 @@ from tandem.tools.registry import ToolsetPlugin, select
 
 __all__ = [
     'ABLATIONS',
+    'Engine',
+    'LocalEngine',
+    'PlannedRun',
+    'RunHooks',
     'RunStarted',
     'Step',
     'StepSink',
+    'SuiteEnv',
     'TurnFinished',
     'TurnStarted',
     'build_matrix',
     'parse_ablations',
+    'run_planned',
     'run_scenario',
     'run_suite',
 ]
@@ -162,8 +168,8 @@ def build_matrix(
 
 
 @dataclass
-class _Env:
-    """What every run of a suite shares."""
+class SuiteEnv:
+    """What every run of a suite shares: the backbones (wrapped for record/replay), judges, prompts and toolsets."""
 
     settings: Settings
     redis: Redis
@@ -172,6 +178,8 @@ class _Env:
     seed: Seeder
     judge: Backbone | None = None
     judges: dict[str, Backbone] = field(default_factory=dict[str, Backbone])
+    backbones: dict[str, Backbone] = field(default_factory=dict[str, Backbone])
+    cassettes: Cassettes | None = None
 
     def judge_model(self, spec: Judge, backbone: Backbone) -> Model:
         if spec.backbone is not None:
@@ -251,7 +259,7 @@ class _Outcome:
 
 
 async def _judge(
-    env: _Env, scenario: Scenario, index: int, user: str, answer: str, latency: float, backbone: Backbone
+    env: SuiteEnv, scenario: Scenario, index: int, user: str, answer: str, latency: float, backbone: Backbone
 ) -> CheckResult:
     spec = scenario.turns[index - 1].expect.judge
     assert spec is not None
@@ -266,7 +274,13 @@ async def _judge(
 
 
 async def _turns(
-    scenario: Scenario, cell: Cell, backbone: Backbone, env: _Env, tenant: str, on_step: StepSink | None, out: _Outcome
+    scenario: Scenario,
+    cell: Cell,
+    backbone: Backbone,
+    env: SuiteEnv,
+    tenant: str,
+    on_step: StepSink | None,
+    out: _Outcome,
 ) -> None:
     settings = _run_settings(env.settings, scenario, cell.ablation)
     prompt: PromptTemplate = env.prompts.get(out.prompt)
@@ -408,7 +422,7 @@ def _invalid_output(
 
 
 async def _run_scenario(
-    env: _Env, scenario: Scenario, cell: Cell, backbone: Backbone, on_step: StepSink | None, trial: int = 1
+    env: SuiteEnv, scenario: Scenario, cell: Cell, backbone: Backbone, on_step: StepSink | None, trial: int = 1
 ) -> ScenarioRun:
     tenant = new_tenant()
     started = time.perf_counter()
@@ -481,7 +495,7 @@ async def run_scenario(
     if cassettes is not None:
         backbone = cassettes.wrap(backbone)
         judge = cassettes.wrap(judge, role='judge') if judge is not None else None
-    env = _Env(
+    env = SuiteEnv(
         settings=settings,
         redis=redis,
         prompts=PromptLibrary.default(settings.prompts_dir),
@@ -493,6 +507,60 @@ async def run_scenario(
     cell = Cell(backbone=backbone.name, prompt=prompt, ablation=tuple(sorted(set(ablation))))
     _check_suite([scenario], [cell], env.prompts, env.plugins, env.judges)
     return await _run_scenario(env, scenario, cell, backbone, on_step)
+
+
+# --- engines: where the runs of a suite run -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a suite's matrix: a scenario in a cell, the `trial`-th time; `index` is its place in the report."""
+
+    index: int
+    scenario: Scenario
+    cell: Cell
+    trial: int
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a front end is told while a suite runs."""
+
+    on_run_start: Callable[[Scenario, Cell], None] | None = None
+    on_run: Callable[[ScenarioRun], None] | None = None
+    on_step: StepSink | None = None
+
+
+class Engine(Protocol):
+    """Runs the planned runs of a suite and returns them finished, in `planned` order."""
+
+    async def run(self, env: SuiteEnv, planned: Sequence[PlannedRun], hooks: RunHooks) -> list[ScenarioRun]: ...
+
+
+@dataclass(frozen=True)
+class LocalEngine:
+    """Runs in this process, `concurrency` runs at a time."""
+
+    concurrency: int = 4
+
+    async def run(self, env: SuiteEnv, planned: Sequence[PlannedRun], hooks: RunHooks) -> list[ScenarioRun]:
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(job: PlannedRun) -> ScenarioRun:
+            async with limit:
+                if hooks.on_run_start is not None:
+                    hooks.on_run_start(job.scenario, job.cell)
+                run = await run_planned(env, job, hooks.on_step)
+                if hooks.on_run is not None:
+                    hooks.on_run(run)
+                return run
+
+        return list(await asyncio.gather(*(one(job) for job in planned)))
+
+
+async def run_planned(env: SuiteEnv, job: PlannedRun, on_step: StepSink | None = None) -> ScenarioRun:
+    """Run one planned run on its cell's backbone (never raises for a problem of the run itself)."""
+    return await _run_scenario(env, job.scenario, job.cell, env.backbones[job.cell.backbone], on_step, job.trial)
 
 
 # --- the suite -------------------------------------------------------------------------------------
@@ -582,6 +650,7 @@ async def run_suite(
     on_run_start: Callable[[Scenario, Cell], None] | None = None,
     on_run: Callable[[ScenarioRun], None] | None = None,
     on_step: StepSink | None = None,
+    engine: Engine | None = None,
 ) -> SuiteReport:
     """Run every scenario in every cell of backbone × prompt × ablation, `concurrency` runs at a time.
 
@@ -605,7 +674,9 @@ async def run_suite(
         plugins: The toolsets `setup.tools` may name; every installed one when omitted.
         on_run_start: Called as each run starts (progress displays).
         on_run: Called with each finished run.
-        on_step: Told every step of every run.
+        on_step: Told every step of every run (by engines that run in this process).
+        engine: Where the runs run: `LocalEngine(concurrency)` (the default), or
+            `agent.scenarios.distributed.DistributedEngine`, which queues them for `tandem worker`s.
 
     Raises:
         ScenarioFileError: A scenario names a prompt, toolset or judge that does not exist.
@@ -623,8 +694,7 @@ async def run_suite(
     if cassettes is not None:
         backbones = [cassettes.wrap(backbone) for backbone in backbones]
         judge = cassettes.wrap(judge, role='judge') if judge is not None else None
-    by_name = {backbone.name: backbone for backbone in backbones}
-    env = _Env(
+    env = SuiteEnv(
         settings=settings,
         redis=redis,
         prompts=PromptLibrary.default(settings.prompts_dir),
@@ -632,24 +702,19 @@ async def run_suite(
         seed=seed,
         judge=judge,
         judges=resolve_judges(settings, scenarios, cassettes=cassettes),
+        backbones={backbone.name: backbone for backbone in backbones},
+        cassettes=cassettes,
     )
     cells = build_matrix(names, prompts, ablations)
     _check_suite(scenarios, cells, env.prompts, env.plugins, env.judges)
-    limit = asyncio.Semaphore(concurrency)
+    planned = [
+        PlannedRun(index, scenario, cell, trial)
+        for index, (cell, scenario, trial) in enumerate(itertools.product(cells, scenarios, range(1, trials + 1)))
+    ]
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-
-    async def one(cell: Cell, scenario: Scenario, trial: int) -> ScenarioRun:
-        async with limit:
-            if on_run_start is not None:
-                on_run_start(scenario, cell)
-            run = await _run_scenario(env, scenario, cell, by_name[cell.backbone], on_step, trial)
-            if on_run is not None:
-                on_run(run)
-            return run
-
-    runs = await asyncio.gather(
-        *(one(cell, scenario, trial) for cell in cells for scenario in scenarios for trial in range(1, trials + 1))
+    runs = await (engine or LocalEngine(concurrency)).run(
+        env, planned, RunHooks(on_run_start=on_run_start, on_run=on_run, on_step=on_step)
     )
     mode: Literal['live', 'record', 'replay'] = cassettes.mode if cassettes is not None else 'live'
     return SuiteReport.of(cells, runs, started_at=started_at, duration_s=time.perf_counter() - started, mode=mode)

@@ -129,6 +129,8 @@ tandem() {
     *llama-cpp:*) readme_skip "tandem ... --model llama-cpp:...: needs GGUF weights (tests/tune/test_local_models.py runs a tiny one)" ;;
     # Against a model that only echoes, scenario expectations fail (exit 1); a usage error is exit 2.
     run\ *) command tandem "$@" || [ $? -eq 1 ] ;;
+    # Started in the background (`&`): the worker replaces the subshell, so `kill %1` stops the worker itself.
+    worker*) exec tandem "$@" ;;
     *) command tandem "$@" ;;
   esac
 }

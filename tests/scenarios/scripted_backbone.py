@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic_ai.messages import (
     ModelMessage,
@@ -36,12 +37,15 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
+from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.tools import ToolDefinition
 
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.core.config import BackboneConfig
+from tests.support.fake_openai import Reply, Text, ToolCall
 
-__all__ = ['judge_backbone', 'policy', 'scripted_backbone', 'scripted_model']
+__all__ = ['judge_backbone', 'openai_policy', 'policy', 'scripted_backbone', 'scripted_model']
 
 _ZONES = {
     'tokyo': 'Asia/Tokyo',
@@ -379,3 +383,66 @@ def scripted_backbone(name: str = 'scripted') -> Backbone:
 def judge_backbone(name: str = 'scripted-judge') -> Backbone:
     """The same policy, to judge rubrics (it answers `LLMJudge` requests with a verdict)."""
     return scripted_backbone(name)
+
+
+# --- the same policy behind a loopback OpenAI-compatible server ---------------------------------------
+
+
+def _openai_messages(body: dict[str, Any]) -> tuple[list[ModelMessage], str]:
+    """A chat-completions request's messages as pydantic-ai messages, and its system text (the instructions)."""
+    messages: list[ModelMessage] = []
+    system: list[str] = []
+    names: dict[str, str] = {}
+    for message in body.get('messages', []):
+        role, content = message.get('role'), message.get('content')
+        text = content if isinstance(content, str) else ' '.join(part.get('text', '') for part in content or [])
+        if role in ('system', 'developer'):
+            system.append(text)
+            messages.append(ModelRequest(parts=[SystemPromptPart(text)]))
+        elif role == 'user':
+            messages.append(ModelRequest(parts=[UserPromptPart(text)]))
+        elif role == 'assistant':
+            parts: list[TextPart | ToolCallPart] = [TextPart(text)] if text else []
+            for call in message.get('tool_calls') or []:
+                names[call['id']] = call['function']['name']
+                parts.append(
+                    ToolCallPart(
+                        call['function']['name'], json.loads(call['function']['arguments'] or '{}'), call['id']
+                    )
+                )
+            messages.append(ModelResponse(parts=parts))
+        elif role == 'tool':
+            part = ToolReturnPart(names.get(message['tool_call_id'], ''), text, tool_call_id=message['tool_call_id'])
+            last = messages[-1] if messages else None
+            if isinstance(last, ModelRequest) and all(isinstance(p, ToolReturnPart) for p in last.parts):
+                last.parts = [*last.parts, part]
+            else:
+                messages.append(ModelRequest(parts=[part]))
+    return messages, '\n\n'.join(system)
+
+
+def openai_policy(body: dict[str, Any]) -> Reply:
+    """`policy`, answering a chat-completions request: a `FakeOpenAI(script=openai_policy)` serves it to
+    other processes (`tandem worker`s), as a model server would."""
+    messages, instructions = _openai_messages(body)
+    tools = [
+        ToolDefinition(
+            name=tool['function']['name'],
+            description=tool['function'].get('description'),
+            parameters_json_schema=tool['function'].get('parameters') or {},
+        )
+        for tool in body.get('tools') or []
+    ]
+    info = AgentInfo(
+        function_tools=[tool for tool in tools if not tool.name.startswith('final_result')],
+        allow_text_output=True,
+        output_tools=[tool for tool in tools if tool.name.startswith('final_result')],
+        model_settings=None,
+        model_request_parameters=ModelRequestParameters(),
+        instructions=instructions,
+    )
+    response = policy(messages, info)
+    calls = tuple((part.tool_name, part.args_as_dict()) for part in response.parts if isinstance(part, ToolCallPart))
+    if calls:
+        return ToolCall(calls)
+    return Text(''.join(part.content for part in response.parts if isinstance(part, TextPart)))
