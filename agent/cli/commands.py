@@ -259,6 +259,10 @@ def backbones_add(
         str | None, typer.Option(help='The base model it was tuned from (marks it fine-tuned).')
     ] = None,
     api_key_env: Annotated[str | None, typer.Option(help='The environment variable holding its API key.')] = None,
+    training_examples: Annotated[
+        int | None,
+        typer.Option(min=1, help='How many examples trained it: the data criterion and learning curve of reports.'),
+    ] = None,
     replace: Annotated[bool, typer.Option('--replace', help='Overwrite a different backbone of that name.')] = False,
     probe: Annotated[bool, typer.Option('--probe/--no-probe', help='Probe the server once added.')] = True,
 ) -> None:
@@ -270,9 +274,11 @@ def backbones_add(
     async def body() -> None:
         from tandem.agent.backbones import base as backbones
 
+        if training_examples is not None and fine_tuned_from is None:
+            raise TandemError('--training-examples describes a fine-tune: give --fine-tuned-from BASE too.')
         config = local_backbone_config(
             model, base_url=base_url, fine_tuned_from=fine_tuned_from, api_key_env=api_key_env
-        )
+        ).model_copy(update={'training_examples': training_examples})
         done = register_backbone(name, config, replace=replace, comment='added by `tandem backbones add`')
         verb = {'added': 'added', 'replaced': 'replaced', 'unchanged': 'already had'}[done.action]
         stderr.print(f'{verb} backbone {name} ({config.model}) in {done.path}', highlight=False, markup=False)

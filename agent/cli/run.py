@@ -252,7 +252,8 @@ def run(
         finally:
             if progress.live.is_started:
                 progress.stop()
-        outcome = outcome.model_copy(update={'decision': decide(outcome.cells)})
+        configs = {backbone.name: backbone.config for backbone in chosen}
+        outcome = outcome.model_copy(update={'decision': decide(outcome.cells, configs)})
         print_report(outcome, stdout)
         if report is not None:
             html = write_html(outcome, report / 'report.html')
@@ -301,7 +302,6 @@ def worker(
     from tandem.memory.connection import mask_url
 
     settings = cli_settings()
-    module = distributed_module()
     label = name or f'{socket.gethostname()}-{os.getpid()}'
 
     def ready(url: str) -> None:
@@ -324,6 +324,7 @@ def worker(
         )
 
     async def body() -> None:
+        module = distributed_module()
         url = await asyncio.to_thread(module.broker_url, settings)
         serving = asyncio.current_task()
         assert serving is not None

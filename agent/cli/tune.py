@@ -454,11 +454,18 @@ def tune_compare(
         typer.Option('--report', help='Also write the decision report (report.json, report.html) into this directory.'),
     ] = None,
     as_json: Annotated[bool, typer.Option('--json', help='Print the numbers and the verdict as JSON.')] = False,
+    curve: Annotated[
+        bool,
+        typer.Option(
+            help='Also run the other configured tunes of the same base model (other training_examples) as the '
+            'fine-tune arm, for the learning curve.'
+        ),
+    ] = True,
 ) -> None:
     """Run your scenarios on base + full prompting + RAG, base + short prompt, and tuned + short prompt; decide."""
     from tandem.agent.scenarios.report import write_html, write_json
     from tandem.agent.scenarios.schema import load_scenarios, select_scenarios
-    from tandem.agent.tune.compare import arm_headers, compare, metric_rows, render_markdown
+    from tandem.agent.tune.compare import arm_headers, compare, curve_tunes, metric_rows, render_markdown
     from tandem.agent.turn.build import open_redis
 
     settings = cli_settings()
@@ -475,6 +482,16 @@ def tune_compare(
             )
         base_backbone, tuned_backbone = _named_backbone(settings, base), _named_backbone(settings, tuned)
         judge_backbone = _named_backbone(settings, judge) if judge else None
+        others = [_named_backbone(settings, name) for name in curve_tunes(settings, tuned_backbone)] if curve else []
+        if others:
+            stderr.print(
+                escape(
+                    f'learning curve: also running {", ".join(other.name for other in others)} as the fine-tune arm '
+                    '(--no-curve skips them)'
+                ),
+                highlight=False,
+            )
+        arms = 3 + len(others)
         done = 0
 
         def on_run(run: Any) -> None:
@@ -482,7 +499,7 @@ def tune_compare(
             done += 1
             mark = {'passed': '[green]✓[/]', 'failed': '[red]✗[/]', 'error': '[bold red]![/]'}[run.status]
             stderr.print(
-                f'{mark} {done}/{3 * len(scenarios) * trials} ' + escape(f'{run.scenario} · {run.cell.label}'),
+                f'{mark} {done}/{arms * len(scenarios) * trials} ' + escape(f'{run.scenario} · {run.cell.label}'),
                 highlight=False,
             )
 
@@ -500,6 +517,7 @@ def tune_compare(
                 trials=trials,
                 judge=judge_backbone,
                 on_run=on_run,
+                curve=others,
             )
         _write_text(out, render_markdown(comparison))
         written = ''

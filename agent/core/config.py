@@ -78,6 +78,9 @@ class BackboneConfig(BaseModel):
     training_cost_usd: float | None = None
     """What training this fine-tune cost: the decision report amortizes it into a break-even volume.
     `tandem tune status` sets it from the job's trained tokens."""
+    training_examples: int | None = Field(default=None, ge=1)
+    """How many examples trained this fine-tune: the decision report's data criterion, and its learning curve
+    over tunes of one base model. `tandem tune status` sets it from the training file `tune submit` sent."""
 
 
 class LimitsConfig(BaseModel):

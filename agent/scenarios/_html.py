@@ -400,6 +400,44 @@ def _attribution(decision: Decision) -> str:
     )
 
 
+def _curve(decision: Decision) -> str:
+    """The learning curve: pass rate (and tool-call accuracy) by how many examples trained each tune."""
+    if not decision.curve:
+        return ''
+    color = _PALETTE[0]
+    labels = [f'{point.examples:,} examples ({point.backbone})' for point in decision.curve]
+    figures = [
+        (
+            'Pass rate',
+            'curve_pass_rate',
+            [
+                Bar.of(lab, p.pass_rate, interval_text(p.pass_rate), color)
+                for lab, p in zip(labels, decision.curve, strict=True)
+            ],
+        ),
+    ]
+    if all(point.tool_accuracy is not None for point in decision.curve):
+        figures.append(
+            (
+                'Tool-call accuracy',
+                'curve_tool_accuracy',
+                [
+                    Bar.of(lab, p.tool_accuracy, interval_text(p.tool_accuracy), color)
+                    for lab, p in zip(labels, decision.curve, strict=True)
+                ],
+            )
+        )
+    charts = ''.join(
+        f'<figure><figcaption>{_e(title)}</figcaption>{chart(metric, bars, scale=1.0)}</figure>'
+        for title, metric, bars in figures
+    )
+    return (
+        '<section id="learning-curve"><h2>Learning curve</h2><p class="small">Tunes of one base model, trained on '
+        'more and more examples, in the same cell otherwise: where the curve flattens, more data stops paying.</p>'
+        f'<div class="charts">{charts}</div></section>'
+    )
+
+
 def render_html(report: SuiteReport) -> str:
     """The report as one self-contained HTML page."""
     passed = sum(run.status == 'passed' for run in report.runs)
@@ -428,7 +466,7 @@ def render_html(report: SuiteReport) -> str:
         f'<span class="error">{errors} errors</span></div></header>'
         + (_decision(decision) if decision is not None else '')
         + f'<section id="cells-compared"><h2>Cells compared</h2>{_charts(report.cells)}{_numbers(report.cells)}</section>'
-        + (_attribution(decision) if decision is not None else '')
+        + (_attribution(decision) + _curve(decision) if decision is not None else '')
         + f'<section id="grid"><h2>Scenarios × cells</h2>{_grid(report)}</section>'
         '<section id="runs"><h2>Runs</h2><label><input type="checkbox" id="only-failures"> show only failing runs</label>'
         f'{details}</section>'

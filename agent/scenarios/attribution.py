@@ -11,11 +11,13 @@ quality, how sure that is, a line per criterion, and the attribution table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tandem.agent.scenarios.decision import AttributionRow, Confidence, Criterion, Decision
+from tandem.agent.core.config import BackboneConfig
+from tandem.agent.scenarios.decision import AttributionRow, Confidence, Criterion, CurvePoint, Decision
 from tandem.agent.scenarios.results import Cell, CellSummary
 from tandem.agent.scenarios.stats import Difference, Interval, rate_difference, wilson
 
@@ -29,11 +31,13 @@ __all__ = [
     'attribution_rows',
     'consistency_criterion',
     'cost_criterion',
+    'data_criterion',
     'decide',
     'difference',
     'effects',
     'factor_change',
     'latency_criterion',
+    'learning_curve',
     'rate_interval',
 ]
 
@@ -250,17 +254,91 @@ def latency_criterion(cells: Sequence[CellSummary], labels: Sequence[str] | None
     )
 
 
-def decide(cells: Sequence[CellSummary]) -> Decision:
-    """The decision a matrix supports: its best cell by quality (then fewer tokens), and how sure that is."""
+def _curve(cells: Sequence[CellSummary], configs: Mapping[str, BackboneConfig]) -> list[tuple[CurvePoint, CellSummary]]:
+    groups: dict[tuple[str | None, str | None, tuple[str, ...]], dict[int, tuple[CurvePoint, CellSummary]]] = {}
+    for summary in cells:
+        config = configs.get(summary.cell.backbone)
+        interval = summary.pass_rate_ci
+        if config is None or config.kind != 'fine-tuned' or config.training_examples is None or interval is None:
+            continue
+        group = groups.setdefault((config.base_model, summary.cell.prompt, summary.cell.ablation), {})
+        point = CurvePoint(
+            backbone=summary.cell.backbone,
+            examples=config.training_examples,
+            pass_rate=interval,
+            tool_accuracy=summary.tool_accuracy_ci,
+        )
+        group.setdefault(config.training_examples, (point, summary))
+    curves = [group for group in groups.values() if len(group) > 1]
+    if not curves:
+        return []
+    longest = max(curves, key=len)
+    return [longest[size] for size in sorted(longest)]
+
+
+def learning_curve(cells: Sequence[CellSummary], configs: Mapping[str, BackboneConfig]) -> list[CurvePoint]:
+    """The longest learning curve in `cells`: tunes of one base model, trained on different numbers of
+    examples, in cells alike otherwise (prompt, ingredients), smallest first; `[]` with fewer than two sizes."""
+    return [point for point, _ in _curve(cells, configs)]
+
+
+def data_criterion(
+    cells: Sequence[CellSummary], configs: Mapping[str, BackboneConfig]
+) -> tuple[Criterion, list[CurvePoint]]:
+    """How many examples trained each fine-tune among `cells`, and what the last step of the learning curve bought."""
+    tuned = {s.cell.backbone for s in cells if (c := configs.get(s.cell.backbone)) and c.kind == 'fine-tuned'}
+    tunes = sorted(tuned, key=lambda name: (configs[name].training_examples or math.inf, name))  # smallest first
+    if not tunes:
+        return Criterion(name='data', line='no fine-tuned backbone among these cells', measured=False), []
+    sizes = [configs[name].training_examples for name in tunes]
+    line = '; '.join(
+        f'{name}: {size:,} examples' if size is not None else f'{name}: examples not recorded'
+        for name, size in zip(tunes, sizes, strict=True)
+    )
+    found = _curve(cells, configs)
+    curve = [point for point, _ in found]
+    if found:
+        line += '. Learning curve (pass rate): ' + ', '.join(
+            f'{point.examples:,} → {point.pass_rate.percent()}' for point in curve
+        )
+        last = difference(found[-1][1], found[-2][1], 'pass rate')
+        step = f'{curve[-2].examples:,} → {curve[-1].examples:,} examples'
+        if last is not None:
+            reading = last.describe(UNITS['pass rate'])
+            line += {
+                'better': f'; {step} still gains {reading}: more examples should help',
+                'worse': f'; {step} loses {reading}: look at the added examples',
+                'none': f'; {step}: {reading}, so more examples may not help',
+            }[last.call]
+    if None in sizes:
+        missing = ', '.join(name for name, size in zip(tunes, sizes, strict=True) if size is None)
+        line += (
+            f'. For {missing}: set training_examples in its [backbones.NAME] table (tandem tune status sets it for '
+            'the tunes it registers)'
+        )
+    return Criterion(name='data', line=line, measured=None not in sizes), curve
+
+
+def decide(cells: Sequence[CellSummary], configs: Mapping[str, BackboneConfig] | None = None) -> Decision:
+    """The decision a matrix supports: its best cell by quality (then fewer tokens), and how sure that is.
+
+    With the backbones' `configs`, it adds the data criterion and the learning curve (`data_criterion`).
+    """
     if not cells or all(summary.scenarios == 0 for summary in cells):
         return Decision(recommendation='nothing ran, so there is nothing to decide', confidence='low', why='no runs')
     ranked = sorted(cells, key=_rank)
     best, others = ranked[0], ranked[1:]
     quality, confidence, why = _quality(best, others)
+    criteria = [quality, consistency_criterion(cells), cost_criterion(cells), latency_criterion(cells)]
+    curve: list[CurvePoint] = []
+    if configs is not None:
+        data, curve = data_criterion(cells, configs)
+        criteria.append(data)
     return Decision(
         recommendation=f'choose {best.cell.label}' if others else f'{best.cell.label}: the only cell',
         confidence=confidence,
         why=why,
-        criteria=[quality, consistency_criterion(cells), cost_criterion(cells), latency_criterion(cells)],
+        criteria=criteria,
         attribution=attribution_rows(cells),
+        curve=curve,
     )

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tandem.agent.scenarios.stats import Interval
 
-__all__ = ['AttributionRow', 'Confidence', 'Criterion', 'CriterionName', 'Decision']
+__all__ = ['AttributionRow', 'Confidence', 'Criterion', 'CriterionName', 'CurvePoint', 'Decision']
 
 Confidence = Literal['high', 'medium', 'low']
 CriterionName = Literal['quality', 'consistency', 'cost', 'latency', 'freshness', 'data']
@@ -52,6 +52,15 @@ class AttributionRow(_Model):
     """`-30 pp [-41, -18]`, or `no detectable difference at 100 runs; about 900 would tell 2 pp`."""
 
 
+class CurvePoint(_Model):
+    """One tune on the learning curve: how many examples trained it, and how it did."""
+
+    backbone: str
+    examples: int
+    pass_rate: Interval
+    tool_accuracy: Interval | None = None
+
+
 class Decision(_Model):
     """The card at the top of a report."""
 
@@ -60,3 +69,5 @@ class Decision(_Model):
     why: str
     criteria: list[Criterion] = Field(default_factory=list[Criterion])
     attribution: list[AttributionRow] = Field(default_factory=list[AttributionRow])
+    curve: list[CurvePoint] = Field(default_factory=list[CurvePoint])
+    """Tunes of one base model trained on different numbers of examples, in the same cell otherwise, smallest first."""

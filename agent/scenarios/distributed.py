@@ -22,6 +22,7 @@ import asyncio
 import base64
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -350,6 +351,9 @@ class _Loaded:
     cells: list[Cell]
 
 
+_SUITES_KEPT = 8
+"""Suites a worker keeps loaded at once (their spec, backbones and unpacked files)."""
+
 RunStartSink = Callable[[str, Scenario, Cell, int], None]
 RunSink = Callable[[ScenarioRun, bool], None]
 
@@ -372,6 +376,9 @@ class Worker:
         default_factory=lambda: tempfile.TemporaryDirectory(prefix='tandem-worker-')
     )
 
+    def __post_init__(self) -> None:
+        self._record = self.redis.register_script(_RECORD)
+
     async def job(self, suite: str, scenario: int, cell: int, trial: int) -> None:
         """Run one queued run and record it, unless the suite is gone or the run is recorded already."""
         keys = SuiteKeys(suite)
@@ -390,8 +397,7 @@ class Worker:
                 self.on_start(suite, planned.scenario, planned.cell, trial)
             run = await run_planned(loaded.env, planned)
         run = run.model_copy(update={'worker': self.name})
-        script = self.redis.register_script(_RECORD)
-        outcome = int(await script(keys=list(keys.all), args=[job.id, run.model_dump_json()]))
+        outcome = int(await self._record(keys=list(keys.all), args=[job.id, run.model_dump_json()]))
         if self.on_run is not None and outcome >= 0:
             self.on_run(run, outcome == 1)
 
@@ -399,15 +405,22 @@ class Worker:
         """The suite's runs' shared state, built once per suite; a string says why it cannot be built."""
         raw = await self.redis.get(keys.spec)  # pyright: ignore[reportUnknownMemberType]
         if raw is None:
-            self._suites.pop(keys.suite, None)
+            self._forget(keys.suite)
             return None
         async with self._lock:
             if keys.suite not in self._suites:
+                if len(self._suites) >= _SUITES_KEPT:
+                    self._forget(next(iter(self._suites)))  # the oldest: most likely over
                 try:
                     self._suites[keys.suite] = self._build(keys.suite, _SuiteSpec.model_validate_json(cast(bytes, raw)))
                 except (TandemError, OSError, ValueError) as error:  # ValueError: a spec of another Tandem version
                     self._suites[keys.suite] = f'worker {self.name} cannot run this suite: {error}'
             return self._suites[keys.suite]
+
+    def _forget(self, suite: str) -> None:
+        """Drop a suite's state and its unpacked files."""
+        self._suites.pop(suite, None)
+        shutil.rmtree(Path(self._folder.name) / suite, ignore_errors=True)
 
     def _build(self, suite: str, spec: _SuiteSpec) -> _Loaded:
         root = Path(self._folder.name) / suite

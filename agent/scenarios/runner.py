@@ -6,6 +6,10 @@ The runner is thin on purpose. For every run it builds `Deps` with `agent.turn.b
 namespace. Everything a front end needs comes back as data (`SuiteReport`) and, while it runs, as
 steps (`RunStarted`, `TurnStarted`, the runtime's `TurnEvent`s, `TurnFinished`).
 
+Where the runs run is an `Engine`: `LocalEngine` runs them in this process, `concurrency` at a time;
+`agent.scenarios.distributed.DistributedEngine` queues them for `tandem worker`s. Either way each
+run goes through `run_planned`, so the results are the same.
+
 Ablations turn one ingredient off for a cell:
 
 - `rag`: no knowledge base (`retrieval = "off"`, no `knowledge` toolset, no documents seeded);

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from tandem.agent.core.config import BackboneConfig
 from tandem.agent.core.errors import TandemError
 from tandem.agent.scenarios.attribution import (
     RATES,
@@ -31,6 +32,7 @@ from tandem.agent.scenarios.attribution import (
     attribution_row,
     consistency_criterion,
     cost_criterion,
+    data_criterion,
     difference,
     latency_criterion,
     rate_interval,
@@ -54,6 +56,7 @@ __all__ = [
     'Comparison',
     'compare',
     'comparison_of',
+    'curve_tunes',
     'decide_arms',
     'render_markdown',
     'verdict',
@@ -129,6 +132,10 @@ class Comparison:
     training_cost_usd: float | None = None
     """What training the fine-tune cost (its backbone's `training_cost_usd`)."""
     amortize_months: int = 12
+    configs: dict[str, BackboneConfig] = field(default_factory=dict[str, BackboneConfig])
+    """The configs of the tuned backbone and the other tunes on its learning curve."""
+    curve_cells: tuple[CellSummary, ...] = ()
+    """Other tunes of the same base model (other numbers of examples), each run as the tuned arm is."""
 
     def break_even(self) -> str:
         """The training cost amortized, and the monthly volume from which the fine-tune is the cheaper choice."""
@@ -163,6 +170,7 @@ class Comparison:
         and each step's effect, named by the factor it changes."""
         choice, confidence, sentence = decide_arms(*self.arms)
         summaries = [arm.summary for arm in self.arms]
+        data, curve = data_criterion([self.arms[2].summary, *self.curve_cells], self.configs)
         labels = list(ARM_LABELS)
         quality = '; '.join(
             f'{arm.label}: pass rate {_with_interval(arm, "pass rate")}'
@@ -184,13 +192,10 @@ class Comparison:
                 _with_prices(cost_criterion(summaries, labels), self),
                 latency_criterion(summaries, labels),
                 self._freshness(),
-                Criterion(
-                    name='data',
-                    line=f'not recorded: how many examples trained {self.tuned} is not in its backbone config',
-                    measured=False,
-                ),
+                data,
             ],
             attribution=self._steps(),
+            curve=curve,
         )
 
     def _freshness(self) -> Criterion:
@@ -573,8 +578,12 @@ async def compare(
     trials: int = 1,
     judge: Backbone | None = None,
     on_run: Callable[[ScenarioRun], None] | None = None,
+    curve: Sequence[Backbone] = (),
 ) -> Comparison:
     """Run the three arms on `scenarios` and compare them (see the module docs).
+
+    `curve`: other tunes of the tuned backbone's base model, trained on other numbers of examples
+    (`training_examples`), each run as the tuned arm is, for the learning curve of the data criterion.
 
     Raises:
         TandemError: The two backbones share a name, a prompt does not exist, or no scenario was given.
@@ -617,11 +626,48 @@ async def compare(
         runs += part.runs
     assert started_at is not None
     report = SuiteReport.of(cells, runs, started_at=started_at, duration_s=time.perf_counter() - started, mode=mode)
+    curve_cells: tuple[CellSummary, ...] = ()
+    if curve:
+        points = await run_suite(
+            scenarios,
+            settings=settings,
+            redis=redis,
+            backbones=[priced(other)[0] for other in curve],
+            prompts=[cells[2].prompt],
+            ablations=[cells[2].ablation],
+            concurrency=concurrency,
+            trials=trials,
+            judge=judge,
+            on_run=on_run,
+        )
+        curve_cells = tuple(points.cells)
     return replace(
         comparison_of(report, base.name, tuned.name),
         prices={base.name: base_price, tuned.name: tuned_price},
         training_cost_usd=tuned.config.training_cost_usd,
+        configs={backbone.name: backbone.config for backbone in (tuned, *curve)},
+        curve_cells=curve_cells,
     )
+
+
+def curve_tunes(settings: Settings, tuned: Backbone) -> list[str]:
+    """The configured tunes on `tuned`'s learning curve: the same base model, other numbers of examples."""
+    mine = tuned.config
+    if mine.kind != 'fine-tuned' or mine.base_model is None or mine.training_examples is None:
+        return []
+    sizes = {mine.training_examples}
+    found: list[str] = []
+    for name, config in settings.backbones.items():
+        size = config.training_examples
+        if (
+            config.kind == 'fine-tuned'
+            and config.base_model == mine.base_model
+            and size is not None
+            and size not in sizes
+        ):
+            sizes.add(size)
+            found.append(name)
+    return found
 
 
 async def _warm_up(scenario: Scenario, *, settings: Settings, redis: Redis) -> None:

@@ -66,6 +66,8 @@ class JobRecord:
     """The backbone name the tuned model is registered under."""
     base_url: str | None = None
     """The API's base URL when it is not OpenAI's."""
+    training_examples: int | None = None
+    """How many examples (non-empty lines) the training file held."""
 
 
 class JobLog:
@@ -179,9 +181,11 @@ async def submit_job(
         raise TandemError('--epochs must be between 1 and 50.')
     if backbone is not None and BACKBONE_NAME_PATTERN.fullmatch(backbone) is None:
         raise TandemError(f'--name {backbone!r}: use letters, digits, ".", "_", "@" or "-".')
-    training_id = await _upload(client, training)
-    validation_id = await _upload(client, validation) if validation is not None else None
+    training_id, examples = await _upload(client, training)
+    validation_id = (await _upload(client, validation))[0] if validation is not None else None
     arguments: dict[str, Any] = {'model': base_model, 'training_file': training_id}
+    # In the job too, so `tune status` on another machine registers the tune with its size.
+    metadata = {'tandem_examples': str(examples)}
     if validation_id:
         arguments['validation_file'] = validation_id
     if suffix:
@@ -191,7 +195,8 @@ async def submit_job(
     if epochs is not None:
         arguments['method'] = {'type': 'supervised', 'supervised': {'hyperparameters': {'n_epochs': epochs}}}
     if backbone:
-        arguments['metadata'] = {'tandem_backbone': backbone}
+        metadata['tandem_backbone'] = backbone
+    arguments['metadata'] = metadata
     async with _api(f'creating a fine-tuning job on {base_model}', client):
         job = await client.fine_tuning.jobs.create(**arguments)
     record = JobRecord(
@@ -203,19 +208,21 @@ async def submit_job(
         backbone=backbone,
         base_url=custom_base_url(client),
         submitted_at=datetime.now(UTC).isoformat(timespec='seconds'),
+        training_examples=examples,
     )
     log.add(record)
     return job, record
 
 
-async def _upload(client: AsyncOpenAI, path: Path) -> str:
+async def _upload(client: AsyncOpenAI, path: Path) -> tuple[str, int]:
+    """Upload a JSONL file; its file id and how many examples (non-empty lines) it holds."""
     try:
         data = await asyncio.to_thread(path.read_bytes)
     except OSError as error:
         raise TandemError(f'cannot read {path}: {error.strerror or error}.') from error
     async with _api(f'uploading {path.name}', client):
         uploaded = await client.files.create(file=(path.name, data, 'application/jsonl'), purpose='fine-tune')
-    return uploaded.id
+    return uploaded.id, sum(1 for line in data.splitlines() if line.strip())
 
 
 @dataclass
@@ -318,6 +325,9 @@ def backbone_for_job(
         name = suffix or f'ft-{parts[-1]}'
     name = re.sub(r'[^A-Za-z0-9._@-]', '-', str(name))[:64]
     price = price_for(job.model)
+    examples = record.training_examples if record is not None else None
+    if examples is None and str(metadata.get('tandem_examples', '')).isdigit():
+        examples = int(metadata['tandem_examples'])
     config = BackboneConfig(
         model=f'openai-chat:{tuned}' if base_url else f'openai:{tuned}',
         base_url=base_url,
@@ -328,6 +338,7 @@ def backbone_for_job(
         training_cost_usd=round(job.trained_tokens * price.training_per_mtok / 1e6, 4)
         if price and job.trained_tokens
         else None,
+        training_examples=examples or None,
     )
     return name, config
 

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from tandem.agent.backbones.base import Backbone, backbone_from_config
 from tandem.agent.core.config import BackboneConfig, Settings
 from tandem.agent.scenarios.distributed import DistributedEngine, Worker, serve_worker
-from tandem.agent.scenarios.results import ScenarioRun
+from tandem.agent.scenarios.results import ScenarioRun, SuiteReport
 from tandem.agent.scenarios.runner import run_suite
 from tandem.agent.scenarios.schema import Scenario, load_scenario
 from tandem.memory.keys import SCENARIO_QUEUE, SuiteKeys
@@ -173,7 +173,7 @@ def test_a_distributed_run_with_a_worker_killed_mid_run_matches_a_local_run(
 
     assert _outcomes(tmp_path / 'dist') == _outcomes(tmp_path / 'local')
     runs = json.loads((tmp_path / 'dist' / 'report.json').read_text())['runs']
-    assert len(runs) == 22
+    assert len(runs) == 24  # 12 scenarios × 2 trials
     by_worker = {(run['scenario'], run['trial']): run['worker'] for run in runs}
     assert {by_worker[run] for run in lost} <= {'w2', 'w3'}
     assert set(by_worker.values()) == {'w2', 'w3'}
@@ -204,6 +204,22 @@ def _loopback(model: FakeOpenAI) -> Backbone:
     return backbone_from_config('loop', BackboneConfig(model='openai-chat:tiny-chat', base_url=model.url))
 
 
+def _queued(
+    scenario: Scenario, settings: Settings, redis: Redis, redis_url: str, model: FakeOpenAI, trials: int = 1
+) -> asyncio.Task[SuiteReport]:
+    """The suite's process: `scenario` queued on the distributed engine, waiting for workers to run it."""
+    return asyncio.create_task(
+        run_suite(
+            [scenario],
+            settings=settings,
+            redis=redis,
+            backbones=[_loopback(model)],
+            engine=DistributedEngine(redis_url),
+            trials=trials,
+        )
+    )
+
+
 async def _suite_id(redis: Redis) -> str:
     """The id of the one suite queued in Redis, once it is."""
     for _ in range(200):
@@ -224,13 +240,7 @@ async def test_a_run_longer_than_reclaim_after_is_not_taken_from_its_live_worker
             for name in ('a', 'b')
         ]
         try:
-            report = await run_suite(
-                [scenario],
-                settings=settings,
-                redis=redis,
-                backbones=[_loopback(model)],
-                engine=DistributedEngine(redis_url),
-            )
+            report = await _queued(scenario, settings, redis, redis_url, model)
         finally:
             for task in workers:
                 task.cancel()
@@ -246,15 +256,7 @@ async def test_the_last_run_of_a_worker_that_died_goes_to_another_with_nothing_n
 ) -> None:
     monkeypatch.setenv('OPENAI_API_KEY', 'not-needed')
     with FakeOpenAI(script=lambda body: Text('hello')) as model:
-        suite = asyncio.create_task(
-            run_suite(
-                [scenario],
-                settings=settings,
-                redis=redis,
-                backbones=[_loopback(model)],
-                engine=DistributedEngine(redis_url),
-            )
-        )
+        suite = _queued(scenario, settings, redis, redis_url, model)
         await _suite_id(redis)
         # A worker takes the suite's only job and dies before acknowledging it.
         taken: Any = await redis.xreadgroup('tandem-workers', 'dead', {SCENARIO_QUEUE: '>'}, count=1)
@@ -275,16 +277,8 @@ async def test_a_run_two_workers_both_ran_is_recorded_once(
     monkeypatch.setenv('OPENAI_API_KEY', 'not-needed')
     recorded: list[tuple[str, bool]] = []
     with FakeOpenAI(script=lambda body: Text('hello'), delay_s=0.2) as model:
-        suite = asyncio.create_task(
-            run_suite(
-                [scenario],
-                settings=settings,
-                redis=redis,
-                backbones=[_loopback(model)],
-                engine=DistributedEngine(redis_url),
-                trials=2,  # the suite waits for trial 2 while trial 1 is recorded twice
-            )
-        )
+        # Two trials: the suite waits for trial 2 while trial 1 is recorded twice.
+        suite = _queued(scenario, settings, redis, redis_url, model, trials=2)
         suite_id = await _suite_id(redis)
         a, b = (
             Worker(settings, redis, name, on_run=lambda run, new: recorded.append((run.worker or '', new)))

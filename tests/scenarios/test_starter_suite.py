@@ -28,6 +28,7 @@ async def test_every_starter_scenario_passes_on_the_scripted_backbone(
     # Every starter scenario ran, by name: one that vanishes (a file deleted, renamed, or skipped) fails here.
     assert report.passed and sorted(run.scenario for run in report.runs) == [
         'calculator',
+        'changed-policy',
         'clock',
         'instructions',
         'knowledge-citations',
@@ -41,5 +42,5 @@ async def test_every_starter_scenario_passes_on_the_scripted_backbone(
     ]
     assert len(scenarios) == len(list(STARTER.glob('*.yaml')))
     (summary,) = report.cells
-    assert (summary.tool_accuracy, summary.tool_checks) == (1.0, 22)
+    assert (summary.tool_accuracy, summary.tool_checks) == (1.0, 23)
     assert [key async for key in redis.scan_iter(match='tandem:*')] == []

@@ -160,7 +160,8 @@ def test_the_run_decision_report_passes_its_browser_check(
     assert console == []
     card = dom[dom.index('<section id="decision"') : dom.index('<section id="cells-compared"')]
     assert '<p class="recommendation">choose steady · scenario prompt · full</p>' in card
-    assert re.findall(r'data-criterion="([a-z]+)"', card) == ['quality', 'consistency', 'cost', 'latency']
+    assert re.findall(r'data-criterion="([a-z]+)"', card) == ['quality', 'consistency', 'cost', 'latency', 'data']
+    assert '<b>data</b>: no fine-tuned backbone among these cells' in card
     assert 'steady · scenario prompt · full passes 100% [51–100%]' in card
     assert 'wavering · scenario prompt · full: same answer 75% [30–95%]' in card  # normalized
     attribution = dom[dom.index('<section id="attribution">') : dom.index('<section id="grid">')]

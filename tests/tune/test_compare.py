@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolReturnPart, UserPromptPart
@@ -38,7 +38,7 @@ def _text(messages: list[ModelMessage]) -> int:
     return size
 
 
-def _backbone(name: str, *, needs_the_full_prompt: bool) -> Backbone:
+def _backbone(name: str, *, needs_the_full_prompt: bool, **config: Any) -> Backbone:
     """The scenario policy; a base model that only uses tools when the long prompt tells it to."""
 
     def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -56,8 +56,8 @@ def _backbone(name: str, *, needs_the_full_prompt: bool) -> Backbone:
         )
         return response
 
-    config = BackboneConfig(model=f'test:{name}', input_price_per_mtok=1.0, output_price_per_mtok=4.0)
-    return Backbone(name=name, config=config, model=FunctionModel(respond, model_name=name))
+    priced = BackboneConfig(model=f'test:{name}', input_price_per_mtok=1.0, output_price_per_mtok=4.0, **config)
+    return Backbone(name=name, config=priced, model=FunctionModel(respond, model_name=name))
 
 
 def _settings(home: Path) -> Settings:
@@ -308,6 +308,45 @@ def test_cli_compare_writes_the_decision_report(env: dict[str, str], tmp_path: P
     assert 'wrote 2 example(s)' in exported.stderr
 
 
+TUNE = {'kind': 'fine-tuned', 'base_model': 'base'}
+
+
+def test_compare_runs_the_other_tunes_of_the_base_model_for_the_learning_curve(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / 'tandem.toml'
+    config.write_text(
+        '[backbones.tuned-100]\nmodel = "test:tuned-100"\nkind = "fine-tuned"\nbase_model = "base"\n'
+        'training_examples = 100\n'
+        '[backbones.tuned-400]\nmodel = "test:tuned-400"\nkind = "fine-tuned"\nbase_model = "base"\n'
+        'training_examples = 400\n'
+        '[backbones.other-base]\nmodel = "test:o"\nkind = "fine-tuned"\nbase_model = "gpt"\ntraining_examples = 9\n'
+    )
+    tunes = (
+        _backbone('tuned-100', needs_the_full_prompt=True, training_examples=100, **TUNE),  # too few examples
+        _backbone('tuned-400', needs_the_full_prompt=False, training_examples=400, **TUNE),
+    )
+    with injected_backbones(_backbone('base', needs_the_full_prompt=True), *tunes):
+        args = ['tune', 'compare', *map(str, SCENARIOS), '--base', 'base', '--tuned', 'tuned-400', '-n', '3']
+        result = runner.invoke(app, [*args, '--report', 'out'], env={**env, 'TANDEM_CONFIG': str(config)})
+        skipped = runner.invoke(app, [*args, '--no-curve'], env={**env, 'TANDEM_CONFIG': str(config)})
+
+    assert result.exit_code == 0, result.stderr
+    assert 'learning curve: also running tuned-100 as the fine-tune arm (--no-curve skips them)' in result.stderr
+    assert '24/24' in result.stderr  # three arms and the curve's other tune, 2 scenarios × 3 trials each
+    decision = SuiteReport.model_validate_json((tmp_path / 'out' / 'report.json').read_text()).decision
+    assert decision is not None
+    assert [(point.backbone, point.examples, point.pass_rate.value) for point in decision.curve] == [
+        ('tuned-100', 100, 0.0),
+        ('tuned-400', 400, 1.0),
+    ]
+    data = next(criterion for criterion in decision.criteria if criterion.name == 'data')
+    assert data.measured and data.line.startswith('tuned-100: 100 examples; tuned-400: 400 examples. ')
+    assert data.line.endswith('100 → 400 examples still gains +100 pp [+45, +100]: more examples should help')
+    assert '<section id="learning-curve">' in (tmp_path / 'out' / 'report.html').read_text()
+    assert skipped.exit_code == 0 and 'learning curve' not in skipped.stderr and '18/18' in skipped.stderr
+
+
 @needs_chromium
 def test_the_compare_decision_report_passes_its_browser_check(env: dict[str, str], tmp_path: Path) -> None:
     result = _compare(env, '-n', '3', '--report', 'out')
@@ -399,3 +438,25 @@ def test_freshness_is_the_pass_rate_on_scenarios_whose_knowledge_changed_after_t
     )
     stale = next(c for c in comparison_of(untagged, 'base', 'tuned').decision().criteria if c.name == 'freshness')
     assert not stale.measured and 'tag scenarios whose documents changed after the tune `freshness`' in stale.line
+
+
+async def test_the_built_in_freshness_scenario_shows_a_tune_without_rag_answering_from_stale_knowledge(
+    redis: Redis, tmp_path: Path
+) -> None:
+    changed = load_scenarios([Path(__file__).parents[2] / 'scenarios' / 'changed_policy.yaml'])
+    comparison = await compare(
+        changed,
+        settings=_settings(tmp_path),
+        redis=redis,
+        base=_backbone('base', needs_the_full_prompt=False),
+        tuned=_backbone('tuned', needs_the_full_prompt=False),
+        trials=3,
+    )
+
+    fresh = next(criterion for criterion in comparison.decision().criteria if criterion.name == 'freshness')
+    assert fresh.line == (
+        'on knowledge that changed after the tune: prompting + RAG 100% [44–100%], short prompt 0% [0–56%], '
+        'fine-tune 0% [0–56%]'
+    )
+    (stale,) = {turn.answer for run in comparison.report.runs_of(comparison.arms[2].cell) for turn in run.turns}
+    assert '45' not in stale

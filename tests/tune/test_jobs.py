@@ -79,7 +79,7 @@ def test_submit_then_status_registers_the_tuned_model_as_a_backbone(
     job = fake.jobs[job_id]
     assert job['model'] == 'gpt-4.1-mini-2025-04-14' and job['suffix'] == 'support'
     assert job['method'] == {'type': 'supervised', 'supervised': {'hyperparameters': {'n_epochs': 2}}}
-    assert job['metadata'] == {'tandem_backbone': 'support-bot'}
+    assert job['metadata'] == {'tandem_backbone': 'support-bot', 'tandem_examples': '12'}
     assert fake.file_contents[job['training_file']] == data.read_bytes()
     assert 'estimated' in submitted.stderr and f'tandem tune status {job_id}' in submitted.stderr
 
@@ -104,6 +104,7 @@ def test_submit_then_status_registers_the_tuned_model_as_a_backbone(
         'base_model': 'gpt-4.1-mini-2025-04-14',
         'input_price_per_mtok': 0.8,
         'output_price_per_mtok': 3.2,
+        'training_examples': 12,
     }
     assert load_settings().backbones['support-bot'].kind == 'fine-tuned'
 
@@ -114,6 +115,21 @@ def test_submit_then_status_registers_the_tuned_model_as_a_backbone(
     again = _invoke(env, 'tune', 'status', job_id, '--interval', '0')
     assert again.exit_code == 0 and 'already registered as backbone support-bot' in ' '.join(again.stderr.split())
     assert config_file.read_text() == text
+
+
+def test_status_on_another_machine_registers_the_tune_with_its_size(
+    tmp_path: Path, env: dict[str, str], config_file: Path
+) -> None:
+    submitted = _invoke(env, 'tune', 'submit', str(_data(tmp_path, 30)), '--base', 'gpt-4.1-mini-2025-04-14')
+    assert submitted.exit_code == 0, submitted.stderr
+    (tmp_path / 'home' / 'tune' / 'jobs.json').unlink()  # no note of the submit here: the job's metadata says
+
+    followed = _invoke(env, 'tune', 'status', submitted.stdout.strip(), '--interval', '0')
+
+    assert followed.exit_code == 0, followed.stderr
+    backbones = tomllib.loads(config_file.read_text())['backbones']
+    (registered,) = (config for name, config in backbones.items() if name != 'local')
+    assert registered['training_examples'] == 30
 
 
 def test_without_a_name_the_suffix_names_the_backbone(tmp_path: Path, env: dict[str, str], config_file: Path) -> None:

@@ -163,6 +163,8 @@ def test_cli_backbones_add_registers_a_lora_adapter_and_probes_it(config_file: P
                 'support-lora',
                 '--fine-tuned-from',
                 'Qwen/Qwen2.5-3B-Instruct',
+                '--training-examples',
+                '800',
             ],
             env={'TANDEM_HOME': str(tmp_path / 'home')},
         )
@@ -171,6 +173,14 @@ def test_cli_backbones_add_registers_a_lora_adapter_and_probes_it(config_file: P
     assert 'warning' not in result.stderr
     added = load_settings().backbones['support']
     assert (added.kind, added.base_model, added.base_url) == ('fine-tuned', 'Qwen/Qwen2.5-3B-Instruct', url)
+    assert added.training_examples == 800
+    untuned = runner.invoke(
+        app, ['backbones', 'add', 'b', '--model', 'm', '--base-url', url, '--training-examples', '9']
+    )
+    assert untuned.exit_code == 1
+    assert untuned.stderr.strip().endswith(
+        '--training-examples describes a fine-tune: give --fine-tuned-from BASE too.'
+    )
 
     again = runner.invoke(app, ['backbones', 'add', 'support', '--model', 'other', '--base-url', url, '--no-probe'])
     assert again.exit_code == 1 and 'already has a different backbone' in again.stderr
