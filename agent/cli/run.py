@@ -18,6 +18,7 @@ say) selectable with `--backbone NAME` while the block runs, without registering
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -273,13 +274,12 @@ def run(
 def distributed_module() -> ModuleType:
     """`agent.scenarios.distributed`, or one line naming the extra it needs."""
     try:
-        from tandem.agent.scenarios import distributed
+        return importlib.import_module('tandem.agent.scenarios.distributed')
     except ImportError as error:
         raise TandemError(
-            f'distributed runs need the `distributed` extra ({error.name} is missing): '
-            'run `make distributed`, or `pip install "tandem[distributed]"`.'
+            f'distributed runs need the distributed extra ({error.name} is missing): `make distributed` in a '
+            'Tandem checkout (or `pip install "tandem[distributed]"`).'
         ) from None
-    return distributed
 
 
 @commands.command('worker')

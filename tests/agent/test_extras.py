@@ -42,3 +42,17 @@ def test_local_embeddings_without_the_extra_name_make_embeddings(
         'error: local embeddings need the embeddings extra: `make embeddings` in a Tandem checkout '
         '(or `pip install "tandem[embeddings]"`), or set knowledge.embeddings = "none".'
     ]
+
+
+@pytest.mark.parametrize('command', [['worker'], ['run', 'scenarios', '--distributed']])
+def test_distributed_runs_without_the_extra_name_make_distributed(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, 'taskiq', None)
+    monkeypatch.delitem(sys.modules, 'tandem.agent.scenarios.distributed', raising=False)
+    result = runner.invoke(app, command, env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        'error: distributed runs need the distributed extra (taskiq is missing): `make distributed` in a Tandem '
+        'checkout (or `pip install "tandem[distributed]"`).'
+    ]
