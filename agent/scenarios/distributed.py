@@ -57,7 +57,9 @@ __all__ = ['DistributedEngine', 'Worker', 'broker_url', 'serve_worker']
 
 TASK = 'tandem.scenario-run'
 GROUP = 'tandem-workers'
-LEASE_S = 60
+_KICKS_AT_ONCE = 64
+
+LEASE_S = 60.0
 """How long a suite's keys outlive its process: renewed while it waits, so a suite whose process died
 (killed, or its machine lost) expires, and workers drop its queued runs instead of running them for no one."""
 
@@ -262,6 +264,8 @@ class DistributedEngine:
     """The queue's Redis (`broker_url`)."""
     on_queued: Callable[[int], None] | None = None
     """Told how many runs were queued."""
+    lease_s: float = LEASE_S
+    """How long the suite outlives this process (`LEASE_S`); renewed every quarter of it while it runs."""
 
     async def run(self, env: SuiteEnv, planned: Sequence[PlannedRun], hooks: RunHooks) -> list[ScenarioRun]:
         if env.cassettes is not None and env.cassettes.mode == 'record':
@@ -282,14 +286,15 @@ class DistributedEngine:
         cell_positions = {cell.slug: index for index, cell in enumerate(cells)}
         queued = [(_Job(positions[id(run.scenario)], cell_positions[run.cell.slug], run.trial), run) for run in planned]
         keys = SuiteKeys(uuid4().hex)
-        await env.redis.set(keys.spec, spec.model_dump_json(), ex=LEASE_S)
-        holding = asyncio.create_task(_hold(env.redis, keys))
+        await env.redis.set(keys.spec, spec.model_dump_json(), px=int(self.lease_s * 1000))
+        holding = asyncio.create_task(_hold(env.redis, keys, self.lease_s))
         broker = _broker(self.url, consumer=f'suite-{keys.suite}')
         try:
             await broker.startup()  # creates the workers' group, from the stream's start
             kicker: AsyncKicker[Any, None] = AsyncKicker(TASK, broker, labels={})
-            for job, _ in queued:
-                await kicker.kiq(keys.suite, job.scenario, job.cell, job.trial)
+            for start in range(0, len(queued), _KICKS_AT_ONCE):  # 12,000 one by one is 12,000 round trips
+                batch = queued[start : start + _KICKS_AT_ONCE]
+                await asyncio.gather(*(kicker.kiq(keys.suite, job.scenario, job.cell, job.trial) for job, _ in batch))
             if self.on_queued is not None:
                 self.on_queued(len(queued))
             return await self._collect(env.redis, keys, {job.id: run for job, run in queued}, hooks)
@@ -308,37 +313,41 @@ class DistributedEngine:
                 list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
                 await redis.xread({keys.done: last}, count=100, block=1000),  # pyright: ignore[reportUnknownMemberType]
             )
-            for _, entries in replies:
-                for entry_id, fields in entries:
-                    last = entry_id.decode()
-                    job_id = fields[b'run'].decode()
-                    data = await redis.hget(keys.runs, job_id)  # pyright: ignore[reportUnknownMemberType]
-                    if data is None or job_id not in jobs:
-                        continue
-                    planned = jobs[job_id]
-                    # What the run is comes from this process's plan, whatever the worker could load.
-                    run = ScenarioRun.model_validate_json(cast(bytes, data)).model_copy(
-                        update={
-                            'scenario': planned.scenario.name,
-                            'file': str(planned.scenario.path),
-                            'tags': list(planned.scenario.tags),
-                            'description': planned.scenario.description,
-                            'cell': planned.cell,
-                            'trial': planned.trial,
-                        }
-                    )
-                    runs[planned.index] = run
-                    if hooks.on_run is not None:
-                        hooks.on_run(run)
+            entries = [entry for _, batch in replies for entry in batch]
+            if not entries:
+                continue
+            last = entries[-1][0].decode()
+            ids = [fields[b'run'].decode() for _, fields in entries]
+            stored = await redis.hmget(keys.runs, ids)  # pyright: ignore[reportUnknownMemberType]
+            for job_id, data in zip(ids, cast(list[bytes | None], stored), strict=True):
+                planned = jobs.get(job_id)
+                if data is None or planned is None:
+                    continue
+                # What the run is comes from this process's plan, whatever the worker could load.
+                run = ScenarioRun.model_validate_json(data).model_copy(
+                    update={
+                        'scenario': planned.scenario.name,
+                        'file': str(planned.scenario.path),
+                        'tags': list(planned.scenario.tags),
+                        'description': planned.scenario.description,
+                        'cell': planned.cell,
+                        'trial': planned.trial,
+                    }
+                )
+                runs[planned.index] = run
+                if hooks.on_run is not None:
+                    hooks.on_run(run)
         return [runs[index] for index in sorted(runs)]
 
 
-async def _hold(redis: Redis, keys: SuiteKeys) -> None:
+async def _hold(redis: Redis, keys: SuiteKeys, lease_s: float) -> None:
     """Renew the suite's lease while its process lives."""
     while True:
-        await asyncio.sleep(LEASE_S / 4)
+        await asyncio.sleep(lease_s / 4)
+        pipe = redis.pipeline(transaction=False)
         for key in keys.all:
-            await redis.expire(key, LEASE_S)  # pyright: ignore[reportUnknownMemberType]
+            pipe.pexpire(key, int(lease_s * 1000))  # pyright: ignore[reportUnknownMemberType]
+        await pipe.execute()  # pyright: ignore[reportUnknownMemberType]
 
 
 # --- workers ---------------------------------------------------------------------------------------
@@ -383,10 +392,15 @@ class Worker:
         """Run one queued run and record it, unless the suite is gone or the run is recorded already."""
         keys = SuiteKeys(suite)
         job = _Job(scenario, cell, trial)
-        if await self.redis.hexists(keys.runs, job.id):  # pyright: ignore[reportUnknownMemberType]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hexists(keys.runs, job.id)  # pyright: ignore[reportUnknownMemberType]
+        pipe.exists(keys.spec)  # pyright: ignore[reportUnknownMemberType]
+        recorded, alive = await pipe.execute()  # pyright: ignore[reportUnknownMemberType]
+        if recorded:
             return  # a redelivered job another worker finished
-        loaded = await self._load(keys)
+        loaded = await self._load(keys) if alive else None
         if loaded is None:
+            self._forget(suite)
             return  # the suite ended or was cancelled
         if isinstance(loaded, str):
             # Recorded as an error (the suite's process names the scenario), so the suite does not wait forever.
@@ -403,12 +417,12 @@ class Worker:
 
     async def _load(self, keys: SuiteKeys) -> _Loaded | str | None:
         """The suite's runs' shared state, built once per suite; a string says why it cannot be built."""
-        raw = await self.redis.get(keys.spec)  # pyright: ignore[reportUnknownMemberType]
-        if raw is None:
-            self._forget(keys.suite)
-            return None
         async with self._lock:
             if keys.suite not in self._suites:
+                # The spec (scenario files and documents: it can be large) is read once per suite.
+                raw = await self.redis.get(keys.spec)  # pyright: ignore[reportUnknownMemberType]
+                if raw is None:
+                    return None
                 if len(self._suites) >= _SUITES_KEPT:
                     self._forget(next(iter(self._suites)))  # the oldest: most likely over
                 try:

@@ -251,6 +251,27 @@ async def test_a_run_longer_than_reclaim_after_is_not_taken_from_its_live_worker
     assert len(model.chat_requests) == 1
 
 
+async def test_a_suite_outlives_its_lease_while_its_process_renews_it(
+    scenario: Scenario, settings: Settings, redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv('OPENAI_API_KEY', 'not-needed')
+    with FakeOpenAI(script=lambda body: Text('hello'), delay_s=1.5) as model:
+        # The run takes 1.5 s, the lease 0.4 s: unrenewed, the suite would expire and its run be dropped.
+        engine = DistributedEngine(redis_url, lease_s=0.4)
+        suite = asyncio.create_task(
+            run_suite([scenario], settings=settings, redis=redis, backbones=[_loopback(model)], engine=engine)
+        )
+        worker = asyncio.create_task(serve_worker(Worker(settings, redis, 'a'), redis_url))
+        try:
+            report = await asyncio.wait_for(suite, 10)
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    assert report.passed and report.runs[0].worker == 'a'
+    assert [key async for key in redis.scan_iter(match='tandem:suite:*')] == []
+
+
 async def test_the_last_run_of_a_worker_that_died_goes_to_another_with_nothing_new_queued(
     scenario: Scenario, settings: Settings, redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
