@@ -12,6 +12,8 @@ keys one operation touches always live in the same slot):
 - `tandem:{<tenant>}:<part>`: tenant-wide keys, e.g. `sessions` (sorted set of session id by last
   save time).
 - `tandem:{<tenant>:user:<user>}:<part>`: one user's keys, for features such as long-term memory.
+- `tandem:{<tenant>:kb:<kb>}:<part>` and `tandem:{<tenant>:user:<user>:kb:<kb>}:<part>`: a knowledge base;
+  with `examples` in place of `kb`, an example set (`memory.examples`), indexed the same way.
 - `tandem:suite:{<suite>}:<part>`: one distributed scenario suite's keys (`SuiteKeys`), and
   `tandem:queue:{scenario-runs}`, the stream `tandem worker`s take its runs from. No tenant pattern
   matches them: they do not start with `tandem:{`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 from tandem.agent.core.errors import InvalidIdError
 
@@ -313,7 +316,7 @@ class UserFactKeys:
 # both apart from session tags (one colon) and user tags (`<tenant>:user:<user>`, two colons).
 
 
-def knowledge_key(tenant: str, kb: str, *parts: str, user: str | None = None) -> str:
+def knowledge_key(tenant: str, kb: str, *parts: str, user: str | None = None, space: str = 'kb') -> str:
     """A key of one knowledge base: `tandem:{<tenant>:kb:<kb>}:<parts...>`, or a user's own KB's.
 
     Args:
@@ -321,12 +324,14 @@ def knowledge_key(tenant: str, kb: str, *parts: str, user: str | None = None) ->
         kb: The knowledge base's name.
         *parts: Constant key parts, such as `'meta'` or `'chunk', chunk_id`.
         user: The owner, for a user's own KB; `None` for the tenant's shared KB.
+        space: `kb` for a knowledge base; `examples` for an example set, which is indexed the same
+            way but is neither listed nor searched as a knowledge base.
 
     Raises:
         InvalidIdError: If `tenant`, `kb` or `user` isn't a valid id.
     """
     owner = f'user:{validate_id("user", user)}:' if user is not None else ''
-    tag = f'{validate_id("tenant", tenant)}:{owner}kb:{validate_id("knowledge base", kb)}'
+    tag = f'{validate_id("tenant", tenant)}:{owner}{space}:{validate_id("knowledge base", kb)}'
     return f'{PREFIX}:{{{tag}}}{_suffix(parts)}'
 
 
@@ -352,12 +357,18 @@ class KnowledgeKeys:
     tenant: str
     kb: str
     user: str | None = None
+    space: Literal['kb', 'examples'] = 'kb'
+    """`examples`: an example set (`memory.examples`), kept apart from the knowledge bases."""
 
     def __post_init__(self) -> None:
-        knowledge_key(self.tenant, self.kb, user=self.user)
+        knowledge_key(self.tenant, self.kb, user=self.user, space=self.space)
+
+    def key(self, *parts: str) -> str:
+        """Any key under this KB's hash tag, e.g. a Query Engine index name."""
+        return knowledge_key(self.tenant, self.kb, *parts, user=self.user, space=self.space)
 
     def _key(self, *parts: str) -> str:
-        return knowledge_key(self.tenant, self.kb, *parts, user=self.user)
+        return self.key(*parts)
 
     @property
     def meta(self) -> str:
@@ -404,8 +415,8 @@ class KnowledgeKeys:
 
     @property
     def registry(self) -> str:
-        """The tenant's registry of knowledge bases (another slot than the rest)."""
-        return knowledge_bases_key(self.tenant)
+        """The tenant's registry of knowledge bases, or of example sets (another slot than the rest)."""
+        return knowledge_bases_key(self.tenant) if self.space == 'kb' else tenant_key(self.tenant, 'example-sets')
 
     @property
     def registry_field(self) -> str:

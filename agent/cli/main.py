@@ -7,7 +7,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
-from tandem.agent.cli import commands, kb, mcp, memory, models, run, serve, tune
+from tandem.agent.cli import commands, examples, kb, mcp, memory, models, run, serve, tune
 from tandem.agent.cli._app import PlainHelpCommand, PlainHelpGroup, app
 
 app.add_typer(commands.commands)
@@ -22,6 +22,7 @@ app.add_typer(run.commands)
 app.add_typer(serve.commands)
 app.add_typer(mcp.commands)
 app.add_typer(tune.tune_app, name='tune')
+app.add_typer(examples.examples_app, name='examples')
 app.add_typer(memory.memory_app, name='memory')
 
 

@@ -30,7 +30,7 @@ from tandem.agent.core.config import Settings
 from tandem.agent.core.errors import BackboneError, TandemError
 from tandem.agent.core.events import TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent
 from tandem.agent.core.prompts import PromptLibrary
-from tandem.agent.core.turn_state import Citation
+from tandem.agent.core.turn_state import Citation, ShownExample
 from tandem.agent.turn.approvals import ApprovalRequest
 from tandem.agent.turn.build import build_deps, open_redis
 from tandem.agent.turn.deps import Deps
@@ -49,6 +49,7 @@ HELP = """\
 /usage             tokens and cost so far
 /history           this session's transcript
 /sources           the sources the last answer cited
+/examples          the few-shot examples the last turn was shown
 /markdown          the last answer as raw markdown
 /cp                copy the last answer to the clipboard (through the terminal)
 /memory            what is remembered about you
@@ -126,6 +127,7 @@ class Repl:
         self.deps = replace(deps, approver=self.approve)
         self._memory_commands = MemoryCommands(console, confirm=self.ask)
         self._last_citations: dict[int, Citation] = {}
+        self._last_examples: list[ShownExample] = []
         self._last_answer = ''
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             '/help': self._help,
@@ -138,6 +140,7 @@ class Repl:
             '/usage': self._usage,
             '/history': self._history,
             '/sources': self._sources,
+            '/examples': self._examples,
             '/markdown': self._markdown,
             '/cp': self._copy,
             '/memory': self._memory,
@@ -242,6 +245,7 @@ class Repl:
         self.usage = self.usage + result.usage
         self.session_tokens += result.usage.total_tokens
         self._last_citations, self._last_answer = result.citations, result.answer
+        self._last_examples = result.examples
 
     async def _load_session_tokens(self) -> None:
         record = await self.deps.conversations.read_record(self.deps.identity.session)
@@ -339,6 +343,25 @@ class Repl:
         self.console.print(headline, highlight=False, markup=False)
         if table is not None:
             self.console.print(table)  # its cells are escaped where they are made
+        return True
+
+    async def _examples(self, _: str) -> bool:
+        from rich.table import Table
+
+        settings = self.deps.settings.examples
+        if not self._last_examples:
+            why = (
+                'examples are off (set examples.mode to fixed or retrieved)'
+                if settings.mode == 'off'
+                else f'none of example set {settings.set!r} was chosen (`tandem examples list` shows the set)'
+            )
+            self.console.print(f'The last turn was shown no examples: {why}.', highlight=False, markup=False)
+            return True
+        total = sum(example.tokens for example in self._last_examples)
+        table = Table('id', 'tokens', 'tool calls', 'question', title=f'{settings.mode} examples, {total} tokens')
+        for example in self._last_examples:
+            table.add_row(example.id, str(example.tokens), str(example.tool_calls), escape(example.question))
+        self.console.print(table)
         return True
 
     async def _markdown(self, _: str) -> bool:

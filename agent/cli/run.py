@@ -139,7 +139,9 @@ def run(
     ] = None,
     ablate: Annotated[
         list[str] | None,
-        typer.Option('--ablate', help='Also run with ingredients off: rag,memory,tools (one cell each; + combines).'),
+        typer.Option(
+            '--ablate', help='Also run with ingredients off: rag,memory,tools,examples (one cell each; + combines).'
+        ),
     ] = None,
     keyword: Annotated[
         list[str] | None, typer.Option('-k', help='Only scenarios with this tag (or in their name); repeatable.')

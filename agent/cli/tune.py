@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,6 +25,8 @@ from tandem.agent.cli._app import async_command, cli_settings, parse_tools, stde
 from tandem.agent.core.errors import TandemError
 
 if TYPE_CHECKING:
+    from tandem.agent.core.config import Settings
+    from tandem.agent.tune.export import ExportOptions, ExportResult
     from tandem.agent.tune.jobs import JobUpdate
     from tandem.agent.tune.validate import DatasetReport
 
@@ -43,45 +48,56 @@ def _date(value: str | None, flag: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-@tune_app.command('export')
-def tune_export(
-    out: Annotated[Path, typer.Option('--out', '-o', help='The training JSONL file to write.')],
-    report: Annotated[
-        Path | None, typer.Option('--report', help='Export a scenario report (`tandem run` JSON) instead of sessions.')
-    ] = None,
-    only_passing: Annotated[
-        bool, typer.Option('--only-passing', help='With --report: keep only the runs that passed.')
-    ] = False,
-    backbone: Annotated[
-        str | None, typer.Option('--backbone', help='With --report: keep only the runs of this backbone.')
-    ] = None,
-    tenant: Annotated[str | None, typer.Option(help='Tenant of the sessions (default: the configured one).')] = None,
-    user: Annotated[str | None, typer.Option('--user', '-u', help="Only this user's sessions.")] = None,
-    session: Annotated[list[str] | None, typer.Option('--session', '-s', help='Only these sessions (repeat).')] = None,
-    since: Annotated[str | None, typer.Option(help='Only sessions last active on or after this date.')] = None,
-    until: Annotated[str | None, typer.Option(help='Only sessions last active before this date.')] = None,
-    system: Annotated[
-        str, typer.Option(help='System prompt: keep it, replace it by the short prompt, or drop it.')
-    ] = 'keep',
-    short_prompt: Annotated[str, typer.Option(help='The prompt `--system short` renders (NAME or NAME@V).')] = 'short',
-    system_text: Annotated[str | None, typer.Option(help='A literal system prompt for every example.')] = None,
-    scrub_pii: Annotated[bool, typer.Option('--scrub-pii', help='Replace emails and phone numbers.')] = False,
-    scrub: Annotated[
-        list[str] | None, typer.Option('--scrub', help='A scrubber module:function from str to str (repeat).')
-    ] = None,
-    dedup: Annotated[bool, typer.Option('--dedup/--no-dedup', help='Drop duplicate examples.')] = True,
-    validation_fraction: Annotated[
-        float, typer.Option(help='Share of examples held out for validation, e.g. 0.1.')
-    ] = 0.0,
-    validation_out: Annotated[
-        Path | None, typer.Option(help='Where the validation split goes (default: NAME.validation.jsonl).')
-    ] = None,
-    seed: Annotated[int, typer.Option(help='Seed of the train/validation shuffle.')] = 0,
-    tools: Annotated[
-        str | None, typer.Option('--tools', help='Toolsets whose definitions go in each example (default: configured).')
-    ] = None,
-) -> None:
-    """Export stored sessions (or a scenario report's runs) as OpenAI chat fine-tuning JSONL."""
+ReportOpt = Annotated[
+    Path | None, typer.Option('--report', help='Take a scenario report (`tandem run` JSON) instead of sessions.')
+]
+OnlyPassingOpt = Annotated[bool, typer.Option('--only-passing', help='With --report: keep only the runs that passed.')]
+TeacherOpt = Annotated[
+    str | None, typer.Option('--backbone', help='With --report: keep only the runs of this backbone.')
+]
+TenantOpt = Annotated[str | None, typer.Option(help='Tenant of the sessions (default: the configured one).')]
+SessionsUserOpt = Annotated[str | None, typer.Option('--user', '-u', help="Only this user's sessions.")]
+SessionOpt = Annotated[list[str] | None, typer.Option('--session', '-s', help='Only these sessions (repeat).')]
+SinceOpt = Annotated[str | None, typer.Option(help='Only sessions last active on or after this date.')]
+UntilOpt = Annotated[str | None, typer.Option(help='Only sessions last active before this date.')]
+ScrubPiiOpt = Annotated[bool, typer.Option('--scrub-pii', help='Replace emails and phone numbers.')]
+ScrubOpt = Annotated[
+    list[str] | None, typer.Option('--scrub', help='A scrubber module:function from str to str (repeat).')
+]
+DedupOpt = Annotated[bool, typer.Option('--dedup/--no-dedup', help='Drop duplicate examples.')]
+ToolsOpt = Annotated[
+    str | None, typer.Option('--tools', help='Toolsets whose definitions go in each example (default: configured).')
+]
+
+
+@dataclass(frozen=True)
+class TraceSelection:
+    """Which conversations become examples, and how they are cleaned: `tune export`'s and `examples add`'s options."""
+
+    report: Path | None = None
+    only_passing: bool = False
+    backbone: str | None = None
+    tenant: str | None = None
+    user: str | None = None
+    sessions: Sequence[str] = ()
+    since: str | None = None
+    until: str | None = None
+    scrub_pii: bool = False
+    scrub: Sequence[str] = ()
+    dedup: bool = True
+    tools: str | None = None
+
+
+async def collect_examples(
+    settings: Settings, selection: TraceSelection, options: ExportOptions | None = None
+) -> ExportResult:
+    """The examples `selection` picks, built with `options` (its tools and scrubbers are filled in here).
+
+    What is skipped, and tools called without a definition, are reported on stderr.
+
+    Raises:
+        TandemError: Bad filters, or no example at all.
+    """
     from tandem.agent.tune.export import (
         ExportOptions,
         SessionQuery,
@@ -90,61 +106,111 @@ def tune_export(
         report_traces,
         session_traces,
         tool_definitions,
-        validation_path,
-        write_jsonl,
     )
     from tandem.agent.tune.scrub import BUILTIN_SCRUBBER, Scrubber, load_scrubber
     from tandem.agent.turn.build import open_redis, selected_toolsets
+
+    if selection.report is None and (selection.only_passing or selection.backbone):
+        raise TandemError('--only-passing and --backbone filter a scenario report: add --report FILE.')
+    scrubbers: list[Scrubber] = [load_scrubber(BUILTIN_SCRUBBER)] if selection.scrub_pii else []
+    with _cwd_importable():
+        scrubbers += [load_scrubber(path) for path in selection.scrub]
+    toolsets = [plugin.build() for plugin in selected_toolsets(settings, parse_tools(selection.tools))]
+    options = dataclasses.replace(
+        options or ExportOptions(prompts_dir=settings.prompts_dir),
+        tools=tool_definitions(toolsets),
+        scrubbers=scrubbers,
+        dedup=selection.dedup,
+    )
+    traces: list[Trace]
+    if selection.report is not None:
+        traces = report_traces(selection.report, only_passing=selection.only_passing, backbone=selection.backbone)
+        origin = f'scenario report {selection.report}'
+    else:
+        query = SessionQuery(
+            tenant=selection.tenant or settings.tenant,
+            user=selection.user,
+            sessions=selection.sessions,
+            since=_date(selection.since, '--since'),
+            until=_date(selection.until, '--until'),
+        )
+        async with open_redis(settings) as redis:
+            traces = await session_traces(redis, query)
+        origin = f'tenant {query.tenant}' + (f', user {selection.user}' if selection.user else '')
+    result = build_examples(traces, options)
+    for source, reason in result.dropped:
+        stderr.print(f'[yellow]skipped[/] {escape(source)}: {escape(reason)}', highlight=False)
+    if result.undefined_tools:
+        names = ', '.join(sorted(result.undefined_tools))
+        stderr.print(
+            f'[yellow]note:[/] no definition for tool(s) {escape(names)}: given a bare one; '
+            'pass --tools to include theirs.',
+            highlight=False,
+        )
+    if not result.examples:
+        raise TandemError(f'no examples from {origin} ({len(traces)} conversation(s) found).')
+    return result
+
+
+@tune_app.command('export')
+def tune_export(
+    out: Annotated[Path, typer.Option('--out', '-o', help='The training JSONL file to write.')],
+    report: ReportOpt = None,
+    only_passing: OnlyPassingOpt = False,
+    backbone: TeacherOpt = None,
+    tenant: TenantOpt = None,
+    user: SessionsUserOpt = None,
+    session: SessionOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    system: Annotated[
+        str, typer.Option(help='System prompt: keep it, replace it by the short prompt, or drop it.')
+    ] = 'keep',
+    short_prompt: Annotated[str, typer.Option(help='The prompt `--system short` renders (NAME or NAME@V).')] = 'short',
+    system_text: Annotated[str | None, typer.Option(help='A literal system prompt for every example.')] = None,
+    scrub_pii: ScrubPiiOpt = False,
+    scrub: ScrubOpt = None,
+    dedup: DedupOpt = True,
+    validation_fraction: Annotated[
+        float, typer.Option(help='Share of examples held out for validation, e.g. 0.1.')
+    ] = 0.0,
+    validation_out: Annotated[
+        Path | None, typer.Option(help='Where the validation split goes (default: NAME.validation.jsonl).')
+    ] = None,
+    seed: Annotated[int, typer.Option(help='Seed of the train/validation shuffle.')] = 0,
+    tools: ToolsOpt = None,
+) -> None:
+    """Export stored sessions (or a scenario report's runs) as OpenAI chat fine-tuning JSONL."""
+    from tandem.agent.tune.export import ExportOptions, validation_path, write_jsonl
 
     settings = cli_settings()
 
     async def body() -> None:
         if system not in _SYSTEM_MODES:
             raise TandemError(f'--system {system!r}: choose keep, short or drop.')
-        if report is None and (only_passing or backbone):
-            raise TandemError('--only-passing and --backbone filter a scenario report: add --report FILE.')
-        scrubbers: list[Scrubber] = [load_scrubber(BUILTIN_SCRUBBER)] if scrub_pii else []
-        with _cwd_importable():
-            scrubbers += [load_scrubber(path) for path in scrub or []]
-        toolsets = [plugin.build() for plugin in selected_toolsets(settings, parse_tools(tools))]
+        selection = TraceSelection(
+            report=report,
+            only_passing=only_passing,
+            backbone=backbone,
+            tenant=tenant,
+            user=user,
+            sessions=session or (),
+            since=since,
+            until=until,
+            scrub_pii=scrub_pii,
+            scrub=scrub or (),
+            dedup=dedup,
+            tools=tools,
+        )
         options = ExportOptions(
-            tools=tool_definitions(toolsets),
             system=system,  # type: ignore[arg-type]  # checked above
             short_prompt=short_prompt,
             system_text=system_text,
             prompts_dir=settings.prompts_dir,
-            scrubbers=scrubbers,
-            dedup=dedup,
             validation_fraction=validation_fraction,
             seed=seed,
         )
-        traces: list[Trace]
-        if report is not None:
-            traces = report_traces(report, only_passing=only_passing, backbone=backbone)
-            origin = f'scenario report {report}'
-        else:
-            query = SessionQuery(
-                tenant=tenant or settings.tenant,
-                user=user,
-                sessions=session or (),
-                since=_date(since, '--since'),
-                until=_date(until, '--until'),
-            )
-            async with open_redis(settings) as redis:
-                traces = await session_traces(redis, query)
-            origin = f'tenant {query.tenant}' + (f', user {user}' if user else '')
-        result = build_examples(traces, options)
-        for source, reason in result.dropped:
-            stderr.print(f'[yellow]skipped[/] {escape(source)}: {escape(reason)}', highlight=False)
-        if result.undefined_tools:
-            names = ', '.join(sorted(result.undefined_tools))
-            stderr.print(
-                f'[yellow]note:[/] no definition for tool(s) {escape(names)}: given a bare one; '
-                'pass --tools to include theirs.',
-                highlight=False,
-            )
-        if not result.examples:
-            raise TandemError(f'no examples to export from {origin} ({len(traces)} conversation(s) found).')
+        result = await collect_examples(settings, selection, options)
         write_jsonl(out, result.train)
         written = f'wrote {len(result.train)} example(s) to {out}'
         if result.validation:

@@ -205,6 +205,32 @@ class KnowledgeConfig(BaseModel):
         return self
 
 
+class ExamplesConfig(BaseModel):
+    """Few-shot examples: worked conversations from an example set (`tandem examples`), shown before the history."""
+
+    mode: Literal['off', 'fixed', 'retrieved'] = 'off'
+    """`fixed`: the same examples every turn (`ids`, else the first ones added); `retrieved`: the examples
+    whose questions are most like the current one, found by the knowledge base's retriever."""
+    k: int = Field(default=3, ge=1, le=20)
+    """Most examples per turn."""
+    budget_tokens: int = Field(default=1_500, ge=1)
+    """Most tokens of examples per turn: an example that does not fit is passed over for the next one."""
+    set: str = 'default'
+    """The example set: the tenant's of this name, and the user's own of this name."""
+    tenant: str | None = None
+    """Read the sets from this tenant instead of the turn's: one curated set for every tenant. Scenario
+    runs, each in a tenant of its own, read the suite's tenant's."""
+    ids: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    """With `fixed`: these examples, in this order (`tandem examples list` shows ids)."""
+    search: Literal['auto', 'bm25', 'dense', 'hybrid'] = 'auto'
+    """With `retrieved`: `auto` is hybrid when `knowledge.embeddings` is set, else BM25."""
+
+    @field_validator('ids', mode='before')
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+
 class MemoryConfig(BaseModel):
     """Long-term memory: facts about the user, recalled every turn, and history compaction."""
 
@@ -433,6 +459,7 @@ class Settings(BaseSettings):
     retrieval: Literal['tool', 'auto', 'off'] = 'tool'
     """`tool`: the model calls `search_knowledge`; `auto`: top passages go into the prompt; `off`."""
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    examples: ExamplesConfig = Field(default_factory=ExamplesConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     mcp: dict[str, McpServerConfig] = Field(default_factory=dict[str, McpServerConfig])

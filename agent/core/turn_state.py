@@ -46,6 +46,16 @@ class Citation:
     """The start of the passage."""
 
 
+@dataclass(frozen=True)
+class ShownExample:
+    """A few-shot example the model was shown this turn (`/examples`)."""
+
+    id: str
+    question: str
+    tokens: int
+    tool_calls: int = 0
+
+
 @dataclass
 class TurnState:
     """Mutable state of the turn in flight; the runtime gives every turn a fresh one."""
@@ -67,6 +77,10 @@ class TurnState:
     summary (compaction) stands for them, so the turn reads only what it may send."""
     summarized_turns: int = 0
     """How many of the session's turns those messages hold."""
+    examples: list[ShownExample] = field(default_factory=list[ShownExample])
+    """The few-shot examples this turn shows, in the order they are sent."""
+    example_messages: list[Any] = field(default_factory=list[Any])
+    """Their messages (pydantic-ai `ModelMessage`s), sent ahead of the history with every model request."""
 
     def find_call(self, call_id: str) -> ToolCallRecord | None:
         """The record of a tool call of this turn, by id."""

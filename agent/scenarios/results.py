@@ -47,12 +47,16 @@ class Cell(_Model):
     prompt: str | None = None
     """`NAME@VERSION` for every scenario; `None`: each scenario's own (`setup.prompt`, else the configured one)."""
     ablation: tuple[str, ...] = ()
-    """Ingredients turned off, sorted: `memory`, `rag`, `tools`."""
+    """Ingredients turned off, sorted: `examples`, `memory`, `rag`, `tools`."""
+    examples: str | None = None
+    """An example set this cell's runs show retrieved few-shot examples from, whatever `examples.mode`
+    says: `tune compare`'s fourth arm (base model + examples from the training file)."""
 
     @property
     def ablation_label(self) -> str:
-        """`full`, or the ingredients turned off, e.g. `-rag -memory`."""
-        return ' '.join(f'-{part}' for part in self.ablation) if self.ablation else 'full'
+        """`full`, or the ingredients turned off, e.g. `-rag -memory`, and `+examples` for a cell that adds them."""
+        parts = [f'-{part}' for part in self.ablation] + (['+examples'] if self.examples else [])
+        return ' '.join(parts) if parts else 'full'
 
     @property
     def label(self) -> str:
@@ -62,7 +66,8 @@ class Cell(_Model):
     @property
     def slug(self) -> str:
         """`backbone=B,prompt=P,ablate=rag+memory`: a stable id for JUnit suites and file names."""
-        return f'backbone={self.backbone},prompt={self.prompt or "-"},ablate={"+".join(self.ablation) or "none"}'
+        slug = f'backbone={self.backbone},prompt={self.prompt or "-"},ablate={"+".join(self.ablation) or "none"}'
+        return slug + (f',examples={self.examples}' if self.examples else '')
 
 
 class ToolCallResult(_Model):

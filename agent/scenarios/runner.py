@@ -14,7 +14,11 @@ Ablations turn one ingredient off for a cell:
 
 - `rag`: no knowledge base (`retrieval = "off"`, no `knowledge` toolset, no documents seeded);
 - `memory`: no long-term memory (`memory.enabled = false`, no `memory` toolset, no facts seeded);
-- `tools`: no toolsets at all.
+- `tools`: no toolsets at all;
+- `examples`: no few-shot examples (`examples.mode = "off"`).
+
+Runs read example sets from the suite's tenant (`examples.tenant`), since each runs in a tenant of its
+own; a cell with `examples` (`tune compare`'s fourth arm) shows retrieved examples from that set.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ __all__ = [
     'run_suite',
 ]
 
-ABLATIONS = ('rag', 'memory', 'tools')
+ABLATIONS = ('rag', 'memory', 'tools', 'examples')
 """The ingredients a cell can turn off."""
 
 _INGREDIENT_TOOLSETS: Mapping[str, frozenset[str]] = {
@@ -202,9 +206,18 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _run_settings(base: Settings, scenario: Scenario, ablation: Sequence[str]) -> Settings:
-    """The settings of one run: the suite's, the scenario's overrides, then the cell's ablations."""
+def _run_settings(base: Settings, scenario: Scenario, ablation: Sequence[str], examples: str | None = None) -> Settings:
+    """The settings of one run: the suite's, the scenario's overrides, then the cell's ablations and examples."""
     overrides: dict[str, Any] = dict(scenario.setup.settings)
+    shown: dict[str, Any] = {'mode': 'retrieved', 'set': examples} if examples is not None else {}
+    if 'examples' in ablation:
+        shown = {'mode': 'off'}
+    if shown or base.examples.mode != 'off' or 'examples' in overrides:
+        # Each run has a tenant of its own: the example sets are the suite's.
+        given = cast(dict[str, Any], overrides.get('examples') or {})
+        if 'tenant' not in given:
+            shown.setdefault('tenant', base.examples.tenant or base.tenant)
+        overrides['examples'] = _merge(cast(dict[str, Any], overrides.get('examples') or {}), shown)
     if 'rag' in ablation:
         overrides['retrieval'] = 'off'
     if 'memory' in ablation:
@@ -286,7 +299,7 @@ async def _turns(
     on_step: StepSink | None,
     out: _Outcome,
 ) -> None:
-    settings = _run_settings(env.settings, scenario, cell.ablation)
+    settings = _run_settings(env.settings, scenario, cell.ablation, cell.examples)
     prompt: PromptTemplate = env.prompts.get(out.prompt)
     out.prompt = prompt.ref
     tools = _tool_names(settings, scenario, cell.ablation, env.plugins)

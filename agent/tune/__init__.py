@@ -5,5 +5,6 @@
 - `agent.tune.jobs`: OpenAI fine-tuning jobs, submitted, followed and registered as backbones;
 - `agent.tune.registry`: `[backbones.NAME]` written back into the user's TOML config;
 - `agent.tune.compare`: base + full prompting + RAG vs base + short prompt vs tuned + short prompt;
-- `agent.tune.scrub`, `agent.tune.tokens`, `agent.tune.pricing`: PII scrubbing, token counting, prices.
+- `agent.tune.scrub`, `agent.tune.pricing`: PII scrubbing, prices (token counts are `agent.core.tokens`');
+- `agent.tune.examples`: example sets (few-shot) from the same traces and files as fine-tuning data.
 """

@@ -327,6 +327,7 @@ def _prompt_variables(day: date, tools: Sequence[Mapping[str, Any]]) -> dict[str
         'user_name': None,
         'memory': '',
         'retrieval': '',
+        'examples': '',
         'backbone': '',
     }
 

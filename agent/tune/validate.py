@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from tandem.agent.core.errors import TandemError
-from tandem.agent.core.tokens import TokenCounter, token_counter
+from tandem.agent.core.tokens import TokenCounter, count_example_tokens, token_counter
 from tandem.agent.tune.pricing import DEFAULT_BASE_MODEL, price_for
-from tandem.agent.tune.tokens import count_example_tokens
 
 __all__ = [
     'MIN_EXAMPLES',

@@ -21,6 +21,7 @@ from tandem.agent.core.errors import ConfigError
 from tandem.agent.turn.approvals import needs_approval, resolve_approvals
 from tandem.agent.turn.deps import Deps
 from tandem.agent.turn.guard import TurnGuard
+from tandem.agent.turn.providers.examples import ExampleMessages
 from tandem.tools.registry import has_side_effects, outbound_url_argument
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def tandem_agent() -> Agent[Deps, str]:
         None,
         deps_type=Deps,
         output_type=str,
-        capabilities=[TurnGuard()],
+        capabilities=[TurnGuard(), ExampleMessages()],
         name='tandem',
     )
 

@@ -13,6 +13,7 @@ from tandem.agent.core.config import Settings
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.prompts import PromptLibrary, PromptTemplate
 from tandem.agent.turn.deps import Deps, Identity
+from tandem.agent.turn.providers.examples import ExamplesContextProvider, example_library
 from tandem.agent.turn.providers.knowledge import KnowledgeContextProvider, knowledge_retriever
 from tandem.agent.turn.providers.memory import MemoryContext, fact_store_for
 from tandem.agent.turn.request import TurnRequest, new_session_id
@@ -118,5 +119,10 @@ async def build_deps(
         toolsets=selected_toolsets(settings, request.tools) if toolsets is None else toolsets,
         facts=facts,
         retriever=knowledge_retriever(settings, redis, tenant=tenant, user=user),
-        context_providers=(*((MemoryContext(),) if facts is not None else ()), KnowledgeContextProvider()),
+        examples=example_library(settings, redis, tenant=tenant, user=user),
+        context_providers=(
+            *((MemoryContext(),) if facts is not None else ()),
+            KnowledgeContextProvider(),
+            ExamplesContextProvider(),
+        ),
     )

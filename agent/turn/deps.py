@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from tandem.memory.conversations import RedisConversationStore
+    from tandem.memory.examples import ExampleLibrary
     from tandem.memory.facts import FactStore
     from tandem.memory.knowledge.retrieval import Retriever
     from tandem.tools.registry import ToolsetPlugin
@@ -71,8 +72,10 @@ class Deps:
     """Searches the user's knowledge bases; `None` when retrieval is off."""
     facts: FactStore | None = None
     """Long-term memory (facts about the user); `None` when memory is off."""
+    examples: ExampleLibrary | None = None
+    """The example sets few-shot examples come from; `None` when `examples.mode = "off"`."""
     context_providers: Sequence[TurnContextProvider] = ()
-    """Fill the prompt's `memory`, `retrieval` and `user_name` slots each turn."""
+    """Fill the prompt's `memory`, `retrieval`, `examples` and `user_name` slots each turn."""
     turn: TurnState = field(default_factory=TurnState)
 
 

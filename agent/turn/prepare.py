@@ -17,8 +17,8 @@ def prompt_variables(
 ) -> dict[str, Any]:
     """The variables every prompt template can use.
 
-    `memory` and `retrieval` are slots that long-term memory and retrieval fill; they are empty
-    strings when those features are off. The date has no time part, so the prompt prefix stays
+    `memory`, `retrieval` and `examples` are slots that long-term memory, retrieval and few-shot
+    examples fill; they are empty strings when those features are off. The date has no time part, so the prompt prefix stays
     stable (and cacheable) all day.
     """
     return {
@@ -27,6 +27,7 @@ def prompt_variables(
         'user_name': None,
         'memory': '',
         'retrieval': '',
+        'examples': '',
         'backbone': deps.backbone.name,
     }
 

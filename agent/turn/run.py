@@ -41,7 +41,7 @@ from tandem.agent.core.errors import BackboneError, IncompleteAnswerError, Inval
 from tandem.agent.core.events import PartialOutput, TextDelta, ToolCallFinished, ToolCallStarted, TurnEvent, short
 from tandem.agent.core.links import StreamNeutralizer
 from tandem.agent.core.log import get_logger
-from tandem.agent.core.turn_state import Citation
+from tandem.agent.core.turn_state import Citation, ShownExample
 from tandem.agent.turn.agent import plugin_toolsets, run_capabilities, run_toolsets, tandem_agent
 from tandem.agent.turn.deps import Deps, ToolCallRecord, TurnState
 from tandem.agent.turn.extraction import schedule_extraction
@@ -109,6 +109,8 @@ class TurnResult(Generic[OutputT]):
     tool_calls: list[ToolCallRecord] = field(default_factory=list[ToolCallRecord])
     citations: dict[int, Citation] = field(default_factory=dict[int, Citation])
     """The knowledge-base passages the model was shown, by the number `[n]` the answer cites them with."""
+    examples: list[ShownExample] = field(default_factory=list[ShownExample])
+    """The few-shot examples the model was shown, in the order they were sent."""
 
 
 async def _emit(sink: EventSink | None, event: TurnEvent) -> None:
@@ -455,6 +457,7 @@ async def run_turn(
             duration_s=duration,
             tool_calls=_every_call(deps.turn, new_messages),
             citations=dict(deps.turn.citations),
+            examples=list(deps.turn.examples),
         )
     finally:
         structlog.contextvars.unbind_contextvars('run_id', 'tenant', 'user', 'session')

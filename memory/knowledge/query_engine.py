@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from redis.exceptions import ResponseError
 
 from tandem.memory.connection import RedisClient
-from tandem.memory.keys import KnowledgeKeys, knowledge_key
+from tandem.memory.keys import KnowledgeKeys
 
 if TYPE_CHECKING:  # numpy is imported by the callers that have vectors, not by every command that opens a KB
     import numpy as np
@@ -112,7 +112,7 @@ def _results(reply: Any, *, scores: bool, content: bool) -> list[tuple[str, floa
 
 
 def _index_name(kb: KnowledgeBase, *parts: str) -> str:
-    return knowledge_key(kb.keys.tenant, kb.keys.kb, *parts, user=kb.keys.user)
+    return kb.keys.key(*parts)
 
 
 async def _ready(kb: KnowledgeBase, name: str, schema: Sequence[str], *, supersedes: str = '') -> bool:

@@ -77,6 +77,7 @@ class Passage:
         page: The PDF page it starts on, or `None`.
         text: The passage.
         score: How well it matched; comparable only within one retriever's results.
+        tokens: The passage's size in tokens, as counted when it was stored.
     """
 
     chunk_id: str
@@ -89,6 +90,7 @@ class Passage:
     page: int | None
     text: str
     score: float
+    tokens: int = 0
 
 
 @runtime_checkable
@@ -170,6 +172,7 @@ async def _materialize(ranked: _Ranked, k: int) -> list[Passage]:
                 page=chunk.page,
                 text=chunk.text,
                 score=score,
+                tokens=chunk.tokens,
             )
         )
         if len(passages) == k:

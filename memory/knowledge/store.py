@@ -344,9 +344,17 @@ class KnowledgeBase:
         InvalidIdError: If `tenant`, `name` or `user` isn't a valid id.
     """
 
-    def __init__(self, redis: RedisClient, *, tenant: str, name: str, user: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        tenant: str,
+        name: str,
+        user: str | None = None,
+        space: Literal['kb', 'examples'] = 'kb',
+    ) -> None:
         self.redis = redis
-        self.keys = KnowledgeKeys(tenant=tenant, kb=name, user=user)
+        self.keys = KnowledgeKeys(tenant=tenant, kb=name, user=user, space=space)
         self._put: AsyncScript = redis.register_script(_PUT_SCRIPT)  # pyright: ignore[reportUnknownMemberType]
         self._drop_empty: AsyncScript = redis.register_script(_DROP_EMPTY_SCRIPT)  # pyright: ignore[reportUnknownMemberType]
 

@@ -9,7 +9,15 @@ import pytest
 from tandem.agent.core.errors import PromptError
 from tandem.agent.core.prompts import PromptLibrary
 
-VARIABLES = {'date': '2026-11-28', 'tools': [], 'user_name': None, 'memory': '', 'retrieval': '', 'backbone': 'x'}
+VARIABLES = {
+    'date': '2026-11-28',
+    'tools': [],
+    'user_name': None,
+    'memory': '',
+    'retrieval': '',
+    'examples': '',
+    'backbone': 'x',
+}
 
 
 def _write(directory: Path, name: str, version: str, body: str) -> None:

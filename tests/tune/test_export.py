@@ -282,7 +282,7 @@ def test_cli_export_writes_train_and_validation_files_then_validate_passes(
 def test_cli_export_with_nothing_stored_fails_plainly(cli_env: dict[str, str], tmp_path: Path) -> None:
     result = runner.invoke(app, ['tune', 'export', '--out', str(tmp_path / 'x.jsonl')], env=cli_env)
     assert result.exit_code == 1
-    assert 'no examples to export from tenant acme (0 conversation(s) found)' in result.stderr
+    assert 'no examples from tenant acme (0 conversation(s) found)' in result.stderr
     assert not (tmp_path / 'x.jsonl').exists()
 
 
@@ -300,4 +300,4 @@ def test_cli_export_loads_a_scrubber_hook_from_the_current_directory(cli_env: di
         app, ['tune', 'export', '--out', str(tmp_path / 'x.jsonl'), '--scrub', 'my_scrub:no_alice'], env=cli_env
     )
     assert 'my_scrub' not in result.stderr  # it imported; with nothing stored, the export then finds nothing
-    assert 'no examples to export' in result.stderr
+    assert 'no examples from' in result.stderr

@@ -11,9 +11,8 @@ import tiktoken
 from typer.testing import CliRunner
 
 from tandem.agent.cli.main import app
-from tandem.agent.core.tokens import TokenCounter, token_counter
+from tandem.agent.core.tokens import TokenCounter, count_example_tokens, token_counter
 from tandem.agent.tune.pricing import price_for
-from tandem.agent.tune.tokens import count_example_tokens
 from tandem.agent.tune.validate import auto_epochs, validate_file
 
 runner = CliRunner()
