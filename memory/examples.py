@@ -21,23 +21,33 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.tokens import count_example_tokens, token_counter
 from tandem.memory.connection import RedisClient
 from tandem.memory.keys import validate_id
 from tandem.memory.knowledge.index import Analyzer
-from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever, Passage, Retriever
+from tandem.memory.knowledge.retrieval import Bm25Retriever, DenseRetriever, HybridRetriever
 from tandem.memory.knowledge.store import ChunkData, DocumentRecord, KnowledgeBase, document_id
 
 if TYPE_CHECKING:
     from tandem.agent.core.config import KnowledgeConfig
     from tandem.memory.knowledge.embeddings import TextEmbedder
 
-__all__ = ['AddResult', 'Example', 'ExampleLibrary', 'ExampleSet', 'ExampleSummary', 'InvalidExample']
+__all__ = [
+    'AddResult',
+    'Example',
+    'ExampleLibrary',
+    'ExampleSet',
+    'ExampleSummary',
+    'InvalidExample',
+    'fit_examples',
+    'read_chunks',
+]
 
 _SOURCE = 'example:'
 _ROLES = frozenset({'user', 'assistant', 'tool'})
@@ -284,12 +294,19 @@ class ExampleSet:
                     previous=None,
                 )
                 writes.append((record, [chunk], None))
-            await self.kb.put_documents(
+            written = await self.kb.put_documents(
                 writes, embed_model=embedder.model_id if embedder is not None else None, analyzer=analyzer.name
             )
+            # 0 or -1: another process stored the same example meanwhile.
+            stored_now = [example for example, generation in zip(fresh, written, strict=True) if generation > 0]
+            result.unchanged += [
+                example.id for example, generation in zip(fresh, written, strict=True) if generation <= 0
+            ]
             now = time.time()
-            await self.redis.zadd(self._order, {e.id: now + i / 1e6 for i, e in enumerate(fresh)}, nx=True)  # pyright: ignore[reportUnknownMemberType]
-            result.added += [example.id for example in fresh]
+            if stored_now:
+                order = {example.id: now + index / 1e6 for index, example in enumerate(stored_now)}
+                await self.redis.zadd(self._order, order, nx=True)  # pyright: ignore[reportUnknownMemberType]
+            result.added += [example.id for example in stored_now]
         return result
 
     async def remove(self, ids: Sequence[str]) -> list[str]:
@@ -329,15 +346,17 @@ class ExampleSet:
         ]
 
     async def get(self, ids: Sequence[str]) -> list[Example]:
-        """The stored examples `ids`, in that order; ids not stored are skipped."""
+        """The stored examples `ids`, in that order, ids not stored skipped: their records (one round trip),
+        then their chunks, remembered or read."""
+        if not ids:
+            return []
         records = await self.kb.documents([document_id(_SOURCE + example_id) for example_id in ids])
         chunk_ids = [record.chunks[0] for record in records if record is not None and record.chunks]
-        chunks = await self.kb.chunks(chunk_ids)
-        return [
-            Example.from_stored(chunk.source.removeprefix(_SOURCE), chunk.text, chunk.tokens)
-            for chunk in chunks
-            if chunk is not None
-        ]
+        cached = {chunk_id: _cached(self.kb, chunk_id) for chunk_id in chunk_ids}
+        found = [example for example in cached.values() if example is not None]
+        found += await read_chunks(self.kb, [chunk_id for chunk_id, example in cached.items() if example is None])
+        by_id = {example.id: example for example in found}
+        return [by_id[example_id] for example_id in ids if example_id in by_id]
 
 
 Search = Literal['auto', 'bm25', 'dense', 'hybrid']
@@ -363,10 +382,13 @@ class ExampleLibrary:
     ) -> None:
         self.sets = list(sets)
         kbs = [example_set.kb for example_set in self.sets]
-        bm25 = Bm25Retriever(kbs, bm25_search=config.bm25_search)
-        retriever: Retriever = bm25
+        # In process unless told otherwise: a set of examples is small, and its in-process index answers
+        # in a fraction of a millisecond where a Query Engine search costs a round trip and a few more.
+        bm25 = Bm25Retriever(kbs, bm25_search='process' if config.bm25_search == 'auto' else config.bm25_search)
+        retriever: Bm25Retriever | DenseRetriever | HybridRetriever = bm25
         if embedder is not None and search != 'bm25':
-            dense = DenseRetriever(kbs, embedder, vector_search=config.vector_search)
+            vector_search = 'exact' if config.vector_search == 'auto' else config.vector_search
+            dense = DenseRetriever(kbs, embedder, vector_search=vector_search)
             retriever = dense if search == 'dense' else HybridRetriever([bm25, dense], rrf_k=config.rrf_k)
         self.retriever = retriever
 
@@ -390,8 +412,96 @@ class ExampleLibrary:
 
     async def similar(self, question: str, n: int) -> list[Example]:
         """The `n` examples whose user messages best match `question`, best first."""
-        return [_from_passage(passage) for passage in await self.retriever.search(question, n)]
+        return await self._read(await self.retriever.rank(question, n))
+
+    async def choose(self, question: str, *, k: int, budget_tokens: int) -> list[Example]:
+        """The best `k` examples for `question` that fit `budget_tokens` together (`fit_examples`), best first.
+
+        Candidates are read `k` at a time, best first, until `k` fit: usually the first `k` do.
+        """
+        ranked = await self.retriever.rank(question, k * _CANDIDATES)
+        candidates: list[Example] = []
+        chosen: list[Example] = []
+        for start in range(0, len(ranked), k):
+            candidates += await self._read(ranked[start : start + k])
+            chosen = fit_examples(candidates, k=k, budget_tokens=budget_tokens)
+            if len(chosen) == k:
+                break
+        return chosen
+
+    async def _read(self, ranked: Sequence[tuple[KnowledgeBase, str, float]]) -> list[Example]:
+        found: dict[tuple[str, str], Example] = {}
+        missing: dict[str, tuple[KnowledgeBase, list[str]]] = {}
+        for kb, chunk_id, _ in ranked:
+            example = _cached(kb, chunk_id)
+            if example is not None:
+                found[(kb.keys.meta, chunk_id)] = example
+            else:
+                missing.setdefault(kb.keys.meta, (kb, []))[1].append(chunk_id)
+        for kb, chunk_ids in missing.values():
+            for chunk_id, example in zip(chunk_ids, await read_chunks(kb, chunk_ids, keep_missing=True), strict=True):
+                if example is not None:
+                    found[(kb.keys.meta, chunk_id)] = example
+        return [found[key] for kb, chunk_id, _ in ranked if (key := (kb.keys.meta, chunk_id)) in found]
 
 
-def _from_passage(passage: Passage) -> Example:
-    return Example.from_stored(passage.source.removeprefix(_SOURCE), passage.text, passage.tokens)
+_CANDIDATES = 4
+"""Ranked candidates per example wanted, so the budget can pass over long ones."""
+
+_KNOWN: OrderedDict[tuple[str, str], Example] = OrderedDict()
+"""Examples read, by set and chunk id. A chunk id names one stored version (a new one for every write),
+so an entry never goes stale; whether it is still stored is the caller's question (the set's records,
+or its index, answer it)."""
+_KNOWN_SIZE = 4_096
+
+
+def _cached(kb: KnowledgeBase, chunk_id: str) -> Example | None:
+    example = _KNOWN.get((kb.keys.meta, chunk_id))
+    if example is not None:
+        _KNOWN.move_to_end((kb.keys.meta, chunk_id))
+    return example
+
+
+def _remember(kb: KnowledgeBase, chunk_id: str, example: Example) -> None:
+    _KNOWN[(kb.keys.meta, chunk_id)] = example
+    _KNOWN.move_to_end((kb.keys.meta, chunk_id))
+    while len(_KNOWN) > _KNOWN_SIZE:
+        _KNOWN.popitem(last=False)
+
+
+@overload
+async def read_chunks(kb: KnowledgeBase, chunk_ids: Sequence[str]) -> list[Example]: ...
+@overload
+async def read_chunks(
+    kb: KnowledgeBase, chunk_ids: Sequence[str], *, keep_missing: Literal[True]
+) -> list[Example | None]: ...
+async def read_chunks(
+    kb: KnowledgeBase, chunk_ids: Sequence[str], *, keep_missing: bool = False
+) -> list[Example | None] | list[Example]:
+    """The examples the chunks `chunk_ids` hold (one pipelined round trip), remembered; a chunk no longer
+    stored is left out, or `None` with `keep_missing`."""
+    rows = await kb.chunk_fields(chunk_ids, ('text', 'source', 'ntok'))
+    examples: list[Example | None] = []
+    for chunk_id, (text, source, tokens) in zip(chunk_ids, rows, strict=True):
+        if text is None or source is None:
+            examples.append(None)
+            continue
+        example = Example.from_stored(source.decode().removeprefix(_SOURCE), text.decode(), int(tokens or 0))
+        _remember(kb, chunk_id, example)
+        examples.append(example)
+    return examples if keep_missing else [example for example in examples if example is not None]
+
+
+def fit_examples(candidates: Sequence[Example], *, k: int, budget_tokens: int) -> list[Example]:
+    """The first `k` candidates that fit `budget_tokens` together, in the candidates' order; one that would
+    overflow the budget is passed over for the next."""
+    chosen: list[Example] = []
+    used = 0
+    for example in candidates:
+        if len(chosen) == k:
+            break
+        if used + example.tokens > budget_tokens:
+            continue
+        chosen.append(example)
+        used += example.tokens
+    return chosen

@@ -527,8 +527,17 @@ def tune_compare(
             'fine-tune arm, for the learning curve.'
         ),
     ] = True,
+    examples: Annotated[
+        Path | None,
+        typer.Option(
+            '--examples',
+            help="The fine-tune's training file (JSONL): a fourth arm runs the base model with the short prompt and "
+            'the examples of it most like each question (examples.k of them) in the prompt.',
+        ),
+    ] = None,
 ) -> None:
-    """Run your scenarios on base + full prompting + RAG, base + short prompt, and tuned + short prompt; decide."""
+    """Run your scenarios on base + full prompting + RAG, base + short prompt, tuned + short prompt, and (with
+    --examples) base + short prompt + few-shot examples from the training file; decide."""
     from tandem.agent.scenarios.report import write_html, write_json
     from tandem.agent.scenarios.schema import load_scenarios, select_scenarios
     from tandem.agent.tune.compare import arm_headers, compare, curve_tunes, metric_rows, render_markdown
@@ -557,7 +566,13 @@ def tune_compare(
                 ),
                 highlight=False,
             )
-        arms = 3 + len(others)
+        if examples is None:
+            stderr.print(
+                'note: add --examples TRAIN.jsonl (the file the tune trained on) to also run the base model with '
+                'those examples in the prompt: the same data in the prompt or in the weights.',
+                highlight=False,
+            )
+        arms = 3 + len(others) + (examples is not None)
         done = 0
 
         def on_run(run: Any) -> None:
@@ -584,6 +599,7 @@ def tune_compare(
                 judge=judge_backbone,
                 on_run=on_run,
                 curve=others,
+                examples=examples,
             )
         _write_text(out, render_markdown(comparison))
         written = ''

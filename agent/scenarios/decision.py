@@ -3,8 +3,9 @@
 Every report (`tandem run --report DIR`, `tandem tune compare --report DIR`) opens with this card:
 what to choose and why, on the criteria for choosing between prompting and fine-tuning: quality (pass
 rate, tool-call accuracy, format compliance), consistency of repeated trials, cost, latency,
-freshness and training data. It is data, kept in `report.json` (`SuiteReport.decision`) and drawn by
-the HTML report. `attribution.decide` builds it for any matrix; `tune.compare` builds its own.
+freshness, training data, and the same examples in the prompt instead of the weights. It is data,
+kept in `report.json` (`SuiteReport.decision`) and drawn by the HTML report. `attribution.decide`
+builds it for any matrix; `tune.compare` builds its own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tandem.agent.scenarios.stats import Interval
 __all__ = ['AttributionRow', 'Confidence', 'Criterion', 'CriterionName', 'CurvePoint', 'Decision']
 
 Confidence = Literal['high', 'medium', 'low']
-CriterionName = Literal['quality', 'consistency', 'cost', 'latency', 'freshness', 'data']
+CriterionName = Literal['quality', 'consistency', 'cost', 'latency', 'freshness', 'data', 'examples']
 
 
 class _Model(BaseModel):

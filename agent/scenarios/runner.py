@@ -163,11 +163,14 @@ def parse_ablations(specs: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def build_matrix(
-    backbones: Sequence[str], prompts: Sequence[str | None] = (None,), ablations: Sequence[tuple[str, ...]] = ((),)
+    backbones: Sequence[str],
+    prompts: Sequence[str | None] = (None,),
+    ablations: Sequence[tuple[str, ...]] = ((),),
+    examples: str | None = None,
 ) -> list[Cell]:
-    """Every cell of backbone × prompt × ablation, in that nesting order."""
+    """Every cell of backbone × prompt × ablation, in that nesting order; each shows `examples` when given."""
     return [
-        Cell(backbone=backbone, prompt=prompt, ablation=tuple(sorted(ablation)))
+        Cell(backbone=backbone, prompt=prompt, ablation=tuple(sorted(ablation)), examples=examples)
         for backbone, prompt, ablation in itertools.product(backbones, prompts or (None,), ablations or ((),))
     ]
 
@@ -658,6 +661,7 @@ async def run_suite(
     backbones: Sequence[Backbone],
     prompts: Sequence[str | None] = (None,),
     ablations: Sequence[tuple[str, ...]] = ((),),
+    examples: str | None = None,
     concurrency: int = 4,
     trials: int = 1,
     judge: Backbone | None = None,
@@ -682,6 +686,8 @@ async def run_suite(
         backbones: The backbone dimension; names must differ.
         prompts: The prompt dimension: `NAME@VERSION`s, or `None` for each scenario's own prompt.
         ablations: The ablation dimension, e.g. from `parse_ablations`.
+        examples: An example set of the suite's tenant that every cell shows retrieved few-shot examples
+            from (`Cell.examples`), whatever `examples.mode` says.
         concurrency: How many runs at once.
         trials: How often each scenario runs in each cell: models are stochastic, and the reports' intervals
             narrow with more trials.
@@ -722,7 +728,7 @@ async def run_suite(
         backbones={backbone.name: backbone for backbone in backbones},
         cassettes=cassettes,
     )
-    cells = build_matrix(names, prompts, ablations)
+    cells = build_matrix(names, prompts, ablations, examples)
     _check_suite(scenarios, cells, env.prompts, env.plugins, env.judges)
     planned = [
         PlannedRun(index, scenario, cell, trial)

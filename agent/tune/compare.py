@@ -6,7 +6,11 @@ one after the other so that their latencies are measured alike:
 1. **prompting + RAG**: the base backbone, the full prompt (each scenario's own, or `--full-prompt`),
    nothing turned off;
 2. **short prompt**: the base backbone, the short prompt, retrieval off (`rag` ablated);
-3. **fine-tune**: the tuned backbone, the short prompt, retrieval off.
+3. **fine-tune**: the tuned backbone, the short prompt, retrieval off;
+4. **few-shot examples** (with `examples=TRAINING_FILE`): the base backbone, the short prompt, retrieval
+   off, and the `examples.k` examples of the fine-tune's own training file most like each question in
+   the prompt. The fair question is "the same examples in the prompt, or in the weights?"; the
+   decision states which wins, with the same statistics, and what each costs in tokens per turn.
 
 The short arms drop retrieval because that is what a fine-tune is for: behaviour and knowledge
 baked into the weights instead of sent with every request (`short_rag=True` keeps it). The
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tandem.agent.core.config import BackboneConfig
@@ -50,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     'ARM_LABELS',
+    'FEW_SHOT_LABEL',
     'RECOMMENDATIONS',
     'Arm',
     'Choice',
@@ -63,6 +69,7 @@ __all__ = [
 ]
 
 ARM_LABELS = ('prompting + RAG', 'short prompt', 'fine-tune')
+FEW_SHOT_LABEL = 'few-shot examples'
 FRESHNESS_TAG = 'freshness'
 """Scenarios whose documents hold what changed after the tune: the freshness criterion's runs."""
 _NOTABLE_SAVING = 0.05
@@ -136,6 +143,15 @@ class Comparison:
     """The configs of the tuned backbone and the other tunes on its learning curve."""
     curve_cells: tuple[CellSummary, ...] = ()
     """Other tunes of the same base model (other numbers of examples), each run as the tuned arm is."""
+    few_shot: Arm | None = None
+    """Arm 4: the base backbone with the short prompt and retrieved examples from the training file."""
+    examples_source: str = ''
+    """The training file the few-shot arm's examples come from, and how many it holds."""
+
+    @property
+    def all_arms(self) -> tuple[Arm, ...]:
+        """The three arms, and the few-shot arm when it ran."""
+        return (*self.arms, self.few_shot) if self.few_shot is not None else self.arms
 
     def break_even(self) -> str:
         """The training cost amortized, and the monthly volume from which the fine-tune is the cheaper choice."""
@@ -157,8 +173,12 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """The decision, in one plain sentence."""
-        return verdict(*self.arms)
+        """The decision in plain words: one sentence, and one more on the few-shot arm when it ran."""
+        sentence = verdict(*self.arms)
+        if self.few_shot is None:
+            return sentence
+        choice, confidence, _ = decide_arms(*self.arms)
+        return f'{sentence}. {_against_examples(choice, confidence, self.arms[2], self.few_shot)[2]}'
 
     @property
     def decided_report(self) -> SuiteReport:
@@ -169,9 +189,13 @@ class Comparison:
         """The card at the top of the decision report: the choice, its confidence, a line per criterion,
         and each step's effect, named by the factor it changes."""
         choice, confidence, sentence = decide_arms(*self.arms)
-        summaries = [arm.summary for arm in self.arms]
+        why = sentence[0].upper() + sentence[1:] + '.'
+        if self.few_shot is not None:
+            choice, confidence, against = _against_examples(choice, confidence, self.arms[2], self.few_shot)
+            why += f' {against[0].upper()}{against[1:]}.'
+        summaries = [arm.summary for arm in self.all_arms]
         data, curve = data_criterion([self.arms[2].summary, *self.curve_cells], self.configs)
-        labels = list(ARM_LABELS)
+        labels = [arm.label for arm in self.all_arms]
         quality = '; '.join(
             f'{arm.label}: pass rate {_with_interval(arm, "pass rate")}'
             + (
@@ -180,12 +204,12 @@ class Comparison:
                 else ''
             )
             + (f', format {_with_interval(arm, "format compliance")}' if arm.format_compliance is not None else '')
-            for arm in self.arms
+            for arm in self.all_arms
         )
         return Decision(
             recommendation=RECOMMENDATIONS[choice],
             confidence=confidence,
-            why=sentence[0].upper() + sentence[1:] + '.',
+            why=why,
             criteria=[
                 Criterion(name='quality', line=quality),
                 consistency_criterion(summaries, labels),
@@ -193,6 +217,7 @@ class Comparison:
                 latency_criterion(summaries, labels),
                 self._freshness(),
                 data,
+                self._examples(),
             ],
             attribution=self._steps(),
             curve=curve,
@@ -202,7 +227,7 @@ class Comparison:
         """Pass rates on the scenarios tagged `freshness`: their documents say what changed after the tune,
         so an arm without retrieval answers from what the model learned before."""
         rates: list[str] = []
-        for arm in self.arms:
+        for arm in self.all_arms:
             runs = [run for run in self.report.runs_of(arm.cell) if FRESHNESS_TAG in run.tags]
             interval = wilson(sum(run.status == 'passed' for run in runs), len(runs))
             if interval is not None:
@@ -216,8 +241,39 @@ class Comparison:
             )
         return Criterion(name='freshness', line=f'on knowledge that changed after the tune: {", ".join(rates)}')
 
+    def _examples(self) -> Criterion:
+        """The same examples in the prompt (arm 4) or in the weights (arm 3): which wins, and the tokens each costs."""
+        few_shot, tuned = self.few_shot, self.arms[2]
+        if few_shot is None:
+            return Criterion(
+                name='examples',
+                line='not measured: pass --examples TRAIN.jsonl (the file the fine-tune trained on), and the base '
+                'model runs with the same examples in the prompt',
+                measured=False,
+            )
+        found = _tune_vs_examples(tuned, few_shot)
+        tokens = (
+            f'tokens per turn: {few_shot.label} {few_shot.tokens_per_turn:,.0f}, '
+            f'{tuned.label} {tuned.tokens_per_turn:,.0f}'
+        )
+        if found is None:
+            return Criterion(name='examples', line=f'{self.examples_source}: no rate measured in both arms; {tokens}')
+        rate, measured = found
+        reading = {
+            'better': f'the fine-tune beats few-shot prompting by {measured.describe(UNITS[rate])}',
+            'worse': f'few-shot prompting beats the fine-tune by {-measured.points} pp '
+            f'[{-measured.delta.high * 100:+.0f}, {-measured.delta.low * 100:+.0f}]',
+            'none': f'no detectable difference ({measured.describe(UNITS[rate])})',
+        }[measured.call]
+        line = (
+            f'{self.examples_source}, in the prompt or in the weights: {rate} {few_shot.label} '
+            f'{_with_interval(few_shot, rate)}, {tuned.label} {_with_interval(tuned, rate)}: {reading}; {tokens}'
+        )
+        return Criterion(name='examples', line=line)
+
     def _steps(self) -> list[AttributionRow]:
-        """Arm 1 → 2 (the prompt, and RAG unless kept) and arm 2 → 3 (the backbone), per rate."""
+        """Arm 1 → 2 (the prompt, and RAG unless kept) and arm 2 → 3 (the backbone), per rate; with the
+        few-shot arm, arm 2 → 4 (examples in the prompt) and arm 4 → 3 (the examples moved into the weights)."""
         prompting, short, tuned = self.arms
         changed = 'prompt and ingredients' if short.cell.ablation != prompting.cell.ablation else 'prompt'
         steps = [
@@ -237,6 +293,19 @@ class Comparison:
                 tuned,
             ),
         ]
+        if self.few_shot is not None:
+            few_shot = self.few_shot
+            held = f'{short.cell.prompt} · {short.cell.ablation_label}'
+            steps += [
+                ('examples in the prompt', 'none → retrieved examples', short.cell.backbone, short, few_shot),
+                (
+                    'examples: prompt → weights',
+                    f'{few_shot.cell.backbone} + examples → {tuned.cell.backbone}',
+                    held,
+                    few_shot,
+                    tuned,
+                ),
+            ]
         rows: list[AttributionRow] = []
         for factor, change, held, before, after in steps:
             for rate in RATES:
@@ -251,6 +320,7 @@ class Comparison:
         return {
             'base': self.base,
             'tuned': self.tuned,
+            'examples': self.examples_source or None,
             'arms': [
                 {
                     'label': arm.label,
@@ -268,7 +338,7 @@ class Comparison:
                     'intervals': _intervals(arm),
                     'differences': None if arm is baseline else _differences(arm, baseline),
                 }
-                for arm in self.arms
+                for arm in self.all_arms
             ],
             'verdict': self.verdict,
             'prices': self.prices,
@@ -474,14 +544,63 @@ def _attribution(
     return f'{same}, nor does the fine-tune on its own ({tuned})'
 
 
-Choice = Literal['prompting', 'short', 'fine-tune', 'undecided']
+Choice = Literal['prompting', 'short', 'fine-tune', 'few-shot', 'undecided']
 
 RECOMMENDATIONS: dict[Choice, str] = {
     'prompting': 'keep prompting + RAG',
     'short': 'use the short prompt: the fine-tune adds nothing',
     'fine-tune': 'use the fine-tune',
+    'few-shot': 'use the base model with few-shot examples: they beat the fine-tune on the same data',
     'undecided': 'run more trials before deciding',
 }
+
+
+def _tune_vs_examples(tuned: Arm, few_shot: Arm) -> tuple[str, Difference] | None:
+    """`tuned - few_shot` on the first rate where the trials tell a difference, else on the first measured."""
+    measured = [
+        (rate, found) for rate in RATES if (found := difference(tuned.summary, few_shot.summary, rate)) is not None
+    ]
+    return next((pair for pair in measured if pair[1].call != 'none'), measured[0] if measured else None)
+
+
+def _against_examples(
+    choice: Choice, confidence: Confidence, tuned: Arm, few_shot: Arm
+) -> tuple[Choice, Confidence, str]:
+    """The choice, confidence and a sentence once the fine-tune has met few-shot prompting on its own data.
+
+    Few-shot examples that beat the fine-tune detectably win whatever the three arms said; otherwise the
+    three arms' choice stands, and the sentence says what the examples cost or save.
+    """
+    found = _tune_vs_examples(tuned, few_shot)
+    tokens = _relative(few_shot.tokens_per_turn, tuned.tokens_per_turn)
+    cost = (
+        ''
+        if tokens is None
+        else f' ({few_shot.tokens_per_turn:,.0f} tokens per turn against {tuned.tokens_per_turn:,.0f})'
+    )
+    if found is None:
+        return choice, confidence, f'few-shot prompting on the same examples measured no rate the fine-tune did{cost}'
+    rate, measured = found
+    if measured.call == 'worse':
+        return (
+            'few-shot',
+            'high',
+            f'the base model with few-shot examples from the same training data beats the fine-tune by '
+            f'{-measured.points} points of {rate} ({_percent_of(few_shot, rate)} against {_percent_of(tuned, rate)}){cost}',
+        )
+    if measured.call == 'better':
+        return (
+            choice,
+            confidence,
+            f'the fine-tune beats few-shot prompting on the same examples by {measured.points} points of {rate} '
+            f'({_percent_of(tuned, rate)} against {_percent_of(few_shot, rate)}){cost}',
+        )
+    return (
+        choice,
+        confidence,
+        f'few-shot prompting on the same examples does as well as the fine-tune on {rate} '
+        f'({measured.describe(UNITS[rate])}){cost}',
+    )
 
 
 def decide_arms(prompting: Arm, short: Arm, tuned: Arm) -> tuple[Choice, Confidence, str]:
@@ -553,15 +672,16 @@ def _arm_cells(base: str, tuned: str, full_prompt: str | None, short_prompt: str
 
 
 def comparison_of(report: SuiteReport, base: str, tuned: str) -> Comparison:
-    """The comparison of a report holding the three arms' cells, in arm order.
+    """The comparison of a report holding the three arms' cells in arm order, and maybe the few-shot arm's.
 
     Raises:
-        TandemError: The report does not hold three cells.
+        TandemError: The report does not hold three or four cells.
     """
-    if len(report.cells) != 3:
+    if len(report.cells) not in (3, 4):
         raise TandemError(f'a comparison needs the three arms; this report has {len(report.cells)} cell(s).')
-    first, second, third = (Arm(label, summary) for label, summary in zip(ARM_LABELS, report.cells, strict=True))
-    return Comparison(base=base, tuned=tuned, report=report, arms=(first, second, third))
+    first, second, third = (Arm(label, summary) for label, summary in zip(ARM_LABELS, report.cells[:3], strict=True))
+    few_shot = Arm(FEW_SHOT_LABEL, report.cells[3]) if len(report.cells) == 4 else None
+    return Comparison(base=base, tuned=tuned, report=report, arms=(first, second, third), few_shot=few_shot)
 
 
 async def compare(
@@ -579,11 +699,15 @@ async def compare(
     judge: Backbone | None = None,
     on_run: Callable[[ScenarioRun], None] | None = None,
     curve: Sequence[Backbone] = (),
+    examples: Path | None = None,
 ) -> Comparison:
     """Run the three arms on `scenarios` and compare them (see the module docs).
 
     `curve`: other tunes of the tuned backbone's base model, trained on other numbers of examples
     (`training_examples`), each run as the tuned arm is, for the learning curve of the data criterion.
+    `examples`: the fine-tune's training file; its examples go into an example set of the settings'
+    tenant (named for the file's content, so a second comparison reuses it), and a fourth arm runs
+    the base backbone with the short prompt and the `examples.k` of them most like each question.
 
     Raises:
         TandemError: The two backbones share a name, a prompt does not exist, or no scenario was given.
@@ -603,6 +727,10 @@ async def compare(
     short_ref = library.get(short_prompt).ref
     full_ref = library.get(full_prompt).ref if full_prompt is not None else None
     cells = _arm_cells(base.name, tuned.name, full_ref, short_ref, short_rag)
+    source = ''
+    if examples is not None:
+        set_name, source = await _training_examples(examples, settings=settings, redis=redis)
+        cells.append(cells[1].model_copy(update={'examples': set_name}))
     await _warm_up(scenarios[0], settings=settings, redis=redis)
     started_at: datetime | None = None
     mode: Literal['live', 'record', 'replay'] = 'live'
@@ -616,6 +744,7 @@ async def compare(
             backbones=[base if cell.backbone == base.name else tuned],
             prompts=[cell.prompt],
             ablations=[cell.ablation],
+            examples=cell.examples,
             concurrency=concurrency,
             trials=trials,
             judge=judge,
@@ -647,7 +776,32 @@ async def compare(
         training_cost_usd=tuned.config.training_cost_usd,
         configs={backbone.name: backbone.config for backbone in (tuned, *curve)},
         curve_cells=curve_cells,
+        examples_source=source,
     )
+
+
+async def _training_examples(path: Path, *, settings: Settings, redis: Redis) -> tuple[str, str]:
+    """Load a training file into an example set of the settings' tenant: `(set name, "FILE (N examples)")`.
+
+    Raises:
+        TandemError: The file cannot be read or holds no valid example.
+    """
+    import hashlib
+
+    from tandem.agent.tune.examples import read_examples
+    from tandem.memory.examples import ExampleSet
+    from tandem.memory.knowledge.embeddings import make_embedder
+
+    found = read_examples(path)
+    if not found.examples:
+        reasons = '; '.join(f'{where}: {reason}' for where, reason in found.skipped[:3])
+        raise TandemError(f'--examples {path}: no valid example in it{f" ({reasons})" if reasons else ""}.')
+    digest = hashlib.sha256(''.join(example.id for example in found.examples).encode()).hexdigest()[:12]
+    name = f'train-{digest}'
+    tenant = settings.examples.tenant or settings.tenant
+    target = ExampleSet(redis, tenant=tenant, name=name)
+    await target.add(found.examples, config=settings.knowledge, embedder=make_embedder(settings.knowledge))
+    return name, f'{path.name} ({len(found.examples):,} examples, {settings.examples.k} a turn)'
 
 
 def curve_tunes(settings: Settings, tuned: Backbone) -> list[str]:
@@ -735,11 +889,14 @@ def _seconds(value: float) -> str:
 
 
 def metric_rows(comparison: Comparison) -> list[list[str]]:
-    """`[metric, arm 1, arm 2, Δ, arm 3, Δ]` rows, as the terminal and Markdown reports show them."""
+    """`[metric, arm 1, arm 2, Δ, arm 3, Δ]` rows (and `arm 4, Δ` with the few-shot arm), as the terminal
+    and Markdown reports show them."""
     one, two, three = comparison.arms
+    four = comparison.few_shot
 
     def row(name: str, show: Callable[[Arm], str], delta: Callable[[Arm, Arm], str]) -> list[str]:
-        return [name, show(one), show(two), delta(two, one), show(three), delta(three, one)]
+        shown = [name, show(one), show(two), delta(two, one), show(three), delta(three, one)]
+        return shown + ([show(four), delta(four, one)] if four is not None else [])
 
     return [
         row(
@@ -765,7 +922,7 @@ def metric_rows(comparison: Comparison) -> list[list[str]]:
                     lambda arm, base: _change(arm.output_retries_per_turn, base.output_retries_per_turn),
                 ),
             ]
-            if any(arm.summary.typed_turns for arm in comparison.arms)
+            if any(arm.summary.typed_turns for arm in comparison.all_arms)
             else []
         ),
         row(
@@ -789,13 +946,15 @@ def metric_rows(comparison: Comparison) -> list[list[str]]:
 def arm_headers(comparison: Comparison) -> list[str]:
     """The column headers: each arm's label and cell."""
     one, two, three = comparison.arms
-    return [
+    headers = [
         'metric',
         *(f'{arm.label}: {arm.cell.label}' for arm in (one, two)),
         'Δ',
         f'{three.label}: {three.cell.label}',
         'Δ',
     ]
+    four = comparison.few_shot
+    return headers + ([f'{four.label}: {four.cell.label}', 'Δ'] if four is not None else [])
 
 
 def _scenario_mark(run: ScenarioRun | None) -> str:
@@ -826,17 +985,20 @@ def render_markdown(comparison: Comparison) -> str:
         '| ' + ' | '.join(['---'] * len(headers)) + ' |',
     ]
     lines += ['| ' + ' | '.join(row) + ' |' for row in metric_rows(comparison)]
-    if any(arm.cost_per_1k_turns is None for arm in comparison.arms):
+    if comparison.few_shot is not None:
+        lines += ['', f'**{FEW_SHOT_LABEL}** shows examples from {comparison.examples_source}.']
+    if any(arm.cost_per_1k_turns is None for arm in comparison.all_arms):
         lines += [
             '',
             'Cost is `—` where a backbone has no known price: set `input_price_per_mtok` and '
             '`output_price_per_mtok` on it in the config.',
         ]
-    lines += ['', '## Scenarios', '', '| scenario | ' + ' | '.join(ARM_LABELS) + ' |', '| --- | --- | --- | --- |']
+    labels = [arm.label for arm in comparison.all_arms]
+    lines += ['', '## Scenarios', '', '| scenario | ' + ' | '.join(labels) + ' |', '|' + ' --- |' * (len(labels) + 1)]
     for name in scenarios:
         marks = [
             _scenario_mark(next((run for run in report.runs_of(arm.cell) if run.scenario == name), None))
-            for arm in comparison.arms
+            for arm in comparison.all_arms
         ]
         lines.append(f'| {name} | ' + ' | '.join(marks) + ' |')
     sentence = comparison.verdict

@@ -227,8 +227,8 @@ class Bm25Retriever(_RankingRetriever):
         if not query.strip():
             return []
         rankings: list[_Ranked] = []
-        for kb in self.kbs:
-            state = await kb.state()
+        states = await asyncio.gather(*(kb.state() for kb in self.kbs))
+        for kb, state in zip(self.kbs, states, strict=True):
             if state is None or state.chunks == 0:
                 continue
             # Each KB is queried the way it was indexed (its language; unstemmed before 0.2).
@@ -384,17 +384,27 @@ class HybridRetriever:
     async def count(self) -> int:
         return max(await asyncio.gather(*(retriever.count() for retriever in self.retrievers)))
 
+    async def rank(self, query: str, n: int) -> _Ranked:
+        """The fused best `n` `(kb, chunk id, score)`, best first, when every retriever ranks chunk ids.
+
+        Raises:
+            TypeError: A retriever only searches (it has no `rank`).
+        """
+        if not all(isinstance(retriever, _RankingRetriever) for retriever in self.retrievers):
+            raise TypeError('only retrievers that rank chunk ids can be fused without reading the chunks')
+        outcomes = await _gather_tolerant(
+            [cast(_RankingRetriever, retriever).rank(query, max(2 * n, 40)) for retriever in self.retrievers],
+            [retriever.name for retriever in self.retrievers],
+        )
+        fused = reciprocal_rank_fusion(
+            [[(kb, chunk_id) for kb, chunk_id, _ in ranked] for ranked in outcomes], k=self.rrf_k
+        )
+        return [(kb, chunk_id, score) for (kb, chunk_id), score in fused[:n]]
+
     async def search(self, query: str, k: int = 5) -> list[Passage]:
         n = max(4 * k, 40)
         if all(isinstance(retriever, _RankingRetriever) for retriever in self.retrievers):
-            outcomes = await _gather_tolerant(
-                [cast(_RankingRetriever, retriever).rank(query, n) for retriever in self.retrievers],
-                [retriever.name for retriever in self.retrievers],
-            )
-            fused = reciprocal_rank_fusion(
-                [[(kb, chunk_id) for kb, chunk_id, _ in ranked] for ranked in outcomes], k=self.rrf_k
-            )
-            return await _materialize([(kb, chunk_id, score) for (kb, chunk_id), score in fused[: 2 * k]], k)
+            return await _materialize(await self.rank(query, 2 * k), k)
         results = await _gather_tolerant(
             [retriever.search(query, n) for retriever in self.retrievers],
             [retriever.name for retriever in self.retrievers],

@@ -12,10 +12,10 @@ from redis.asyncio import Redis
 
 from tandem.agent.core.config import BackboneConfig, ExamplesConfig, KnowledgeConfig, Settings
 from tandem.agent.turn.build import build_deps
-from tandem.agent.turn.providers.examples import example_messages, fit_examples, select_examples
+from tandem.agent.turn.providers.examples import example_messages, select_examples
 from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn, with_session
-from tandem.memory.examples import Example, ExampleLibrary, ExampleSet
+from tandem.memory.examples import Example, ExampleLibrary, ExampleSet, fit_examples
 from tests.examples.conftest import CALC_EXAMPLE, qa
 from tests.support.deps import scripted_backbone
 from tests.support.fake_openai import FakeOpenAI, Text

@@ -234,3 +234,22 @@ def test_add_takes_stored_sessions_through_the_export_filters_and_scrubbing(
     assert line['tools'][0]['function']['name'] == 'calculate'
     tenant_set = runner.invoke(app, ['examples', 'list', '--json'], env=cli_env)
     assert tenant_set.stdout == ''
+
+
+async def test_examples_read_before_are_never_shown_once_removed_nor_across_tenants(redis: Redis) -> None:
+    acme, other = ExampleSet(redis, tenant='acme'), ExampleSet(redis, tenant='other')
+    same = {'messages': CALC_EXAMPLE['messages']}
+    await acme.add([Example.of(same, origin='session acme/s1')], config=CONFIG)
+    await other.add([Example.of(same, origin='session other/s9')], config=CONFIG)
+    library = ExampleLibrary([acme], config=CONFIG)
+    assert [e.origin for e in await library.first(3)] == ['session acme/s1']  # read, and remembered
+    assert [e.origin for e in await library.similar('What is 17% of 2,340?', 3)] == ['session acme/s1']
+
+    theirs = ExampleLibrary([other], config=CONFIG)
+    assert [e.origin for e in await theirs.first(3)] == ['session other/s9']
+    assert [e.origin for e in await theirs.chosen([Example.of(same).id])] == ['session other/s9']
+
+    await acme.remove([Example.of(same).id])
+    assert await library.first(3) == []
+    assert await library.chosen([Example.of(same).id]) == []
+    assert await library.similar('What is 17% of 2,340?', 3) == []

@@ -359,7 +359,7 @@ def test_the_compare_decision_report_passes_its_browser_check(env: dict[str, str
     assert '<p class="recommendation">use the fine-tune</p>' in card
     assert 'the short prompt without RAG costs 100 points of pass rate (100% → 0%); the fine-tune recovers all' in card
     criteria = re.findall(r'data-criterion="([a-z]+)"', card)
-    assert criteria == ['quality', 'consistency', 'cost', 'latency', 'freshness', 'data']
+    assert criteria == ['quality', 'consistency', 'cost', 'latency', 'freshness', 'data', 'examples']
     assert 'prompting + RAG: pass rate 100% [61–100%] (6/6)' in card  # 2 scenarios × 3 trials
     attribution = dom[dom.index('<section id="attribution">') : dom.index('<section id="grid">')]
     assert '<td>prompt and ingredients</td><td>scenario prompt · full → short@1 · -rag</td>' in attribution

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import ShownExample
-from tandem.memory.examples import Example, ExampleLibrary, ExampleSet
+from tandem.memory.examples import Example, ExampleLibrary, ExampleSet, fit_examples
 from tandem.memory.knowledge.embeddings import EmbeddingsUnavailable, make_embedder
 
 if TYPE_CHECKING:
@@ -55,14 +55,13 @@ __all__ = [
     'ExamplesContextProvider',
     'example_library',
     'example_messages',
-    'fit_examples',
     'select_examples',
 ]
 
 _log = get_logger('tandem.examples')
 
 _CANDIDATES = 4
-"""Retrieved candidates per example wanted, so the budget can pass over long ones."""
+"""With `fixed` and no `ids`: the first examples read, so the budget can pass over long ones."""
 
 
 def example_library(settings: Settings, redis: RedisClient, *, tenant: str, user: str) -> ExampleLibrary | None:
@@ -90,21 +89,6 @@ def example_library(settings: Settings, redis: RedisClient, *, tenant: str, user
     return ExampleLibrary(sets, config=settings.knowledge, embedder=embedder, search=config.search)
 
 
-def fit_examples(candidates: Sequence[Example], *, k: int, budget_tokens: int) -> list[Example]:
-    """The first `k` candidates that fit `budget_tokens` together, in the candidates' order; one that would
-    overflow the budget is passed over for the next."""
-    chosen: list[Example] = []
-    used = 0
-    for example in candidates:
-        if len(chosen) == k:
-            break
-        if used + example.tokens > budget_tokens:
-            continue
-        chosen.append(example)
-        used += example.tokens
-    return chosen
-
-
 async def select_examples(library: ExampleLibrary, config: ExamplesConfig, question: str) -> list[Example]:
     """The examples a turn shows, in the order they are sent.
 
@@ -116,8 +100,7 @@ async def select_examples(library: ExampleLibrary, config: ExamplesConfig, quest
         return fit_examples(candidates, k=config.k, budget_tokens=config.budget_tokens)
     if not question.strip():
         return []
-    candidates = await library.similar(question, config.k * _CANDIDATES)
-    return fit_examples(candidates, k=config.k, budget_tokens=config.budget_tokens)[::-1]
+    return (await library.choose(question, k=config.k, budget_tokens=config.budget_tokens))[::-1]
 
 
 def example_messages(examples: Sequence[Example]) -> list[ModelMessage]:
