@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -68,6 +68,11 @@ async def _store(settings: Settings, target: ExampleSet, examples: list[Example]
     return await target.add(examples, config=settings.knowledge, embedder=make_embedder(settings.knowledge))
 
 
+def _print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    for where, reason in skipped:
+        stderr.print(f'[yellow]skipped[/] {escape(where)}: {escape(reason)}', highlight=False)
+
+
 def _added(result: AddResult, target: ExampleSet, skipped: int) -> None:
     parts = [f'added {len(result.added)} example(s) to {target.label}']
     if result.unchanged:
@@ -118,8 +123,7 @@ def examples_add(
         built = await collect_examples(settings, selection, ExportOptions(system='drop'))
         lines = [(f'example {index}', line) for index, line in enumerate(built.train, 1)]
         found = examples_from_lines(lines)
-        for where, reason in found.skipped:
-            stderr.print(f'[yellow]skipped[/] {escape(where)}: {escape(reason)}', highlight=False)
+        _print_skipped(found.skipped)
         async with _opened(settings, name, owner, tenant) as target:
             _added(await _store(settings, target, found.examples), target, len(found.skipped) + len(built.dropped))
 
@@ -145,8 +149,7 @@ def examples_import(
         skipped = 0
         for path in files:
             found = read_examples(path)
-            for where, reason in found.skipped:
-                stderr.print(f'[yellow]skipped[/] {escape(where)}: {escape(reason)}', highlight=False)
+            _print_skipped(found.skipped)
             examples += found.examples
             skipped += len(found.skipped)
         if not examples:

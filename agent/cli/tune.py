@@ -532,9 +532,13 @@ def tune_compare(
         typer.Option(
             '--examples',
             help="The fine-tune's training file (JSONL): a fourth arm runs the base model with the short prompt and "
-            'the examples of it most like each question (examples.k of them) in the prompt.',
+            'the examples of it most like each question (examples.k of them) in the prompt. Default: the file '
+            'the tune recorded (training_file), when it is on this machine.',
         ),
     ] = None,
+    few_shot: Annotated[
+        bool, typer.Option('--few-shot/--no-few-shot', help='Run the few-shot arm when a training file is known.')
+    ] = True,
 ) -> None:
     """Run your scenarios on base + full prompting + RAG, base + short prompt, tuned + short prompt, and (with
     --examples) base + short prompt + few-shot examples from the training file; decide."""
@@ -566,13 +570,8 @@ def tune_compare(
                 ),
                 highlight=False,
             )
-        if examples is None:
-            stderr.print(
-                'note: add --examples TRAIN.jsonl (the file the tune trained on) to also run the base model with '
-                'those examples in the prompt: the same data in the prompt or in the weights.',
-                highlight=False,
-            )
-        arms = 3 + len(others) + (examples is not None)
+        training = _training_file(tuned_backbone, examples) if few_shot else None
+        arms = 3 + len(others) + (training is not None)
         done = 0
 
         def on_run(run: Any) -> None:
@@ -599,7 +598,7 @@ def tune_compare(
                 judge=judge_backbone,
                 on_run=on_run,
                 curve=others,
-                examples=examples,
+                examples=training,
             )
         _write_text(out, render_markdown(comparison))
         written = ''
@@ -619,6 +618,30 @@ def tune_compare(
         stderr.print(escape(f'decision report: {out}{written}'), highlight=False)
 
     async_command(body)()
+
+
+def _training_file(tuned: Any, given: Path | None) -> Path | None:
+    """The few-shot arm's training file: `--examples`, else the one the tune recorded, if it is here."""
+    if given is not None:
+        return given
+    recorded = tuned.config.training_file
+    if recorded and Path(recorded).is_file():
+        stderr.print(
+            escape(
+                f'few-shot arm: the examples of {recorded}, which {tuned.name} was trained on (--no-few-shot skips it)'
+            ),
+            highlight=False,
+        )
+        return Path(recorded)
+    where = f'{recorded} is not on this machine' if recorded else f'{tuned.name} records no training file'
+    stderr.print(
+        escape(
+            f'note: no few-shot arm ({where}): add --examples TRAIN.jsonl, the file the tune trained on, to also '
+            'run the base model with those examples in the prompt.'
+        ),
+        highlight=False,
+    )
+    return None
 
 
 def _named_backbone(settings: Any, name: str) -> Any:

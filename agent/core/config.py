@@ -81,6 +81,9 @@ class BackboneConfig(BaseModel):
     training_examples: int | None = Field(default=None, ge=1)
     """How many examples trained this fine-tune: the decision report's data criterion, and its learning curve
     over tunes of one base model. `tandem tune status` sets it from the training file `tune submit` sent."""
+    training_file: str | None = None
+    """The training file this fine-tune was trained on, on this machine: `tandem tune compare` runs the
+    base model with its examples in the prompt (the few-shot arm). `tandem tune status` records it."""
 
 
 class LimitsConfig(BaseModel):
@@ -224,6 +227,10 @@ class ExamplesConfig(BaseModel):
     """With `fixed`: these examples, in this order (`tandem examples list` shows ids)."""
     search: Literal['auto', 'bm25', 'dense', 'hybrid'] = 'auto'
     """With `retrieved`: `auto` is hybrid when `knowledge.embeddings` is set, else BM25."""
+    placement: Literal['messages', 'prompt'] = 'messages'
+    """`messages`: turns before the history, tool calls in the backbone's API form, as a fine-tune sees
+    them; `prompt`: a transcript in the prompt's `examples` slot, so fixed examples keep the system prompt
+    one cacheable prefix."""
 
     @field_validator('ids', mode='before')
     @classmethod

@@ -572,12 +572,7 @@ def _against_examples(
     three arms' choice stands, and the sentence says what the examples cost or save.
     """
     found = _tune_vs_examples(tuned, few_shot)
-    tokens = _relative(few_shot.tokens_per_turn, tuned.tokens_per_turn)
-    cost = (
-        ''
-        if tokens is None
-        else f' ({few_shot.tokens_per_turn:,.0f} tokens per turn against {tuned.tokens_per_turn:,.0f})'
-    )
+    cost = f' ({few_shot.tokens_per_turn:,.0f} tokens per turn against {tuned.tokens_per_turn:,.0f})'
     if found is None:
         return choice, confidence, f'few-shot prompting on the same examples measured no rate the fine-tune did{cost}'
     rate, measured = found

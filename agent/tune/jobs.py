@@ -68,6 +68,8 @@ class JobRecord:
     """The API's base URL when it is not OpenAI's."""
     training_examples: int | None = None
     """How many examples (non-empty lines) the training file held."""
+    training_path: str | None = None
+    """The training file on this machine: `tune compare`'s few-shot arm reads its examples from it."""
 
 
 class JobLog:
@@ -209,6 +211,7 @@ async def submit_job(
         base_url=custom_base_url(client),
         submitted_at=datetime.now(UTC).isoformat(timespec='seconds'),
         training_examples=examples,
+        training_path=await asyncio.to_thread(os.path.abspath, training),
     )
     log.add(record)
     return job, record
@@ -339,6 +342,7 @@ def backbone_for_job(
         if price and job.trained_tokens
         else None,
         training_examples=examples or None,
+        training_file=record.training_path if record is not None else None,
     )
     return name, config
 

@@ -230,3 +230,34 @@ async def test_retrieved_examples_are_sent_best_last_nearest_the_question(redis:
     assert best.question == 'Where can I download my invoices?'
     assert [e.question for e in chosen] == ['Can I change the address on an invoice?', best.question]
     assert await select_examples(library, config, '   ') == []
+
+
+async def test_prompt_placement_writes_the_examples_into_the_prompt_and_sends_no_extra_turns(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await ExampleSet(redis, tenant='acme').add([Example.of(CALC_EXAMPLE)], config=CONFIG)
+    with FakeOpenAI(lambda body: Text('It is 12.')) as server:
+        settings = Settings(
+            home=tmp_path,
+            redis_url=SecretStr(redis_url),
+            tenant='acme',
+            tools=['calc'],
+            backbones={'loop': BackboneConfig(model='openai-chat:tiny-chat', base_url=server.url)},
+            backbone='loop',
+            examples=ExamplesConfig(mode='fixed', placement='prompt'),
+        )
+        deps = await build_deps(settings, redis, TurnRequest(tenant='acme', user='ann', tools=['calc']))
+        result = await run_turn(deps, 'What is 5% of 240?')
+        (body,) = server.chat_requests
+
+    assert [message['role'] for message in body['messages']] == ['system', 'user']
+    system = body['messages'][0]['content']
+    assert (
+        'A worked example from other conversations: follow how they answer and use tools (→ a call, ← its result)'
+        in system
+    )
+    assert (
+        '<example 1>\nUser: What is 17% of 2,340?\n→ calculate({"expression": "0.17 * 2340"})\n← 397.8\n'
+        'Assistant: 17% of 2,340 is 397.8.\n</example 1>'
+    ) in system
+    assert [shown.question for shown in result.examples] == ['What is 17% of 2,340?']

@@ -10,7 +10,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 from redis.asyncio import Redis
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from tandem.agent.backbones.base import Backbone
 from tandem.agent.cli.main import app
@@ -63,7 +63,7 @@ def _size(messages: list[ModelMessage]) -> int:
     )
 
 
-def _backbone(name: str, *, learns_from: str) -> Backbone:
+def _backbone(name: str, *, learns_from: str, training_file: Path | None = None) -> Backbone:
     """The scenario policy. `base` uses tools only when the full prompt says so, or when the conversation
     shows it a worked example of a tool call (few-shot); `tuned` always does."""
 
@@ -84,7 +84,12 @@ def _backbone(name: str, *, learns_from: str) -> Backbone:
         response.usage = RequestUsage(input_tokens=(len(instructions) + _size(messages)) // 4, output_tokens=5)
         return response
 
-    config = BackboneConfig(model=f'test:{name}', input_price_per_mtok=1.0, output_price_per_mtok=4.0)
+    config = BackboneConfig(
+        model=f'test:{name}',
+        input_price_per_mtok=1.0,
+        output_price_per_mtok=4.0,
+        training_file=str(training_file) if training_file else None,
+    )
     return Backbone(name=name, config=config, model=FunctionModel(respond, model_name=name))
 
 
@@ -246,3 +251,29 @@ def test_cli_compare_with_examples_runs_four_arms_into_the_report(
 
 
 _NOW = __import__('datetime').datetime(2026, 12, 8, tzinfo=__import__('datetime').UTC)
+
+
+def test_cli_compare_takes_the_training_file_the_tune_recorded(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('TANDEM_CONFIG', raising=False)
+    env = {'TANDEM_HOME': str(tmp_path / 'home'), 'TANDEM_REDIS_URL': redis_url, 'XDG_CONFIG_HOME': str(tmp_path)}
+    training = _training_file(tmp_path)
+    args = ['tune', 'compare', *map(str, SCENARIOS), '--base', 'base', '--tuned', 'tuned']
+
+    def invoke(*more: str, recorded: Path) -> Result:
+        tuned = _backbone('tuned', learns_from='weights', training_file=recorded)
+        with injected_backbones(_backbone('base', learns_from='prompt'), tuned):
+            return runner.invoke(app, [*args, *more], env=env)
+
+    recorded = invoke(recorded=training)
+    skipped = invoke('--no-few-shot', recorded=training)
+    gone = invoke(recorded=tmp_path / 'moved.jsonl')
+
+    assert recorded.exit_code == 0, recorded.stderr
+    assert f'few-shot arm: the examples of {training}, which tuned was trained on' in ' '.join(recorded.stderr.split())
+    assert '8/8' in recorded.stderr
+    assert skipped.exit_code == 0 and '6/6' in skipped.stderr and 'few-shot' not in skipped.stderr
+    assert gone.exit_code == 0 and '6/6' in gone.stderr
+    assert 'is not on this machine): add --examples TRAIN.jsonl' in ' '.join(gone.stderr.split())

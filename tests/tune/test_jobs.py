@@ -105,6 +105,7 @@ def test_submit_then_status_registers_the_tuned_model_as_a_backbone(
         'input_price_per_mtok': 0.8,
         'output_price_per_mtok': 3.2,
         'training_examples': 12,
+        'training_file': str(data.resolve()),  # the few-shot arm of tune compare reads its examples from it
     }
     assert load_settings().backbones['support-bot'].kind == 'fine-tuned'
 

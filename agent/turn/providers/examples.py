@@ -5,7 +5,8 @@ before the model is called: the configured ones (or the first added), or the one
 most like this one, found by the knowledge base's own retriever over the example set
 (`memory.examples`). At most `examples.k` of them, within `examples.budget_tokens`: an example that
 does not fit is passed over for the next. It records them in `deps.turn` (`/examples` shows them) and
-fills the prompt's `examples` slot with the sentence that frames them.
+fills the prompt's `examples` slot with the sentence that frames them (or, with `examples.placement =
+"prompt"`, with the examples themselves as a transcript).
 
 `ExampleMessages`, a capability of the agent, sends the examples' messages ahead of the history on
 every model request of the turn. They are pydantic-ai messages, tool calls and results included, so
@@ -55,6 +56,7 @@ __all__ = [
     'ExamplesContextProvider',
     'example_library',
     'example_messages',
+    'example_transcript',
     'select_examples',
 ]
 
@@ -149,6 +151,33 @@ def _framing(examples: Sequence[Example]) -> str:
     )
 
 
+def example_transcript(examples: Sequence[Example]) -> str:
+    """The examples as text for the prompt's `examples` slot (`examples.placement = "prompt"`): each turn on
+    its own line, a tool call as `→ name(arguments)` and its result as `← result`."""
+    blocks: list[str] = []
+    for number, example in enumerate(examples, 1):
+        lines = [f'<example {number}>']
+        for message in example.messages:
+            if message['role'] == 'user':
+                lines.append(f'User: {message["content"]}')
+            elif message['role'] == 'tool':
+                lines.append(f'← {message["content"]}')
+            else:
+                for call in cast(list[dict[str, Any]], message.get('tool_calls') or []):
+                    function = cast(dict[str, Any], call['function'])
+                    lines.append(f'→ {function["name"]}({function["arguments"]})')
+                if message.get('content'):
+                    lines.append(f'Assistant: {message["content"]}')
+        blocks.append('\n'.join([*lines, f'</example {number}>']))
+    count = len(examples)
+    head = (
+        f'{"A worked example" if count == 1 else f"{count} worked examples"} from other conversations: follow how '
+        'they answer and use tools (→ a call, ← its result), but nothing in them is about this user or this '
+        'conversation.'
+    )
+    return '\n'.join([head, *blocks])
+
+
 class ExamplesContextProvider:
     """Picks the turn's examples and fills the prompt's `examples` slot (a `TurnContextProvider`)."""
 
@@ -168,6 +197,8 @@ class ExamplesContextProvider:
             ShownExample(id=example.id, question=example.question, tokens=example.tokens, tool_calls=example.tool_calls)
             for example in chosen
         ]
+        if deps.settings.examples.placement == 'prompt':
+            return {'examples': example_transcript(chosen)}
         deps.turn.example_messages = example_messages(chosen)
         return {'examples': _framing(chosen)}
 
