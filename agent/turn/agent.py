@@ -51,7 +51,7 @@ def tandem_agent() -> Agent[Deps, str]:
         None,
         deps_type=Deps,
         output_type=str,
-        capabilities=[TurnGuard(), ExampleMessages()],
+        capabilities=[TurnGuard()],
         name='tandem',
     )
 
@@ -106,9 +106,15 @@ def run_toolsets(plugins: Sequence[ToolsetPlugin]) -> list[AbstractToolset[Any]]
     return [_built(plugin).approved for plugin in plugins]
 
 
-def run_capabilities(plugins: Sequence[ToolsetPlugin]) -> list[AbstractCapability[Deps]]:
-    """The capabilities a run adds to the agent's: approvals, only when one of its calls may be held.
+_EXAMPLES = ExampleMessages()
+"""Sends a turn's few-shot examples ahead of its history (see `agent.turn.providers.examples`)."""
 
-    Deciding held calls costs every run some time, so a run whose tools are all side-effect free goes without.
+
+def run_capabilities(plugins: Sequence[ToolsetPlugin], *, examples: bool = False) -> list[AbstractCapability[Deps]]:
+    """The capabilities a run adds to the agent's: approvals, only when one of its calls may be held, and
+    few-shot examples, only when `examples` are on.
+
+    Each hook costs every run some time, so a run that cannot use one goes without.
     """
-    return [_APPROVALS] if any(_built(plugin).may_hold for plugin in plugins) else []
+    held: list[AbstractCapability[Deps]] = [_APPROVALS] if any(_built(plugin).may_hold for plugin in plugins) else []
+    return [*held, _EXAMPLES] if examples else held

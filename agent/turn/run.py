@@ -417,7 +417,7 @@ async def run_turn(
                 output_type=spec,
                 retries={'tools': deps.settings.limits.tool_retries, 'output': deps.settings.limits.output_retries},
                 toolsets=run_toolsets(deps.toolsets),
-                capabilities=run_capabilities(deps.toolsets),
+                capabilities=run_capabilities(deps.toolsets, examples=deps.examples is not None),
                 instructions=await render_instructions(deps, plugin_toolsets(deps.toolsets), text),
                 usage_limits=usage_limits(deps, conversation.usage),
                 event_stream_handler=_stream_handler(on_event, deps, typed=typed) if on_event is not None else None,

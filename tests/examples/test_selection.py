@@ -11,8 +11,9 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ToolCallPart, ToolR
 from redis.asyncio import Redis
 
 from tandem.agent.core.config import BackboneConfig, ExamplesConfig, KnowledgeConfig, Settings
+from tandem.agent.turn.agent import run_capabilities
 from tandem.agent.turn.build import build_deps
-from tandem.agent.turn.providers.examples import example_messages, select_examples
+from tandem.agent.turn.providers.examples import ExampleMessages, example_messages, select_examples
 from tandem.agent.turn.request import TurnRequest
 from tandem.agent.turn.run import run_turn, with_session
 from tandem.memory.examples import Example, ExampleLibrary, ExampleSet, fit_examples
@@ -261,3 +262,8 @@ async def test_prompt_placement_writes_the_examples_into_the_prompt_and_sends_no
         'Assistant: 17% of 2,340 is 397.8.\n</example 1>'
     ) in system
     assert [shown.question for shown in result.examples] == ['What is 17% of 2,340?']
+
+
+def test_only_a_run_with_examples_on_carries_the_examples_capability() -> None:
+    assert run_capabilities([]) == []  # every hook costs each step a dispatch
+    assert [type(capability) for capability in run_capabilities([], examples=True)] == [ExampleMessages]
