@@ -216,11 +216,10 @@ def _run_settings(base: Settings, scenario: Scenario, ablation: Sequence[str], e
     if 'examples' in ablation:
         shown = {'mode': 'off'}
     if shown or base.examples.mode != 'off' or 'examples' in overrides:
-        # Each run has a tenant of its own: the example sets are the suite's.
         given = cast(dict[str, Any], overrides.get('examples') or {})
-        if 'tenant' not in given:
+        if 'tenant' not in given:  # each run has a tenant of its own: the example sets are the suite's
             shown.setdefault('tenant', base.examples.tenant or base.tenant)
-        overrides['examples'] = _merge(cast(dict[str, Any], overrides.get('examples') or {}), shown)
+        overrides['examples'] = _merge(given, shown)
     if 'rag' in ablation:
         overrides['retrieval'] = 'off'
     if 'memory' in ablation:
