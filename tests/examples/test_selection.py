@@ -15,7 +15,7 @@ from tandem.agent.turn.agent import run_capabilities
 from tandem.agent.turn.build import build_deps
 from tandem.agent.turn.providers.examples import ExampleMessages, example_messages, select_examples
 from tandem.agent.turn.request import TurnRequest
-from tandem.agent.turn.run import run_turn, with_session
+from tandem.agent.turn.run import TurnResult, run_turn, with_session
 from tandem.memory.examples import Example, ExampleLibrary, ExampleSet, fit_examples
 from tests.examples.conftest import CALC_EXAMPLE, qa
 from tests.support.deps import scripted_backbone
@@ -146,9 +146,10 @@ async def test_examples_off_send_nothing_and_fill_no_slot(redis: Redis, tmp_path
     assert 'worked example' not in (messages[-1].instructions or '')  # pyright: ignore[reportAttributeAccessIssue]
 
 
-async def test_tool_call_examples_reach_a_chat_server_as_tool_calls_and_tool_messages(
-    redis: Redis, redis_url: str, tmp_path: Path
-) -> None:
+async def _one_turn_on_a_chat_server(
+    redis: Redis, redis_url: str, tmp_path: Path, examples: ExamplesConfig
+) -> tuple[dict[str, Any], TurnResult[Any]]:
+    """The calculator example stored; one turn on `openai-chat:` against a loopback server: its request body."""
     await ExampleSet(redis, tenant='acme').add([Example.of(CALC_EXAMPLE)], config=CONFIG)
     with FakeOpenAI(lambda body: Text('It is 12.')) as server:
         settings = Settings(
@@ -158,11 +159,18 @@ async def test_tool_call_examples_reach_a_chat_server_as_tool_calls_and_tool_mes
             tools=['calc'],
             backbones={'loop': BackboneConfig(model='openai-chat:tiny-chat', base_url=server.url)},
             backbone='loop',
-            examples={'mode': 'retrieved', 'k': 1},  # pyright: ignore[reportArgumentType]
+            examples=examples,
         )
         deps = await build_deps(settings, redis, TurnRequest(tenant='acme', user='ann', tools=['calc']))
-        await run_turn(deps, 'What is 5% of 240?')
+        result = await run_turn(deps, 'What is 5% of 240?')
         (body,) = server.chat_requests
+    return body, result
+
+
+async def test_tool_call_examples_reach_a_chat_server_as_tool_calls_and_tool_messages(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    body, _ = await _one_turn_on_a_chat_server(redis, redis_url, tmp_path, ExamplesConfig(mode='retrieved', k=1))
 
     roles = [message['role'] for message in body['messages']]
     assert roles == ['system', 'user', 'assistant', 'tool', 'assistant', 'user']
@@ -236,20 +244,9 @@ async def test_retrieved_examples_are_sent_best_last_nearest_the_question(redis:
 async def test_prompt_placement_writes_the_examples_into_the_prompt_and_sends_no_extra_turns(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    await ExampleSet(redis, tenant='acme').add([Example.of(CALC_EXAMPLE)], config=CONFIG)
-    with FakeOpenAI(lambda body: Text('It is 12.')) as server:
-        settings = Settings(
-            home=tmp_path,
-            redis_url=SecretStr(redis_url),
-            tenant='acme',
-            tools=['calc'],
-            backbones={'loop': BackboneConfig(model='openai-chat:tiny-chat', base_url=server.url)},
-            backbone='loop',
-            examples=ExamplesConfig(mode='fixed', placement='prompt'),
-        )
-        deps = await build_deps(settings, redis, TurnRequest(tenant='acme', user='ann', tools=['calc']))
-        result = await run_turn(deps, 'What is 5% of 240?')
-        (body,) = server.chat_requests
+    body, result = await _one_turn_on_a_chat_server(
+        redis, redis_url, tmp_path, ExamplesConfig(mode='fixed', placement='prompt')
+    )
 
     assert [message['role'] for message in body['messages']] == ['system', 'user']
     system = body['messages'][0]['content']
