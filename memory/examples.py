@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.tokens import count_example_tokens, token_counter
@@ -39,14 +39,15 @@ if TYPE_CHECKING:
     from tandem.memory.knowledge.embeddings import TextEmbedder
 
 __all__ = [
+    'CANDIDATES',
     'AddResult',
     'Example',
     'ExampleLibrary',
     'ExampleSet',
     'ExampleSummary',
     'InvalidExample',
+    'examples_in',
     'fit_examples',
-    'read_chunks',
 ]
 
 _SOURCE = 'example:'
@@ -352,10 +353,7 @@ class ExampleSet:
             return []
         records = await self.kb.documents([document_id(_SOURCE + example_id) for example_id in ids])
         chunk_ids = [record.chunks[0] for record in records if record is not None and record.chunks]
-        cached = {chunk_id: _cached(self.kb, chunk_id) for chunk_id in chunk_ids}
-        found = [example for example in cached.values() if example is not None]
-        found += await read_chunks(self.kb, [chunk_id for chunk_id, example in cached.items() if example is None])
-        by_id = {example.id: example for example in found}
+        by_id = {example.id: example for example in (await examples_in(self.kb, chunk_ids)).values()}
         return [by_id[example_id] for example_id in ids if example_id in by_id]
 
 
@@ -419,7 +417,7 @@ class ExampleLibrary:
 
         Candidates are read `k` at a time, best first, until `k` fit: usually the first `k` do.
         """
-        ranked = await self.retriever.rank(question, k * _CANDIDATES)
+        ranked = await self.retriever.rank(question, k * CANDIDATES)
         candidates: list[Example] = []
         chosen: list[Example] = []
         for start in range(0, len(ranked), k):
@@ -430,23 +428,15 @@ class ExampleLibrary:
         return chosen
 
     async def _read(self, ranked: Sequence[tuple[KnowledgeBase, str, float]]) -> list[Example]:
-        found: dict[tuple[str, str], Example] = {}
-        missing: dict[str, tuple[KnowledgeBase, list[str]]] = {}
+        wanted: dict[str, tuple[KnowledgeBase, list[str]]] = {}
         for kb, chunk_id, _ in ranked:
-            example = _cached(kb, chunk_id)
-            if example is not None:
-                found[(kb.keys.meta, chunk_id)] = example
-            else:
-                missing.setdefault(kb.keys.meta, (kb, []))[1].append(chunk_id)
-        for kb, chunk_ids in missing.values():
-            for chunk_id, example in zip(chunk_ids, await read_chunks(kb, chunk_ids, keep_missing=True), strict=True):
-                if example is not None:
-                    found[(kb.keys.meta, chunk_id)] = example
-        return [found[key] for kb, chunk_id, _ in ranked if (key := (kb.keys.meta, chunk_id)) in found]
+            wanted.setdefault(kb.keys.meta, (kb, []))[1].append(chunk_id)
+        found = {meta: await examples_in(kb, chunk_ids) for meta, (kb, chunk_ids) in wanted.items()}
+        return [example for kb, chunk_id, _ in ranked if (example := found[kb.keys.meta].get(chunk_id))]
 
 
-_CANDIDATES = 4
-"""Ranked candidates per example wanted, so the budget can pass over long ones."""
+CANDIDATES = 4
+"""Candidates per example wanted (ranked, or the first added), so the budget can pass over long ones."""
 
 _KNOWN: OrderedDict[tuple[str, str], Example] = OrderedDict()
 """Examples read, by set and chunk id. A chunk id names one stored version (a new one for every write),
@@ -469,27 +459,20 @@ def _remember(kb: KnowledgeBase, chunk_id: str, example: Example) -> None:
         _KNOWN.popitem(last=False)
 
 
-@overload
-async def read_chunks(kb: KnowledgeBase, chunk_ids: Sequence[str]) -> list[Example]: ...
-@overload
-async def read_chunks(
-    kb: KnowledgeBase, chunk_ids: Sequence[str], *, keep_missing: Literal[True]
-) -> list[Example | None]: ...
-async def read_chunks(
-    kb: KnowledgeBase, chunk_ids: Sequence[str], *, keep_missing: bool = False
-) -> list[Example | None] | list[Example]:
-    """The examples the chunks `chunk_ids` hold (one pipelined round trip), remembered; a chunk no longer
-    stored is left out, or `None` with `keep_missing`."""
-    rows = await kb.chunk_fields(chunk_ids, ('text', 'source', 'ntok'))
-    examples: list[Example | None] = []
-    for chunk_id, (text, source, tokens) in zip(chunk_ids, rows, strict=True):
-        if text is None or source is None:
-            examples.append(None)
-            continue
-        example = Example.from_stored(source.decode().removeprefix(_SOURCE), text.decode(), int(tokens or 0))
-        _remember(kb, chunk_id, example)
-        examples.append(example)
-    return examples if keep_missing else [example for example in examples if example is not None]
+async def examples_in(kb: KnowledgeBase, chunk_ids: Sequence[str]) -> dict[str, Example]:
+    """The examples the chunks `chunk_ids` hold, by chunk id: remembered ones, the rest read (one pipelined
+    round trip) and remembered; a chunk no longer stored is left out."""
+    found = {chunk_id: example for chunk_id in chunk_ids if (example := _cached(kb, chunk_id)) is not None}
+    missing = [chunk_id for chunk_id in chunk_ids if chunk_id not in found]
+    for chunk_id, (text, source, tokens) in zip(
+        missing, await kb.chunk_fields(missing, ('text', 'source', 'ntok')), strict=True
+    ):
+        if text is not None and source is not None:
+            found[chunk_id] = Example.from_stored(
+                source.decode().removeprefix(_SOURCE), text.decode(), int(tokens or 0)
+            )
+            _remember(kb, chunk_id, found[chunk_id])
+    return found
 
 
 def fit_examples(candidates: Sequence[Example], *, k: int, budget_tokens: int) -> list[Example]:

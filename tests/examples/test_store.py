@@ -16,9 +16,11 @@ from tandem.agent.core.config import KnowledgeConfig
 from tandem.agent.turn.run import run_turn, with_session
 from tandem.memory.connection import connect
 from tandem.memory.examples import Example, ExampleLibrary, ExampleSet, InvalidExample
+from tandem.memory.knowledge.embeddings import openai_embedder
 from tandem.memory.knowledge.store import list_knowledge_bases
 from tests.examples.conftest import CALC_EXAMPLE, qa
 from tests.support.deps import make_deps
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.scripted import call, scripted_model
 
 runner = CliRunner()
@@ -253,3 +255,27 @@ async def test_examples_read_before_are_never_shown_once_removed_nor_across_tena
     assert await library.first(3) == []
     assert await library.chosen([Example.of(same).id]) == []
     assert await library.similar('What is 17% of 2,340?', 3) == []
+
+
+async def test_dense_and_hybrid_search_use_the_vectors_stored_with_the_examples(redis: Redis) -> None:
+    examples = ExampleSet(redis, tenant='acme')
+    with FakeOpenAI(embedding_models=['tiny-embed']) as server:
+        embedder = openai_embedder('tiny-embed', base_url=server.url)
+        await examples.add(
+            [qa('How do I reset my password?', 'Settings, then Security.'), qa('Where are my invoices?', 'Billing.')],
+            config=CONFIG,
+            embedder=embedder,
+        )
+        stored = len(server.embedding_requests)
+        info = await examples.kb.info()
+        dense = ExampleLibrary([examples], config=CONFIG, embedder=embedder, search='dense')
+        hybrid = ExampleLibrary([examples], config=CONFIG, embedder=embedder)
+
+        found_dense = await dense.similar('Where are my invoices?', 1)
+        found_hybrid = await hybrid.similar('Where are my invoices?', 2)
+
+        assert len(server.embedding_requests) > stored  # the question was embedded, not only BM25-matched
+    assert info is not None and (info.embed_model, info.vectors) == ('openai:tiny-embed', 2)
+    assert type(dense.retriever).__name__ == 'DenseRetriever' and type(hybrid.retriever).__name__ == 'HybridRetriever'
+    assert [e.question for e in found_dense] == ['Where are my invoices?']
+    assert found_hybrid[0].question == 'Where are my invoices?' and len(found_hybrid) == 2

@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from tandem.agent.core.errors import TandemError
 from tandem.agent.core.log import get_logger
 from tandem.agent.core.turn_state import ShownExample
-from tandem.memory.examples import Example, ExampleLibrary, ExampleSet, fit_examples
+from tandem.memory.examples import CANDIDATES, Example, ExampleLibrary, ExampleSet, fit_examples
 from tandem.memory.knowledge.embeddings import EmbeddingsUnavailable, make_embedder
 
 if TYPE_CHECKING:
@@ -61,9 +61,6 @@ __all__ = [
 ]
 
 _log = get_logger('tandem.examples')
-
-_CANDIDATES = 4
-"""With `fixed` and no `ids`: the first examples read, so the budget can pass over long ones."""
 
 
 def example_library(settings: Settings, redis: RedisClient, *, tenant: str, user: str) -> ExampleLibrary | None:
@@ -98,7 +95,7 @@ async def select_examples(library: ExampleLibrary, config: ExamplesConfig, quest
     the best last, nearest the question.
     """
     if config.mode == 'fixed':
-        candidates = await (library.chosen(config.ids) if config.ids else library.first(config.k * _CANDIDATES))
+        candidates = await (library.chosen(config.ids) if config.ids else library.first(config.k * CANDIDATES))
         return fit_examples(candidates, k=config.k, budget_tokens=config.budget_tokens)
     if not question.strip():
         return []
