@@ -269,3 +269,18 @@ async def search_redis(_search_test_server: RedisTestServer, tmp_path: Path) -> 
     finally:
         with contextlib.suppress(sync_redis.RedisError, OSError):
             await client.aclose()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a `tandem` command run in `tmp_path`, tenant `acme`, on the test's Redis, with no
+    config file or OpenAI variables."""
+    monkeypatch.chdir(tmp_path)
+    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
+        monkeypatch.delenv(name, raising=False)
+    return {
+        'TANDEM_HOME': str(tmp_path / 'home'),
+        'TANDEM_REDIS_URL': redis_url,
+        'TANDEM_TENANT': 'acme',
+        'XDG_CONFIG_HOME': str(tmp_path),
+    }

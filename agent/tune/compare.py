@@ -174,11 +174,15 @@ class Comparison:
     @property
     def verdict(self) -> str:
         """The decision in plain words: one sentence, and one more on the few-shot arm when it ran."""
-        sentence = verdict(*self.arms)
+        return '. '.join(self._decided()[2])
+
+    def _decided(self) -> tuple[Choice, Confidence, list[str]]:
+        """The choice, its confidence and the sentences saying why: the three arms', then the few-shot arm's."""
+        choice, confidence, sentence = decide_arms(*self.arms)
         if self.few_shot is None:
-            return sentence
-        choice, confidence, _ = decide_arms(*self.arms)
-        return f'{sentence}. {_against_examples(choice, confidence, self.arms[2], self.few_shot)[2]}'
+            return choice, confidence, [sentence]
+        choice, confidence, against = _against_examples(choice, confidence, self.arms[2], self.few_shot)
+        return choice, confidence, [sentence, against]
 
     @property
     def decided_report(self) -> SuiteReport:
@@ -188,11 +192,8 @@ class Comparison:
     def decision(self) -> Decision:
         """The card at the top of the decision report: the choice, its confidence, a line per criterion,
         and each step's effect, named by the factor it changes."""
-        choice, confidence, sentence = decide_arms(*self.arms)
-        why = sentence[0].upper() + sentence[1:] + '.'
-        if self.few_shot is not None:
-            choice, confidence, against = _against_examples(choice, confidence, self.arms[2], self.few_shot)
-            why += f' {against[0].upper()}{against[1:]}.'
+        choice, confidence, sentences = self._decided()
+        why = ' '.join(f'{sentence[0].upper()}{sentence[1:]}.' for sentence in sentences)
         summaries = [arm.summary for arm in self.all_arms]
         data, curve = data_criterion([self.arms[2].summary, *self.curve_cells], self.configs)
         labels = [arm.label for arm in self.all_arms]

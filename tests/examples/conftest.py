@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tandem.memory.examples import Example
 
@@ -31,15 +28,3 @@ CALC_EXAMPLE: dict[str, Any] = {
 def qa(question: str, answer: str) -> Example:
     """A one-turn example with no tool call."""
     return Example.of({'messages': [{'role': 'user', 'content': question}, {'role': 'assistant', 'content': answer}]})
-
-
-@pytest.fixture
-def cli_env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
-        monkeypatch.delenv(name, raising=False)
-    return {
-        'TANDEM_HOME': str(tmp_path / 'home'),
-        'TANDEM_REDIS_URL': redis_url,
-        'TANDEM_TENANT': 'acme',
-        'XDG_CONFIG_HOME': str(tmp_path),
-    }

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
@@ -217,19 +216,6 @@ def test_openai_messages_leaves_out_thinking_and_keeps_text_with_calls() -> None
         {'role': 'tool', 'tool_call_id': 'a', 'content': 'noon'},
         {'role': 'assistant', 'content': 'Noon.'},
     ]
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.chdir(tmp_path)
-    for name in ('OPENAI_API_KEY', 'OPENAI_BASE_URL', 'TANDEM_CONFIG', 'TANDEM_BACKBONE'):
-        monkeypatch.delenv(name, raising=False)
-    return {
-        'TANDEM_HOME': str(tmp_path / 'home'),
-        'TANDEM_REDIS_URL': redis_url,
-        'TANDEM_TENANT': 'acme',
-        'XDG_CONFIG_HOME': str(tmp_path),
-    }
 
 
 async def _seed_for_cli(redis_url: str, home: Path) -> None:
