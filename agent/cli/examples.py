@@ -168,7 +168,7 @@ def examples_list(
     limit: Annotated[int, typer.Option('--limit', '-n', min=1, help='Show at most this many.')] = 50,
     as_json: Annotated[bool, typer.Option('--json', help='One JSON object per example.')] = False,
 ) -> None:
-    """The set's examples, in the order they were added: id, size in tokens, and question."""
+    """The set's examples, in the order they were added: id, when added, size in tokens, and question."""
     settings = cli_settings()
 
     async def body() -> None:
@@ -177,7 +177,12 @@ def examples_list(
             shown = await target.summaries(limit=limit)
         if as_json:
             for summary in shown:
-                row = {'id': summary.id, 'tokens': summary.tokens, 'question': summary.question}
+                row = {
+                    'id': summary.id,
+                    'added_at': summary.added_at,
+                    'tokens': summary.tokens,
+                    'question': summary.question,
+                }
                 stdout.print(json.dumps(row, ensure_ascii=False), highlight=False, soft_wrap=True)
             return
         if not shown:
@@ -186,9 +191,9 @@ def examples_list(
                 '`tandem examples add` fills it.'
             )
             return
-        table = Table('id', 'tokens', 'question', title=f'{target.label}: {total} example(s)')
+        table = Table('id', 'added', 'tokens', 'question', title=f'{target.label}: {total} example(s)')
         for summary in shown:
-            table.add_row(summary.id, str(summary.tokens), escape(summary.question))
+            table.add_row(summary.id, summary.added_at[:10], str(summary.tokens), escape(summary.question))
         stdout.print(table)
         if total > len(shown):
             stderr.print(f'{total - len(shown)} more: --limit {total} shows them all.')

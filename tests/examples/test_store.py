@@ -167,6 +167,7 @@ def test_import_list_export_and_rm_round_trip_a_training_file(cli_env: dict[str,
     listed = runner.invoke(app, ['examples', 'list', '--json'], env=cli_env)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [row['question'] for row in rows] == ['What is 17% of 2,340?', 'Hi', 'What is 2 to the 10th?']
+    assert all(row['added_at'].startswith('20') and row['tokens'] > 0 for row in rows)
 
     out = tmp_path / 'back.jsonl'
     exported = runner.invoke(app, ['examples', 'export', '-o', str(out)], env=cli_env)
